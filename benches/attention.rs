@@ -1,0 +1,248 @@
+//! Benchmark harness: `cargo bench --bench attention -- [flags]`.
+//!
+//! Flags: `--backend auto|flash|memeff|naive`, `--mask none|causal|pad50|boolmask50|bias`,
+//! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`, `--grid default|gpu`.
+//! Each case prints one JSON line. With no case flags it runs the default grid.
+//! GPU timestamp queries are used when the adapter has them, else wall clock around a
+//! completed submission; one warm-up run first; the median of `iters` runs is reported.
+
+use std::time::Instant;
+
+use wgpu_attention::{AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView};
+
+#[derive(Clone, Debug)]
+struct Case {
+    backend: String,
+    mask: String,
+    dtype: String,
+    b: usize,
+    h: usize,
+    sq: usize,
+    sk: usize,
+    d: usize,
+    iters: usize,
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn upload(ctx: &Context, data: &[f32], shape: [usize; 4], dtype: &str) -> Result<TensorView, String> {
+    let t = if dtype == "f16" {
+        let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+        ctx.upload_f16(&h, shape)
+    } else {
+        ctx.upload_f32(data, shape)
+    };
+    t.map(|t| t.view().clone()).map_err(|e| e.to_string())
+}
+
+struct Timer {
+    set: Option<wgpu::QuerySet>,
+    resolve: Option<wgpu::Buffer>,
+    period_ns: f64,
+}
+
+fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
+    let backend = match c.backend.as_str() {
+        "auto" => Backend::Auto,
+        "flash" => Backend::Flash,
+        "memeff" => Backend::MemoryEfficient,
+        "naive" => Backend::Naive,
+        other => return Err(format!("unknown backend {other}")),
+    };
+    let qs = [c.b, c.h, c.sq, c.d];
+    let ks = [c.b, c.h, c.sk, c.d];
+    let q = upload(ctx, &random(qs.iter().product(), 1), qs, &c.dtype)?;
+    let k = upload(ctx, &random(ks.iter().product(), 2), ks, &c.dtype)?;
+    let v = upload(ctx, &random(ks.iter().product(), 3), ks, &c.dtype)?;
+    let mask = match c.mask.as_str() {
+        "none" => Mask::none(),
+        "causal" => Mask::none().causal(CausalAlignment::TopLeft),
+        "pad50" => Mask::none().key_lengths(vec![(c.sk / 2) as u32; c.b]),
+        "boolmask50" => {
+            let mut m = vec![false; c.sq * c.sk];
+            for i in 0..c.sq {
+                for j in 0..c.sk / 2 {
+                    m[i * c.sk + j] = true;
+                }
+            }
+            let t = ctx.upload_bool(&m, [1, 1, c.sq, c.sk]).map_err(|e| e.to_string())?;
+            let summary = ctx.block_mask(t.view()).map_err(|e| e.to_string())?;
+            Mask::none().bool_mask_with_summary(t.view().clone(), summary)
+        }
+        "bias" => {
+            let t = upload(ctx, &random(c.h * c.sq * c.sk, 4), [1, c.h, c.sq, c.sk], &c.dtype)?;
+            Mask::none().bias(t)
+        }
+        other => return Err(format!("unknown mask {other}")),
+    };
+    let opts = AttentionOptions::with_mask(mask).backend(backend);
+    let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
+    let out = ctx
+        .empty([c.b, c.h, c.sq, c.d], if c.dtype == "f16" { DType::F16 } else { DType::F32 })
+        .map_err(|e| e.to_string())?;
+    let mut times = Vec::new();
+    for it in 0..=c.iters {
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        if let Some(set) = &timer.set {
+            enc.write_timestamp(set, 0);
+        }
+        ctx.record_attention(&mut enc, &q, &k, &v, out.view(), &opts)
+            .map_err(|e| e.to_string())?;
+        if let (Some(set), Some(res)) = (&timer.set, &timer.resolve) {
+            enc.write_timestamp(set, 1);
+            enc.resolve_query_set(set, 0..2, res, 0);
+        }
+        let t0 = Instant::now();
+        ctx.queue().submit([enc.finish()]);
+        ctx.wait().map_err(|e| e.to_string())?;
+        let wall = t0.elapsed().as_secs_f64() * 1e3;
+        let ms = match &timer.resolve {
+            Some(res) => {
+                let view = TensorView::new(res.clone(), DType::F32, [1, 1, 1, 4], [4, 4, 4, 1], 0);
+                let raw = ctx.download_f32_blocking(&view).map_err(|e| e.to_string())?;
+                let bits: Vec<u32> = raw.iter().map(|x| x.to_bits()).collect();
+                let t0 = bits[0] as u64 | (bits[1] as u64) << 32;
+                let t1 = bits[2] as u64 | (bits[3] as u64) << 32;
+                let ms = t1.saturating_sub(t0) as f64 * timer.period_ns / 1e6;
+                if ms > 0.0 { ms } else { wall }
+            }
+            None => wall,
+        };
+        if it > 0 {
+            times.push(ms);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
+    Ok(format!(
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\"}}",
+        c.backend, c.mask, c.dtype, c.b, c.h, c.sq, c.sk, c.d, median, gflops, plan.backend.name()
+    ))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut base = Case {
+        backend: "auto".into(),
+        mask: "none".into(),
+        dtype: "f32".into(),
+        b: 1,
+        h: 8,
+        sq: 1024,
+        sk: 1024,
+        d: 64,
+        iters: 5,
+    };
+    let mut explicit = false;
+    let mut grid = "default".to_string();
+    let mut i = 0;
+    while i < args.len() {
+        let val = args.get(i + 1).cloned().unwrap_or_default();
+        let num = || val.parse::<usize>().unwrap_or_else(|_| panic!("{} needs a number, got {val:?}", args[i]));
+        match args[i].as_str() {
+            "--backend" => base.backend = val.clone(),
+            "--mask" => base.mask = val.clone(),
+            "--dtype" => base.dtype = val.clone(),
+            "--b" => base.b = num(),
+            "--h" => base.h = num(),
+            "--sq" => base.sq = num(),
+            "--sk" => base.sk = num(),
+            "--d" => base.d = num(),
+            "--iters" => base.iters = num().max(1),
+            "--grid" => grid = val.clone(),
+            other => panic!("unknown flag {other}"),
+        }
+        if args[i] != "--iters" && args[i] != "--grid" {
+            explicit = true;
+        }
+        i += 2;
+    }
+    let ctx = Context::new_blocking().unwrap_or_else(|e| panic!("no adapter: {e}"));
+    let info = ctx.adapter_info();
+    eprintln!("adapter: {} ({:?}), date via `date -u`", info.name, info.backend);
+    let timer = if ctx.caps().timestamp_query {
+        let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bench resolve"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Timer {
+            set: Some(set),
+            resolve: Some(resolve),
+            period_ns: ctx.queue().get_timestamp_period() as f64,
+        }
+    } else {
+        Timer {
+            set: None,
+            resolve: None,
+            period_ns: 1.0,
+        }
+    };
+    let cases: Vec<Case> = if explicit {
+        vec![base]
+    } else if grid == "gpu" {
+        let mut v = Vec::new();
+        for &s in &[1024, 4096] {
+            for &d in &[64, 128] {
+                for m in ["none", "causal", "pad50"] {
+                    v.push(Case { backend: "auto".into(), mask: m.into(), dtype: "f16".into(), b: 8, h: 16, sq: s, sk: s, d, iters: base.iters });
+                }
+            }
+        }
+        v
+    } else {
+        let mut v = Vec::new();
+        let c = |backend: &str, mask: &str, dtype: &str, s: usize| Case {
+            backend: backend.into(),
+            mask: mask.into(),
+            dtype: dtype.into(),
+            b: 1,
+            h: 8,
+            sq: s,
+            sk: s,
+            d: 64,
+            iters: base.iters,
+        };
+        v.push(c("naive", "none", "f32", 2048));
+        for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
+            v.push(c("flash", m, "f32", 2048));
+        }
+        v.push(c("flash", "none", "f16", 2048));
+        for s in [256, 512, 1024] {
+            for b in ["flash", "memeff", "naive"] {
+                v.push(c(b, "none", "f32", s));
+            }
+        }
+        v
+    };
+    let mut failed = false;
+    for c in cases {
+        match run_case(&ctx, &c, &timer) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("case {c:?} failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,177 @@
+// Shared by the flash, memory-efficient and naive shaders: the parameter block,
+// element loads for f32/f16 storage (both read through u32 words, so no SHADER_F16 is
+// needed), the f16/f32 output store, and the mask algebra.
+//
+// The host prepends typed `const` lines generated from its ShaderVariant (DKB, DVB, BR,
+// BC, TPR, WG, SUM_BQ, SUM_BK).
+
+struct Params {
+    batch: u32, heads_q: u32, heads_kv: u32, seq_q: u32,
+    seq_k: u32, dk: u32, dv: u32, flags: u32,
+    scale: f32, wleft: u32, wright: u32, group: u32,
+    q_off: u32, q_sb: u32, q_sh: u32, q_ss: u32,
+    q_sd: u32, k_off: u32, k_sb: u32, k_sh: u32,
+    k_ss: u32, k_sd: u32, v_off: u32, v_sb: u32,
+    v_sh: u32, v_ss: u32, v_sd: u32, o_off: u32,
+    o_sb: u32, o_sh: u32, o_ss: u32, o_sd: u32,
+    m_off: u32, m_sb: u32, m_sh: u32, m_sq: u32,
+    m_sk: u32, b_off: u32, b_sb: u32, b_sh: u32,
+    b_sq: u32, b_sk: u32, qlen_off: u32, klen_off: u32,
+    alibi_off: u32, sum_off: u32, sum_nqb: u32, sum_nkb: u32,
+    sum_sb: u32, sum_sh: u32, row_start: u32, row_count: u32,
+    wg_x: u32, scratch_stride: u32, _pad0: u32, _pad1: u32,
+}
+
+const F_CAUSAL: u32 = 1u;
+const F_BOTTOM_RIGHT: u32 = 2u;
+const F_KLEN: u32 = 4u;
+const F_QLEN: u32 = 8u;
+const F_WLEFT: u32 = 16u;
+const F_WRIGHT: u32 = 32u;
+const F_BOOL: u32 = 64u;
+const F_BIAS: u32 = 128u;
+const F_ALIBI: u32 = 256u;
+const F_SUMMARY: u32 = 512u;
+const F_Q16: u32 = 1024u;
+const F_K16: u32 = 2048u;
+const F_V16: u32 = 4096u;
+const F_O16: u32 = 8192u;
+const F_BIAS16: u32 = 16384u;
+
+// The most negative finite f32: logits below it (-inf) count as masked.
+const LOWEST: f32 = -3.40282347e38;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
+@group(0) @binding(2) var<storage, read> k_buf: array<u32>;
+@group(0) @binding(3) var<storage, read> v_buf: array<u32>;
+@group(0) @binding(4) var<storage, read_write> o_buf: array<atomic<u32>>;
+@group(0) @binding(5) var<storage, read> m_buf: array<u32>;
+@group(0) @binding(6) var<storage, read> bias_buf: array<u32>;
+@group(0) @binding(7) var<storage, read> aux_buf: array<u32>;
+
+fn has(f: u32) -> bool {
+    return (P.flags & f) != 0u;
+}
+
+fn half_at(w: u32, e: u32) -> f32 {
+    return unpack2x16float(w >> ((e & 1u) * 16u)).x;
+}
+
+fn load_q(e: u32) -> f32 {
+    if (has(F_Q16)) { return half_at(q_buf[e >> 1u], e); }
+    return bitcast<f32>(q_buf[e]);
+}
+
+fn load_k(e: u32) -> f32 {
+    if (has(F_K16)) { return half_at(k_buf[e >> 1u], e); }
+    return bitcast<f32>(k_buf[e]);
+}
+
+fn load_v(e: u32) -> f32 {
+    if (has(F_V16)) { return half_at(v_buf[e >> 1u], e); }
+    return bitcast<f32>(v_buf[e]);
+}
+
+fn load_bias(e: u32) -> f32 {
+    if (has(F_BIAS16)) { return half_at(bias_buf[e >> 1u], e); }
+    return bitcast<f32>(bias_buf[e]);
+}
+
+// Writes one output element. f16 outputs share a word with a neighbour that another
+// invocation may write: clear and set only our half, atomically.
+fn store_o(e: u32, x: f32) {
+    if (has(F_O16)) {
+        let shift = (e & 1u) * 16u;
+        let bits = (pack2x16float(vec2<f32>(x, 0.0)) & 0xffffu) << shift;
+        atomicAnd(&o_buf[e >> 1u], ~(0xffffu << shift));
+        atomicOr(&o_buf[e >> 1u], bits);
+    } else {
+        atomicStore(&o_buf[e], bitcast<u32>(x));
+    }
+}
+
+fn q_index(b: u32, h: u32, i: u32, d: u32) -> u32 {
+    return P.q_off + b * P.q_sb + h * P.q_sh + i * P.q_ss + d * P.q_sd;
+}
+
+fn o_index(b: u32, h: u32, i: u32, d: u32) -> u32 {
+    return P.o_off + b * P.o_sb + h * P.o_sh + i * P.o_ss + d * P.o_sd;
+}
+
+// Per batch item: valid queries, valid keys, and the diagonal's offset.
+struct RowCtx {
+    qvalid: u32,
+    kvalid: u32,
+    off: i32,
+}
+
+fn row_ctx(b: u32) -> RowCtx {
+    var rc: RowCtx;
+    rc.qvalid = P.seq_q;
+    rc.kvalid = P.seq_k;
+    if (has(F_QLEN)) { rc.qvalid = min(aux_buf[P.qlen_off + b], P.seq_q); }
+    if (has(F_KLEN)) { rc.kvalid = min(aux_buf[P.klen_off + b], P.seq_k); }
+    rc.off = 0;
+    if (has(F_BOTTOM_RIGHT)) { rc.off = i32(rc.kvalid) - i32(rc.qvalid); }
+    return rc;
+}
+
+// Bounds [x, y) that causal, window and key lengths put on the keys of query row i,
+// before emptiness is decided. Both are non-decreasing in i, so the bounds of the first
+// and last rows of a tile bound the keys of every row between them.
+fn key_bounds(i: u32, rc: RowCtx) -> vec2<i32> {
+    var lo: i32 = 0;
+    var hi: i32 = i32(rc.kvalid);
+    let centre = i32(i) + rc.off;
+    if (has(F_CAUSAL) || has(F_WRIGHT)) {
+        var right: i32 = 0;
+        if (has(F_WRIGHT)) { right = i32(P.wright); }
+        if (has(F_CAUSAL)) { right = min(right, 0); }
+        hi = min(hi, centre + right + 1);
+    }
+    if (has(F_WLEFT)) { lo = max(lo, centre - i32(P.wleft)); }
+    return vec2<i32>(lo, hi);
+}
+
+fn as_range(r: vec2<i32>) -> vec2<u32> {
+    if (r.y <= r.x) { return vec2<u32>(0u, 0u); }
+    return vec2<u32>(u32(r.x), u32(r.y));
+}
+
+// The keys [x, y) visible to query row i through lengths, causal and window
+// (empty for rows past the valid queries).
+fn key_range(i: u32, rc: RowCtx) -> vec2<u32> {
+    if (i >= rc.qvalid) { return vec2<u32>(0u, 0u); }
+    return as_range(key_bounds(i, rc));
+}
+
+// The keys any of the rows [i0, i1) may see.
+fn tile_key_range(i0: u32, i1: u32, rc: RowCtx) -> vec2<u32> {
+    let last = min(i1, rc.qvalid);
+    if (last <= i0) { return vec2<u32>(0u, 0u); }
+    return as_range(vec2<i32>(key_bounds(i0, rc).x, key_bounds(last - 1u, rc).y));
+}
+
+fn bool_mask_at(b: u32, h: u32, i: u32, j: u32) -> bool {
+    let e = P.m_off + b * P.m_sb + h * P.m_sh + i * P.m_sq + j * P.m_sk;
+    return ((m_buf[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu) != 0u;
+}
+
+// Bias and ALiBi terms of a visible logit.
+fn logit_extra(b: u32, h: u32, i: u32, j: u32, rc: RowCtx) -> f32 {
+    var x = 0.0;
+    if (has(F_BIAS)) {
+        x += load_bias(P.b_off + b * P.b_sb + h * P.b_sh + i * P.b_sq + j * P.b_sk);
+    }
+    if (has(F_ALIBI)) {
+        let slope = bitcast<f32>(aux_buf[P.alibi_off + h]);
+        x -= slope * abs(f32(i32(j) - (i32(i) + rc.off)));
+    }
+    return x;
+}
+
+// Linear workgroup index of a 2-D dispatch, plus this chunk's base.
+fn linear_wg(wid: vec3<u32>) -> u32 {
+    return P.row_start + wid.x + wid.y * P.wg_x;
+}

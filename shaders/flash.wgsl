@@ -1,0 +1,166 @@
+// Flash attention: a workgroup owns BR query rows (TPR threads per row) and walks the
+// key sequence in tiles of BC keys that it loads cooperatively into workgroup memory.
+// Online softmax (running max and sum, rescaled accumulators); the output is kept in
+// registers and written once; the score matrix never touches memory.
+//
+// Masks are applied in-kernel. Tiles outside the analytic key range (lengths, causal,
+// window) are never visited; with a block summary of the bool mask, fully masked tiles
+// are skipped and fully visible tiles skip the per-element mask loads.
+//
+// Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, SUM_BK, row_reduce() and count_tile().
+
+const DPK: u32 = DKB / TPR;   // Q/K dims per thread
+const DPV: u32 = DVB / TPR;   // V dims per thread
+
+const DK4: u32 = DKB / 4u;
+const DV4: u32 = DVB / 4u;
+const PK4: u32 = DPK / 4u;
+const PV4: u32 = DPV / 4u;
+var<workgroup> ks: array<vec4<f32>, BC * DK4>;
+var<workgroup> vs: array<vec4<f32>, BC * DV4>;
+var<workgroup> sh_range: vec2<u32>;
+var<workgroup> sh_state: u32;
+
+// Tile state from the block summary: 0 all masked, 1 all visible, 2 mixed.
+fn tile_state(b: u32, h: u32, qt: u32, j0: u32) -> u32 {
+    if (!has(F_BOOL)) { return 1u; }
+    if (!has(F_SUMMARY)) { return 2u; }
+    let base = P.sum_off + b * P.sum_sb + h * P.sum_sh + qt * P.sum_nkb;
+    var any_vis = false;
+    var any_masked = false;
+    let c0 = j0 / SUM_BK;
+    let c1 = min(c0 + BC / SUM_BK, P.sum_nkb);
+    for (var c = c0; c < c1; c++) {
+        let s = aux_buf[base + c];
+        any_vis = any_vis || s != 0u;
+        any_masked = any_masked || s != 1u;
+    }
+    if (!any_vis) { return 0u; }
+    if (!any_masked) { return 1u; }
+    return 2u;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let n_qt = (P.seq_q + BR - 1u) / BR;
+    let wg = linear_wg(wid);
+    let qt = wg % n_qt;
+    let bh = wg / n_qt;
+    let h = bh % P.heads_q;
+    let b = bh / P.heads_q;
+    let hk = h / P.group;
+    let r = lid / TPR;
+    let sub = lid % TPR;
+    let i = qt * BR + r;
+    let rc = row_ctx(b);
+    let range = key_range(i, rc);
+
+    // The key tiles this block of rows needs (key_range is monotone in i).
+    if (lid == 0u) {
+        var tr = tile_key_range(qt * BR, qt * BR + BR, rc);
+        tr.x = (tr.x / BC) * BC;
+        if (b >= P.batch || tr.y <= tr.x) { tr = vec2<u32>(0u, 0u); }
+        sh_range = tr;
+    }
+    let tiles = workgroupUniformLoad(&sh_range);
+
+    var q: array<vec4<f32>, PK4>;
+    var acc: array<vec4<f32>, PV4>;
+    var sc: array<f32, BC>;
+    let row_ok = i < P.seq_q && b < P.batch;
+    for (var t = 0u; t < PK4; t++) {
+        var x = vec4<f32>(0.0);
+        for (var c = 0u; c < 4u; c++) {
+            let d = sub * DPK + t * 4u + c;
+            if (row_ok && d < P.dk) { x[c] = load_q(q_index(b, h, i, d)) * P.scale; }
+        }
+        q[t] = x;
+    }
+    for (var t = 0u; t < PV4; t++) { acc[t] = vec4<f32>(0.0); }
+    var m = LOWEST;
+    var l = 0.0;
+
+    let kbase = P.k_off + b * P.k_sb + hk * P.k_sh;
+    let vbase = P.v_off + b * P.v_sb + hk * P.v_sh;
+    for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
+        if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
+        // Also the barrier that ends every read of the previous tile.
+        let state = workgroupUniformLoad(&sh_state);
+        if (state == 0u) { continue; }
+        if (lid == 0u) { count_tile(state); }
+        for (var e = lid; e < BC * DK4; e += WG) {
+            let jj = e / DK4;
+            let d0 = (e % DK4) * 4u;
+            let j = j0 + jj;
+            var x = vec4<f32>(0.0);
+            if (j < P.seq_k) {
+                let row = kbase + j * P.k_ss;
+                for (var c = 0u; c < 4u; c++) {
+                    if (d0 + c < P.dk) { x[c] = load_k(row + (d0 + c) * P.k_sd); }
+                }
+            }
+            ks[e] = x;
+        }
+        for (var e = lid; e < BC * DV4; e += WG) {
+            let jj = e / DV4;
+            let d0 = (e % DV4) * 4u;
+            let j = j0 + jj;
+            var x = vec4<f32>(0.0);
+            if (j < P.seq_k) {
+                let row = vbase + j * P.v_ss;
+                for (var c = 0u; c < 4u; c++) {
+                    if (d0 + c < P.dv) { x[c] = load_v(row + (d0 + c) * P.v_sd); }
+                }
+            }
+            vs[e] = x;
+        }
+        workgroupBarrier();
+
+        var tmax = m;
+        var vis_bits = 0u;
+        for (var jj = 0u; jj < BC; jj++) {
+            var s4 = vec4<f32>(0.0);
+            let kb = jj * DK4 + sub * PK4;
+            for (var t = 0u; t < PK4; t++) { s4 += q[t] * ks[kb + t]; }
+            var s = s4.x + s4.y + s4.z + s4.w;
+            s = row_reduce(s);
+            let j = j0 + jj;
+            var vis = j >= range.x && j < range.y;
+            if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
+            if (vis) {
+                s += logit_extra(b, h, i, j, rc);
+                vis = s >= LOWEST;
+            }
+            sc[jj] = s;
+            if (vis) {
+                vis_bits |= 1u << jj;
+                tmax = max(tmax, s);
+            }
+        }
+        if (vis_bits != 0u) {
+            let alpha = exp(m - tmax);
+            m = tmax;
+            l *= alpha;
+            for (var t = 0u; t < PV4; t++) { acc[t] *= alpha; }
+            for (var jj = 0u; jj < BC; jj++) {
+                if ((vis_bits & (1u << jj)) != 0u) {
+                    let p = exp(sc[jj] - m);
+                    l += p;
+                    let vb = jj * DV4 + sub * PV4;
+                    for (var t = 0u; t < PV4; t++) { acc[t] += p * vs[vb + t]; }
+                }
+            }
+        }
+    }
+
+    if (row_ok) {
+        var inv = 0.0;
+        if (l > 0.0) { inv = 1.0 / l; }
+        for (var t = 0u; t < PV4; t++) {
+            for (var c = 0u; c < 4u; c++) {
+                let d = sub * DPV + t * 4u + c;
+                if (d < P.dv) { store_o(o_index(b, h, i, d), acc[t][c] * inv); }
+            }
+        }
+    }
+}

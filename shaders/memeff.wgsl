@@ -1,0 +1,99 @@
+// Memory-efficient attention: one workgroup of WG threads per query row. The scaled
+// query lives in workgroup memory; K and V are streamed from global memory in blocks of
+// WG keys (thread t scores key j0 + t), with an online softmax; each thread accumulates
+// DVB / WG output columns. No score matrix, and only (DKB + 2 WG) floats of workgroup
+// memory, so head dims up to 1024 fit any adapter.
+//
+// Needs from the prelude: DKB, DVB, WG.
+
+const CPT: u32 = DVB / WG;   // output columns per thread (at least 1)
+const NCOL: u32 = max(CPT, 1u);
+
+var<workgroup> qs: array<f32, DKB>;
+var<workgroup> ps: array<f32, WG>;
+var<workgroup> vis_w: array<u32, WG>;
+var<workgroup> sh_range: vec2<u32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row = linear_wg(wid);
+    let i = row % P.seq_q;
+    let bh = row / P.seq_q;
+    let h = bh % P.heads_q;
+    let b = bh / P.heads_q;
+    let hk = h / P.group;
+    let valid = b < P.batch;
+    let rc = row_ctx(min(b, P.batch - 1u));
+    let range = key_range(i, rc);
+    if (lid == 0u) {
+        var rr = range;
+        if (!valid) { rr = vec2<u32>(0u, 0u); }
+        sh_range = rr;
+    }
+    for (var d = lid; d < DKB; d += WG) {
+        var x = 0.0;
+        if (valid && d < P.dk) { x = load_q(q_index(b, h, i, d)) * P.scale; }
+        qs[d] = x;
+    }
+    // Barrier: qs and sh_range are ready.
+    let keys = workgroupUniformLoad(&sh_range);
+
+    var acc: array<f32, NCOL>;
+    for (var c = 0u; c < NCOL; c++) { acc[c] = 0.0; }
+    var m = LOWEST;
+    var l = 0.0;
+    let kbase = P.k_off + b * P.k_sb + hk * P.k_sh;
+    let vbase = P.v_off + b * P.v_sb + hk * P.v_sh;
+
+    for (var j0 = keys.x; j0 < keys.y; j0 += WG) {
+        let j = j0 + lid;
+        var vis = j < keys.y;
+        if (vis && has(F_BOOL)) { vis = bool_mask_at(b, h, i, j); }
+        var s = 0.0;
+        if (vis) {
+            let kr = kbase + j * P.k_ss;
+            for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
+            s += logit_extra(b, h, i, j, rc);
+            vis = s >= LOWEST;
+        }
+        ps[lid] = s;
+        vis_w[lid] = select(0u, 1u, vis);
+        workgroupBarrier();
+        var bmax = m;
+        var any = false;
+        for (var t = 0u; t < WG; t++) {
+            if (vis_w[t] != 0u) { bmax = max(bmax, ps[t]); any = true; }
+        }
+        workgroupBarrier();
+        if (vis) { ps[lid] = exp(s - bmax); } else { ps[lid] = 0.0; }
+        workgroupBarrier();
+        if (any) {
+            let alpha = exp(m - bmax);
+            m = bmax;
+            l *= alpha;
+            for (var c = 0u; c < NCOL; c++) { acc[c] *= alpha; }
+            let nk = min(WG, keys.y - j0);
+            for (var t = 0u; t < nk; t++) {
+                let p = ps[t];
+                l += p;
+                if (p != 0.0) {
+                    let vr = vbase + (j0 + t) * P.v_ss;
+                    for (var c = 0u; c < NCOL; c++) {
+                        let d = lid + c * WG;
+                        if (d < P.dv) { acc[c] += p * load_v(vr + d * P.v_sd); }
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if (valid) {
+        var inv = 0.0;
+        if (l > 0.0) { inv = 1.0 / l; }
+        for (var c = 0u; c < NCOL; c++) {
+            let d = lid + c * WG;
+            if (d < P.dv) { store_o(o_index(b, h, i, d), acc[c] * inv); }
+        }
+    }
+}

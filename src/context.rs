@@ -1,0 +1,500 @@
+//! The [`Context`]: a device, its queue, what the adapter can do, and the pipeline cache.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::blockmask::{self, BlockMask};
+use crate::dispatch::{self, DeviceCaps, Family, Plan};
+use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::options::{AttentionOptions, Backend};
+use crate::pipeline::{PipelineCache, chain};
+use crate::tensor::{DType, Tensor, TensorView};
+use crate::validate::{self, Problem};
+use crate::{flash, launch, memeff, naive};
+
+#[derive(Debug)]
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    caps: DeviceCaps,
+    cache: PipelineCache,
+    dummy: wgpu::Buffer,
+}
+
+/// Everything the crate needs to run attention on one device. Cheap to clone, `Send + Sync`.
+///
+/// Create it from its own adapter with [`Context::new`] / [`Context::new_blocking`]
+/// (honouring wgpu's `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`), or from
+/// your own device with [`Context::from_device`].
+#[derive(Clone, Debug)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+/// Optional features this crate uses when the adapter has them.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+
+fn backends_from_env() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+impl Context {
+    /// Opens the adapter chosen by wgpu's environment variables (`WGPU_BACKEND`,
+    /// `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`) or the default one, and a device on it with
+    /// the adapter's full limits and the optional features it has ([`OPTIONAL_FEATURES`]).
+    pub async fn new() -> Result<Self> {
+        Self::with_backends(backends_from_env()).await
+    }
+
+    /// [`Context::new`], blocking.
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    /// Like [`Context::new`] but only on `backends` (e.g. `wgpu::Backends::GL` to test
+    /// the GL fallback). `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` still apply.
+    pub async fn with_backends(backends: wgpu::Backends) -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(name) => {
+                let name = name.to_lowercase();
+                let adapters = instance.enumerate_adapters(backends).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&name))
+                    .ok_or_else(|| {
+                        Error::device_msg(
+                            "choosing an adapter",
+                            format!("WGPU_ADAPTER_NAME={name:?} matches none of {names:?}"),
+                        )
+                    })?
+            }
+            Err(_) => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                    compatible_surface: None,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::device(format!("requesting a wgpu adapter on {backends:?}"), e))?,
+        };
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-attention"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::device("requesting a wgpu device", e))?;
+        Ok(Self::from_device(device, queue, &adapter.get_info()))
+    }
+
+    /// [`Context::with_backends`], blocking.
+    pub fn with_backends_blocking(backends: wgpu::Backends) -> Result<Self> {
+        pollster::block_on(Self::with_backends(backends))
+    }
+
+    /// Wraps your own device and queue. `info` is your adapter's `get_info()`; the crate
+    /// uses the features and limits the *device* was created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
+        let limits = device.limits();
+        let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size);
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-attention unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        log::debug!("wgpu-attention context on {} ({:?}): {caps:?}", info.name, info.backend);
+        Context {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info: info.clone(),
+                limits,
+                caps,
+                cache: PipelineCache::default(),
+                dummy,
+            }),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter's description.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// What the dispatcher knows of this device.
+    pub fn caps(&self) -> &DeviceCaps {
+        &self.inner.caps
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// The number of pipelines compiled so far.
+    pub fn compiled_pipelines(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    pub(crate) fn cache(&self) -> &PipelineCache {
+        &self.inner.cache
+    }
+
+    pub(crate) fn dummy(&self) -> &wgpu::Buffer {
+        &self.inner.dummy
+    }
+
+    // ------------------------------------------------------------------ planning
+
+    /// Validates a call and says which backend and variant would run it, and why,
+    /// without running anything. `RUST_LOG=debug` logs the same decision on every call.
+    pub fn plan(&self, q: &TensorView, k: &TensorView, v: &TensorView, opts: &AttentionOptions) -> Result<Plan> {
+        let p = validate::validate(q, k, v, None, opts)?;
+        dispatch::plan(&p, self.caps(), opts)
+    }
+
+    /// The dispatcher's decision for a problem described as plain data.
+    pub fn plan_problem(&self, problem: &Problem, opts: &AttentionOptions) -> Result<Plan> {
+        dispatch::plan(problem, self.caps(), opts)
+    }
+
+    // ------------------------------------------------------------------ running
+
+    /// Records attention into your command encoder, writing `out`. Nothing is submitted.
+    /// Returns the plan that ran.
+    ///
+    /// Validation happens before anything is recorded. Pipeline compilation errors are
+    /// caught here; errors wgpu reports when the encoder is finished or submitted are yours
+    /// to catch (error scopes), as with any wgpu encoder.
+    pub fn record_attention(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        out: &TensorView,
+        opts: &AttentionOptions,
+    ) -> Result<Plan> {
+        self.record_inner(encoder, q, k, v, out, opts, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_inner(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        out: &TensorView,
+        opts: &AttentionOptions,
+        counter: Option<&wgpu::Buffer>,
+    ) -> Result<Plan> {
+        let p = validate::validate(q, k, v, Some(out), opts)?;
+        let mut plan = dispatch::plan(&p, self.caps(), opts)?;
+        log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
+        if counter.is_some() {
+            if plan.backend != Backend::Flash {
+                return Err(Error::backend("tile counting needs the flash backend"));
+            }
+            plan.variant.count_tiles = true;
+        }
+        let with_summary = plan.variant.family == Family::Flash;
+        let bound = launch::bind(self, &p, [q, k, v, out], opts, with_summary)?;
+        match plan.variant.family {
+            Family::Flash => flash::record(self, encoder, &p, plan.variant, &bound, opts, counter)?,
+            Family::MemoryEfficient => memeff::record(self, encoder, &p, plan.variant, &bound)?,
+            Family::Naive => naive::record(self, encoder, &p, plan.variant, &bound)?,
+        }
+        Ok(plan)
+    }
+
+    /// Runs attention into `out` and submits. Returns the plan that ran. wgpu validation
+    /// and out-of-memory errors come back as [`Error::Device`].
+    pub fn attention_into(
+        &self,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        out: &TensorView,
+        opts: &AttentionOptions,
+    ) -> Result<Plan> {
+        self.submit_scoped("running attention", |ctx, enc| {
+            ctx.record_attention(enc, q, k, v, out, opts)
+        })
+    }
+
+    /// Runs attention into a new output tensor (BHSD, dtype `opts.output_dtype` or Q's)
+    /// and submits. Download it with [`Context::download_f32_blocking`].
+    pub fn attention(&self, q: &TensorView, k: &TensorView, v: &TensorView, opts: &AttentionOptions) -> Result<Tensor> {
+        let p = validate::validate(q, k, v, None, opts)?;
+        let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
+        self.attention_into(q, k, v, out.view(), opts)?;
+        Ok(out)
+    }
+
+    /// Debug aid and test evidence: runs the flash backend with a tile counter and
+    /// returns `(key tiles loaded, tiles that needed per-element bool-mask loads)`.
+    #[doc(hidden)]
+    pub fn debug_tile_counts(
+        &self,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        out: &TensorView,
+        opts: &AttentionOptions,
+    ) -> Result<(u32, u32)> {
+        let counter = self.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("wgpu-attention tile counter"),
+            contents: bytemuck::cast_slice(&[0u32; 4]),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        });
+        self.submit_scoped("counting tiles", |ctx, enc| {
+            ctx.record_inner(enc, q, k, v, out, opts, Some(&counter))
+        })?;
+        let view = TensorView::new(counter, DType::F32, [1, 1, 1, 2], [2, 2, 2, 1], 0);
+        let words = self.read_bytes_blocking(&view)?;
+        let w: Vec<u32> = words
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((w[0], w[1]))
+    }
+
+    /// Computes the block summary of a boolean mask (and submits), for reuse across
+    /// calls with [`crate::Mask::bool_mask_with_summary`].
+    pub fn block_mask(&self, mask: &TensorView) -> Result<BlockMask> {
+        self.submit_scoped("computing a block mask", |ctx, enc| blockmask::create(ctx, enc, mask))
+    }
+
+    /// Records into a fresh encoder under an error scope, then submits.
+    fn submit_scoped<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Self, &mut wgpu::CommandEncoder) -> Result<T>,
+    ) -> Result<T> {
+        let device = self.device();
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("wgpu-attention"),
+        });
+        let res = f(self, &mut enc);
+        if res.is_ok() {
+            self.queue().submit([enc.finish()]);
+        }
+        let verr = pollster::block_on(val.pop());
+        let merr = pollster::block_on(oom.pop());
+        let out = res?;
+        if let Some(e) = verr.or(merr) {
+            return Err(Error::device_msg(what.to_string(), chain(&e)));
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ memory
+
+    fn buffer_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        // Pad to a whole number of words: shaders read u32 words.
+        let mut padded;
+        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// A storage buffer holding `data` (padded to whole words), for building your own views.
+    pub fn buffer_from_f32(&self, data: &[f32]) -> wgpu::Buffer {
+        self.buffer_init("wgpu-attention f32", bytemuck::cast_slice(data))
+    }
+
+    /// A storage buffer holding `data` as f16 (padded to whole words).
+    pub fn buffer_from_f16(&self, data: &[half::f16]) -> wgpu::Buffer {
+        self.buffer_init("wgpu-attention f16", bytemuck::cast_slice(data))
+    }
+
+    /// A storage buffer holding `data` as bytes, 1 = true (padded to whole words).
+    pub fn buffer_from_bool(&self, data: &[bool]) -> wgpu::Buffer {
+        let bytes: Vec<u8> = data.iter().map(|&b| b as u8).collect();
+        self.buffer_init("wgpu-attention bool", &bytes)
+    }
+
+    fn check_host_len(shape: [usize; 4], got: usize) -> Result<()> {
+        let expected: usize = shape.iter().product();
+        if expected != got {
+            return Err(Error::invalid(
+                TensorRole::HostData,
+                InputProblem::HostLength { expected, got },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Uploads a contiguous BHSD f32 tensor.
+    pub fn upload_f32(&self, data: &[f32], shape: [usize; 4]) -> Result<Tensor> {
+        Self::check_host_len(shape, data.len())?;
+        let b = self.buffer_from_f32(data);
+        Ok(Tensor::from_view(TensorView::bhsd(b, DType::F32, shape)))
+    }
+
+    /// Uploads a contiguous BHSD f16 tensor.
+    pub fn upload_f16(&self, data: &[half::f16], shape: [usize; 4]) -> Result<Tensor> {
+        Self::check_host_len(shape, data.len())?;
+        let b = self.buffer_from_f16(data);
+        Ok(Tensor::from_view(TensorView::bhsd(b, DType::F16, shape)))
+    }
+
+    /// Uploads a contiguous bool mask of shape `[B|1, H|1, Sq, Sk]` (true = attend).
+    pub fn upload_bool(&self, data: &[bool], shape: [usize; 4]) -> Result<Tensor> {
+        Self::check_host_len(shape, data.len())?;
+        let b = self.buffer_from_bool(data);
+        Ok(Tensor::from_view(TensorView::bhsd(b, DType::Bool, shape)))
+    }
+
+    /// A new contiguous tensor (contents unspecified: zeros on most backends).
+    pub fn empty(&self, shape: [usize; 4], dtype: DType) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let bytes = (n as u64 * dtype.size()).div_ceil(4).max(1) * 4;
+        if bytes > self.caps().max_buffer_size {
+            return Err(Error::limit("max_buffer_size", bytes, self.caps().max_buffer_size));
+        }
+        let b = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-attention tensor"),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Tensor::from_view(TensorView::bhsd(b, dtype, shape)))
+    }
+
+    /// Reads the bytes a view spans (from the word holding its first element to the word
+    /// holding its last) and returns them, with the view's first element at byte
+    /// `view.offset % 4`.
+    async fn read_bytes(&self, view: &TensorView) -> Result<Vec<u8>> {
+        view.check_memory(TensorRole::HostData, wgpu::BufferUsages::COPY_SRC)?;
+        let start = view.offset / 4 * 4;
+        let end = view.end_byte().unwrap_or(u64::MAX).div_ceil(4) * 4;
+        let size = end - start;
+        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-attention download"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device().create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&view.buffer, start, &staging, 0, size);
+        self.queue().submit([enc.finish()]);
+        let (tx, rx) = futures::channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.await
+            .map_err(|e| Error::device("waiting for a buffer mapping", e))?
+            .map_err(|e| Error::device("mapping a download buffer", e))?;
+        let bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::device("reading a mapped buffer", e))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    fn read_bytes_blocking(&self, view: &TensorView) -> Result<Vec<u8>> {
+        pollster::block_on(self.read_bytes(view))
+    }
+
+    /// Waits until the device has finished all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::device("waiting for the GPU", e))?;
+        Ok(())
+    }
+
+    /// Downloads any f32 or f16 view (any strides) as f32 values in logical BHSD order.
+    pub async fn download_f32(&self, view: &TensorView) -> Result<Vec<f32>> {
+        if !view.dtype.is_float() {
+            return Err(Error::invalid(
+                TensorRole::HostData,
+                InputProblem::WrongDType {
+                    expected: "f32 or f16".into(),
+                    got: view.dtype.to_string(),
+                },
+            ));
+        }
+        let bytes = self.read_bytes(view).await?;
+        let base = (view.offset % 4) as usize;
+        let es = view.dtype.size() as usize;
+        let [b, h, s, d] = view.shape;
+        let mut out = Vec::with_capacity(view.numel());
+        for ib in 0..b {
+            for ih in 0..h {
+                for is in 0..s {
+                    for id in 0..d {
+                        let e = ib * view.strides[0] + ih * view.strides[1] + is * view.strides[2] + id * view.strides[3];
+                        let at = base + e * es;
+                        out.push(match view.dtype {
+                            DType::F16 => half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32(),
+                            _ => f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Context::download_f32`], blocking.
+    pub fn download_f32_blocking(&self, view: &TensorView) -> Result<Vec<f32>> {
+        pollster::block_on(self.download_f32(view))
+    }
+
+    /// Downloads an f16 view as f16 values in logical BHSD order.
+    pub async fn download_f16(&self, view: &TensorView) -> Result<Vec<half::f16>> {
+        Ok(self
+            .download_f32(view)
+            .await?
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect())
+    }
+
+    /// [`Context::download_f16`], blocking.
+    pub fn download_f16_blocking(&self, view: &TensorView) -> Result<Vec<half::f16>> {
+        pollster::block_on(self.download_f16(view))
+    }
+}

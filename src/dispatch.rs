@@ -1,0 +1,344 @@
+//! The dispatcher: a pure function from (problem, device capabilities, options) to
+//! (backend, shader variant, reason). No GPU needed: see [`plan`].
+
+use crate::error::{Error, Result};
+use crate::options::{AttentionOptions, Backend, Subgroups};
+use crate::validate::Problem;
+
+/// Head-dim buckets of the flash shader (rounded up, tail masked), as in FlashAttention.
+pub const FLASH_HEAD_DIMS: [u32; 8] = [32, 64, 96, 128, 160, 192, 224, 256];
+/// Head-dim buckets of the memory-efficient shader.
+pub const MEMEFF_HEAD_DIMS: [u32; 5] = [64, 128, 256, 512, 1024];
+/// Query rows per flash workgroup (one query row per thread group).
+pub const FLASH_BLOCK_Q: u32 = 64;
+/// Largest key tile of the flash shader.
+pub const FLASH_MAX_BLOCK_K: u32 = 32;
+/// Smallest key tile of the flash shader; also the column granularity of block summaries.
+pub const FLASH_MIN_BLOCK_K: u32 = 8;
+/// Workgroup memory the flash shader aims to stay within (the WebGPU minimum).
+pub const FLASH_SMEM_BUDGET: u32 = 16384;
+/// Threads per workgroup of the memory-efficient shader (one query row per workgroup).
+pub const MEMEFF_THREADS: u32 = 64;
+/// Rows of a block-mask summary block (equal to [`FLASH_BLOCK_Q`]).
+pub const SUMMARY_BLOCK_Q: u32 = FLASH_BLOCK_Q;
+/// Columns of a block-mask summary block (equal to [`FLASH_MIN_BLOCK_K`]).
+pub const SUMMARY_BLOCK_K: u32 = FLASH_MIN_BLOCK_K;
+/// Threads per query row of the subgroup flash variant.
+pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
+
+/// What the dispatcher needs to know about a device: limits and optional features.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCaps {
+    /// `max_compute_workgroup_storage_size`.
+    pub max_workgroup_storage: u32,
+    /// `max_compute_invocations_per_workgroup`.
+    pub max_invocations: u32,
+    /// `max_compute_workgroups_per_dimension`.
+    pub max_workgroups_per_dim: u32,
+    /// `max_storage_buffer_binding_size`.
+    pub max_storage_binding: u64,
+    /// `max_buffer_size`.
+    pub max_buffer_size: u64,
+    /// `max_storage_buffers_per_shader_stage`.
+    pub max_storage_buffers: u32,
+    /// The device has `Features::SUBGROUP`.
+    pub subgroup: bool,
+    /// Smallest subgroup size the adapter may use.
+    pub subgroup_min_size: u32,
+    /// The device has `Features::SHADER_F16`.
+    pub shader_f16: bool,
+    /// The device has `Features::TIMESTAMP_QUERY` and `TIMESTAMP_QUERY_INSIDE_ENCODERS`.
+    pub timestamp_query: bool,
+}
+
+impl DeviceCaps {
+    /// The caps of a device with wgpu's default limits and no optional feature.
+    pub fn webgpu_default() -> Self {
+        Self::from_limits(&wgpu::Limits::default(), wgpu::Features::empty(), 0)
+    }
+
+    /// Builds caps from a device's limits, features, and the adapter's minimum subgroup size.
+    pub fn from_limits(limits: &wgpu::Limits, features: wgpu::Features, subgroup_min_size: u32) -> Self {
+        DeviceCaps {
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
+            subgroup: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamp_query: features
+                .contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+        }
+    }
+}
+
+/// Shader family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `shaders/flash.wgsl`.
+    Flash,
+    /// `shaders/memeff.wgsl`.
+    MemoryEfficient,
+    /// `shaders/naive.wgsl`.
+    Naive,
+}
+
+/// A compiled specialisation of a shader family. Its `Hash` is the pipeline-cache key;
+/// its fields become typed `const` lines at the top of the shader source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShaderVariant {
+    /// The family.
+    pub family: Family,
+    /// Q/K head-dim bucket (register and tile width; 0 where the shader loops at run time).
+    pub head_dim_qk: u32,
+    /// V head-dim bucket.
+    pub head_dim_v: u32,
+    /// Query rows per workgroup.
+    pub block_q: u32,
+    /// Keys per tile.
+    pub block_k: u32,
+    /// Threads cooperating on one query row (> 1 only with subgroups).
+    pub threads_per_row: u32,
+    /// Whether subgroup operations are used.
+    pub subgroups: bool,
+    /// Debug builds only: count loaded key tiles (see `Context::debug_tile_counts`).
+    pub count_tiles: bool,
+}
+
+impl ShaderVariant {
+    /// Threads per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        match self.family {
+            Family::Flash => self.block_q * self.threads_per_row,
+            Family::MemoryEfficient => MEMEFF_THREADS,
+            Family::Naive => 64,
+        }
+    }
+
+    /// Workgroup memory the variant uses, in bytes.
+    pub fn workgroup_storage(&self) -> u32 {
+        match self.family {
+            Family::Flash => self.block_k * (self.head_dim_qk + self.head_dim_v) * 4 + 16,
+            Family::MemoryEfficient => (self.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
+            Family::Naive => 64 * 4 * 2,
+        }
+    }
+}
+
+/// The dispatcher's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The backend that runs.
+    pub backend: Backend,
+    /// The shader variant.
+    pub variant: ShaderVariant,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.variant;
+        write!(
+            f,
+            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}): {}",
+            self.backend,
+            v.head_dim_qk,
+            v.head_dim_v,
+            v.block_q,
+            v.block_k,
+            v.threads_per_row,
+            if v.subgroups { "on" } else { "off" },
+            self.reason
+        )
+    }
+}
+
+fn bucket(buckets: &[u32], d: usize) -> Option<u32> {
+    buckets.iter().copied().find(|&b| b as usize >= d)
+}
+
+/// The flash variant for a problem, or why there is none.
+pub fn flash_variant(p: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Result<ShaderVariant, String> {
+    let max = *FLASH_HEAD_DIMS.last().unwrap_or(&0);
+    let dk = bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| {
+        format!("flash supports head dims up to {max}; Q/K head dim is {}", p.head_dim_qk)
+    })?;
+    let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).ok_or_else(|| {
+        format!("flash supports head dims up to {max}; V head dim is {}", p.head_dim_v)
+    })?;
+    // Prefer tiles within the WebGPU minimum (16 KiB); fall back to the adapter's own limit.
+    let need = |bk: u32| bk * (dk + dv) * 4 + 16;
+    let fits = |bk: u32, budget: u32| need(bk) <= budget;
+    let mut block_k = FLASH_MAX_BLOCK_K;
+    while block_k > FLASH_MIN_BLOCK_K && !fits(block_k, FLASH_SMEM_BUDGET.min(caps.max_workgroup_storage)) {
+        block_k /= 2;
+    }
+    if !fits(block_k, caps.max_workgroup_storage) {
+        return Err(format!(
+            "flash K/V tiles of {FLASH_MIN_BLOCK_K} rows at head dims {dk}+{dv} need {} bytes of workgroup memory; the adapter offers {}",
+            need(FLASH_MIN_BLOCK_K),
+            caps.max_workgroup_storage
+        ));
+    }
+    let use_sg = opts.subgroups == Subgroups::Auto
+        && caps.subgroup
+        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW
+        && dk >= 64;
+    let threads_per_row = if use_sg { SUBGROUP_THREADS_PER_ROW } else { 1 };
+    if FLASH_BLOCK_Q * threads_per_row > caps.max_invocations {
+        return Err(format!(
+            "flash needs {} invocations per workgroup; the adapter offers {}",
+            FLASH_BLOCK_Q * threads_per_row,
+            caps.max_invocations
+        ));
+    }
+    Ok(ShaderVariant {
+        family: Family::Flash,
+        head_dim_qk: dk,
+        head_dim_v: dv,
+        block_q: FLASH_BLOCK_Q,
+        block_k,
+        threads_per_row,
+        subgroups: use_sg,
+        count_tiles: false,
+    })
+}
+
+/// The memory-efficient variant for a problem, or why there is none.
+pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, String> {
+    let max = *MEMEFF_HEAD_DIMS.last().unwrap_or(&0);
+    let dk = bucket(&MEMEFF_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| {
+        format!("memory-efficient supports head dims up to {max}; Q/K head dim is {}", p.head_dim_qk)
+    })?;
+    let dv = bucket(&MEMEFF_HEAD_DIMS, p.head_dim_v).ok_or_else(|| {
+        format!("memory-efficient supports head dims up to {max}; V head dim is {}", p.head_dim_v)
+    })?;
+    let v = ShaderVariant {
+        family: Family::MemoryEfficient,
+        head_dim_qk: dk,
+        head_dim_v: dv,
+        block_q: 1,
+        block_k: MEMEFF_THREADS,
+        threads_per_row: MEMEFF_THREADS,
+        subgroups: false,
+        count_tiles: false,
+    };
+    if v.workgroup_storage() > caps.max_workgroup_storage {
+        return Err(format!(
+            "memory-efficient needs {} bytes of workgroup memory; the adapter offers {}",
+            v.workgroup_storage(),
+            caps.max_workgroup_storage
+        ));
+    }
+    if MEMEFF_THREADS > caps.max_invocations {
+        return Err(format!(
+            "memory-efficient needs {MEMEFF_THREADS} invocations per workgroup; the adapter offers {}",
+            caps.max_invocations
+        ));
+    }
+    Ok(v)
+}
+
+/// The naive variant (always available; it loops over head dims at run time).
+pub fn naive_variant() -> ShaderVariant {
+    ShaderVariant {
+        family: Family::Naive,
+        head_dim_qk: 0,
+        head_dim_v: 0,
+        block_q: 1,
+        block_k: 64,
+        threads_per_row: 1,
+        subgroups: false,
+        count_tiles: false,
+    }
+}
+
+/// Decides which backend and variant run `problem` on a device with `caps`.
+///
+/// `Auto` picks flash whenever its tiles fit the adapter, then memory-efficient, then
+/// naive. A mask never changes the backend. A forced backend that cannot run returns
+/// [`Error::Unsupported`] with the reason.
+///
+/// ```
+/// use wgpu_attention::dispatch::{plan, DeviceCaps};
+/// use wgpu_attention::{AttentionOptions, Backend, Problem};
+/// let p = Problem::new(1, 8, 1024, 1024, 64);
+/// let plan = plan(&p, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
+/// assert_eq!(plan.backend, Backend::Flash);
+/// let big = Problem::new(1, 8, 1024, 1024, 512);
+/// let plan = plan(&big, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
+/// assert_eq!(plan.backend, Backend::MemoryEfficient);
+/// println!("{plan}");
+/// ```
+pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Result<Plan> {
+    let mask = problem.mask.clone();
+    let mask_note = if mask.any() {
+        " The mask is applied inside the kernel; fully masked tiles are skipped."
+    } else {
+        ""
+    };
+    let out = match opts.backend {
+        Backend::Flash => {
+            let v = flash_variant(problem, caps, opts).map_err(|r| Error::backend(format!("flash cannot run: {r}")))?;
+            Plan {
+                backend: Backend::Flash,
+                variant: v,
+                reason: format!("flash was forced.{mask_note}"),
+            }
+        }
+        Backend::MemoryEfficient => {
+            let v = memeff_variant(problem, caps)
+                .map_err(|r| Error::backend(format!("memory-efficient cannot run: {r}")))?;
+            Plan {
+                backend: Backend::MemoryEfficient,
+                variant: v,
+                reason: format!("memory-efficient was forced.{mask_note}"),
+            }
+        }
+        Backend::Naive => Plan {
+            backend: Backend::Naive,
+            variant: naive_variant(),
+            reason: "naive was forced (exact reference: scores, softmax, P.V).".into(),
+        },
+        Backend::Auto => match flash_variant(problem, caps, opts) {
+            Ok(v) => Plan {
+                backend: Backend::Flash,
+                variant: v,
+                reason: format!(
+                    "flash fits: head dims {}/{} within its buckets, {}x{} tiles use {} of {} bytes of workgroup memory{}.{mask_note}",
+                    problem.head_dim_qk,
+                    problem.head_dim_v,
+                    v.block_q,
+                    v.block_k,
+                    v.workgroup_storage(),
+                    caps.max_workgroup_storage,
+                    if v.subgroups { ", subgroup reductions on" } else { "" }
+                ),
+            },
+            Err(why_not_flash) => match memeff_variant(problem, caps) {
+                Ok(v) => Plan {
+                    backend: Backend::MemoryEfficient,
+                    variant: v,
+                    reason: format!("memory-efficient, because {why_not_flash}.{mask_note}"),
+                },
+                Err(why_not_memeff) => Plan {
+                    backend: Backend::Naive,
+                    variant: naive_variant(),
+                    reason: format!("naive, because {why_not_flash}, and {why_not_memeff}."),
+                },
+            },
+        },
+    };
+    if out.variant.workgroup_storage() > caps.max_workgroup_storage {
+        return Err(Error::limit(
+            "max_compute_workgroup_storage_size",
+            out.variant.workgroup_storage() as u64,
+            caps.max_workgroup_storage as u64,
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod blockmask;
+mod context;
+pub mod dispatch;
+pub mod error;
+mod flash;
+mod launch;
+pub mod mask;
+mod memeff;
+mod naive;
+pub mod options;
+mod params;
+pub mod pipeline;
+pub mod reference;
+pub mod tensor;
+pub mod validate;
+
+pub use blockmask::BlockMask;
+pub use context::{Context, OPTIONAL_FEATURES};
+pub use dispatch::{DeviceCaps, Plan, ShaderVariant};
+pub use error::{Error, Result};
+pub use mask::{CausalAlignment, Mask, Window};
+pub use options::{AttentionOptions, Backend, Subgroups};
+pub use tensor::{DType, Tensor, TensorView};
+pub use validate::Problem;

@@ -1,0 +1,80 @@
+//! Host side of the naive shader (`shaders/naive.wgsl`): scores, softmax, P·V, over
+//! chunks of query rows sized so the score scratch fits the storage binding limit.
+
+use crate::context::Context;
+use crate::dispatch::ShaderVariant;
+use crate::error::{Error, Result};
+use crate::launch::{self, Bound};
+use crate::pipeline::{ModuleKey, entry_bindings};
+use crate::validate::Problem;
+
+/// Upper bound on the score scratch of one chunk, whatever the adapter allows.
+pub const NAIVE_SCRATCH_MAX: u64 = 256 << 20;
+const WG: u64 = 64;
+
+/// Records the three naive passes for every chunk of rows.
+pub(crate) fn record(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    p: &Problem,
+    variant: ShaderVariant,
+    bound: &Bound,
+) -> Result<()> {
+    let caps = ctx.caps();
+    let limit = NAIVE_SCRATCH_MAX
+        .min(caps.max_storage_binding)
+        .min(caps.max_buffer_size);
+    let row_bytes = p.seq_k as u64 * 4;
+    if row_bytes > limit {
+        return Err(Error::limit("max_storage_buffer_binding_size", row_bytes, limit));
+    }
+    let total_rows = (p.batch * p.heads_q * p.seq_q) as u64;
+    let max_dim = caps.max_workgroups_per_dim as u64;
+    // Rows per chunk: scratch within the limit, and each pass's grid within max_dim^2.
+    let by_grid = (max_dim * max_dim * WG / (p.seq_k.max(p.head_dim_v) as u64)).max(1);
+    let rows_per_chunk = (limit / row_bytes).min(by_grid).min(max_dim * max_dim).min(total_rows).max(1);
+    let scratch = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("wgpu-attention naive scores"),
+        size: rows_per_chunk * row_bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let key = ModuleKey::Attention(variant);
+    let passes = ["scores", "softmax", "pv"];
+    let compiled: Vec<_> = passes
+        .iter()
+        .map(|e| ctx.cache().get(ctx.device(), key, e))
+        .collect::<Result<_>>()?;
+    let mut row = 0u64;
+    while row < total_rows {
+        let rows = rows_per_chunk.min(total_rows - row);
+        let grids = [
+            (rows * p.seq_k as u64).div_ceil(WG),
+            rows,
+            (rows * p.head_dim_v as u64).div_ceil(WG),
+        ];
+        for ((entry, comp), n) in passes.iter().zip(&compiled).zip(grids) {
+            let g = launch::split_grid(n, caps.max_workgroups_per_dim)?;
+            // rows_per_chunk keeps every grid within one dispatch.
+            let c = g[0];
+            let mut params = bound.params;
+            params.row_start = row as u32;
+            params.row_count = rows as u32;
+            params.wg_x = c.x;
+            params.scratch_stride = p.seq_k as u32;
+            let ub = launch::uniform(ctx, &params);
+            let mut slots = launch::common_slots(ctx, bound, &ub);
+            slots.push((8, scratch.as_entire_binding()));
+            let bg = launch::bind_group(ctx, comp, &slots, entry_bindings(&key, entry));
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("wgpu-attention naive"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&comp.pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(c.x, c.y, 1);
+        }
+        row += rows;
+    }
+    Ok(())
+}

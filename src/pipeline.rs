@@ -1,0 +1,267 @@
+//! Shader assembly and the pipeline cache.
+//!
+//! A shader's source is: typed `const` lines generated from its [`ShaderVariant`], the
+//! shared prelude `shaders/common.wgsl` (bindings, loads, mask algebra), a small
+//! reduction snippet (plain or subgroup), and the family's own file. The variant's
+//! `Hash` (with the entry point) is the cache key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::dispatch::{Family, SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q, ShaderVariant};
+use crate::error::{Error, Result};
+
+/// Shader files, embedded at build time.
+pub mod sources {
+    /// Bindings, parameter block, loads/stores and the mask algebra.
+    pub const COMMON: &str = include_str!("../shaders/common.wgsl");
+    /// The flash family.
+    pub const FLASH: &str = include_str!("../shaders/flash.wgsl");
+    /// The memory-efficient family.
+    pub const MEMEFF: &str = include_str!("../shaders/memeff.wgsl");
+    /// The naive family.
+    pub const NAIVE: &str = include_str!("../shaders/naive.wgsl");
+    /// Block summaries of bool masks.
+    pub const BLOCK_SUMMARY: &str = include_str!("../shaders/block_summary.wgsl");
+    /// Row reduction for one thread per row.
+    pub const REDUCE_PLAIN: &str = include_str!("../shaders/reduce_plain.wgsl");
+    /// Row reduction across a subgroup.
+    pub const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
+    /// Tile counting off.
+    pub const COUNT_OFF: &str = include_str!("../shaders/count_off.wgsl");
+    /// Tile counting on (tests).
+    pub const COUNT_ON: &str = include_str!("../shaders/count_on.wgsl");
+}
+
+/// Which module a pipeline is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ModuleKey {
+    Attention(ShaderVariant),
+    Summary,
+}
+
+/// The typed `const` lines of a variant.
+fn const_lines(v: &ShaderVariant) -> String {
+    let wg = v.workgroup_size();
+    format!(
+        "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
+         const TPR: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
+        v.head_dim_qk.max(1),
+        v.head_dim_v.max(1),
+        v.block_q,
+        v.block_k,
+        v.threads_per_row,
+        wg,
+        SUMMARY_BLOCK_Q,
+        SUMMARY_BLOCK_K
+    )
+}
+
+/// The full WGSL source of a module.
+pub(crate) fn module_source(key: &ModuleKey) -> String {
+    match key {
+        ModuleKey::Attention(v) => {
+            let snippets = match v.family {
+                Family::Flash => [
+                    if v.subgroups {
+                        sources::REDUCE_SUBGROUP
+                    } else {
+                        sources::REDUCE_PLAIN
+                    },
+                    if v.count_tiles {
+                        sources::COUNT_ON
+                    } else {
+                        sources::COUNT_OFF
+                    },
+                    sources::FLASH,
+                ],
+                Family::MemoryEfficient => ["", "", sources::MEMEFF],
+                Family::Naive => ["", "", sources::NAIVE],
+            };
+            format!("{}\n{}\n{}", const_lines(v), sources::COMMON, snippets.join("\n"))
+        }
+        ModuleKey::Summary => format!(
+            "const SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}",
+            sources::BLOCK_SUMMARY
+        ),
+    }
+}
+
+/// Every module source the crate can build for the given variants (for the naga test).
+#[doc(hidden)]
+pub fn all_sources_for(variants: &[ShaderVariant]) -> Vec<(String, String)> {
+    let mut out = vec![("block_summary".to_string(), module_source(&ModuleKey::Summary))];
+    for v in variants {
+        out.push((format!("{v:?}"), module_source(&ModuleKey::Attention(*v))));
+    }
+    out
+}
+
+/// How a binding is declared.
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    Uniform,
+    Read,
+    Write,
+}
+
+/// Bindings of each entry point, in order.
+pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Slot)] {
+    use Slot::*;
+    match (key, entry) {
+        (ModuleKey::Summary, _) => &[(0, Uniform), (1, Read), (2, Write)],
+        (ModuleKey::Attention(v), e) => match (v.family, e) {
+            (Family::Naive, "scores") => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Read),
+                (5, Read),
+                (6, Read),
+                (7, Read),
+                (8, Write),
+            ],
+            (Family::Naive, "softmax") => &[(0, Uniform), (8, Write)],
+            (Family::Naive, _) => &[(0, Uniform), (3, Read), (4, Write), (8, Write)],
+            (Family::Flash, _) if v.count_tiles => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Write),
+                (5, Read),
+                (6, Read),
+                (7, Read),
+                (8, Write),
+            ],
+            _ => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Write),
+                (5, Read),
+                (6, Read),
+                (7, Read),
+            ],
+        },
+    }
+}
+
+/// A compiled pipeline with its bind group layout.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Compiled pipelines, keyed by module and entry point.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<(ModuleKey, &'static str), Arc<Compiled>>>,
+}
+
+/// Formats an error with its whole source chain.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl PipelineCache {
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Returns the pipeline for `(key, entry)`, compiling it on first use.
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        key: ModuleKey,
+        entry: &'static str,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(c) = self
+            .map
+            .lock()
+            .map_err(|_| Error::device_msg("pipeline cache", "a thread panicked while holding the cache lock"))?
+            .get(&(key, entry))
+        {
+            return Ok(c.clone());
+        }
+        let compiled = Arc::new(compile(device, &key, entry)?);
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| Error::device_msg("pipeline cache", "a thread panicked while holding the cache lock"))?;
+        Ok(map.entry((key, entry)).or_insert(compiled).clone())
+    }
+}
+
+fn compile(device: &wgpu::Device, key: &ModuleKey, entry: &'static str) -> Result<Compiled> {
+    let src = module_source(key);
+    let label = format!("wgpu-attention {key:?} {entry}");
+    log::debug!("compiling pipeline {label}");
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some(&label),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    };
+    let module = if std::env::var("WA_UNCHECKED").is_ok() {
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    } else {
+        device.create_shader_module(desc)
+    };
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = entry_bindings(key, entry)
+        .iter()
+        .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: match slot {
+                Slot::Uniform => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                Slot::Read | Slot::Write => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: matches!(slot, Slot::Read),
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&label),
+        entries: &entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&label),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[],
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::device_msg(
+            format!("compiling {label}"),
+            chain(&e),
+        ));
+    }
+    Ok(Compiled { pipeline, layout })
+}

@@ -1,0 +1,147 @@
+//! A CPU reference of the full semantics, in f64: what every backend is tested against.
+//!
+//! Inputs are contiguous BHSD host arrays. Logits are rounded to f32 before the softmax,
+//! as every GPU backend (and PyTorch in f32) computes them: this is what makes a row of
+//! finite sentinels (`-1e10`) come out as the mean of V, exactly as in PyTorch.
+
+use crate::mask::{CausalAlignment, Window};
+
+/// A contiguous BHSD host tensor.
+#[derive(Clone, Debug)]
+pub struct HostTensor<'a> {
+    /// Elements in BHSD order.
+    pub data: &'a [f32],
+    /// `[batch, heads, seq, dim]`; for masks and biases `[B|1, H|1, Sq, Sk]`.
+    pub shape: [usize; 4],
+}
+
+/// The mask of a reference call, as host data.
+#[derive(Clone, Debug, Default)]
+pub struct HostMask<'a> {
+    /// Causal masking.
+    pub causal: bool,
+    /// Diagonal alignment (causal, window, ALiBi).
+    pub alignment: CausalAlignment,
+    /// Per-batch key lengths.
+    pub key_lengths: Option<&'a [u32]>,
+    /// Per-batch query lengths.
+    pub query_lengths: Option<&'a [u32]>,
+    /// Sliding window.
+    pub window: Option<Window>,
+    /// Bool mask (true = attend) and its shape.
+    pub bool_mask: Option<(&'a [bool], [usize; 4])>,
+    /// Additive bias.
+    pub bias: Option<HostTensor<'a>>,
+    /// ALiBi slopes per query head.
+    pub alibi: Option<&'a [f32]>,
+}
+
+fn bcast_index(shape: [usize; 4], b: usize, h: usize, i: usize, j: usize) -> usize {
+    let bb = if shape[0] == 1 { 0 } else { b };
+    let hh = if shape[1] == 1 { 0 } else { h };
+    ((bb * shape[1] + hh) * shape[2] + i) * shape[3] + j
+}
+
+/// Whether key `j` is visible to query `i` of batch `b`, head `h` (structural masks only).
+pub fn visible(m: &HostMask<'_>, sq: usize, sk: usize, b: usize, h: usize, i: usize, j: usize) -> bool {
+    let qv = m.query_lengths.map_or(sq, |l| l[b] as usize);
+    let kv = m.key_lengths.map_or(sk, |l| l[b] as usize);
+    if i >= qv || j >= kv {
+        return false;
+    }
+    let off = offset(m, qv, kv);
+    let centre = i as i64 + off;
+    let j = j as i64;
+    if m.causal && j > centre {
+        return false;
+    }
+    if let Some(w) = m.window {
+        if let Some(r) = w.right {
+            if j > centre + r as i64 {
+                return false;
+            }
+        }
+        if let Some(l) = w.left {
+            if j < centre - l as i64 {
+                return false;
+            }
+        }
+    }
+    if let Some((data, shape)) = m.bool_mask {
+        if !data[bcast_index(shape, b, h, i, j as usize)] {
+            return false;
+        }
+    }
+    true
+}
+
+fn offset(m: &HostMask<'_>, qv: usize, kv: usize) -> i64 {
+    match m.alignment {
+        CausalAlignment::TopLeft => 0,
+        CausalAlignment::BottomRight => kv as i64 - qv as i64,
+    }
+}
+
+/// Reference attention. `q`: `[B, Hq, Sq, D]`, `k`: `[B, Hkv, Sk, D]`, `v`: `[B, Hkv, Sk, Dv]`.
+/// Returns `[B, Hq, Sq, Dv]` in f64.
+pub fn attention(q: &HostTensor<'_>, k: &HostTensor<'_>, v: &HostTensor<'_>, scale: f64, m: &HostMask<'_>) -> Vec<f64> {
+    let [b, hq, sq, d] = q.shape;
+    let [_, hkv, sk, _] = k.shape;
+    let dv = v.shape[3];
+    let group = hq / hkv;
+    let mut out = vec![0.0f64; b * hq * sq * dv];
+    let mut logits = vec![0.0f64; sk];
+    let mut vis = vec![false; sk];
+    for ib in 0..b {
+        let qv = m.query_lengths.map_or(sq, |l| l[ib] as usize);
+        let kv = m.key_lengths.map_or(sk, |l| l[ib] as usize);
+        let off = offset(m, qv, kv);
+        for ih in 0..hq {
+            let hk = ih / group;
+            for i in 0..sq {
+                let qrow = &q.data[((ib * hq + ih) * sq + i) * d..][..d];
+                let mut mx = f64::NEG_INFINITY;
+                for j in 0..sk {
+                    vis[j] = visible(m, sq, sk, ib, ih, i, j);
+                    if !vis[j] {
+                        continue;
+                    }
+                    let krow = &k.data[((ib * hkv + hk) * sk + j) * d..][..d];
+                    let dot: f64 = qrow.iter().zip(krow).map(|(&a, &c)| a as f64 * c as f64).sum();
+                    let mut l = (dot * scale) as f32;
+                    if let Some(bias) = &m.bias {
+                        l += bias.data[bcast_index(bias.shape, ib, ih, i, j)];
+                    }
+                    if let Some(s) = m.alibi {
+                        l -= s[ih] * ((j as i64 - (i as i64 + off)).abs() as f32);
+                    }
+                    if l == f32::NEG_INFINITY || l.is_nan() {
+                        vis[j] = false;
+                        continue;
+                    }
+                    logits[j] = l as f64;
+                    mx = mx.max(l as f64);
+                }
+                let o = &mut out[((ib * hq + ih) * sq + i) * dv..][..dv];
+                if mx == f64::NEG_INFINITY {
+                    continue; // fully masked row: zeros
+                }
+                let mut sum = 0.0;
+                for j in 0..sk {
+                    if vis[j] {
+                        let p = (logits[j] - mx).exp();
+                        sum += p;
+                        let vrow = &v.data[((ib * hkv + hk) * sk + j) * dv..][..dv];
+                        for (x, &y) in o.iter_mut().zip(vrow) {
+                            *x += p * y as f64;
+                        }
+                    }
+                }
+                for x in o.iter_mut() {
+                    *x /= sum;
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,280 @@
+//! Typed views of a caller's `wgpu::Buffer`.
+//!
+//! A [`TensorView`] never owns or copies memory: it says where a logical
+//! `[batch, heads, seq, head_dim]` tensor lies in a buffer (byte offset, element strides,
+//! dtype). So BHSD, BSHD and packed-QKV layouts all work without copies:
+//!
+//! ```text
+//! BHSD  (contiguous)  strides = [H*S*D, S*D, D, 1]      TensorView::bhsd
+//! BSHD  (HF / FA)     strides = [S*H*D, D, H*D, 1]      TensorView::bshd
+//! packed QKV [B,S,3,H,D]: q = offset 0,     strides [S*3*H*D, D, 3*H*D, 1]
+//!                         k = offset H*D,   same strides            TensorView::packed_qkv
+//!                         v = offset 2*H*D, same strides
+//! ```
+
+use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+
+/// Element type of a tensor in GPU memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DType {
+    /// IEEE 754 single precision.
+    F32,
+    /// IEEE 754 half precision (read and written through 32-bit words: no `SHADER_F16` needed).
+    F16,
+    /// One byte per element; non-zero means true. Boolean masks only.
+    Bool,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub const fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+            DType::Bool => 1,
+        }
+    }
+
+    /// Lower-case name (`"f32"`, `"f16"`, `"bool"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bool => "bool",
+        }
+    }
+
+    pub(crate) fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A typed, strided view of a `[batch, heads, seq, head_dim]` tensor in a `wgpu::Buffer`.
+///
+/// For masks and biases the last two dimensions are `[query_seq, key_seq]`.
+/// Strides are in elements, not bytes; the offset is in bytes.
+#[derive(Clone, Debug)]
+pub struct TensorView {
+    /// The buffer holding the data (a cheap, reference-counted handle).
+    pub buffer: wgpu::Buffer,
+    /// Byte offset of element `[0, 0, 0, 0]`; a multiple of the element size.
+    pub offset: u64,
+    /// Element type.
+    pub dtype: DType,
+    /// Logical shape `[batch, heads, seq, head_dim]`.
+    pub shape: [usize; 4],
+    /// Element strides of the four logical dimensions.
+    pub strides: [usize; 4],
+}
+
+impl TensorView {
+    /// A view with explicit shape, strides (elements) and byte offset.
+    pub fn new(
+        buffer: wgpu::Buffer,
+        dtype: DType,
+        shape: [usize; 4],
+        strides: [usize; 4],
+        offset: u64,
+    ) -> Self {
+        TensorView {
+            buffer,
+            offset,
+            dtype,
+            shape,
+            strides,
+        }
+    }
+
+    /// A contiguous BHSD view starting at byte 0: memory order `[batch, heads, seq, head_dim]`.
+    pub fn bhsd(buffer: wgpu::Buffer, dtype: DType, shape: [usize; 4]) -> Self {
+        let [_, h, s, d] = shape;
+        Self::new(buffer, dtype, shape, [h * s * d, s * d, d, 1], 0)
+    }
+
+    /// A contiguous BSHD view (memory order `[batch, seq, heads, head_dim]`, as in
+    /// Hugging Face and FlashAttention), given the memory shape `[b, s, h, d]`.
+    /// The logical shape of the view is still `[b, h, s, d]`.
+    pub fn bshd(buffer: wgpu::Buffer, dtype: DType, memory_shape: [usize; 4]) -> Self {
+        let [b, s, h, d] = memory_shape;
+        Self::new(buffer, dtype, [b, h, s, d], [s * h * d, d, h * d, 1], 0)
+    }
+
+    /// The three views of a packed QKV buffer of memory shape `[b, s, 3, h, d]`.
+    pub fn packed_qkv(
+        buffer: wgpu::Buffer,
+        dtype: DType,
+        b: usize,
+        s: usize,
+        h: usize,
+        d: usize,
+    ) -> [Self; 3] {
+        let strides = [s * 3 * h * d, d, 3 * h * d, 1];
+        let e = dtype.size();
+        [0u64, 1, 2].map(|i| {
+            Self::new(
+                buffer.clone(),
+                dtype,
+                [b, h, s, d],
+                strides,
+                i * (h * d) as u64 * e,
+            )
+        })
+    }
+
+    /// The same view moved by `offset` bytes.
+    pub fn with_offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// The number of logical elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the view is contiguous BHSD.
+    pub fn is_contiguous(&self) -> bool {
+        let [_, h, s, d] = self.shape;
+        self.strides == [h * s * d, s * d, d, 1]
+    }
+
+    /// Bytes from the buffer's start to just past the last element, or `None` on overflow.
+    pub(crate) fn end_byte(&self) -> Option<u64> {
+        if self.numel() == 0 {
+            return Some(self.offset);
+        }
+        let mut last: u64 = 0;
+        for i in 0..4 {
+            let term = (self.shape[i] as u64 - 1).checked_mul(self.strides[i] as u64)?;
+            last = last.checked_add(term)?;
+        }
+        last.checked_add(1)?
+            .checked_mul(self.dtype.size())?
+            .checked_add(self.offset)
+    }
+
+    /// Checks that the view lies inside its buffer, is aligned, has the usage flags
+    /// `usage`, and that its indices fit 32-bit shader arithmetic.
+    pub(crate) fn check_memory(&self, role: TensorRole, usage: wgpu::BufferUsages) -> Result<()> {
+        let e = self.dtype.size();
+        if self.offset % e != 0 {
+            return Err(Error::invalid(
+                role,
+                InputProblem::MisalignedOffset {
+                    offset: self.offset,
+                    align: e,
+                },
+            ));
+        }
+        let buf_usage = self.buffer.usage();
+        if !buf_usage.contains(usage) {
+            return Err(Error::invalid(
+                role,
+                InputProblem::MissingUsage {
+                    needed: format!("{usage:?}"),
+                    got: format!("{buf_usage:?}"),
+                },
+            ));
+        }
+        let end = self.end_byte().ok_or_else(|| {
+            Error::invalid(
+                role,
+                InputProblem::TooLarge {
+                    what: "the view's extent".into(),
+                },
+            )
+        })?;
+        // Shaders read whole 32-bit words: the buffer must cover the last word touched.
+        let needed = end.div_ceil(4) * 4;
+        if needed > self.buffer.size() {
+            return Err(Error::invalid(
+                role,
+                InputProblem::OutOfBounds {
+                    needed,
+                    buffer_size: self.buffer.size(),
+                },
+            ));
+        }
+        // Shaders index elements with u32 (f16 and bool: sub-word indices).
+        if end / e > u32::MAX as u64 {
+            return Err(Error::invalid(
+                role,
+                InputProblem::TooLarge {
+                    what: format!("element index {}", end / e),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that no two elements of the view share memory (for outputs).
+    pub(crate) fn check_no_overlap(&self, role: TensorRole) -> Result<()> {
+        // Sort dimensions by stride; each stride must exceed the extent of all smaller ones.
+        let mut dims: Vec<usize> = (0..4).filter(|&i| self.shape[i] > 1).collect();
+        dims.sort_by_key(|&i| self.strides[i]);
+        let mut extent: usize = 1;
+        for &i in &dims {
+            if self.strides[i] < extent {
+                return Err(Error::invalid(
+                    role,
+                    InputProblem::OverlappingOutput { dim: Dim::ALL[i] },
+                ));
+            }
+            extent = self.strides[i] * (self.shape[i] - 1) + extent;
+        }
+        Ok(())
+    }
+}
+
+/// A tensor that owns its buffer (returned by the upload helpers and by
+/// [`crate::Context::attention`]).
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    view: TensorView,
+}
+
+impl Tensor {
+    /// Wraps a view whose buffer this tensor now stands for.
+    pub fn from_view(view: TensorView) -> Self {
+        Tensor { view }
+    }
+
+    /// The tensor's view.
+    pub fn view(&self) -> &TensorView {
+        &self.view
+    }
+
+    /// The tensor's buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.view.buffer
+    }
+
+    /// The logical shape.
+    pub fn shape(&self) -> [usize; 4] {
+        self.view.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.view.dtype
+    }
+}
+
+impl AsRef<TensorView> for Tensor {
+    fn as_ref(&self) -> &TensorView {
+        &self.view
+    }
+}
+
+impl AsRef<TensorView> for TensorView {
+    fn as_ref(&self) -> &TensorView {
+        self
+    }
+}

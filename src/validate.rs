@@ -1,0 +1,354 @@
+//! Validation of a call before anything is dispatched, producing a [`Problem`]:
+//! the plain-data description the dispatcher and the backends work from.
+
+use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+use crate::mask::{CausalAlignment, Window};
+use crate::options::AttentionOptions;
+use crate::tensor::{DType, TensorView};
+
+/// The mask kinds of a call, as plain data (no buffers).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MaskKinds {
+    /// Causal masking.
+    pub causal: bool,
+    /// Diagonal alignment.
+    pub alignment: CausalAlignment,
+    /// Per-batch key lengths are given.
+    pub key_lengths: bool,
+    /// Per-batch query lengths are given.
+    pub query_lengths: bool,
+    /// A sliding window.
+    pub window: Option<Window>,
+    /// A boolean mask tensor is given.
+    pub bool_mask: bool,
+    /// The dtype of the additive bias, if any.
+    pub bias: Option<DType>,
+    /// ALiBi slopes are given.
+    pub alibi: bool,
+}
+
+impl MaskKinds {
+    /// Whether any kind is set.
+    pub fn any(&self) -> bool {
+        self.causal
+            || self.key_lengths
+            || self.query_lengths
+            || self.window.is_some()
+            || self.bool_mask
+            || self.bias.is_some()
+            || self.alibi
+    }
+}
+
+/// A validated attention problem: shapes, dtypes, scale and mask kinds.
+///
+/// This is what the dispatcher ([`crate::dispatch::plan`]) decides from; it can be
+/// built by hand to ask what would run without any GPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// Batch size.
+    pub batch: usize,
+    /// Query heads.
+    pub heads_q: usize,
+    /// Key/value heads (a divisor of `heads_q`: GQA/MQA).
+    pub heads_kv: usize,
+    /// Query sequence length.
+    pub seq_q: usize,
+    /// Key/value sequence length.
+    pub seq_k: usize,
+    /// Head dim of Q and K.
+    pub head_dim_qk: usize,
+    /// Head dim of V and the output.
+    pub head_dim_v: usize,
+    /// Dtype of Q.
+    pub dtype_q: DType,
+    /// Dtype of K.
+    pub dtype_k: DType,
+    /// Dtype of V.
+    pub dtype_v: DType,
+    /// Dtype of the output.
+    pub dtype_o: DType,
+    /// The softmax scale in use.
+    pub scale: f32,
+    /// The mask kinds.
+    pub mask: MaskKinds,
+}
+
+impl Problem {
+    /// A problem with these shapes, f32 everywhere, no mask, default scale.
+    pub fn new(batch: usize, heads: usize, seq_q: usize, seq_k: usize, head_dim: usize) -> Self {
+        Problem {
+            batch,
+            heads_q: heads,
+            heads_kv: heads,
+            seq_q,
+            seq_k,
+            head_dim_qk: head_dim,
+            head_dim_v: head_dim,
+            dtype_q: DType::F32,
+            dtype_k: DType::F32,
+            dtype_v: DType::F32,
+            dtype_o: DType::F32,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            mask: MaskKinds::default(),
+        }
+    }
+
+    /// Floating-point operations counted as `4 * b * h * sq * sk * d` (masked or not).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.heads_q * self.seq_q * self.seq_k) as f64
+            * (self.head_dim_qk + self.head_dim_v) as f64
+    }
+}
+
+fn mismatch(role: TensorRole, dim: Dim, expected: impl ToString, got: usize) -> Error {
+    Error::invalid(
+        role,
+        InputProblem::ShapeMismatch {
+            dim,
+            expected: expected.to_string(),
+            got,
+        },
+    )
+}
+
+fn check_float(view: &TensorView, role: TensorRole) -> Result<()> {
+    if !view.dtype.is_float() {
+        return Err(Error::invalid(
+            role,
+            InputProblem::WrongDType {
+                expected: "f32 or f16".into(),
+                got: view.dtype.to_string(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn check_nonzero(view: &TensorView, role: TensorRole) -> Result<()> {
+    for (i, &n) in view.shape.iter().enumerate() {
+        if n == 0 {
+            return Err(Error::invalid(
+                role,
+                InputProblem::ZeroDim { dim: Dim::ALL[i] },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a `[B|1, H|1, Sq, Sk]` mask or bias shape.
+fn check_broadcast(view: &TensorView, role: TensorRole, b: usize, h: usize, sq: usize, sk: usize) -> Result<()> {
+    let [vb, vh, vq, vk] = view.shape;
+    if vb != b && vb != 1 {
+        return Err(mismatch(role, Dim::Batch, format!("{b} or 1"), vb));
+    }
+    if vh != h && vh != 1 {
+        return Err(mismatch(role, Dim::Heads, format!("{h} or 1"), vh));
+    }
+    if vq != sq {
+        return Err(mismatch(role, Dim::Seq, sq, vq));
+    }
+    if vk != sk {
+        return Err(mismatch(role, Dim::HeadDim, sk, vk));
+    }
+    Ok(())
+}
+
+fn check_lengths(lens: &[u32], role: TensorRole, b: usize, max: usize) -> Result<()> {
+    if lens.len() != b {
+        return Err(Error::invalid(
+            role,
+            InputProblem::WrongCount {
+                expected: b,
+                got: lens.len(),
+            },
+        ));
+    }
+    for (batch, &len) in lens.iter().enumerate() {
+        if len as usize > max {
+            return Err(Error::invalid(
+                role,
+                InputProblem::LengthTooLong { batch, len, max },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a call. `out` is the caller's output view, if any.
+pub(crate) fn validate(
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    out: Option<&TensorView>,
+    opts: &AttentionOptions,
+) -> Result<Problem> {
+    use TensorRole::*;
+    for (view, role) in [(q, Query), (k, Key), (v, Value)] {
+        check_float(view, role)?;
+        check_nonzero(view, role)?;
+    }
+    let [b, hq, sq, dk] = q.shape;
+    let [kb, hkv, sk, kd] = k.shape;
+    let [vb, vh, vs, dv] = v.shape;
+    if kb != b {
+        return Err(mismatch(Key, Dim::Batch, b, kb));
+    }
+    if vb != b {
+        return Err(mismatch(Value, Dim::Batch, b, vb));
+    }
+    if hq % hkv != 0 {
+        return Err(mismatch(
+            Key,
+            Dim::Heads,
+            format!("a divisor of the query heads ({hq})"),
+            hkv,
+        ));
+    }
+    if vh != hkv {
+        return Err(mismatch(Value, Dim::Heads, hkv, vh));
+    }
+    if vs != sk {
+        return Err(mismatch(Value, Dim::Seq, sk, vs));
+    }
+    if kd != dk {
+        return Err(mismatch(Key, Dim::HeadDim, dk, kd));
+    }
+    let storage = wgpu::BufferUsages::STORAGE;
+    q.check_memory(Query, storage)?;
+    k.check_memory(Key, storage)?;
+    v.check_memory(Value, storage)?;
+
+    let dtype_o = match out {
+        Some(o) => {
+            check_float(o, Output)?;
+            let want = [b, hq, sq, dv];
+            for i in 0..4 {
+                if o.shape[i] != want[i] {
+                    return Err(mismatch(Output, Dim::ALL[i], want[i], o.shape[i]));
+                }
+            }
+            o.check_memory(Output, storage)?;
+            o.check_no_overlap(Output)?;
+            o.dtype
+        }
+        None => {
+            let d = opts.output_dtype.unwrap_or(q.dtype);
+            if !d.is_float() {
+                return Err(Error::invalid(
+                    Options,
+                    InputProblem::WrongDType {
+                        expected: "f32 or f16 output".into(),
+                        got: d.to_string(),
+                    },
+                ));
+            }
+            d
+        }
+    };
+
+    let scale = opts.scale.unwrap_or(1.0 / (dk as f32).sqrt());
+    if !scale.is_finite() {
+        return Err(Error::invalid(
+            Options,
+            InputProblem::NonFinite {
+                what: "scale",
+                value: scale,
+            },
+        ));
+    }
+
+    let m = &opts.mask;
+    if let Some(l) = &m.key_lengths {
+        check_lengths(l, KeyLengths, b, sk)?;
+    }
+    if let Some(l) = &m.query_lengths {
+        check_lengths(l, QueryLengths, b, sq)?;
+    }
+    if let Some(bm) = &m.bool_mask {
+        if bm.view.dtype != DType::Bool {
+            return Err(Error::invalid(
+                BoolMask,
+                InputProblem::WrongDType {
+                    expected: "bool".into(),
+                    got: bm.view.dtype.to_string(),
+                },
+            ));
+        }
+        check_broadcast(&bm.view, BoolMask, b, hq, sq, sk)?;
+        bm.view.check_memory(BoolMask, storage)?;
+        if let Some(s) = &bm.summary {
+            s.check_matches(&bm.view)?;
+        }
+    }
+    if let Some(bias) = &m.bias {
+        check_float(bias, Bias)?;
+        check_broadcast(bias, Bias, b, hq, sq, sk)?;
+        bias.check_memory(Bias, storage)?;
+    }
+    if let Some(s) = &m.alibi_slopes {
+        if s.len() != hq {
+            return Err(Error::invalid(
+                AlibiSlopes,
+                InputProblem::WrongCount {
+                    expected: hq,
+                    got: s.len(),
+                },
+            ));
+        }
+        if let Some(&bad) = s.iter().find(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                AlibiSlopes,
+                InputProblem::NonFinite {
+                    what: "alibi slope",
+                    value: bad,
+                },
+            ));
+        }
+    }
+    if let Some(o) = out {
+        let inputs = [
+            (Some(q), Query),
+            (Some(k), Key),
+            (Some(v), Value),
+            (m.bool_mask.as_ref().map(|x| &x.view), BoolMask),
+            (m.bias.as_ref(), Bias),
+        ];
+        for (view, role) in inputs {
+            if let Some(view) = view {
+                if view.buffer == o.buffer {
+                    return Err(Error::invalid(
+                        Output,
+                        InputProblem::OutputAliasesInput { input: role },
+                    ));
+                }
+            }
+        }
+    }
+
+    Ok(Problem {
+        batch: b,
+        heads_q: hq,
+        heads_kv: hkv,
+        seq_q: sq,
+        seq_k: sk,
+        head_dim_qk: dk,
+        head_dim_v: dv,
+        dtype_q: q.dtype,
+        dtype_k: k.dtype,
+        dtype_v: v.dtype,
+        dtype_o,
+        scale,
+        mask: MaskKinds {
+            causal: m.causal,
+            alignment: m.alignment,
+            key_lengths: m.key_lengths.is_some(),
+            query_lengths: m.query_lengths.is_some(),
+            window: m.window,
+            bool_mask: m.bool_mask.is_some(),
+            bias: m.bias.as_ref().map(|b| b.dtype),
+            alibi: m.alibi_slopes.is_some(),
+        },
+    })
+}

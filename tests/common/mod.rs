@@ -1,0 +1,329 @@
+//! Shared test machinery: one context per test binary, seeded inputs, NaN-poisoned
+//! outputs, the f64 reference, and the tolerances (stated once, here).
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use half::f16;
+use wgpu_attention::reference::{self, HostMask, HostTensor};
+use wgpu_attention::{AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, TensorView, Window};
+
+/// Tolerances: |gpu - ref| <= ATOL + RTOL * |ref|.
+pub fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F16 => (2e-3, 2e-3),
+        _ => (1e-5, 1e-5),
+    }
+}
+
+/// The context of this test binary. No adapter is a failure, never a skip.
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| match Context::new_blocking() {
+        Ok(c) => {
+            let i = c.adapter_info();
+            eprintln!("testing on {} ({:?})", i.name, i.backend);
+            c
+        }
+        Err(e) => panic!("no wgpu adapter for the GPU tests: {e} (install mesa-vulkan-drivers for lavapipe)"),
+    })
+}
+
+/// Seeded uniform values in [-1, 1), never all zeros.
+pub fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x1234_5678) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn round_to(dtype: DType, x: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        _ => x.to_vec(),
+    }
+}
+
+/// Memory layout of Q/K/V in a test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layout {
+    Bhsd,
+    Bshd,
+    /// BHSD placed at an odd element offset inside a larger buffer.
+    Offset,
+}
+
+/// Uploads a logical BHSD host tensor in `layout`, returning its view.
+pub fn upload(ctx: &Context, data: &[f32], shape: [usize; 4], dtype: DType, layout: Layout) -> TensorView {
+    let [b, h, s, d] = shape;
+    let (mem, view_of): (Vec<f32>, Box<dyn Fn(wgpu::Buffer) -> TensorView>) = match layout {
+        Layout::Bhsd => (data.to_vec(), Box::new(move |buf| TensorView::bhsd(buf, dtype, shape))),
+        Layout::Bshd => {
+            let mut m = vec![0.0; data.len()];
+            for ib in 0..b {
+                for ih in 0..h {
+                    for is in 0..s {
+                        for id in 0..d {
+                            m[((ib * s + is) * h + ih) * d + id] = data[((ib * h + ih) * s + is) * d + id];
+                        }
+                    }
+                }
+            }
+            (m, Box::new(move |buf| TensorView::bshd(buf, dtype, [b, s, h, d])))
+        }
+        Layout::Offset => {
+            let pad = 3;
+            let mut m = random(pad, 99);
+            m.extend_from_slice(data);
+            m.extend(random(5, 98));
+            let off = pad as u64 * dtype.size();
+            (m, Box::new(move |buf| TensorView::bhsd(buf, dtype, shape).with_offset(off)))
+        }
+    };
+    let buf = match dtype {
+        DType::F16 => ctx.buffer_from_f16(&mem.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()),
+        _ => ctx.buffer_from_f32(&mem),
+    };
+    view_of(buf)
+}
+
+/// A NaN-filled output tensor, so an unwritten element cannot pass.
+pub fn nan_output(ctx: &Context, shape: [usize; 4], dtype: DType) -> TensorView {
+    let n: usize = shape.iter().product();
+    let buf = match dtype {
+        DType::F16 => ctx.buffer_from_f16(&vec![f16::NAN; n]),
+        _ => ctx.buffer_from_f32(&vec![f32::NAN; n]),
+    };
+    TensorView::bhsd(buf, dtype, shape)
+}
+
+/// Mask kinds of a test case, as host data.
+#[derive(Clone, Debug, Default)]
+pub struct MaskSpec {
+    pub causal: Option<CausalAlignment>,
+    pub alignment: CausalAlignment,
+    pub key_lengths: Option<Vec<u32>>,
+    pub query_lengths: Option<Vec<u32>>,
+    pub window: Option<Window>,
+    /// (data, shape)
+    pub bool_mask: Option<(Vec<bool>, [usize; 4])>,
+    /// (data, shape, dtype)
+    pub bias: Option<(Vec<f32>, [usize; 4], DType)>,
+    pub alibi: Option<Vec<f32>>,
+    /// Pass a precomputed block summary with the bool mask.
+    pub summary: bool,
+}
+
+impl MaskSpec {
+    pub fn name(&self) -> String {
+        let mut v = Vec::new();
+        if let Some(a) = self.causal {
+            v.push(format!("causal{a:?}"));
+        }
+        if self.key_lengths.is_some() {
+            v.push("klen".into());
+        }
+        if self.query_lengths.is_some() {
+            v.push("qlen".into());
+        }
+        if let Some(w) = self.window {
+            v.push(format!("win{:?}/{:?}", w.left, w.right));
+        }
+        if let Some((_, s)) = &self.bool_mask {
+            v.push(format!("bool{s:?}"));
+        }
+        if let Some((_, s, d)) = &self.bias {
+            v.push(format!("bias{s:?}{d}"));
+        }
+        if self.alibi.is_some() {
+            v.push("alibi".into());
+        }
+        if v.is_empty() { "none".into() } else { v.join("+") }
+    }
+}
+
+/// One GPU-vs-reference comparison.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub b: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub sq: usize,
+    pub sk: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub dtype: DType,
+    pub out_dtype: DType,
+    pub layout: Layout,
+    pub backend: Backend,
+    pub subgroups: Subgroups,
+    pub scale: Option<f32>,
+    pub mask: MaskSpec,
+    pub seed: u64,
+    /// Multiplier of Q (large values test overflow).
+    pub q_gain: f32,
+}
+
+impl Case {
+    pub fn new(b: usize, h: usize, sq: usize, sk: usize, d: usize) -> Self {
+        Case {
+            b,
+            hq: h,
+            hkv: h,
+            sq,
+            sk,
+            dk: d,
+            dv: d,
+            dtype: DType::F32,
+            out_dtype: DType::F32,
+            layout: Layout::Bhsd,
+            backend: Backend::Auto,
+            subgroups: Subgroups::Auto,
+            scale: None,
+            mask: MaskSpec::default(),
+            seed: 7,
+            q_gain: 1.0,
+        }
+    }
+
+    pub fn dtype(mut self, d: DType) -> Self {
+        self.dtype = d;
+        self.out_dtype = d;
+        self
+    }
+
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = b;
+        self
+    }
+
+    pub fn mask(mut self, m: MaskSpec) -> Self {
+        self.mask = m;
+        self
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} mask={}",
+            self.backend,
+            self.b,
+            self.hq,
+            self.hkv,
+            self.sq,
+            self.sk,
+            self.dk,
+            self.dv,
+            self.dtype,
+            self.out_dtype,
+            self.layout,
+            self.subgroups,
+            self.mask.name()
+        )
+    }
+}
+
+/// Runs a case on the GPU and returns (gpu output, reference output).
+pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
+    let qs = [c.b, c.hq, c.sq, c.dk];
+    let ks = [c.b, c.hkv, c.sk, c.dk];
+    let vs = [c.b, c.hkv, c.sk, c.dv];
+    let qh: Vec<f32> = round_to(c.dtype, &random(qs.iter().product(), c.seed).iter().map(|x| x * c.q_gain).collect::<Vec<_>>());
+    let kh = round_to(c.dtype, &random(ks.iter().product(), c.seed + 1));
+    let vh = round_to(c.dtype, &random(vs.iter().product(), c.seed + 2));
+    let q = upload(ctx, &qh, qs, c.dtype, c.layout);
+    let k = upload(ctx, &kh, ks, c.dtype, c.layout);
+    let v = upload(ctx, &vh, vs, c.dtype, c.layout);
+
+    let m = &c.mask;
+    let mut mask = Mask::none().alignment(m.alignment);
+    if let Some(a) = m.causal {
+        mask = mask.causal(a);
+    }
+    if let Some(l) = &m.key_lengths {
+        mask = mask.key_lengths(l.clone());
+    }
+    if let Some(l) = &m.query_lengths {
+        mask = mask.query_lengths(l.clone());
+    }
+    if let Some(w) = m.window {
+        mask = mask.window(w.left, w.right);
+    }
+    if let Some((data, shape)) = &m.bool_mask {
+        let t = ctx.upload_bool(data, *shape).expect("upload bool");
+        mask = if m.summary {
+            let s = ctx.block_mask(t.view()).expect("block mask");
+            mask.bool_mask_with_summary(t.view().clone(), s)
+        } else {
+            mask.bool_mask(t.view().clone())
+        };
+    }
+    let bias_rounded = m.bias.as_ref().map(|(data, shape, dt)| (round_to(*dt, data), *shape, *dt));
+    if let Some((data, shape, dt)) = &bias_rounded {
+        mask = mask.bias(upload(ctx, data, *shape, *dt, Layout::Bhsd));
+    }
+    if let Some(s) = &m.alibi {
+        mask = mask.alibi(s.clone());
+    }
+    let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
+    opts.subgroups = c.subgroups;
+    opts.scale = c.scale;
+    let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);
+    let plan = ctx
+        .attention_into(&q, &k, &v, &out, &opts)
+        .unwrap_or_else(|e| panic!("{}: {e}", c.label()));
+    if c.backend != Backend::Auto {
+        assert_eq!(plan.backend, c.backend, "{}", c.label());
+    }
+    let got = ctx.download_f32_blocking(&out).expect("download");
+
+    let host_mask = HostMask {
+        causal: m.causal.is_some(),
+        alignment: m.causal.unwrap_or(m.alignment),
+        key_lengths: m.key_lengths.as_deref(),
+        query_lengths: m.query_lengths.as_deref(),
+        window: m.window,
+        bool_mask: m.bool_mask.as_ref().map(|(d, s)| (&d[..], *s)),
+        bias: bias_rounded.as_ref().map(|(d, s, _)| HostTensor { data: d, shape: *s }),
+        alibi: m.alibi.as_deref(),
+    };
+    let scale = c.scale.map(|s| s as f64).unwrap_or(1.0 / (c.dk as f64).sqrt());
+    let want = reference::attention(
+        &HostTensor { data: &qh, shape: qs },
+        &HostTensor { data: &kh, shape: ks },
+        &HostTensor { data: &vh, shape: vs },
+        scale,
+        &host_mask,
+    );
+    (got, want)
+}
+
+/// Asserts that a case matches the reference within the output dtype's tolerance.
+pub fn check(ctx: &Context, c: &Case) {
+    let (got, want) = run(ctx, c);
+    assert_close(&got, &want, c.out_dtype, &c.label());
+}
+
+pub fn assert_close(got: &[f32], want: &[f64], dtype: DType, label: &str) {
+    let (atol, rtol) = tolerance(dtype);
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        if !(err <= atol + rtol * w.abs()) {
+            panic!("{label}: element {i}: got {g}, want {w} (err {err:.3e}, tol {atol:e}+{rtol:e}*|want|)");
+        }
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+}
+
+/// A random bool mask with about `keep` of its entries true.
+pub fn random_bool(n: usize, seed: u64, keep: f32) -> Vec<bool> {
+    random(n, seed).iter().map(|&x| (x + 1.0) / 2.0 < keep).collect()
+}

@@ -1,0 +1,183 @@
+//! Every backend against the f64 reference over the product of shapes (ragged and powers
+//! of two, GQA, Sq != Sk, Dv != Dk), mask combinations, dtypes and layouts.
+
+mod common;
+
+use common::*;
+use wgpu_attention::{Backend, CausalAlignment, DType, Subgroups, Window};
+
+/// (b, hq, hkv, sq, sk, dk, dv)
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
+    (1, 1, 1, 1, 1, 7, 7),
+    (2, 2, 1, 7, 59, 59, 59),
+    (1, 2, 2, 113, 7, 64, 32),
+    (2, 4, 2, 64, 128, 64, 64),
+    (1, 1, 1, 59, 113, 113, 113),
+];
+
+fn key_lengths(b: usize, sk: usize) -> Vec<u32> {
+    (0..b).map(|i| [(sk * 2 / 3).max(1), 0, sk, 1][i % 4].min(sk) as u32).collect()
+}
+
+fn query_lengths(b: usize, sq: usize) -> Vec<u32> {
+    (0..b).map(|i| [(sq * 3 / 4).max(1), sq, 1, 0][i % 4].min(sq) as u32).collect()
+}
+
+/// The mask combinations every backend is tested with, for one shape.
+pub fn masks(b: usize, h: usize, sq: usize, sk: usize, seed: u64) -> Vec<MaskSpec> {
+    let bool_mask = |shape: [usize; 4], s: u64| {
+        let mut m = random_bool(shape.iter().product(), s, 0.7);
+        // Row 0 of the first mask item is fully masked: it must come out as zeros.
+        for j in 0..sk {
+            m[j] = false;
+        }
+        (m, shape)
+    };
+    vec![
+        MaskSpec::default(),
+        MaskSpec {
+            causal: Some(CausalAlignment::TopLeft),
+            ..Default::default()
+        },
+        MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            key_lengths: Some(key_lengths(b, sk)),
+            ..Default::default()
+        },
+        MaskSpec {
+            key_lengths: Some(key_lengths(b, sk)),
+            query_lengths: Some(query_lengths(b, sq)),
+            ..Default::default()
+        },
+        MaskSpec {
+            window: Some(Window {
+                left: Some(5),
+                right: Some(3),
+            }),
+            alignment: CausalAlignment::BottomRight,
+            ..Default::default()
+        },
+        MaskSpec {
+            bool_mask: Some(bool_mask([b, 1, sq, sk], seed)),
+            ..Default::default()
+        },
+        MaskSpec {
+            bias: Some((random(h * sq * sk, seed + 5).iter().map(|x| x * 3.0).collect(), [1, h, sq, sk], DType::F16)),
+            alibi: Some((0..h).map(|i| 0.5f32.powi(i as i32 + 1)).collect()),
+            ..Default::default()
+        },
+        MaskSpec {
+            causal: Some(CausalAlignment::TopLeft),
+            key_lengths: Some(key_lengths(b, sk)),
+            window: Some(Window {
+                left: Some(17),
+                right: None,
+            }),
+            bool_mask: Some(bool_mask([1, h, sq, sk], seed + 9)),
+            summary: true,
+            bias: Some((random(b * h * sq * sk, seed + 6), [b, h, sq, sk], DType::F32)),
+            alibi: Some((0..h).map(|i| 0.25 * (i as f32 + 1.0)).collect()),
+            ..Default::default()
+        },
+    ]
+}
+
+fn product(backend: Backend, dtype: DType) {
+    let ctx = ctx();
+    let layouts = [Layout::Bhsd, Layout::Bshd, Layout::Offset];
+    let mut n = 0;
+    for (si, &(b, hq, hkv, sq, sk, dk, dv)) in SHAPES.iter().enumerate() {
+        for (mi, mask) in masks(b, hq, sq, sk, 100 + si as u64).into_iter().enumerate() {
+            let mut c = Case::new(b, hq, sq, sk, dk).dtype(dtype).backend(backend).mask(mask);
+            c.hkv = hkv;
+            c.dv = dv;
+            c.layout = layouts[(si + mi) % 3];
+            c.seed = (si * 31 + mi) as u64;
+            check(ctx, &c);
+            n += 1;
+        }
+    }
+    assert_eq!(n, SHAPES.len() * 8);
+}
+
+#[test]
+fn flash_f32() {
+    product(Backend::Flash, DType::F32);
+}
+
+#[test]
+fn flash_f16() {
+    product(Backend::Flash, DType::F16);
+}
+
+#[test]
+fn memeff_f32() {
+    product(Backend::MemoryEfficient, DType::F32);
+}
+
+#[test]
+fn memeff_f16() {
+    product(Backend::MemoryEfficient, DType::F16);
+}
+
+#[test]
+fn naive_f32() {
+    product(Backend::Naive, DType::F32);
+}
+
+#[test]
+fn naive_f16() {
+    product(Backend::Naive, DType::F16);
+}
+
+/// The flash variant without subgroups, over every mask, at a head dim where the
+/// subgroup variant would otherwise be chosen.
+#[test]
+fn flash_without_subgroups() {
+    let ctx = ctx();
+    let (b, h, sq, sk) = (2, 2, 70, 45);
+    for (mi, mask) in masks(b, h, sq, sk, 3).into_iter().enumerate() {
+        let mut c = Case::new(b, h, sq, sk, 64).backend(Backend::Flash).mask(mask);
+        c.subgroups = Subgroups::Off;
+        c.seed = mi as u64;
+        check(ctx, &c);
+    }
+}
+
+/// f16 inputs with an f32 output, and f32 inputs with an f16 output.
+#[test]
+fn mixed_output_dtypes() {
+    let ctx = ctx();
+    for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
+        let mut c = Case::new(1, 2, 33, 47, 40).dtype(DType::F16).backend(backend);
+        c.out_dtype = DType::F32;
+        check(ctx, &c);
+        let mut c = Case::new(1, 2, 33, 47, 40).backend(backend);
+        c.out_dtype = DType::F16;
+        check(ctx, &c);
+    }
+}
+
+/// Head dims across every flash bucket edge, and memory-efficient's large head dims.
+#[test]
+fn head_dim_buckets() {
+    let ctx = ctx();
+    for d in [1, 32, 33, 96, 160, 255] {
+        check(ctx, &Case::new(1, 1, 65, 33, d).backend(Backend::Flash));
+    }
+    for d in [257, 512] {
+        let c = Case::new(1, 1, 9, 70, d);
+        check(ctx, &c);
+        check(ctx, &c.backend(Backend::MemoryEfficient));
+    }
+}
+
+/// A custom scale and a 1023-long ragged key sequence.
+#[test]
+fn custom_scale_long_ragged() {
+    let ctx = ctx();
+    let mut c = Case::new(1, 2, 17, 1023, 64);
+    c.scale = Some(0.37);
+    check(ctx, &c);
+    check(ctx, &c.clone().backend(Backend::MemoryEfficient));
+}
