@@ -29,7 +29,7 @@ fn tile_state(b: u32, h: u32, qt: u32, j0: u32) -> u32 {
     var any_vis = false;
     var any_masked = false;
     let c0 = j0 / SUM_BK;
-    let c1 = min(c0 + BC / SUM_BK, P.sum_nkb);
+    let c1 = min((j0 + BC - 1u) / SUM_BK + 1u, P.sum_nkb);
     for (var c = c0; c < c1; c++) {
         let s = aux_buf[base + c];
         any_vis = any_vis || s != 0u;

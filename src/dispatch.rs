@@ -13,16 +13,15 @@ pub const MEMEFF_HEAD_DIMS: [u32; 5] = [64, 128, 256, 512, 1024];
 pub const FLASH_BLOCK_Q: u32 = 64;
 /// Largest key tile of the flash shader.
 pub const FLASH_MAX_BLOCK_K: u32 = 32;
-/// Smallest key tile of the flash shader; also the column granularity of block summaries.
-pub const FLASH_MIN_BLOCK_K: u32 = 8;
-/// Workgroup memory the flash shader aims to stay within (the WebGPU minimum).
-pub const FLASH_SMEM_BUDGET: u32 = 16384;
+/// Smallest key tile of the flash shader.
+pub const FLASH_MIN_BLOCK_K: u32 = 4;
 /// Threads per workgroup of the memory-efficient shader (one query row per workgroup).
 pub const MEMEFF_THREADS: u32 = 64;
 /// Rows of a block-mask summary block (equal to [`FLASH_BLOCK_Q`]).
 pub const SUMMARY_BLOCK_Q: u32 = FLASH_BLOCK_Q;
-/// Columns of a block-mask summary block (equal to [`FLASH_MIN_BLOCK_K`]).
-pub const SUMMARY_BLOCK_K: u32 = FLASH_MIN_BLOCK_K;
+/// Columns of a block-mask summary block. Flash tiles narrower than this read the
+/// summary of the block that covers them (a conservative answer).
+pub const SUMMARY_BLOCK_K: u32 = 8;
 /// Threads per query row of the subgroup flash variant.
 pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
 
@@ -170,11 +169,11 @@ pub fn flash_variant(p: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) ->
     let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).ok_or_else(|| {
         format!("flash supports head dims up to {max}; V head dim is {}", p.head_dim_v)
     })?;
-    // Prefer tiles within the WebGPU minimum (16 KiB); fall back to the adapter's own limit.
+    // The largest key tile (at most FLASH_MAX_BLOCK_K) that fits the adapter's workgroup memory.
     let need = |bk: u32| bk * (dk + dv) * 4 + 16;
     let fits = |bk: u32, budget: u32| need(bk) <= budget;
     let mut block_k = FLASH_MAX_BLOCK_K;
-    while block_k > FLASH_MIN_BLOCK_K && !fits(block_k, FLASH_SMEM_BUDGET.min(caps.max_workgroup_storage)) {
+    while block_k > FLASH_MIN_BLOCK_K && !fits(block_k, caps.max_workgroup_storage) {
         block_k /= 2;
     }
     if !fits(block_k, caps.max_workgroup_storage) {

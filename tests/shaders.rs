@@ -1,0 +1,69 @@
+//! CPU-only: every shader variant the crate can build parses and validates with naga, so
+//! a shader error shows up in `cargo test`, not at a user's runtime.
+
+use wgpu_attention::dispatch::{FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, ShaderVariant, naive_variant};
+use wgpu_attention::pipeline::all_sources_for;
+
+fn variants() -> Vec<ShaderVariant> {
+    let mut v = vec![naive_variant()];
+    for &dk in &FLASH_HEAD_DIMS {
+        for &dv in &[32, dk] {
+            for (tpr, sg) in [(1, false), (SUBGROUP_THREADS_PER_ROW, true)] {
+                for bk in [4, 8, 16, 32] {
+                    for count in [false, true] {
+                        v.push(ShaderVariant {
+                            family: Family::Flash,
+                            head_dim_qk: dk,
+                            head_dim_v: dv,
+                            block_q: 64,
+                            block_k: bk,
+                            threads_per_row: tpr,
+                            subgroups: sg,
+                            count_tiles: count,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for &dk in &MEMEFF_HEAD_DIMS {
+        for &dv in &MEMEFF_HEAD_DIMS {
+            v.push(ShaderVariant {
+                family: Family::MemoryEfficient,
+                head_dim_qk: dk,
+                head_dim_v: dv,
+                block_q: 1,
+                block_k: 64,
+                threads_per_row: 64,
+                subgroups: false,
+                count_tiles: false,
+            });
+        }
+    }
+    v
+}
+
+#[test]
+fn every_variant_validates_with_naga() {
+    let sources = all_sources_for(&variants());
+    assert!(sources.len() > 100);
+    for (name, src) in sources {
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    }
+}
+
+#[test]
+fn plain_variants_need_only_core_capabilities() {
+    let plain: Vec<_> = variants().into_iter().filter(|v| !v.subgroups).collect();
+    for (name, src) in all_sources_for(&plain) {
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        // pack/unpack2x16float are core WGSL; naga files them under this capability.
+        let core = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), core)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name} needs a capability: {}", e.emit_to_string(&src)));
+    }
+}
