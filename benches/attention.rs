@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use wgpu_attention::{AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView};
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView,
+};
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -35,7 +37,12 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn upload(ctx: &Context, data: &[f32], shape: [usize; 4], dtype: &str) -> Result<TensorView, String> {
+fn upload(
+    ctx: &Context,
+    data: &[f32],
+    shape: [usize; 4],
+    dtype: &str,
+) -> Result<TensorView, String> {
     let t = if dtype == "f16" {
         let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
         ctx.upload_f16(&h, shape)
@@ -75,12 +82,19 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
                     m[i * c.sk + j] = true;
                 }
             }
-            let t = ctx.upload_bool(&m, [1, 1, c.sq, c.sk]).map_err(|e| e.to_string())?;
+            let t = ctx
+                .upload_bool(&m, [1, 1, c.sq, c.sk])
+                .map_err(|e| e.to_string())?;
             let summary = ctx.block_mask(t.view()).map_err(|e| e.to_string())?;
             Mask::none().bool_mask_with_summary(t.view().clone(), summary)
         }
         "bias" => {
-            let t = upload(ctx, &random(c.h * c.sq * c.sk, 4), [1, c.h, c.sq, c.sk], &c.dtype)?;
+            let t = upload(
+                ctx,
+                &random(c.h * c.sq * c.sk, 4),
+                [1, c.h, c.sq, c.sk],
+                &c.dtype,
+            )?;
             Mask::none().bias(t)
         }
         other => return Err(format!("unknown mask {other}")),
@@ -88,7 +102,14 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     let opts = AttentionOptions::with_mask(mask).backend(backend);
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let out = ctx
-        .empty([c.b, c.h, c.sq, c.d], if c.dtype == "f16" { DType::F16 } else { DType::F32 })
+        .empty(
+            [c.b, c.h, c.sq, c.d],
+            if c.dtype == "f16" {
+                DType::F16
+            } else {
+                DType::F32
+            },
+        )
         .map_err(|e| e.to_string())?;
     let mut times = Vec::new();
     for it in 0..=c.iters {
@@ -109,7 +130,9 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         let ms = match &timer.resolve {
             Some(res) => {
                 let view = TensorView::new(res.clone(), DType::F32, [1, 1, 1, 4], [4, 4, 4, 1], 0);
-                let raw = ctx.download_f32_blocking(&view).map_err(|e| e.to_string())?;
+                let raw = ctx
+                    .download_f32_blocking(&view)
+                    .map_err(|e| e.to_string())?;
                 let bits: Vec<u32> = raw.iter().map(|x| x.to_bits()).collect();
                 let t0 = bits[0] as u64 | (bits[1] as u64) << 32;
                 let t1 = bits[2] as u64 | (bits[3] as u64) << 32;
@@ -127,12 +150,25 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
     Ok(format!(
         "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\"}}",
-        c.backend, c.mask, c.dtype, c.b, c.h, c.sq, c.sk, c.d, median, gflops, plan.backend.name()
+        c.backend,
+        c.mask,
+        c.dtype,
+        c.b,
+        c.h,
+        c.sq,
+        c.sk,
+        c.d,
+        median,
+        gflops,
+        plan.backend.name()
     ))
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut base = Case {
         backend: "auto".into(),
         mask: "none".into(),
@@ -149,7 +185,10 @@ fn main() {
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1).cloned().unwrap_or_default();
-        let num = || val.parse::<usize>().unwrap_or_else(|_| panic!("{} needs a number, got {val:?}", args[i]));
+        let num = || {
+            val.parse::<usize>()
+                .unwrap_or_else(|_| panic!("{} needs a number, got {val:?}", args[i]))
+        };
         match args[i].as_str() {
             "--backend" => base.backend = val.clone(),
             "--mask" => base.mask = val.clone(),
@@ -170,7 +209,10 @@ fn main() {
     }
     let ctx = Context::new_blocking().unwrap_or_else(|e| panic!("no adapter: {e}"));
     let info = ctx.adapter_info();
-    eprintln!("adapter: {} ({:?}), date via `date -u`", info.name, info.backend);
+    eprintln!(
+        "adapter: {} ({:?}), date via `date -u`",
+        info.name, info.backend
+    );
     let timer = if ctx.caps().timestamp_query {
         let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("bench"),
@@ -180,7 +222,9 @@ fn main() {
         let resolve = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("bench resolve"),
             size: 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
         Timer {
@@ -202,7 +246,17 @@ fn main() {
         for &s in &[1024, 4096] {
             for &d in &[64, 128] {
                 for m in ["none", "causal", "pad50"] {
-                    v.push(Case { backend: "auto".into(), mask: m.into(), dtype: "f16".into(), b: 8, h: 16, sq: s, sk: s, d, iters: base.iters });
+                    v.push(Case {
+                        backend: "auto".into(),
+                        mask: m.into(),
+                        dtype: "f16".into(),
+                        b: 8,
+                        h: 16,
+                        sq: s,
+                        sk: s,
+                        d,
+                        iters: base.iters,
+                    });
                 }
             }
         }

@@ -25,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let ctx = Context::new_blocking()?;
     let info = ctx.adapter_info();
-    println!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
 
     let (b, h, s, d) = (2, 4, 256, 64);
     let shape = [b, h, s, d];
@@ -93,7 +96,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let err = got
             .iter()
             .zip(&want)
-            .map(|(&g, &w)| if g.is_finite() { (g as f64 - w).abs() } else { f64::INFINITY })
+            .map(|(&g, &w)| {
+                if g.is_finite() {
+                    (g as f64 - w).abs()
+                } else {
+                    f64::INFINITY
+                }
+            })
             .fold(0.0, f64::max);
         worst = worst.max(err);
         println!(

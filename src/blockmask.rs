@@ -41,7 +41,10 @@ impl BlockMask {
                     TensorRole::BoolMask,
                     InputProblem::ShapeMismatch {
                         dim: Dim::ALL[i],
-                        expected: format!("{} (the shape its block summary was made for)", self.shape[i]),
+                        expected: format!(
+                            "{} (the shape its block summary was made for)",
+                            self.shape[i]
+                        ),
                         got: view.shape[i],
                     },
                 ));
@@ -50,8 +53,19 @@ impl BlockMask {
         Ok(())
     }
 
-    pub(crate) fn copy_into(&self, encoder: &mut wgpu::CommandEncoder, dst: &wgpu::Buffer, offset_words: u32) {
-        encoder.copy_buffer_to_buffer(&self.buffer, 0, dst, offset_words as u64 * 4, self.words as u64 * 4);
+    pub(crate) fn copy_into(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        offset_words: u32,
+    ) {
+        encoder.copy_buffer_to_buffer(
+            &self.buffer,
+            0,
+            dst,
+            offset_words as u64 * 4,
+            self.words as u64 * 4,
+        );
     }
 }
 
@@ -73,7 +87,13 @@ pub(crate) fn record(
     let w = launch::window(ctx, view, TensorRole::BoolMask)?;
     let (nqb, nkb, n) = counts(view);
     let compiled = ctx.cache().get(ctx.device(), ModuleKey::Summary, "main")?;
-    let st = |i: usize| if view.shape[i] > 1 { view.strides[i] as u32 } else { 0 };
+    let st = |i: usize| {
+        if view.shape[i] > 1 {
+            view.strides[i] as u32
+        } else {
+            0
+        }
+    };
     for c in launch::split_grid(n as u64, ctx.caps().max_workgroups_per_dim)? {
         let params = SummaryParams {
             m: [w.elem_off, st(0), st(1), st(2), st(3)],
@@ -95,7 +115,12 @@ pub(crate) fn record(
             (1, w.binding()),
             (2, out.as_entire_binding()),
         ];
-        let bg = launch::bind_group(ctx, &compiled, &slots, entry_bindings(&ModuleKey::Summary, "main"));
+        let bg = launch::bind_group(
+            ctx,
+            &compiled,
+            &slots,
+            entry_bindings(&ModuleKey::Summary, "main"),
+        );
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgpu-attention block summary"),
             timestamp_writes: None,
@@ -108,7 +133,11 @@ pub(crate) fn record(
 }
 
 /// Computes a summary into a buffer of its own.
-pub(crate) fn create(ctx: &Context, encoder: &mut wgpu::CommandEncoder, view: &TensorView) -> Result<BlockMask> {
+pub(crate) fn create(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    view: &TensorView,
+) -> Result<BlockMask> {
     if view.dtype != DType::Bool {
         return Err(Error::invalid(
             TensorRole::BoolMask,

@@ -85,7 +85,9 @@ impl Context {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| Error::device(format!("requesting a wgpu adapter on {backends:?}"), e))?,
+                .map_err(|e| {
+                    Error::device(format!("requesting a wgpu adapter on {backends:?}"), e)
+                })?,
         };
         let features = adapter.features() & OPTIONAL_FEATURES;
         let (device, queue) = adapter
@@ -118,7 +120,11 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        log::debug!("wgpu-attention context on {} ({:?}): {caps:?}", info.name, info.backend);
+        log::debug!(
+            "wgpu-attention context on {} ({:?}): {caps:?}",
+            info.name,
+            info.backend
+        );
         Context {
             inner: Arc::new(Inner {
                 device,
@@ -174,7 +180,13 @@ impl Context {
 
     /// Validates a call and says which backend and variant would run it, and why,
     /// without running anything. `RUST_LOG=debug` logs the same decision on every call.
-    pub fn plan(&self, q: &TensorView, k: &TensorView, v: &TensorView, opts: &AttentionOptions) -> Result<Plan> {
+    pub fn plan(
+        &self,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        opts: &AttentionOptions,
+    ) -> Result<Plan> {
         let p = validate::validate(q, k, v, None, opts)?;
         dispatch::plan(&p, self.caps(), opts)
     }
@@ -251,7 +263,13 @@ impl Context {
 
     /// Runs attention into a new output tensor (BHSD, dtype `opts.output_dtype` or Q's)
     /// and submits. Download it with [`Context::download_f32_blocking`].
-    pub fn attention(&self, q: &TensorView, k: &TensorView, v: &TensorView, opts: &AttentionOptions) -> Result<Tensor> {
+    pub fn attention(
+        &self,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        opts: &AttentionOptions,
+    ) -> Result<Tensor> {
         let p = validate::validate(q, k, v, None, opts)?;
         let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
         self.attention_into(q, k, v, out.view(), opts)?;
@@ -269,11 +287,13 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<(u32, u32)> {
-        let counter = self.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu-attention tile counter"),
-            contents: bytemuck::cast_slice(&[0u32; 4]),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        });
+        let counter = self
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu-attention tile counter"),
+                contents: bytemuck::cast_slice(&[0u32; 4]),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
         self.submit_scoped("counting tiles", |ctx, enc| {
             ctx.record_inner(enc, q, k, v, out, opts, Some(&counter))
         })?;
@@ -289,7 +309,9 @@ impl Context {
     /// Computes the block summary of a boolean mask (and submits), for reuse across
     /// calls with [`crate::Mask::bool_mask_with_summary`].
     pub fn block_mask(&self, mask: &TensorView) -> Result<BlockMask> {
-        self.submit_scoped("computing a block mask", |ctx, enc| blockmask::create(ctx, enc, mask))
+        self.submit_scoped("computing a block mask", |ctx, enc| {
+            blockmask::create(ctx, enc, mask)
+        })
     }
 
     /// Records into a fresh encoder under an error scope, then submits.
@@ -322,18 +344,21 @@ impl Context {
     fn buffer_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         // Pad to a whole number of words: shaders read u32 words.
         let mut padded;
-        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+        let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
             &padded[..]
         } else {
             bytes
         };
-        self.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+        self.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     /// A storage buffer holding `data` (padded to whole words), for building your own views.
@@ -389,12 +414,18 @@ impl Context {
         let n: usize = shape.iter().product();
         let bytes = (n as u64 * dtype.size()).div_ceil(4).max(1) * 4;
         if bytes > self.caps().max_buffer_size {
-            return Err(Error::limit("max_buffer_size", bytes, self.caps().max_buffer_size));
+            return Err(Error::limit(
+                "max_buffer_size",
+                bytes,
+                self.caps().max_buffer_size,
+            ));
         }
         let b = self.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-attention tensor"),
             size: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         Ok(Tensor::from_view(TensorView::bhsd(b, dtype, shape)))
@@ -465,11 +496,21 @@ impl Context {
             for ih in 0..h {
                 for is in 0..s {
                     for id in 0..d {
-                        let e = ib * view.strides[0] + ih * view.strides[1] + is * view.strides[2] + id * view.strides[3];
+                        let e = ib * view.strides[0]
+                            + ih * view.strides[1]
+                            + is * view.strides[2]
+                            + id * view.strides[3];
                         let at = base + e * es;
                         out.push(match view.dtype {
-                            DType::F16 => half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32(),
-                            _ => f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]),
+                            DType::F16 => {
+                                half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+                            }
+                            _ => f32::from_le_bytes([
+                                bytes[at],
+                                bytes[at + 1],
+                                bytes[at + 2],
+                                bytes[at + 3],
+                            ]),
                         });
                     }
                 }

@@ -57,7 +57,11 @@ impl DeviceCaps {
     }
 
     /// Builds caps from a device's limits, features, and the adapter's minimum subgroup size.
-    pub fn from_limits(limits: &wgpu::Limits, features: wgpu::Features, subgroup_min_size: u32) -> Self {
+    pub fn from_limits(
+        limits: &wgpu::Limits,
+        features: wgpu::Features,
+        subgroup_min_size: u32,
+    ) -> Self {
         DeviceCaps {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
@@ -68,8 +72,9 @@ impl DeviceCaps {
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            timestamp_query: features
-                .contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+            timestamp_query: features.contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+            ),
         }
     }
 }
@@ -161,13 +166,23 @@ fn bucket(buckets: &[u32], d: usize) -> Option<u32> {
 }
 
 /// The flash variant for a problem, or why there is none.
-pub fn flash_variant(p: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Result<ShaderVariant, String> {
+pub fn flash_variant(
+    p: &Problem,
+    caps: &DeviceCaps,
+    opts: &AttentionOptions,
+) -> Result<ShaderVariant, String> {
     let max = *FLASH_HEAD_DIMS.last().unwrap_or(&0);
     let dk = bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| {
-        format!("flash supports head dims up to {max}; Q/K head dim is {}", p.head_dim_qk)
+        format!(
+            "flash supports head dims up to {max}; Q/K head dim is {}",
+            p.head_dim_qk
+        )
     })?;
     let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).ok_or_else(|| {
-        format!("flash supports head dims up to {max}; V head dim is {}", p.head_dim_v)
+        format!(
+            "flash supports head dims up to {max}; V head dim is {}",
+            p.head_dim_v
+        )
     })?;
     // The largest key tile (at most FLASH_MAX_BLOCK_K) that fits the adapter's workgroup memory.
     let need = |bk: u32| bk * (dk + dv) * 4 + 16;
@@ -211,10 +226,16 @@ pub fn flash_variant(p: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) ->
 pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, String> {
     let max = *MEMEFF_HEAD_DIMS.last().unwrap_or(&0);
     let dk = bucket(&MEMEFF_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| {
-        format!("memory-efficient supports head dims up to {max}; Q/K head dim is {}", p.head_dim_qk)
+        format!(
+            "memory-efficient supports head dims up to {max}; Q/K head dim is {}",
+            p.head_dim_qk
+        )
     })?;
     let dv = bucket(&MEMEFF_HEAD_DIMS, p.head_dim_v).ok_or_else(|| {
-        format!("memory-efficient supports head dims up to {max}; V head dim is {}", p.head_dim_v)
+        format!(
+            "memory-efficient supports head dims up to {max}; V head dim is {}",
+            p.head_dim_v
+        )
     })?;
     let v = ShaderVariant {
         family: Family::MemoryEfficient,
@@ -266,12 +287,12 @@ pub fn naive_variant() -> ShaderVariant {
 /// use wgpu_attention::dispatch::{plan, DeviceCaps};
 /// use wgpu_attention::{AttentionOptions, Backend, Problem};
 /// let p = Problem::new(1, 8, 1024, 1024, 64);
-/// let plan = plan(&p, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
-/// assert_eq!(plan.backend, Backend::Flash);
+/// let small = plan(&p, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
+/// assert_eq!(small.backend, Backend::Flash);
 /// let big = Problem::new(1, 8, 1024, 1024, 512);
-/// let plan = plan(&big, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
-/// assert_eq!(plan.backend, Backend::MemoryEfficient);
-/// println!("{plan}");
+/// let large = plan(&big, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
+/// assert_eq!(large.backend, Backend::MemoryEfficient);
+/// println!("{large}");
 /// ```
 pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Result<Plan> {
     let mask = problem.mask.clone();
@@ -282,7 +303,8 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
     };
     let out = match opts.backend {
         Backend::Flash => {
-            let v = flash_variant(problem, caps, opts).map_err(|r| Error::backend(format!("flash cannot run: {r}")))?;
+            let v = flash_variant(problem, caps, opts)
+                .map_err(|r| Error::backend(format!("flash cannot run: {r}")))?;
             Plan {
                 backend: Backend::Flash,
                 variant: v,
@@ -315,7 +337,11 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     v.block_k,
                     v.workgroup_storage(),
                     caps.max_workgroup_storage,
-                    if v.subgroups { ", subgroup reductions on" } else { "" }
+                    if v.subgroups {
+                        ", subgroup reductions on"
+                    } else {
+                        ""
+                    }
                 ),
             },
             Err(why_not_flash) => match memeff_variant(problem, caps) {

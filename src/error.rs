@@ -218,13 +218,19 @@ impl fmt::Display for InputProblem {
                 write!(f, "has {got} entries, expected {expected} (one per batch)")
             }
             InputProblem::LengthTooLong { batch, len, max } => {
-                write!(f, "batch {batch} has length {len}, longer than the sequence ({max})")
+                write!(
+                    f,
+                    "batch {batch} has length {len}, longer than the sequence ({max})"
+                )
             }
             InputProblem::NonFinite { what, value } => {
                 write!(f, "{what} is {value}, expected a finite number")
             }
             InputProblem::HostLength { expected, got } => {
-                write!(f, "host slice has {got} elements, the view needs {expected}")
+                write!(
+                    f,
+                    "host slice has {got} elements, the view needs {expected}"
+                )
             }
             InputProblem::TooLarge { what } => write!(f, "{what} exceeds 32-bit indexing"),
             InputProblem::Other(s) => f.write_str(s),

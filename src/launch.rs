@@ -119,7 +119,10 @@ pub(crate) fn bind(
         }
     };
     set(m.causal, flags::CAUSAL);
-    set(m.alignment == CausalAlignment::BottomRight, flags::BOTTOM_RIGHT);
+    set(
+        m.alignment == CausalAlignment::BottomRight,
+        flags::BOTTOM_RIGHT,
+    );
     set(m.key_lengths.is_some(), flags::KLEN);
     set(m.query_lengths.is_some(), flags::QLEN);
     set(m.window.is_some_and(|w| w.left.is_some()), flags::WLEFT);
@@ -131,7 +134,10 @@ pub(crate) fn bind(
     set(p.dtype_k == DType::F16, flags::K16);
     set(p.dtype_v == DType::F16, flags::V16);
     set(p.dtype_o == DType::F16, flags::O16);
-    set(m.bias.as_ref().is_some_and(|b| b.dtype == DType::F16), flags::BIAS16);
+    set(
+        m.bias.as_ref().is_some_and(|b| b.dtype == DType::F16),
+        flags::BIAS16,
+    );
 
     // Aux: [query lengths | key lengths | alibi slopes | block summary].
     let mut aux: Vec<u32> = Vec::new();
@@ -156,11 +162,13 @@ pub(crate) fn bind(
         f |= flags::SUMMARY;
     }
     aux.resize(aux.len().max(4), 0);
-    let aux_buf = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("wgpu-attention aux"),
-        contents: bytemuck::cast_slice(&aux),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-    });
+    let aux_buf = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("wgpu-attention aux"),
+            contents: bytemuck::cast_slice(&aux),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        });
 
     let window_opt = m.window.unwrap_or_default();
     let mut params = AttnParams {
@@ -225,7 +233,11 @@ pub(crate) fn split_grid(n: u64, max: u32) -> Result<Vec<GridChunk>> {
     let max = max.max(1) as u64;
     let cap = max * max;
     if n > u32::MAX as u64 {
-        return Err(Error::limit("workgroups addressable with 32-bit indices", n, u32::MAX as u64));
+        return Err(Error::limit(
+            "workgroups addressable with 32-bit indices",
+            n,
+            u32::MAX as u64,
+        ));
     }
     let mut out = Vec::new();
     let mut start = 0u64;
@@ -246,11 +258,12 @@ pub(crate) fn split_grid(n: u64, max: u32) -> Result<Vec<GridChunk>> {
 
 /// A uniform buffer holding `params`.
 pub(crate) fn uniform<T: bytemuck::Pod>(ctx: &Context, params: &T) -> wgpu::Buffer {
-    ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("wgpu-attention params"),
-        contents: bytemuck::bytes_of(params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    })
+    ctx.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("wgpu-attention params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
 }
 
 /// Builds the bind group of `compiled` from `(binding, resource)` pairs, keeping only
@@ -264,10 +277,13 @@ pub(crate) fn bind_group(
     let entries: Vec<wgpu::BindGroupEntry> = wanted
         .iter()
         .filter_map(|(b, _)| {
-            slots.iter().find(|(s, _)| s == b).map(|(s, r)| wgpu::BindGroupEntry {
-                binding: *s,
-                resource: r.clone(),
-            })
+            slots
+                .iter()
+                .find(|(s, _)| s == b)
+                .map(|(s, r)| wgpu::BindGroupEntry {
+                    binding: *s,
+                    resource: r.clone(),
+                })
         })
         .collect();
     ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
@@ -317,14 +333,25 @@ mod tests {
     #[test]
     fn split_grid_respects_limits() {
         let c = split_grid(10, 65535).unwrap();
-        assert_eq!(c, vec![GridChunk { start: 0, count: 10, x: 10, y: 1 }]);
+        assert_eq!(
+            c,
+            vec![GridChunk {
+                start: 0,
+                count: 10,
+                x: 10,
+                y: 1
+            }]
+        );
         let c = split_grid(100_000, 65535).unwrap();
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].x, c[0].y), (65535, 2));
         let c = split_grid(50, 4).unwrap();
         assert_eq!(c.len(), 4);
         assert_eq!(c.iter().map(|c| c.count).sum::<u32>(), 50);
-        assert!(c.iter().all(|c| c.x <= 4 && c.y <= 4 && c.x * c.y >= c.count));
+        assert!(
+            c.iter()
+                .all(|c| c.x <= 4 && c.y <= 4 && c.x * c.y >= c.count)
+        );
         assert_eq!(c[3].start, 48);
     }
 }

@@ -26,13 +26,21 @@ pub(crate) fn record(
         .min(caps.max_buffer_size);
     let row_bytes = p.seq_k as u64 * 4;
     if row_bytes > limit {
-        return Err(Error::limit("max_storage_buffer_binding_size", row_bytes, limit));
+        return Err(Error::limit(
+            "max_storage_buffer_binding_size",
+            row_bytes,
+            limit,
+        ));
     }
     let total_rows = (p.batch * p.heads_q * p.seq_q) as u64;
     let max_dim = caps.max_workgroups_per_dim as u64;
     // Rows per chunk: scratch within the limit, and each pass's grid within max_dim^2.
     let by_grid = (max_dim * max_dim * WG / (p.seq_k.max(p.head_dim_v) as u64)).max(1);
-    let rows_per_chunk = (limit / row_bytes).min(by_grid).min(max_dim * max_dim).min(total_rows).max(1);
+    let rows_per_chunk = (limit / row_bytes)
+        .min(by_grid)
+        .min(max_dim * max_dim)
+        .min(total_rows)
+        .max(1);
     let scratch = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("wgpu-attention naive scores"),
         size: rows_per_chunk * row_bytes,

@@ -62,7 +62,7 @@ pub(crate) struct AttnParams {
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() == 56 * 4);
-const _: () = assert!(std::mem::size_of::<AttnParams>() % 16 == 0);
+const _: () = assert!(std::mem::size_of::<AttnParams>().is_multiple_of(16));
 
 /// The `SummaryParams` uniform of `shaders/block_summary.wgsl`.
 #[repr(C)]

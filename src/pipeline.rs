@@ -78,7 +78,12 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                 Family::MemoryEfficient => ["", "", sources::MEMEFF],
                 Family::Naive => ["", "", sources::NAIVE],
             };
-            format!("{}\n{}\n{}", const_lines(v), sources::COMMON, snippets.join("\n"))
+            format!(
+                "{}\n{}\n{}",
+                const_lines(v),
+                sources::COMMON,
+                snippets.join("\n")
+            )
         }
         ModuleKey::Summary => format!(
             "const SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}",
@@ -90,7 +95,10 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
 /// Every module source the crate can build for the given variants (for the naga test).
 #[doc(hidden)]
 pub fn all_sources_for(variants: &[ShaderVariant]) -> Vec<(String, String)> {
-    let mut out = vec![("block_summary".to_string(), module_source(&ModuleKey::Summary))];
+    let mut out = vec![(
+        "block_summary".to_string(),
+        module_source(&ModuleKey::Summary),
+    )];
     for v in variants {
         out.push((format!("{v:?}"), module_source(&ModuleKey::Attention(*v))));
     }
@@ -187,16 +195,23 @@ impl PipelineCache {
         if let Some(c) = self
             .map
             .lock()
-            .map_err(|_| Error::device_msg("pipeline cache", "a thread panicked while holding the cache lock"))?
+            .map_err(|_| {
+                Error::device_msg(
+                    "pipeline cache",
+                    "a thread panicked while holding the cache lock",
+                )
+            })?
             .get(&(key, entry))
         {
             return Ok(c.clone());
         }
         let compiled = Arc::new(compile(device, &key, entry)?);
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| Error::device_msg("pipeline cache", "a thread panicked while holding the cache lock"))?;
+        let mut map = self.map.lock().map_err(|_| {
+            Error::device_msg(
+                "pipeline cache",
+                "a thread panicked while holding the cache lock",
+            )
+        })?;
         Ok(map.entry((key, entry)).or_insert(compiled).clone())
     }
 }
@@ -258,10 +273,7 @@ fn compile(device: &wgpu::Device, key: &ModuleKey, entry: &'static str) -> Resul
         cache: None,
     });
     if let Some(e) = pollster::block_on(scope.pop()) {
-        return Err(Error::device_msg(
-            format!("compiling {label}"),
-            chain(&e),
-        ));
+        return Err(Error::device_msg(format!("compiling {label}"), chain(&e)));
     }
     Ok(Compiled { pipeline, layout })
 }

@@ -43,7 +43,15 @@ fn bcast_index(shape: [usize; 4], b: usize, h: usize, i: usize, j: usize) -> usi
 }
 
 /// Whether key `j` is visible to query `i` of batch `b`, head `h` (structural masks only).
-pub fn visible(m: &HostMask<'_>, sq: usize, sk: usize, b: usize, h: usize, i: usize, j: usize) -> bool {
+pub fn visible(
+    m: &HostMask<'_>,
+    sq: usize,
+    sk: usize,
+    b: usize,
+    h: usize,
+    i: usize,
+    j: usize,
+) -> bool {
     let qv = m.query_lengths.map_or(sq, |l| l[b] as usize);
     let kv = m.key_lengths.map_or(sk, |l| l[b] as usize);
     if i >= qv || j >= kv {
@@ -56,21 +64,21 @@ pub fn visible(m: &HostMask<'_>, sq: usize, sk: usize, b: usize, h: usize, i: us
         return false;
     }
     if let Some(w) = m.window {
-        if let Some(r) = w.right {
-            if j > centre + r as i64 {
-                return false;
-            }
-        }
-        if let Some(l) = w.left {
-            if j < centre - l as i64 {
-                return false;
-            }
-        }
-    }
-    if let Some((data, shape)) = m.bool_mask {
-        if !data[bcast_index(shape, b, h, i, j as usize)] {
+        if let Some(r) = w.right
+            && j > centre + r as i64
+        {
             return false;
         }
+        if let Some(l) = w.left
+            && j < centre - l as i64
+        {
+            return false;
+        }
+    }
+    if let Some((data, shape)) = m.bool_mask
+        && !data[bcast_index(shape, b, h, i, j as usize)]
+    {
+        return false;
     }
     true
 }
@@ -84,7 +92,13 @@ fn offset(m: &HostMask<'_>, qv: usize, kv: usize) -> i64 {
 
 /// Reference attention. `q`: `[B, Hq, Sq, D]`, `k`: `[B, Hkv, Sk, D]`, `v`: `[B, Hkv, Sk, Dv]`.
 /// Returns `[B, Hq, Sq, Dv]` in f64.
-pub fn attention(q: &HostTensor<'_>, k: &HostTensor<'_>, v: &HostTensor<'_>, scale: f64, m: &HostMask<'_>) -> Vec<f64> {
+pub fn attention(
+    q: &HostTensor<'_>,
+    k: &HostTensor<'_>,
+    v: &HostTensor<'_>,
+    scale: f64,
+    m: &HostMask<'_>,
+) -> Vec<f64> {
     let [b, hq, sq, d] = q.shape;
     let [_, hkv, sk, _] = k.shape;
     let dv = v.shape[3];
@@ -107,7 +121,11 @@ pub fn attention(q: &HostTensor<'_>, k: &HostTensor<'_>, v: &HostTensor<'_>, sca
                         continue;
                     }
                     let krow = &k.data[((ib * hkv + hk) * sk + j) * d..][..d];
-                    let dot: f64 = qrow.iter().zip(krow).map(|(&a, &c)| a as f64 * c as f64).sum();
+                    let dot: f64 = qrow
+                        .iter()
+                        .zip(krow)
+                        .map(|(&a, &c)| a as f64 * c as f64)
+                        .sum();
                     let mut l = (dot * scale) as f32;
                     if let Some(bias) = &m.bias {
                         l += bias.data[bcast_index(bias.shape, ib, ih, i, j)];

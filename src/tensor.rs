@@ -164,7 +164,7 @@ impl TensorView {
     /// `usage`, and that its indices fit 32-bit shader arithmetic.
     pub(crate) fn check_memory(&self, role: TensorRole, usage: wgpu::BufferUsages) -> Result<()> {
         let e = self.dtype.size();
-        if self.offset % e != 0 {
+        if !self.offset.is_multiple_of(e) {
             return Err(Error::invalid(
                 role,
                 InputProblem::MisalignedOffset {
@@ -227,7 +227,7 @@ impl TensorView {
                     InputProblem::OverlappingOutput { dim: Dim::ALL[i] },
                 ));
             }
-            extent = self.strides[i] * (self.shape[i] - 1) + extent;
+            extent += self.strides[i] * (self.shape[i] - 1);
         }
         Ok(())
     }

@@ -138,7 +138,14 @@ fn check_nonzero(view: &TensorView, role: TensorRole) -> Result<()> {
 }
 
 /// Checks a `[B|1, H|1, Sq, Sk]` mask or bias shape.
-fn check_broadcast(view: &TensorView, role: TensorRole, b: usize, h: usize, sq: usize, sk: usize) -> Result<()> {
+fn check_broadcast(
+    view: &TensorView,
+    role: TensorRole,
+    b: usize,
+    h: usize,
+    sq: usize,
+    sk: usize,
+) -> Result<()> {
     let [vb, vh, vq, vk] = view.shape;
     if vb != b && vb != 1 {
         return Err(mismatch(role, Dim::Batch, format!("{b} or 1"), vb));
@@ -224,9 +231,9 @@ pub(crate) fn validate(
         Some(o) => {
             check_float(o, Output)?;
             let want = [b, hq, sq, dv];
-            for i in 0..4 {
-                if o.shape[i] != want[i] {
-                    return Err(mismatch(Output, Dim::ALL[i], want[i], o.shape[i]));
+            for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&o.shape) {
+                if got != w {
+                    return Err(mismatch(Output, *dim, w, got));
                 }
             }
             o.check_memory(Output, storage)?;
@@ -316,13 +323,13 @@ pub(crate) fn validate(
             (m.bias.as_ref(), Bias),
         ];
         for (view, role) in inputs {
-            if let Some(view) = view {
-                if view.buffer == o.buffer {
-                    return Err(Error::invalid(
-                        Output,
-                        InputProblem::OutputAliasesInput { input: role },
-                    ));
-                }
+            if let Some(view) = view
+                && view.buffer == o.buffer
+            {
+                return Err(Error::invalid(
+                    Output,
+                    InputProblem::OutputAliasesInput { input: role },
+                ));
             }
         }
     }

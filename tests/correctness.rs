@@ -16,11 +16,15 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
 ];
 
 fn key_lengths(b: usize, sk: usize) -> Vec<u32> {
-    (0..b).map(|i| [(sk * 2 / 3).max(1), 0, sk, 1][i % 4].min(sk) as u32).collect()
+    (0..b)
+        .map(|i| [(sk * 2 / 3).max(1), 0, sk, 1][i % 4].min(sk) as u32)
+        .collect()
 }
 
 fn query_lengths(b: usize, sq: usize) -> Vec<u32> {
-    (0..b).map(|i| [(sq * 3 / 4).max(1), sq, 1, 0][i % 4].min(sq) as u32).collect()
+    (0..b)
+        .map(|i| [(sq * 3 / 4).max(1), sq, 1, 0][i % 4].min(sq) as u32)
+        .collect()
 }
 
 /// The mask combinations every backend is tested with, for one shape.
@@ -28,9 +32,7 @@ pub fn masks(b: usize, h: usize, sq: usize, sk: usize, seed: u64) -> Vec<MaskSpe
     let bool_mask = |shape: [usize; 4], s: u64| {
         let mut m = random_bool(shape.iter().product(), s, 0.7);
         // Row 0 of the first mask item is fully masked: it must come out as zeros.
-        for j in 0..sk {
-            m[j] = false;
-        }
+        m[..sk].fill(false);
         (m, shape)
     };
     vec![
@@ -62,7 +64,14 @@ pub fn masks(b: usize, h: usize, sq: usize, sk: usize, seed: u64) -> Vec<MaskSpe
             ..Default::default()
         },
         MaskSpec {
-            bias: Some((random(h * sq * sk, seed + 5).iter().map(|x| x * 3.0).collect(), [1, h, sq, sk], DType::F16)),
+            bias: Some((
+                random(h * sq * sk, seed + 5)
+                    .iter()
+                    .map(|x| x * 3.0)
+                    .collect(),
+                [1, h, sq, sk],
+                DType::F16,
+            )),
             alibi: Some((0..h).map(|i| 0.5f32.powi(i as i32 + 1)).collect()),
             ..Default::default()
         },
@@ -75,7 +84,11 @@ pub fn masks(b: usize, h: usize, sq: usize, sk: usize, seed: u64) -> Vec<MaskSpe
             }),
             bool_mask: Some(bool_mask([1, h, sq, sk], seed + 9)),
             summary: true,
-            bias: Some((random(b * h * sq * sk, seed + 6), [b, h, sq, sk], DType::F32)),
+            bias: Some((
+                random(b * h * sq * sk, seed + 6),
+                [b, h, sq, sk],
+                DType::F32,
+            )),
             alibi: Some((0..h).map(|i| 0.25 * (i as f32 + 1.0)).collect()),
             ..Default::default()
         },
@@ -87,8 +100,14 @@ fn product(backend: Backend, dtype: DType) {
     let layouts = [Layout::Bhsd, Layout::Bshd, Layout::Offset];
     let mut n = 0;
     for (si, &(b, hq, hkv, sq, sk, dk, dv)) in SHAPES.iter().enumerate() {
-        for (mi, mask) in masks(b, hq, sq, sk, 100 + si as u64).into_iter().enumerate() {
-            let mut c = Case::new(b, hq, sq, sk, dk).dtype(dtype).backend(backend).mask(mask);
+        for (mi, mask) in masks(b, hq, sq, sk, 100 + si as u64)
+            .into_iter()
+            .enumerate()
+        {
+            let mut c = Case::new(b, hq, sq, sk, dk)
+                .dtype(dtype)
+                .backend(backend)
+                .mask(mask);
             c.hkv = hkv;
             c.dv = dv;
             c.layout = layouts[(si + mi) % 3];
@@ -137,7 +156,9 @@ fn flash_without_subgroups() {
     let ctx = ctx();
     let (b, h, sq, sk) = (2, 2, 70, 45);
     for (mi, mask) in masks(b, h, sq, sk, 3).into_iter().enumerate() {
-        let mut c = Case::new(b, h, sq, sk, 64).backend(Backend::Flash).mask(mask);
+        let mut c = Case::new(b, h, sq, sk, 64)
+            .backend(Backend::Flash)
+            .mask(mask);
         c.subgroups = Subgroups::Off;
         c.seed = mi as u64;
         check(ctx, &c);
@@ -149,7 +170,9 @@ fn flash_without_subgroups() {
 fn mixed_output_dtypes() {
     let ctx = ctx();
     for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
-        let mut c = Case::new(1, 2, 33, 47, 40).dtype(DType::F16).backend(backend);
+        let mut c = Case::new(1, 2, 33, 47, 40)
+            .dtype(DType::F16)
+            .backend(backend);
         c.out_dtype = DType::F32;
         check(ctx, &c);
         let mut c = Case::new(1, 2, 33, 47, 40).backend(backend);

@@ -17,9 +17,18 @@ fn lavapipe_like() -> DeviceCaps {
 fn auto_prefers_flash_for_every_flash_head_dim() {
     let caps = DeviceCaps::webgpu_default();
     for d in [1, 7, 32, 33, 64, 100, 128, 200, 256] {
-        let p = plan(&Problem::new(1, 8, 128, 128, d), &caps, &AttentionOptions::default()).unwrap();
+        let p = plan(
+            &Problem::new(1, 8, 128, 128, d),
+            &caps,
+            &AttentionOptions::default(),
+        )
+        .unwrap();
         assert_eq!(p.backend, Backend::Flash, "d={d}: {}", p.reason);
-        let bucket = FLASH_HEAD_DIMS.iter().copied().find(|&b| b as usize >= d).unwrap();
+        let bucket = FLASH_HEAD_DIMS
+            .iter()
+            .copied()
+            .find(|&b| b as usize >= d)
+            .unwrap();
         assert_eq!(p.variant.head_dim_qk, bucket);
         assert!(p.variant.workgroup_storage() <= caps.max_workgroup_storage);
     }
@@ -28,13 +37,28 @@ fn auto_prefers_flash_for_every_flash_head_dim() {
 #[test]
 fn large_head_dims_go_to_memeff_then_naive() {
     let caps = DeviceCaps::webgpu_default();
-    let p = plan(&Problem::new(1, 8, 128, 128, 257), &caps, &AttentionOptions::default()).unwrap();
+    let p = plan(
+        &Problem::new(1, 8, 128, 128, 257),
+        &caps,
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     assert_eq!(p.backend, Backend::MemoryEfficient);
     assert!(p.reason.contains("256"), "{}", p.reason);
     let top = *MEMEFF_HEAD_DIMS.last().unwrap() as usize;
-    let p = plan(&Problem::new(1, 8, 128, 128, top), &caps, &AttentionOptions::default()).unwrap();
+    let p = plan(
+        &Problem::new(1, 8, 128, 128, top),
+        &caps,
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     assert_eq!(p.backend, Backend::MemoryEfficient);
-    let p = plan(&Problem::new(1, 8, 128, 128, top + 1), &caps, &AttentionOptions::default()).unwrap();
+    let p = plan(
+        &Problem::new(1, 8, 128, 128, top + 1),
+        &caps,
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     assert_eq!(p.backend, Backend::Naive);
 }
 
@@ -44,10 +68,20 @@ fn small_workgroup_memory_falls_back_to_memeff() {
         max_workgroup_storage: 4096,
         ..DeviceCaps::webgpu_default()
     };
-    let p = plan(&Problem::new(1, 8, 128, 128, 128), &caps, &AttentionOptions::default()).unwrap();
+    let p = plan(
+        &Problem::new(1, 8, 128, 128, 128),
+        &caps,
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     assert_eq!(p.backend, Backend::MemoryEfficient, "{}", p.reason);
     assert!(p.reason.contains("workgroup memory"), "{}", p.reason);
-    let err = plan(&Problem::new(1, 8, 128, 128, 128), &caps, &AttentionOptions::default().backend(Backend::Flash)).unwrap_err();
+    let err = plan(
+        &Problem::new(1, 8, 128, 128, 128),
+        &caps,
+        &AttentionOptions::default().backend(Backend::Flash),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }
 
@@ -57,14 +91,37 @@ fn a_mask_never_changes_the_backend() {
     let base = Problem::new(2, 8, 300, 500, 64);
     let unmasked = plan(&base, &caps, &AttentionOptions::default()).unwrap();
     let masks = [
-        MaskKinds { causal: true, ..Default::default() },
-        MaskKinds { key_lengths: true, query_lengths: true, ..Default::default() },
-        MaskKinds { window: Some(Window { left: Some(3), right: None }), ..Default::default() },
-        MaskKinds { bool_mask: true, ..Default::default() },
-        MaskKinds { bias: Some(DType::F16), alibi: true, ..Default::default() },
+        MaskKinds {
+            causal: true,
+            ..Default::default()
+        },
+        MaskKinds {
+            key_lengths: true,
+            query_lengths: true,
+            ..Default::default()
+        },
+        MaskKinds {
+            window: Some(Window {
+                left: Some(3),
+                right: None,
+            }),
+            ..Default::default()
+        },
+        MaskKinds {
+            bool_mask: true,
+            ..Default::default()
+        },
+        MaskKinds {
+            bias: Some(DType::F16),
+            alibi: true,
+            ..Default::default()
+        },
     ];
     for m in masks {
-        let p = Problem { mask: m.clone(), ..base.clone() };
+        let p = Problem {
+            mask: m.clone(),
+            ..base.clone()
+        };
         let masked = plan(&p, &caps, &AttentionOptions::default()).unwrap();
         assert_eq!(masked.backend, unmasked.backend, "{m:?}");
         assert_eq!(masked.variant, unmasked.variant, "{m:?}");
@@ -77,13 +134,29 @@ fn subgroup_variant_only_with_subgroups() {
     let with = plan(&p, &lavapipe_like(), &AttentionOptions::default()).unwrap();
     assert!(with.variant.subgroups && with.variant.threads_per_row > 1);
     assert!(with.reason.contains("subgroup"));
-    let off = AttentionOptions { subgroups: Subgroups::Off, ..Default::default() };
+    let off = AttentionOptions {
+        subgroups: Subgroups::Off,
+        ..Default::default()
+    };
     let without = plan(&p, &lavapipe_like(), &off).unwrap();
     assert!(!without.variant.subgroups && without.variant.threads_per_row == 1);
-    let plain = plan(&p, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
+    let plain = plan(
+        &p,
+        &DeviceCaps::webgpu_default(),
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     assert!(!plain.variant.subgroups);
-    let tiny_sg = DeviceCaps { subgroup_min_size: 2, ..lavapipe_like() };
-    assert!(!plan(&p, &tiny_sg, &AttentionOptions::default()).unwrap().variant.subgroups);
+    let tiny_sg = DeviceCaps {
+        subgroup_min_size: 2,
+        ..lavapipe_like()
+    };
+    assert!(
+        !plan(&p, &tiny_sg, &AttentionOptions::default())
+            .unwrap()
+            .variant
+            .subgroups
+    );
 }
 
 #[test]
@@ -105,17 +178,38 @@ fn forced_backends_are_honoured() {
 #[test]
 fn key_tile_grows_with_workgroup_memory() {
     let p = Problem::new(1, 2, 16, 16, 128);
-    let small = plan(&p, &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
-    let big = plan(&p, &DeviceCaps { max_workgroup_storage: 49152, ..DeviceCaps::webgpu_default() }, &AttentionOptions::default()).unwrap();
+    let small = plan(
+        &p,
+        &DeviceCaps::webgpu_default(),
+        &AttentionOptions::default(),
+    )
+    .unwrap();
+    let big = plan(
+        &p,
+        &DeviceCaps {
+            max_workgroup_storage: 49152,
+            ..DeviceCaps::webgpu_default()
+        },
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     assert!(big.variant.block_k > small.variant.block_k);
     assert_eq!(big.variant.block_k, 32);
 }
 
 #[test]
 fn plan_display_is_informative() {
-    let p = plan(&Problem::new(1, 2, 16, 16, 40), &DeviceCaps::webgpu_default(), &AttentionOptions::default()).unwrap();
+    let p = plan(
+        &Problem::new(1, 2, 16, 16, 40),
+        &DeviceCaps::webgpu_default(),
+        &AttentionOptions::default(),
+    )
+    .unwrap();
     let s = p.to_string();
-    assert!(s.starts_with("flash") && s.contains("d_qk bucket 64"), "{s}");
+    assert!(
+        s.starts_with("flash") && s.contains("d_qk bucket 64"),
+        "{s}"
+    );
 }
 
 #[test]

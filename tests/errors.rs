@@ -31,41 +31,71 @@ fn invalid(err: Error) -> InvalidInput {
 }
 
 fn run(ctx: &Context, t: &Qkv, opts: &AttentionOptions) -> Error {
-    ctx.attention(&t.q, &t.k, &t.v, opts).expect_err("bad input must be rejected")
+    ctx.attention(&t.q, &t.k, &t.v, opts)
+        .expect_err("bad input must be rejected")
 }
 
 #[test]
 fn key_head_dim_mismatch() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 2, 8, 16);
-    t.k = ctx.upload_f32(&random(2 * 8 * 12, 4), [1, 2, 8, 12]).unwrap().view().clone();
+    t.k = ctx
+        .upload_f32(&random(2 * 8 * 12, 4), [1, 2, 8, 12])
+        .unwrap()
+        .view()
+        .clone();
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
-    assert!(matches!(&e.problem, InputProblem::ShapeMismatch { dim: Dim::HeadDim, got: 12, expected } if expected == "16"));
+    assert!(
+        matches!(&e.problem, InputProblem::ShapeMismatch { dim: Dim::HeadDim, got: 12, expected } if expected == "16")
+    );
     let msg = e.to_string();
-    assert!(msg.contains("key") && msg.contains("12") && msg.contains("16"), "{msg}");
+    assert!(
+        msg.contains("key") && msg.contains("12") && msg.contains("16"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn batch_mismatch_value() {
     let ctx = ctx();
     let mut t = qkv(ctx, 2, 2, 8, 16);
-    t.v = ctx.upload_f32(&random(2 * 8 * 16, 4), [1, 2, 8, 16]).unwrap().view().clone();
+    t.v = ctx
+        .upload_f32(&random(2 * 8 * 16, 4), [1, 2, 8, 16])
+        .unwrap()
+        .view()
+        .clone();
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Value);
-    assert!(matches!(e.problem, InputProblem::ShapeMismatch { dim: Dim::Batch, got: 1, .. }));
+    assert!(matches!(
+        e.problem,
+        InputProblem::ShapeMismatch {
+            dim: Dim::Batch,
+            got: 1,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn heads_not_a_divisor() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 4, 8, 16);
-    let kv = ctx.upload_f32(&random(3 * 8 * 16, 4), [1, 3, 8, 16]).unwrap();
+    let kv = ctx
+        .upload_f32(&random(3 * 8 * 16, 4), [1, 3, 8, 16])
+        .unwrap();
     t.k = kv.view().clone();
     t.v = kv.view().clone();
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
-    assert!(matches!(e.problem, InputProblem::ShapeMismatch { dim: Dim::Heads, got: 3, .. }));
+    assert!(matches!(
+        e.problem,
+        InputProblem::ShapeMismatch {
+            dim: Dim::Heads,
+            got: 3,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -85,7 +115,16 @@ fn view_out_of_bounds() {
     t.k = t.k.clone().with_offset(8);
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
-    assert!(matches!(e.problem, InputProblem::OutOfBounds { needed: 72, buffer_size: 64 }), "{e}");
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::OutOfBounds {
+                needed: 72,
+                buffer_size: 64
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -96,7 +135,13 @@ fn misaligned_offset() {
     t.k = TensorView::bhsd(t.k.buffer.clone(), DType::F32, [1, 1, 2, 4]);
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Value);
-    assert_eq!(e.problem, InputProblem::MisalignedOffset { offset: 6, align: 4 });
+    assert_eq!(
+        e.problem,
+        InputProblem::MisalignedOffset {
+            offset: 6,
+            align: 4
+        }
+    );
 }
 
 #[test]
@@ -132,7 +177,10 @@ fn non_finite_scale() {
     for s in [f32::NAN, f32::INFINITY] {
         let e = invalid(run(ctx, &t, &AttentionOptions::default().scale(s)));
         assert_eq!(e.tensor, TensorRole::Options);
-        assert!(matches!(e.problem, InputProblem::NonFinite { what: "scale", .. }));
+        assert!(matches!(
+            e.problem,
+            InputProblem::NonFinite { what: "scale", .. }
+        ));
     }
 }
 
@@ -140,28 +188,55 @@ fn non_finite_scale() {
 fn key_length_beyond_sequence() {
     let ctx = ctx();
     let t = qkv(ctx, 2, 1, 8, 4);
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().key_lengths(vec![8, 9]))));
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().key_lengths(vec![8, 9])),
+    ));
     assert_eq!(e.tensor, TensorRole::KeyLengths);
-    assert_eq!(e.problem, InputProblem::LengthTooLong { batch: 1, len: 9, max: 8 });
+    assert_eq!(
+        e.problem,
+        InputProblem::LengthTooLong {
+            batch: 1,
+            len: 9,
+            max: 8
+        }
+    );
 }
 
 #[test]
 fn query_lengths_wrong_count() {
     let ctx = ctx();
     let t = qkv(ctx, 2, 1, 8, 4);
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().query_lengths(vec![3]))));
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().query_lengths(vec![3])),
+    ));
     assert_eq!(e.tensor, TensorRole::QueryLengths);
-    assert_eq!(e.problem, InputProblem::WrongCount { expected: 2, got: 1 });
+    assert_eq!(
+        e.problem,
+        InputProblem::WrongCount {
+            expected: 2,
+            got: 1
+        }
+    );
 }
 
 #[test]
 fn bool_mask_wrong_shape() {
     let ctx = ctx();
     let t = qkv(ctx, 2, 2, 8, 4);
-    let m = ctx.upload_bool(&vec![true; 3 * 8 * 8], [1, 3, 8, 8]).unwrap();
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().bool_mask(m.view().clone()))));
+    let m = ctx.upload_bool(&[true; 3 * 8 * 8], [1, 3, 8, 8]).unwrap();
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().bool_mask(m.view().clone())),
+    ));
     assert_eq!(e.tensor, TensorRole::BoolMask);
-    assert!(matches!(&e.problem, InputProblem::ShapeMismatch { dim: Dim::Heads, got: 3, expected } if expected == "2 or 1"));
+    assert!(
+        matches!(&e.problem, InputProblem::ShapeMismatch { dim: Dim::Heads, got: 3, expected } if expected == "2 or 1")
+    );
 }
 
 #[test]
@@ -169,7 +244,11 @@ fn bool_mask_given_as_float() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 4);
     let m = ctx.upload_f32(&random(64, 5), [1, 1, 8, 8]).unwrap();
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().bool_mask(m.view().clone()))));
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().bool_mask(m.view().clone())),
+    ));
     assert_eq!(e.tensor, TensorRole::BoolMask);
     assert!(matches!(e.problem, InputProblem::WrongDType { .. }));
 }
@@ -179,19 +258,44 @@ fn bias_wrong_key_length() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 4);
     let bias = ctx.upload_f32(&random(8 * 7, 5), [1, 1, 8, 7]).unwrap();
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().bias(bias.view().clone()))));
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().bias(bias.view().clone())),
+    ));
     assert_eq!(e.tensor, TensorRole::Bias);
-    assert!(matches!(e.problem, InputProblem::ShapeMismatch { dim: Dim::HeadDim, got: 7, .. }));
+    assert!(matches!(
+        e.problem,
+        InputProblem::ShapeMismatch {
+            dim: Dim::HeadDim,
+            got: 7,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn alibi_wrong_count_and_nan() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 2, 8, 4);
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().alibi(vec![0.5]))));
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().alibi(vec![0.5])),
+    ));
     assert_eq!(e.tensor, TensorRole::AlibiSlopes);
-    assert_eq!(e.problem, InputProblem::WrongCount { expected: 2, got: 1 });
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().alibi(vec![0.5, f32::NAN]))));
+    assert_eq!(
+        e.problem,
+        InputProblem::WrongCount {
+            expected: 2,
+            got: 1
+        }
+    );
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().alibi(vec![0.5, f32::NAN])),
+    ));
     assert!(matches!(e.problem, InputProblem::NonFinite { .. }));
 }
 
@@ -201,17 +305,47 @@ fn output_shape_overlap_and_alias() {
     let t = qkv(ctx, 1, 2, 8, 4);
     let opts = AttentionOptions::default();
     let out = nan_output(ctx, [1, 2, 8, 5], DType::F32);
-    let e = invalid(ctx.attention_into(&t.q, &t.k, &t.v, &out, &opts).unwrap_err());
+    let e = invalid(
+        ctx.attention_into(&t.q, &t.k, &t.v, &out, &opts)
+            .unwrap_err(),
+    );
     assert_eq!(e.tensor, TensorRole::Output);
-    assert!(matches!(e.problem, InputProblem::ShapeMismatch { dim: Dim::HeadDim, got: 5, .. }));
+    assert!(matches!(
+        e.problem,
+        InputProblem::ShapeMismatch {
+            dim: Dim::HeadDim,
+            got: 5,
+            ..
+        }
+    ));
 
     let out = nan_output(ctx, [1, 2, 8, 4], DType::F32);
-    let overlapping = TensorView::new(out.buffer.clone(), DType::F32, [1, 2, 8, 4], [64, 0, 4, 1], 0);
-    let e = invalid(ctx.attention_into(&t.q, &t.k, &t.v, &overlapping, &opts).unwrap_err());
-    assert_eq!(e.problem, InputProblem::OverlappingOutput { dim: Dim::Heads });
+    let overlapping = TensorView::new(
+        out.buffer.clone(),
+        DType::F32,
+        [1, 2, 8, 4],
+        [64, 0, 4, 1],
+        0,
+    );
+    let e = invalid(
+        ctx.attention_into(&t.q, &t.k, &t.v, &overlapping, &opts)
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e.problem,
+        InputProblem::OverlappingOutput { dim: Dim::Heads }
+    );
 
-    let e = invalid(ctx.attention_into(&t.q, &t.k, &t.v, &t.k, &opts).unwrap_err());
-    assert_eq!(e.problem, InputProblem::OutputAliasesInput { input: TensorRole::Key });
+    let e = invalid(
+        ctx.attention_into(&t.q, &t.k, &t.v, &t.k, &opts)
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e.problem,
+        InputProblem::OutputAliasesInput {
+            input: TensorRole::Key
+        }
+    );
 }
 
 #[test]
@@ -219,14 +353,24 @@ fn host_slice_length() {
     let ctx = ctx();
     let e = invalid(ctx.upload_f32(&[1.0; 10], [1, 1, 3, 4]).unwrap_err());
     assert_eq!(e.tensor, TensorRole::HostData);
-    assert_eq!(e.problem, InputProblem::HostLength { expected: 12, got: 10 });
+    assert_eq!(
+        e.problem,
+        InputProblem::HostLength {
+            expected: 12,
+            got: 10
+        }
+    );
 }
 
 #[test]
 fn forced_backend_that_cannot_run() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 4, 300);
-    let err = run(ctx, &t, &AttentionOptions::default().backend(Backend::Flash));
+    let err = run(
+        ctx,
+        &t,
+        &AttentionOptions::default().backend(Backend::Flash),
+    );
     match err {
         Error::Unsupported(u) => match u.reason {
             UnsupportedReason::Backend(s) => assert!(s.contains("300") && s.contains("256"), "{s}"),
@@ -235,17 +379,22 @@ fn forced_backend_that_cannot_run() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
     // Auto still runs it.
-    ctx.attention(&t.q, &t.k, &t.v, &AttentionOptions::default()).unwrap();
+    ctx.attention(&t.q, &t.k, &t.v, &AttentionOptions::default())
+        .unwrap();
 }
 
 #[test]
 fn block_summary_for_another_shape() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 4);
-    let m1 = ctx.upload_bool(&vec![true; 64], [1, 1, 8, 8]).unwrap();
-    let m2 = ctx.upload_bool(&vec![true; 128], [1, 2, 8, 8]).unwrap();
+    let m1 = ctx.upload_bool(&[true; 64], [1, 1, 8, 8]).unwrap();
+    let m2 = ctx.upload_bool(&[true; 128], [1, 2, 8, 8]).unwrap();
     let s = ctx.block_mask(m2.view()).unwrap();
-    let e = invalid(run(ctx, &t, &AttentionOptions::with_mask(Mask::none().bool_mask_with_summary(m1.view().clone(), s))));
+    let e = invalid(run(
+        ctx,
+        &t,
+        &AttentionOptions::with_mask(Mask::none().bool_mask_with_summary(m1.view().clone(), s)),
+    ));
     assert_eq!(e.tensor, TensorRole::BoolMask);
 }
 
@@ -254,6 +403,11 @@ fn block_summary_for_another_shape() {
 fn device_survives_bad_input() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 4);
-    let _ = ctx.attention(&t.q, &t.k, &t.v, &AttentionOptions::default().scale(f32::NAN));
+    let _ = ctx.attention(
+        &t.q,
+        &t.k,
+        &t.v,
+        &AttentionOptions::default().scale(f32::NAN),
+    );
     check(ctx, &Case::new(1, 1, 8, 8, 4));
 }

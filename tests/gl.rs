@@ -10,16 +10,18 @@ use wgpu_attention::{Backend, CausalAlignment, Context, DType};
 
 fn gl() -> Option<&'static Context> {
     static GL: OnceLock<Option<Context>> = OnceLock::new();
-    GL.get_or_init(|| match Context::with_backends_blocking(wgpu::Backends::GL) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            if std::env::var("WGPU_ATTENTION_REQUIRE_GL").is_ok_and(|v| v == "1") {
-                panic!("WGPU_ATTENTION_REQUIRE_GL=1 but no GL adapter: {e}");
+    GL.get_or_init(
+        || match Context::with_backends_blocking(wgpu::Backends::GL) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if std::env::var("WGPU_ATTENTION_REQUIRE_GL").is_ok_and(|v| v == "1") {
+                    panic!("WGPU_ATTENTION_REQUIRE_GL=1 but no GL adapter: {e}");
+                }
+                eprintln!("no GL adapter ({e}); GL tests not run");
+                None
             }
-            eprintln!("no GL adapter ({e}); GL tests not run");
-            None
-        }
-    })
+        },
+    )
     .as_ref()
 }
 
@@ -35,7 +37,10 @@ fn gl_backends_match_reference() {
                 bias: Some((random(2 * 33 * 50, 3), [1, 2, 33, 50], DType::F16)),
                 ..Default::default()
             };
-            let mut c = Case::new(2, 2, 33, 50, 64).backend(backend).dtype(dtype).mask(mask);
+            let mut c = Case::new(2, 2, 33, 50, 64)
+                .backend(backend)
+                .dtype(dtype)
+                .mask(mask);
             c.hkv = 1;
             check(ctx, &c);
         }
@@ -45,7 +50,12 @@ fn gl_backends_match_reference() {
 #[test]
 fn gl_auto_uses_plain_flash() {
     let Some(ctx) = gl() else { return };
-    let p = ctx.plan_problem(&wgpu_attention::Problem::new(1, 8, 128, 128, 64), &Default::default()).unwrap();
+    let p = ctx
+        .plan_problem(
+            &wgpu_attention::Problem::new(1, 8, 128, 128, 64),
+            &Default::default(),
+        )
+        .unwrap();
     assert_eq!(p.backend, Backend::Flash);
     assert!(!p.variant.subgroups);
 }

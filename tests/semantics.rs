@@ -5,16 +5,31 @@ mod common;
 
 use common::*;
 use wgpu_attention::error::UnsupportedReason;
-use wgpu_attention::{AttentionOptions, Backend, CausalAlignment, Context, DType, Error, Mask, TensorView};
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, Mask, TensorView,
+};
 
 const BACKENDS: [Backend; 3] = [Backend::Flash, Backend::MemoryEfficient, Backend::Naive];
 
-fn run_simple(ctx: &Context, qh: &[f32], kh: &[f32], vh: &[f32], shape_q: [usize; 4], shape_kv: [usize; 4], dv: usize, opts: &AttentionOptions) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn run_simple(
+    ctx: &Context,
+    qh: &[f32],
+    kh: &[f32],
+    vh: &[f32],
+    shape_q: [usize; 4],
+    shape_kv: [usize; 4],
+    dv: usize,
+    opts: &AttentionOptions,
+) -> Vec<f32> {
     let q = ctx.upload_f32(qh, shape_q).unwrap();
     let k = ctx.upload_f32(kh, shape_kv).unwrap();
-    let v = ctx.upload_f32(vh, [shape_kv[0], shape_kv[1], shape_kv[2], dv]).unwrap();
+    let v = ctx
+        .upload_f32(vh, [shape_kv[0], shape_kv[1], shape_kv[2], dv])
+        .unwrap();
     let out = nan_output(ctx, [shape_q[0], shape_q[1], shape_q[2], dv], DType::F32);
-    ctx.attention_into(q.view(), k.view(), v.view(), &out, opts).unwrap();
+    ctx.attention_into(q.view(), k.view(), v.view(), &out, opts)
+        .unwrap();
     ctx.download_f32_blocking(&out).unwrap()
 }
 
@@ -26,19 +41,39 @@ fn fully_masked_rows_are_zero() {
     let qh = random(sq * d, 1);
     let kh = random(sk * d, 2);
     let vh = random(sk * d, 3);
-    let all_false = ctx.upload_bool(&vec![false; sq * sk], [1, 1, sq, sk]).unwrap();
-    let neg_inf = ctx.upload_f32(&vec![f32::NEG_INFINITY; sq * sk], [1, 1, sq, sk]).unwrap();
+    let all_false = ctx
+        .upload_bool(&vec![false; sq * sk], [1, 1, sq, sk])
+        .unwrap();
+    let neg_inf = ctx
+        .upload_f32(&vec![f32::NEG_INFINITY; sq * sk], [1, 1, sq, sk])
+        .unwrap();
     let masks = [
         Mask::none().bool_mask(all_false.view().clone()),
         Mask::none().key_lengths(vec![0]),
         Mask::none().query_lengths(vec![0]),
         Mask::none().bias(neg_inf.view().clone()),
-        Mask::none().causal(CausalAlignment::BottomRight).window(Some(0), None).key_lengths(vec![0]),
+        Mask::none()
+            .causal(CausalAlignment::BottomRight)
+            .window(Some(0), None)
+            .key_lengths(vec![0]),
     ];
     for backend in BACKENDS {
         for m in &masks {
-            let o = run_simple(ctx, &qh, &kh, &vh, [1, 1, sq, d], [1, 1, sk, d], d, &AttentionOptions::with_mask(m.clone()).backend(backend));
-            assert!(o.iter().all(|&x| x == 0.0), "{backend:?} {}: {o:?}", m.describe());
+            let o = run_simple(
+                ctx,
+                &qh,
+                &kh,
+                &vh,
+                [1, 1, sq, d],
+                [1, 1, sk, d],
+                d,
+                &AttentionOptions::with_mask(m.clone()).backend(backend),
+            );
+            assert!(
+                o.iter().all(|&x| x == 0.0),
+                "{backend:?} {}: {o:?}",
+                m.describe()
+            );
         }
     }
 }
@@ -52,14 +87,33 @@ fn finite_sentinels_give_mean_of_v() {
     let qh = random(sq * d, 1);
     let kh = random(sk * d, 2);
     let vh = random(sk * d, 3);
-    let mean: Vec<f64> = (0..d).map(|c| (0..sk).map(|j| vh[j * d + c] as f64).sum::<f64>() / sk as f64).collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|c| (0..sk).map(|j| vh[j * d + c] as f64).sum::<f64>() / sk as f64)
+        .collect();
     for sentinel in [-1e10f32, f32::MIN] {
-        let bias = ctx.upload_f32(&vec![sentinel; sq * sk], [1, 1, sq, sk]).unwrap();
+        let bias = ctx
+            .upload_f32(&vec![sentinel; sq * sk], [1, 1, sq, sk])
+            .unwrap();
         for backend in BACKENDS {
-            let o = run_simple(ctx, &qh, &kh, &vh, [1, 1, sq, d], [1, 1, sk, d], d, &AttentionOptions::with_mask(Mask::none().bias(bias.view().clone())).backend(backend));
+            let o = run_simple(
+                ctx,
+                &qh,
+                &kh,
+                &vh,
+                [1, 1, sq, d],
+                [1, 1, sk, d],
+                d,
+                &AttentionOptions::with_mask(Mask::none().bias(bias.view().clone()))
+                    .backend(backend),
+            );
             for i in 0..sq {
                 for c in 0..d {
-                    assert!((o[i * d + c] as f64 - mean[c]).abs() < 1e-5, "{backend:?} sentinel {sentinel}: row {i} col {c}: {} vs {}", o[i * d + c], mean[c]);
+                    assert!(
+                        (o[i * d + c] as f64 - mean[c]).abs() < 1e-5,
+                        "{backend:?} sentinel {sentinel}: row {i} col {c}: {} vs {}",
+                        o[i * d + c],
+                        mean[c]
+                    );
                 }
             }
         }
@@ -77,7 +131,11 @@ fn large_logits_do_not_overflow() {
             c.scale = Some(if dtype == DType::F16 { 10.0 } else { 0.125 });
             let (got, want) = run(ctx, &c);
             assert!(got.iter().all(|x| x.is_finite()), "{}", c.label());
-            let worst = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (g as f64 - w).abs())
+                .fold(0.0, f64::max);
             // f32 logits of size 1e4 carry ~1e-3 of rounding error (here and in PyTorch), which
             // near-ties turn into output error of that order; a lost softmax would be O(1).
             assert!(worst < 2e-2, "{}: {worst}", c.label());
@@ -98,20 +156,51 @@ fn causal_alignment_pictures() {
         vh[j * sk + j] = 1.0;
     }
     let pictures = [
-        (Mask::none().causal(CausalAlignment::TopLeft), ["x....", "xx...", "xxx.."]),
-        (Mask::none().causal(CausalAlignment::BottomRight), ["xxx..", "xxxx.", "xxxxx"]),
-        (Mask::none().window(Some(1), Some(0)), ["x....", "xx...", ".xx.."]),
-        (Mask::none().window(Some(1), Some(1)), ["xx...", "xxx..", ".xxx."]),
-        (Mask::none().causal(CausalAlignment::BottomRight).window(Some(1), None), [".xx..", "..xx.", "...xx"]),
+        (
+            Mask::none().causal(CausalAlignment::TopLeft),
+            ["x....", "xx...", "xxx.."],
+        ),
+        (
+            Mask::none().causal(CausalAlignment::BottomRight),
+            ["xxx..", "xxxx.", "xxxxx"],
+        ),
+        (
+            Mask::none().window(Some(1), Some(0)),
+            ["x....", "xx...", ".xx.."],
+        ),
+        (
+            Mask::none().window(Some(1), Some(1)),
+            ["xx...", "xxx..", ".xxx."],
+        ),
+        (
+            Mask::none()
+                .causal(CausalAlignment::BottomRight)
+                .window(Some(1), None),
+            [".xx..", "..xx.", "...xx"],
+        ),
     ];
     for backend in BACKENDS {
         for (m, rows) in &pictures {
-            let o = run_simple(ctx, &qh, &kh, &vh, [1, 1, sq, 4], [1, 1, sk, 4], sk, &AttentionOptions::with_mask(m.clone()).backend(backend));
+            let o = run_simple(
+                ctx,
+                &qh,
+                &kh,
+                &vh,
+                [1, 1, sq, 4],
+                [1, 1, sk, 4],
+                sk,
+                &AttentionOptions::with_mask(m.clone()).backend(backend),
+            );
             for (i, row) in rows.iter().enumerate() {
                 let n = row.chars().filter(|&c| c == 'x').count() as f32;
                 for (j, ch) in row.chars().enumerate() {
                     let want = if ch == 'x' { 1.0 / n } else { 0.0 };
-                    assert!((o[i * sk + j] - want).abs() < 1e-6, "{backend:?} {}: row {i}: {:?} vs {row}", m.describe(), &o[i * sk..(i + 1) * sk]);
+                    assert!(
+                        (o[i * sk + j] - want).abs() < 1e-6,
+                        "{backend:?} {}: row {i}: {:?} vs {row}",
+                        m.describe(),
+                        &o[i * sk..(i + 1) * sk]
+                    );
                 }
             }
         }
@@ -132,7 +221,8 @@ fn packed_qkv_layout() {
             for is in 0..s {
                 for ih in 0..h {
                     for id in 0..d {
-                        t[((ib * h + ih) * s + is) * d + id] = packed[(((ib * s + is) * 3 + which) * h + ih) * d + id];
+                        t[((ib * h + ih) * s + is) * d + id] =
+                            packed[(((ib * s + is) * 3 + which) * h + ih) * d + id];
                     }
                 }
             }
@@ -144,9 +234,14 @@ fn packed_qkv_layout() {
     let want = run_simple(ctx, &qh, &kh, &vh, [b, h, s, d], [b, h, s, d], d, &opts);
     for backend in BACKENDS {
         let out = nan_output(ctx, [b, h, s, d], DType::F32);
-        ctx.attention_into(&q, &k, &v, &out, &opts.clone().backend(backend)).unwrap();
+        ctx.attention_into(&q, &k, &v, &out, &opts.clone().backend(backend))
+            .unwrap();
         let got = ctx.download_f32_blocking(&out).unwrap();
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(worst < 1e-5, "{backend:?}: {worst}");
     }
 }
@@ -165,11 +260,26 @@ fn backends_agree() {
     };
     let outs: Vec<Vec<f32>> = BACKENDS
         .iter()
-        .map(|&be| run(ctx, &Case::new(b, h, sq, sk, d).backend(be).mask(mask.clone())).0)
+        .map(|&be| {
+            run(
+                ctx,
+                &Case::new(b, h, sq, sk, d).backend(be).mask(mask.clone()),
+            )
+            .0
+        })
         .collect();
     for pair in [(0, 1), (0, 2), (1, 2)] {
-        let worst = outs[pair.0].iter().zip(&outs[pair.1]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(worst < 2e-5, "{:?} vs {:?}: {worst}", BACKENDS[pair.0], BACKENDS[pair.1]);
+        let worst = outs[pair.0]
+            .iter()
+            .zip(&outs[pair.1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst < 2e-5,
+            "{:?} vs {:?}: {worst}",
+            BACKENDS[pair.0],
+            BACKENDS[pair.1]
+        );
     }
 }
 
@@ -178,8 +288,11 @@ fn backends_agree() {
 /// a storage binding is an `Unsupported` error naming the limit.
 #[test]
 fn splits_under_small_limits() {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).expect("adapter");
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
     let limits = wgpu::Limits {
         max_compute_workgroups_per_dimension: 7,
         max_storage_buffer_binding_size: 1 << 16,
@@ -198,12 +311,31 @@ fn splits_under_small_limits() {
             key_lengths: Some(vec![80, 33]),
             ..Default::default()
         };
-        check(&small, &Case::new(2, 4, 100, 80, 16).backend(backend).mask(mask));
+        check(
+            &small,
+            &Case::new(2, 4, 100, 80, 16).backend(backend).mask(mask),
+        );
     }
-    let big = small.upload_f32(&random(1 << 15, 1), [1, 1, 1 << 11, 16]).unwrap();
-    let err = small.attention(big.view(), big.view(), big.view(), &AttentionOptions::default()).unwrap_err();
+    let big = small
+        .upload_f32(&random(1 << 15, 1), [1, 1, 1 << 11, 16])
+        .unwrap();
+    let err = small
+        .attention(
+            big.view(),
+            big.view(),
+            big.view(),
+            &AttentionOptions::default(),
+        )
+        .unwrap_err();
     match err {
-        Error::Unsupported(u) => assert!(matches!(u.reason, UnsupportedReason::Limit { limit: "max_storage_buffer_binding_size", needed: 131072, available: 65536 })),
+        Error::Unsupported(u) => assert!(matches!(
+            u.reason,
+            UnsupportedReason::Limit {
+                limit: "max_storage_buffer_binding_size",
+                needed: 131072,
+                available: 65536
+            }
+        )),
         other => panic!("expected Unsupported, got {other:?}"),
     }
 }
@@ -222,13 +354,33 @@ fn record_into_own_encoder() {
     let o2 = nan_output(ctx, shape, DType::F32);
     let causal = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::TopLeft));
     let mut enc = ctx.device().create_command_encoder(&Default::default());
-    let p1 = ctx.record_attention(&mut enc, q.view(), k.view(), v.view(), &o1, &AttentionOptions::default()).unwrap();
-    let p2 = ctx.record_attention(&mut enc, q.view(), k.view(), v.view(), &o2, &causal).unwrap();
+    let p1 = ctx
+        .record_attention(
+            &mut enc,
+            q.view(),
+            k.view(),
+            v.view(),
+            &o1,
+            &AttentionOptions::default(),
+        )
+        .unwrap();
+    let p2 = ctx
+        .record_attention(&mut enc, q.view(), k.view(), v.view(), &o2, &causal)
+        .unwrap();
     assert_eq!(p1.backend, p2.backend, "a mask never changes the backend");
     ctx.queue().submit([enc.finish()]);
     let a = ctx.download_f32_blocking(&o1).unwrap();
     let b = ctx.download_f32_blocking(&o2).unwrap();
-    let want_a = run_simple(ctx, &qh, &kh, &vh, shape, shape, 8, &AttentionOptions::default());
+    let want_a = run_simple(
+        ctx,
+        &qh,
+        &kh,
+        &vh,
+        shape,
+        shape,
+        8,
+        &AttentionOptions::default(),
+    );
     let want_b = run_simple(ctx, &qh, &kh, &vh, shape, shape, 8, &causal);
     assert_eq!(a, want_a);
     assert_eq!(b, want_b);
@@ -256,16 +408,40 @@ fn context_is_shared_across_threads() {
 #[test]
 fn plan_explains_itself() {
     let ctx = ctx();
-    let t = ctx.upload_f32(&random(2 * 64 * 64, 1), [1, 2, 64, 64]).unwrap();
-    let plan = ctx.plan(t.view(), t.view(), t.view(), &AttentionOptions::default()).unwrap();
+    let t = ctx
+        .upload_f32(&random(2 * 64 * 64, 1), [1, 2, 64, 64])
+        .unwrap();
+    let plan = ctx
+        .plan(t.view(), t.view(), t.view(), &AttentionOptions::default())
+        .unwrap();
     assert_eq!(plan.backend, Backend::Flash);
     assert!(plan.reason.contains("flash fits"), "{}", plan.reason);
     let masked = ctx
-        .plan(t.view(), t.view(), t.view(), &AttentionOptions::with_mask(Mask::none().key_lengths(vec![3])))
+        .plan(
+            t.view(),
+            t.view(),
+            t.view(),
+            &AttentionOptions::with_mask(Mask::none().key_lengths(vec![3])),
+        )
         .unwrap();
     assert_eq!(masked.backend, Backend::Flash);
-    assert!(masked.reason.contains("inside the kernel"), "{}", masked.reason);
+    assert!(
+        masked.reason.contains("inside the kernel"),
+        "{}",
+        masked.reason
+    );
     let compiled = ctx.compiled_pipelines();
-    let _ = ctx.plan(t.view(), t.view(), t.view(), &AttentionOptions::default().backend(Backend::Naive)).unwrap();
-    assert_eq!(ctx.compiled_pipelines(), compiled, "planning compiles nothing");
+    let _ = ctx
+        .plan(
+            t.view(),
+            t.view(),
+            t.view(),
+            &AttentionOptions::default().backend(Backend::Naive),
+        )
+        .unwrap();
+    assert_eq!(
+        ctx.compiled_pipelines(),
+        compiled,
+        "planning compiles nothing"
+    );
 }

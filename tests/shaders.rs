@@ -1,7 +1,10 @@
 //! CPU-only: every shader variant the crate can build parses and validates with naga, so
 //! a shader error shows up in `cargo test`, not at a user's runtime.
 
-use wgpu_attention::dispatch::{FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, ShaderVariant, naive_variant};
+use wgpu_attention::dispatch::{
+    FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, ShaderVariant,
+    naive_variant,
+};
 use wgpu_attention::pipeline::all_sources_for;
 
 fn variants() -> Vec<ShaderVariant> {
@@ -48,10 +51,14 @@ fn every_variant_validates_with_naga() {
     let sources = all_sources_for(&variants());
     assert!(sources.len() > 100);
     for (name, src) in sources {
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
+        let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
     }
 }
 
