@@ -1,7 +1,8 @@
 //! Benchmark harness: `cargo bench --bench attention -- [flags]`.
 //!
 //! Flags: `--backend auto|flash|memeff|naive`, `--mask none|causal|pad50|boolmask50|bias`,
-//! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`, `--grid default|gpu`.
+//! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`,
+//! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
 //! completed submission; one warm-up run first; the median of `iters` runs is reported.
@@ -241,6 +242,19 @@ fn main() {
     };
     let cases: Vec<Case> = if explicit {
         vec![base]
+    } else if grid == "sweep" {
+        // The plot's data: time against sequence length per backend and mask.
+        let mut v = Vec::new();
+        for s in [256, 512, 1024, 2048] {
+            for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
+                v.push(Case { backend: "flash".into(), mask: m.into(), dtype: "f32".into(), b: 1, h: 8, sq: s, sk: s, d: 64, iters: base.iters });
+            }
+            v.push(Case { backend: "flash".into(), mask: "none".into(), dtype: "f16".into(), b: 1, h: 8, sq: s, sk: s, d: 64, iters: base.iters });
+            for b in ["memeff", "naive"] {
+                v.push(Case { backend: b.into(), mask: "none".into(), dtype: "f32".into(), b: 1, h: 8, sq: s, sk: s, d: 64, iters: base.iters });
+            }
+        }
+        v
     } else if grid == "gpu" {
         let mut v = Vec::new();
         for &s in &[1024, 4096] {
