@@ -2,7 +2,8 @@
 //!
 //! Flags: `--backend auto|flash|memeff|naive`, `--mask none|causal|pad50|boolmask50|bias`,
 //! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`,
-//! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes).
+//! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes),
+//! `--subgroups on|off`.
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
 //! completed submission; one warm-up run first; the median of `iters` runs is reported.
@@ -10,7 +11,7 @@
 use std::time::Instant;
 
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, TensorView,
 };
 
 #[derive(Clone, Debug)]
@@ -24,6 +25,9 @@ struct Case {
     sk: usize,
     d: usize,
     iters: usize,
+    subgroups: bool,
+    rpt: Option<u32>,
+    bk: Option<u32>,
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -100,7 +104,12 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         }
         other => return Err(format!("unknown mask {other}")),
     };
-    let opts = AttentionOptions::with_mask(mask).backend(backend);
+    let mut opts = AttentionOptions::with_mask(mask).backend(backend);
+    if !c.subgroups {
+        opts.subgroups = Subgroups::Off;
+    }
+    opts.tuning.flash_rows_per_thread = c.rpt;
+    opts.tuning.flash_block_k = c.bk;
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let out = ctx
         .empty(
@@ -150,7 +159,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     let median = times[times.len() / 2];
     let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\"}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"variant\":\"bk{} rpt{} tpr{}\"}}",
         c.backend,
         c.mask,
         c.dtype,
@@ -161,7 +170,10 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         c.d,
         median,
         gflops,
-        plan.backend.name()
+        plan.backend.name(),
+        plan.variant.block_k,
+        plan.variant.rows_per_thread,
+        plan.variant.threads_per_row
     ))
 }
 
@@ -180,6 +192,9 @@ fn main() {
         sk: 1024,
         d: 64,
         iters: 5,
+        subgroups: true,
+        rpt: None,
+        bk: None,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -201,9 +216,15 @@ fn main() {
             "--d" => base.d = num(),
             "--iters" => base.iters = num().max(1),
             "--grid" => grid = val.clone(),
+            "--subgroups" => base.subgroups = val != "off",
+            "--rpt" => base.rpt = Some(num() as u32),
+            "--bk" => base.bk = Some(num() as u32),
             other => panic!("unknown flag {other}"),
         }
-        if args[i] != "--iters" && args[i] != "--grid" {
+        if !matches!(
+            args[i].as_str(),
+            "--iters" | "--grid" | "--subgroups" | "--rpt" | "--bk"
+        ) {
             explicit = true;
         }
         i += 2;
@@ -240,66 +261,53 @@ fn main() {
             period_ns: 1.0,
         }
     };
-    let cases: Vec<Case> = if explicit {
-        vec![base]
-    } else if grid == "sweep" {
-        // The plot's data: time against sequence length per backend and mask.
-        let mut v = Vec::new();
-        for s in [256, 512, 1024, 2048] {
-            for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
-                v.push(Case { backend: "flash".into(), mask: m.into(), dtype: "f32".into(), b: 1, h: 8, sq: s, sk: s, d: 64, iters: base.iters });
-            }
-            v.push(Case { backend: "flash".into(), mask: "none".into(), dtype: "f16".into(), b: 1, h: 8, sq: s, sk: s, d: 64, iters: base.iters });
-            for b in ["memeff", "naive"] {
-                v.push(Case { backend: b.into(), mask: "none".into(), dtype: "f32".into(), b: 1, h: 8, sq: s, sk: s, d: 64, iters: base.iters });
-            }
-        }
-        v
-    } else if grid == "gpu" {
-        let mut v = Vec::new();
-        for &s in &[1024, 4096] {
-            for &d in &[64, 128] {
-                for m in ["none", "causal", "pad50"] {
-                    v.push(Case {
-                        backend: "auto".into(),
-                        mask: m.into(),
-                        dtype: "f16".into(),
-                        b: 8,
-                        h: 16,
-                        sq: s,
-                        sk: s,
-                        d,
-                        iters: base.iters,
-                    });
-                }
-            }
-        }
-        v
-    } else {
-        let mut v = Vec::new();
-        let c = |backend: &str, mask: &str, dtype: &str, s: usize| Case {
+    // Every grid case starts from `base`, so --iters, --subgroups, --rpt and --bk apply.
+    let case =
+        |backend: &str, mask: &str, dtype: &str, b: usize, h: usize, s: usize, d: usize| Case {
             backend: backend.into(),
             mask: mask.into(),
             dtype: dtype.into(),
-            b: 1,
-            h: 8,
+            b,
+            h,
             sq: s,
             sk: s,
-            d: 64,
-            iters: base.iters,
+            d,
+            ..base.clone()
         };
-        v.push(c("naive", "none", "f32", 2048));
-        for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
-            v.push(c("flash", m, "f32", 2048));
+    let mut cases = Vec::new();
+    if explicit {
+        cases.push(base.clone());
+    } else if grid == "sweep" {
+        // The plot's data: time against sequence length per backend and mask.
+        for s in [256, 512, 1024, 2048] {
+            for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
+                cases.push(case("flash", m, "f32", 1, 8, s, 64));
+            }
+            cases.push(case("flash", "none", "f16", 1, 8, s, 64));
+            cases.push(case("memeff", "none", "f32", 1, 8, s, 64));
+            cases.push(case("naive", "none", "f32", 1, 8, s, 64));
         }
-        v.push(c("flash", "none", "f16", 2048));
-        for s in [256, 512, 1024] {
-            for b in ["flash", "memeff", "naive"] {
-                v.push(c(b, "none", "f32", s));
+    } else if grid == "gpu" {
+        // The real-GPU comparison with PyTorch (benches/torch_sdpa.py runs the same shapes).
+        for s in [1024, 4096] {
+            for d in [64, 128] {
+                for m in ["none", "causal", "pad50"] {
+                    cases.push(case("auto", m, "f16", 8, 16, s, d));
+                }
             }
         }
-        v
-    };
+    } else {
+        cases.push(case("naive", "none", "f32", 1, 8, 2048, 64));
+        for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
+            cases.push(case("flash", m, "f32", 1, 8, 2048, 64));
+        }
+        cases.push(case("flash", "none", "f16", 1, 8, 2048, 64));
+        for s in [256, 512, 1024] {
+            for b in ["flash", "memeff", "naive"] {
+                cases.push(case(b, "none", "f32", 1, 8, s, 64));
+            }
+        }
+    }
     let mut failed = false;
     for c in cases {
         match run_case(&ctx, &c, &timer) {

@@ -24,7 +24,12 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let args: Vec<String> = std::env::args().collect();
-    let backend = match args.iter().position(|a| a == "--backend").and_then(|i| args.get(i + 1)).map(String::as_str) {
+    let backend = match args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
         None | Some("auto") => Backend::Auto,
         Some("flash") => Backend::Flash,
         Some("memeff") => Backend::MemoryEfficient,
@@ -32,7 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(other) => return Err(format!("unknown backend {other}").into()),
     };
     let ctx = Context::new_blocking()?;
-    println!("adapter: {} ({:?})", ctx.adapter_info().name, ctx.adapter_info().backend);
+    println!(
+        "adapter: {} ({:?})",
+        ctx.adapter_info().name,
+        ctx.adapter_info().backend
+    );
 
     // A Conformer block: 4 heads of 64, 2 utterances of up to 200 frames.
     let (b, h, t, dk) = (2usize, 4usize, 200usize, 64usize);
@@ -58,7 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for j in 0..t {
                     let mut s = 0.0f64;
                     for c in 0..dk {
-                        s += (q[idx(ib, ih, i) + c] + pos_bias_v[ih * dk + c]) as f64 * p[(ih * t + j) * dk + c] as f64;
+                        s += (q[idx(ib, ih, i) + c] + pos_bias_v[ih * dk + c]) as f64
+                            * p[(ih * t + j) * dk + c] as f64;
                     }
                     bd[((ib * h + ih) * t + i) * t + j] = s as f32 * scale;
                 }
@@ -71,12 +81,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kg = ctx.upload_f32(&k, shape)?;
     let vg = ctx.upload_f32(&v, shape)?;
     let bias = ctx.upload_f32(&bd, [b, h, t, t])?;
-    let mask = Mask::none().bias(bias.view().clone()).key_lengths(lengths.to_vec());
+    let mask = Mask::none()
+        .bias(bias.view().clone())
+        .key_lengths(lengths.to_vec());
     let opts = AttentionOptions::with_mask(mask).backend(backend);
     let plan = ctx.plan(qg.view(), kg.view(), vg.view(), &opts)?;
     let out = ctx.attention(qg.view(), kg.view(), vg.view(), &opts)?;
     let got = ctx.download_f32_blocking(out.view())?;
-    let naive = ctx.attention(qg.view(), kg.view(), vg.view(), &opts.clone().backend(Backend::Naive))?;
+    let naive = ctx.attention(
+        qg.view(),
+        kg.view(),
+        vg.view(),
+        &opts.clone().backend(Backend::Naive),
+    )?;
     let naive = ctx.download_f32_blocking(naive.view())?;
 
     // The layer on the CPU: scores = (matrix_ac + matrix_bd) / sqrt(d_k), padded keys masked.
@@ -87,7 +104,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for i in 0..t {
                 let scores: Vec<f64> = (0..valid)
                     .map(|j| {
-                        let ac: f64 = (0..dk).map(|c| q_u[idx(ib, ih, i) + c] as f64 * k[idx(ib, ih, j) + c] as f64).sum();
+                        let ac: f64 = (0..dk)
+                            .map(|c| q_u[idx(ib, ih, i) + c] as f64 * k[idx(ib, ih, j) + c] as f64)
+                            .sum();
                         ac * scale as f64 + bd[((ib * h + ih) * t + i) * t + j] as f64
                     })
                     .collect();
@@ -102,8 +121,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let err_naive = got.iter().zip(&naive).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    let err_cpu = got.iter().zip(&cpu).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0f64, f64::max);
+    let err_naive = got
+        .iter()
+        .zip(&naive)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let err_cpu = got
+        .iter()
+        .zip(&cpu)
+        .map(|(&a, &b)| (a as f64 - b).abs())
+        .fold(0.0f64, f64::max);
     println!("relative-position attention: b={b} h={h} t={t} d_k={dk}, lengths {lengths:?}");
     println!("  backend: {} ({})", plan.backend.name(), plan.reason);
     println!("  max_abs_err vs naive backend = {err_naive:.2e}");

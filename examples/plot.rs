@@ -37,7 +37,12 @@ fn parse(text: &str) -> Vec<Record> {
         .filter_map(|l| {
             let num = |k: &str| field(l, k)?.parse::<f64>().ok();
             Some(Record {
-                series: format!("{} {} {}", field(l, "ran").or(field(l, "backend"))?, field(l, "mask")?, field(l, "dtype")?),
+                series: format!(
+                    "{} {} {}",
+                    field(l, "ran").or(field(l, "backend"))?,
+                    field(l, "mask")?,
+                    field(l, "dtype")?
+                ),
                 seq: num("sk")?,
                 ms: num("median_ms")?,
                 gflops: num("gflops")?,
@@ -53,14 +58,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .position(|a| a == "--font")
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into());
-    let files: Vec<&String> = args.iter().filter(|a| !a.starts_with("--") && **a != font_path).collect();
+    let files: Vec<&String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && **a != font_path)
+        .collect();
     let (input, output) = match files.as_slice() {
         [i, o] => (i.as_str(), o.as_str()),
         _ => return Err("usage: plot INPUT.jsonl OUTPUT.png [--font PATH]".into()),
     };
     let font = std::fs::read(&font_path).map_err(|e| format!("reading font {font_path}: {e}"))?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| format!("{font_path} is not a usable TrueType font"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| format!("{font_path} is not a usable TrueType font"))?;
 
     let records = parse(&std::fs::read_to_string(input)?);
     if records.is_empty() {
@@ -74,8 +86,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v.sort_by(|a, b| a.seq.total_cmp(&b.seq));
     }
     let all: Vec<&Record> = series.values().flatten().collect();
-    let (smin, smax) = all.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.seq), b.max(r.seq)));
-    let (tmin, tmax) = all.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.ms), b.max(r.ms)));
+    let (smin, smax) = all
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.seq), b.max(r.seq)));
+    let (tmin, tmax) = all
+        .iter()
+        .fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.ms), b.max(r.ms)));
     let gmax = all.iter().fold(0f64, |a, r| a.max(r.gflops));
 
     let root = BitMapBackend::new(output, (1400, 600)).into_drawing_area();
@@ -86,23 +102,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((smin * 0.9..smax * 1.1).log_scale(), (tmin * 0.8..tmax * 1.25).log_scale())?;
-    time.configure_mesh().x_desc("sequence length (Sq = Sk)").y_desc("ms").draw()?;
+        .build_cartesian_2d(
+            (smin * 0.9..smax * 1.1).log_scale(),
+            (tmin * 0.8..tmax * 1.25).log_scale(),
+        )?;
+    time.configure_mesh()
+        .x_desc("sequence length (Sq = Sk)")
+        .y_desc("ms")
+        .draw()?;
     let mut rate = ChartBuilder::on(&right)
         .caption("GFLOP/s (4·b·h·s²·d / time)", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d((smin * 0.9..smax * 1.1).log_scale(), 0.0..gmax * 1.15)?;
-    rate.configure_mesh().x_desc("sequence length (Sq = Sk)").y_desc("GFLOP/s").draw()?;
+    rate.configure_mesh()
+        .x_desc("sequence length (Sq = Sk)")
+        .y_desc("GFLOP/s")
+        .draw()?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        time.draw_series(LineSeries::new(pts.iter().map(|r| (r.seq, r.ms)), color.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        time.draw_series(pts.iter().map(|r| Circle::new((r.seq, r.ms), 3, color.filled())))?;
-        rate.draw_series(LineSeries::new(pts.iter().map(|r| (r.seq, r.gflops)), color.stroke_width(2)))?;
-        rate.draw_series(pts.iter().map(|r| Circle::new((r.seq, r.gflops), 3, color.filled())))?;
+        time.draw_series(LineSeries::new(
+            pts.iter().map(|r| (r.seq, r.ms)),
+            color.stroke_width(2),
+        ))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        time.draw_series(
+            pts.iter()
+                .map(|r| Circle::new((r.seq, r.ms), 3, color.filled())),
+        )?;
+        rate.draw_series(LineSeries::new(
+            pts.iter().map(|r| (r.seq, r.gflops)),
+            color.stroke_width(2),
+        ))?;
+        rate.draw_series(
+            pts.iter()
+                .map(|r| Circle::new((r.seq, r.gflops), 3, color.filled())),
+        )?;
     }
     time.configure_series_labels()
         .background_style(WHITE.mix(0.85))

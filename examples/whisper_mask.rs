@@ -35,7 +35,10 @@ struct Workload {
     self_attention: bool,
 }
 
-fn time_ms(ctx: &Context, f: impl Fn() -> Result<(), wgpu_attention::Error>) -> Result<f64, wgpu_attention::Error> {
+fn time_ms(
+    ctx: &Context,
+    f: impl Fn() -> Result<(), wgpu_attention::Error>,
+) -> Result<f64, wgpu_attention::Error> {
     f()?; // warm-up: compiles the pipeline
     ctx.wait()?;
     let mut best = f64::INFINITY;
@@ -64,19 +67,46 @@ fn run(ctx: &Context, w: &Workload) -> Result<(), Box<dyn std::error::Error>> {
     let out = ctx.empty([w.b, w.h, w.sq, w.d], wgpu_attention::DType::F32)?;
     let plan_plain = ctx.plan(q.view(), k.view(), v.view(), &plain)?;
     let plan_masked = ctx.plan(q.view(), k.view(), v.view(), &masked)?;
-    let t_plain = time_ms(ctx, || ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &plain).map(|_| ()))?;
-    let t_masked = time_ms(ctx, || ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &masked).map(|_| ()))?;
+    let t_plain = time_ms(ctx, || {
+        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &plain)
+            .map(|_| ())
+    })?;
+    let t_masked = time_ms(ctx, || {
+        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &masked)
+            .map(|_| ())
+    })?;
 
     // Check the masked result against the naive backend.
     let got = ctx.download_f32_blocking(out.view())?;
-    let reference = ctx.attention(q.view(), k.view(), v.view(), &masked.clone().backend(Backend::Naive))?;
+    let reference = ctx.attention(
+        q.view(),
+        k.view(),
+        v.view(),
+        &masked.clone().backend(Backend::Naive),
+    )?;
     let want = ctx.download_f32_blocking(reference.view())?;
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
 
-    println!("{} (b={} h={} sq={} sk={} d={}, valid frames {:?})", w.name, w.b, w.h, w.sq, w.sk, w.d, w.frames);
-    println!("  no mask : backend={:<7} {t_plain:9.1} ms", plan_plain.backend.name());
-    println!("  padding : backend={:<7} {t_masked:9.1} ms", plan_masked.backend.name());
-    println!("  masked/unmasked = {:.2}x   max_abs_err vs naive = {err:.2e}", t_masked / t_plain);
+    println!(
+        "{} (b={} h={} sq={} sk={} d={}, valid frames {:?})",
+        w.name, w.b, w.h, w.sq, w.sk, w.d, w.frames
+    );
+    println!(
+        "  no mask : backend={:<7} {t_plain:9.1} ms",
+        plan_plain.backend.name()
+    );
+    println!(
+        "  padding : backend={:<7} {t_masked:9.1} ms",
+        plan_masked.backend.name()
+    );
+    println!(
+        "  masked/unmasked = {:.2}x   max_abs_err vs naive = {err:.2e}",
+        t_masked / t_plain
+    );
     if err > 1e-4 {
         return Err(format!("{}: masked result differs from naive by {err}", w.name).into());
     }
@@ -91,7 +121,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("adapter: {} ({:?})", info.name, info.backend);
     // Whisper: 1500 encoder frames (30 s of audio), 8 heads of 64 (base), up to 448 decoder tokens.
     let (frames, tokens, b) = if small { (375, 56, 2) } else { (1500, 224, 4) };
-    let valid: Vec<u32> = (0..b).map(|i| (frames - i * frames / (2 * b)) as u32).collect();
+    let valid: Vec<u32> = (0..b)
+        .map(|i| (frames - i * frames / (2 * b)) as u32)
+        .collect();
     let workloads = [
         Workload {
             name: "encoder self-attention",

@@ -1,6 +1,6 @@
-// Shared by the flash, memory-efficient and naive shaders: the parameter block,
-// element loads for f32/f16 storage (both read through u32 words, so no SHADER_F16 is
-// needed), the f16/f32 output store, and the mask algebra.
+// Shared by the flash, memory-efficient and naive shaders: the parameter block, the
+// bindings, element loads and the output store (dtype.wgsl comes first), and the mask
+// algebra.
 //
 // The host prepends typed `const` lines generated from its ShaderVariant (DKB, DVB, BR,
 // BC, TPR, WG, SUM_BQ, SUM_BK).
@@ -19,7 +19,9 @@ struct Params {
     b_sq: u32, b_sk: u32, qlen_off: u32, klen_off: u32,
     alibi_off: u32, sum_off: u32, sum_nqb: u32, sum_nkb: u32,
     sum_sb: u32, sum_sh: u32, row_start: u32, row_count: u32,
-    wg_x: u32, scratch_stride: u32, _pad0: u32, _pad1: u32,
+    wg_x: u32, scratch_stride: u32, l_off: u32, l_sb: u32,
+    l_sh: u32, l_ss: u32, cuq_off: u32, cuk_off: u32,
+    n_splits: u32, split_len: u32, o_split: u32, l_split: u32,
 }
 
 const F_CAUSAL: u32 = 1u;
@@ -32,11 +34,14 @@ const F_BOOL: u32 = 64u;
 const F_BIAS: u32 = 128u;
 const F_ALIBI: u32 = 256u;
 const F_SUMMARY: u32 = 512u;
-const F_Q16: u32 = 1024u;
-const F_K16: u32 = 2048u;
-const F_V16: u32 = 4096u;
-const F_O16: u32 = 8192u;
-const F_BIAS16: u32 = 16384u;
+const F_LSE: u32 = 1024u;
+const F_VARLEN: u32 = 2048u;
+// Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16.
+const DT_Q: u32 = 16u;
+const DT_K: u32 = 18u;
+const DT_V: u32 = 20u;
+const DT_O: u32 = 22u;
+const DT_BIAS: u32 = 24u;
 
 // The most negative finite f32: logits below it (-inf) count as masked.
 const LOWEST: f32 = -3.40282347e38;
@@ -49,54 +54,95 @@ const LOWEST: f32 = -3.40282347e38;
 @group(0) @binding(5) var<storage, read> m_buf: array<u32>;
 @group(0) @binding(6) var<storage, read> bias_buf: array<u32>;
 @group(0) @binding(7) var<storage, read> aux_buf: array<u32>;
+@group(0) @binding(9) var<storage, read_write> lse_buf: array<u32>;
 
 fn has(f: u32) -> bool {
     return (P.flags & f) != 0u;
 }
 
-fn half_at(w: u32, e: u32) -> f32 {
-    return unpack2x16float(w >> ((e & 1u) * 16u)).x;
+fn dtype_of(shift: u32) -> u32 {
+    return (P.flags >> shift) & 3u;
 }
 
 fn load_q(e: u32) -> f32 {
-    if (has(F_Q16)) { return half_at(q_buf[e >> 1u], e); }
-    return bitcast<f32>(q_buf[e]);
+    let dt = dtype_of(DT_Q);
+    return decode(q_buf[word_index(e, dt)], e, dt);
 }
 
 fn load_k(e: u32) -> f32 {
-    if (has(F_K16)) { return half_at(k_buf[e >> 1u], e); }
-    return bitcast<f32>(k_buf[e]);
+    let dt = dtype_of(DT_K);
+    return decode(k_buf[word_index(e, dt)], e, dt);
 }
 
 fn load_v(e: u32) -> f32 {
-    if (has(F_V16)) { return half_at(v_buf[e >> 1u], e); }
-    return bitcast<f32>(v_buf[e]);
+    let dt = dtype_of(DT_V);
+    return decode(v_buf[word_index(e, dt)], e, dt);
 }
 
 fn load_bias(e: u32) -> f32 {
-    if (has(F_BIAS16)) { return half_at(bias_buf[e >> 1u], e); }
-    return bitcast<f32>(bias_buf[e]);
+    let dt = dtype_of(DT_BIAS);
+    return decode(bias_buf[word_index(e, dt)], e, dt);
 }
 
-// Writes one output element. f16 outputs share a word with a neighbour that another
+// Writes one output element. 16-bit outputs share a word with a neighbour that another
 // invocation may write: clear and set only our half, atomically.
 fn store_o(e: u32, x: f32) {
-    if (has(F_O16)) {
-        let shift = (e & 1u) * 16u;
-        let bits = (pack2x16float(vec2<f32>(x, 0.0)) & 0xffffu) << shift;
-        atomicAnd(&o_buf[e >> 1u], ~(0xffffu << shift));
-        atomicOr(&o_buf[e >> 1u], bits);
-    } else {
+    let dt = dtype_of(DT_O);
+    if (dt == 0u) {
         atomicStore(&o_buf[e], bitcast<u32>(x));
+        return;
     }
+    let shift = (e & 1u) * 16u;
+    atomicAnd(&o_buf[e >> 1u], ~(0xffffu << shift));
+    atomicOr(&o_buf[e >> 1u], encode16(x, dt) << shift);
+}
+
+// Where batch item b starts in Q/O (rows) and K/V (keys): its stride times b, or for
+// packed variable-length batches its cumulative offset times the row stride.
+fn q_batch(b: u32) -> u32 {
+    if (has(F_VARLEN)) { return aux_buf[P.cuq_off + b] * P.q_ss; }
+    return b * P.q_sb;
+}
+
+fn o_batch(b: u32) -> u32 {
+    if (has(F_VARLEN)) { return aux_buf[P.cuq_off + b] * P.o_ss; }
+    return b * P.o_sb;
+}
+
+fn k_batch(b: u32) -> u32 {
+    if (has(F_VARLEN)) { return aux_buf[P.cuk_off + b] * P.k_ss; }
+    return b * P.k_sb;
+}
+
+fn v_batch(b: u32) -> u32 {
+    if (has(F_VARLEN)) { return aux_buf[P.cuk_off + b] * P.v_ss; }
+    return b * P.v_sb;
 }
 
 fn q_index(b: u32, h: u32, i: u32, d: u32) -> u32 {
-    return P.q_off + b * P.q_sb + h * P.q_sh + i * P.q_ss + d * P.q_sd;
+    return P.q_off + q_batch(b) + h * P.q_sh + i * P.q_ss + d * P.q_sd;
 }
 
-fn o_index(b: u32, h: u32, i: u32, d: u32) -> u32 {
-    return P.o_off + b * P.o_sb + h * P.o_sh + i * P.o_ss + d * P.o_sd;
+// Output element (b, h, i, d) of key split `split` (split outputs go to a scratch buffer).
+fn o_index(b: u32, h: u32, i: u32, d: u32, split: u32) -> u32 {
+    return P.o_off + split * P.o_split + o_batch(b) + h * P.o_sh + i * P.o_ss + d * P.o_sd;
+}
+
+// Writes the row's log-sum-exp of its logits (-inf for a row with no visible key).
+fn store_lse(b: u32, h: u32, i: u32, split: u32, m: f32, l: f32) {
+    if (!has(F_LSE)) { return; }
+    var bits = 0xff800000u;
+    if (l > 0.0) { bits = bitcast<u32>(m + log(l)); }
+    var row = b * P.l_sb;
+    if (has(F_VARLEN)) { row = aux_buf[P.cuq_off + b] * P.l_ss; }
+    lse_buf[P.l_off + split * P.l_split + row + h * P.l_sh + i * P.l_ss] = bits;
+}
+
+// Whether row i of batch b is stored: every row of the padded grid, except that packed
+// variable-length outputs have no room for rows past a sequence's length.
+fn row_stored(b: u32, i: u32, rc: RowCtx) -> bool {
+    if (b >= P.batch || i >= P.seq_q) { return false; }
+    return !has(F_VARLEN) || i < rc.qvalid;
 }
 
 // Per batch item: valid queries, valid keys, and the diagonal's offset.

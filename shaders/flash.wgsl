@@ -10,6 +10,7 @@
 // Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, SUM_BK, row_reduce() and count_tile().
 
 const DPK: u32 = DKB / TPR;   // Q/K dims per thread
+const ROW_STRIDE: u32 = BR / RPT; // distance between a thread's rows
 const DPV: u32 = DVB / TPR;   // V dims per thread
 
 const DK4: u32 = DKB / 4u;
@@ -49,13 +50,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let h = bh % P.heads_q;
     let b = bh / P.heads_q;
     let hk = h / P.group;
-    let r = lid / TPR;
     let sub = lid % TPR;
-    let i = qt * BR + r;
     let rc = row_ctx(b);
-    let range = key_range(i, rc);
 
-    // The key tiles this block of rows needs (key_range is monotone in i).
+    // The key tiles this block of rows needs.
     if (lid == 0u) {
         var tr = tile_key_range(qt * BR, qt * BR + BR, rc);
         tr.x = (tr.x / BC) * BC;
@@ -64,24 +62,34 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     let tiles = workgroupUniformLoad(&sh_range);
 
-    var q: array<vec4<f32>, PK4>;
-    var acc: array<vec4<f32>, PV4>;
-    var sc: array<f32, BC>;
-    let row_ok = i < P.seq_q && b < P.batch;
-    for (var t = 0u; t < PK4; t++) {
-        var x = vec4<f32>(0.0);
-        for (var c = 0u; c < 4u; c++) {
-            let d = sub * DPK + t * 4u + c;
-            if (row_ok && d < P.dk) { x[c] = load_q(q_index(b, h, i, d)) * P.scale; }
+    // This thread's RPT rows are interleaved: row k is qt * BR + lid / TPR + k * ROW_STRIDE.
+    var rows: array<u32, RPT>;
+    var ranges: array<vec2<u32>, RPT>;
+    var q: array<array<vec4<f32>, PK4>, RPT>;
+    var acc: array<array<vec4<f32>, PV4>, RPT>;
+    var sc: array<array<f32, BC>, RPT>;
+    var m: array<f32, RPT>;
+    var l: array<f32, RPT>;
+    for (var k = 0u; k < RPT; k++) {
+        let i = qt * BR + lid / TPR + k * ROW_STRIDE;
+        rows[k] = i;
+        ranges[k] = key_range(i, rc);
+        let row_ok = i < P.seq_q && b < P.batch;
+        for (var t = 0u; t < PK4; t++) {
+            var x = vec4<f32>(0.0);
+            for (var c = 0u; c < 4u; c++) {
+                let d = sub * DPK + t * 4u + c;
+                if (row_ok && d < P.dk) { x[c] = load_q(q_index(b, h, i, d)) * P.scale; }
+            }
+            q[k][t] = x;
         }
-        q[t] = x;
+        for (var t = 0u; t < PV4; t++) { acc[k][t] = vec4<f32>(0.0); }
+        m[k] = LOWEST;
+        l[k] = 0.0;
     }
-    for (var t = 0u; t < PV4; t++) { acc[t] = vec4<f32>(0.0); }
-    var m = LOWEST;
-    var l = 0.0;
 
-    let kbase = P.k_off + b * P.k_sb + hk * P.k_sh;
-    let vbase = P.v_off + b * P.v_sb + hk * P.v_sh;
+    let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
+    let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
     for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
         if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
         // Also the barrier that ends every read of the previous tile.
@@ -116,51 +124,79 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         workgroupBarrier();
 
-        var tmax = m;
-        var vis_bits = 0u;
+        // Scores: each K vector loaded from workgroup memory serves RPT rows.
         for (var jj = 0u; jj < BC; jj++) {
-            var s4 = vec4<f32>(0.0);
             let kb = jj * DK4 + sub * PK4;
-            for (var t = 0u; t < PK4; t++) { s4 += q[t] * ks[kb + t]; }
-            var s = s4.x + s4.y + s4.z + s4.w;
-            s = row_reduce(s);
-            let j = j0 + jj;
-            var vis = j >= range.x && j < range.y;
-            if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
-            if (vis) {
-                s += logit_extra(b, h, i, j, rc);
-                vis = s >= LOWEST;
+            var s4: array<vec4<f32>, RPT>;
+            for (var k = 0u; k < RPT; k++) { s4[k] = vec4<f32>(0.0); }
+            for (var t = 0u; t < PK4; t++) {
+                let kv = ks[kb + t];
+                for (var k = 0u; k < RPT; k++) { s4[k] += q[k][t] * kv; }
             }
-            sc[jj] = s;
-            if (vis) {
-                vis_bits |= 1u << jj;
-                tmax = max(tmax, s);
+            for (var k = 0u; k < RPT; k++) {
+                sc[k][jj] = row_reduce(s4[k].x + s4[k].y + s4[k].z + s4[k].w);
             }
         }
-        if (vis_bits != 0u) {
-            let alpha = exp(m - tmax);
-            m = tmax;
-            l *= alpha;
-            for (var t = 0u; t < PV4; t++) { acc[t] *= alpha; }
+        var vis_bits: array<u32, RPT>;
+        for (var k = 0u; k < RPT; k++) {
+            let i = rows[k];
+            var tmax = m[k];
+            var bits = 0u;
             for (var jj = 0u; jj < BC; jj++) {
-                if ((vis_bits & (1u << jj)) != 0u) {
-                    let p = exp(sc[jj] - m);
-                    l += p;
-                    let vb = jj * DV4 + sub * PV4;
-                    for (var t = 0u; t < PV4; t++) { acc[t] += p * vs[vb + t]; }
+                let j = j0 + jj;
+                var s = sc[k][jj];
+                var vis = j >= ranges[k].x && j < ranges[k].y;
+                if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
+                if (vis) {
+                    s += logit_extra(b, h, i, j, rc);
+                    vis = s >= LOWEST;
+                }
+                if (vis) {
+                    bits |= 1u << jj;
+                    tmax = max(tmax, s);
+                }
+                sc[k][jj] = s;
+            }
+            vis_bits[k] = bits;
+            if (bits != 0u) {
+                let alpha = exp(m[k] - tmax);
+                m[k] = tmax;
+                l[k] *= alpha;
+                for (var t = 0u; t < PV4; t++) { acc[k][t] *= alpha; }
+                var lsum = 0.0;
+                for (var jj = 0u; jj < BC; jj++) {
+                    var p = 0.0;
+                    if ((bits & (1u << jj)) != 0u) { p = exp(sc[k][jj] - tmax); }
+                    sc[k][jj] = p;
+                    lsum += p;
+                }
+                l[k] += lsum;
+            }
+        }
+        // P·V: each V vector loaded from workgroup memory serves RPT rows.
+        for (var jj = 0u; jj < BC; jj++) {
+            let vb = jj * DV4 + sub * PV4;
+            for (var t = 0u; t < PV4; t++) {
+                let vv = vs[vb + t];
+                for (var k = 0u; k < RPT; k++) {
+                    if (vis_bits[k] != 0u) { acc[k][t] += sc[k][jj] * vv; }
                 }
             }
         }
     }
 
-    if (row_ok) {
-        var inv = 0.0;
-        if (l > 0.0) { inv = 1.0 / l; }
-        for (var t = 0u; t < PV4; t++) {
-            for (var c = 0u; c < 4u; c++) {
-                let d = sub * DPV + t * 4u + c;
-                if (d < P.dv) { store_o(o_index(b, h, i, d), acc[t][c] * inv); }
+    for (var k = 0u; k < RPT; k++) {
+        let i = rows[k];
+        if (row_stored(b, i, rc)) {
+            var inv = 0.0;
+            if (l[k] > 0.0) { inv = 1.0 / l[k]; }
+            for (var t = 0u; t < PV4; t++) {
+                for (var c = 0u; c < 4u; c++) {
+                    let d = sub * DPV + t * 4u + c;
+                    if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), acc[k][t][c] * inv); }
+                }
             }
+            if (sub == 0u) { store_lse(b, h, i, 0u, m[k], l[k]); }
         }
     }
 }

@@ -2,7 +2,9 @@
 // query lives in workgroup memory; K and V are streamed from global memory in blocks of
 // WG keys (thread t scores key j0 + t), with an online softmax; each thread accumulates
 // DVB / WG output columns. No score matrix, and only (DKB + 2 WG) floats of workgroup
-// memory, so head dims up to 1024 fit any adapter.
+// memory, so head dims up to 1024 fit any adapter. With n_splits > 1 (the decode path)
+// each row's keys are split across workgroups, whose partial outputs and log-sum-exps go
+// to scratch buffers for merge.wgsl to combine.
 //
 // Needs from the prelude: DKB, DVB, WG.
 
@@ -16,7 +18,10 @@ var<workgroup> sh_range: vec2<u32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let row = linear_wg(wid);
+    // Workgroup -> (key split, batch, head, query row).
+    let wg = linear_wg(wid);
+    let split = wg % P.n_splits;
+    let row = wg / P.n_splits;
     let i = row % P.seq_q;
     let bh = row / P.seq_q;
     let h = bh % P.heads_q;
@@ -26,8 +31,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let rc = row_ctx(min(b, P.batch - 1u));
     let range = key_range(i, rc);
     if (lid == 0u) {
-        var rr = range;
-        if (!valid) { rr = vec2<u32>(0u, 0u); }
+        // This split's share of the row's keys.
+        let lo = max(range.x, split * P.split_len);
+        let hi = min(range.y, (split + 1u) * P.split_len);
+        var rr = vec2<u32>(lo, hi);
+        if (!valid || hi <= lo) { rr = vec2<u32>(0u, 0u); }
         sh_range = rr;
     }
     for (var d = lid; d < DKB; d += WG) {
@@ -42,8 +50,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var c = 0u; c < NCOL; c++) { acc[c] = 0.0; }
     var m = LOWEST;
     var l = 0.0;
-    let kbase = P.k_off + b * P.k_sb + hk * P.k_sh;
-    let vbase = P.v_off + b * P.v_sb + hk * P.v_sh;
+    let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
+    let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
 
     for (var j0 = keys.x; j0 < keys.y; j0 += WG) {
         let j = j0 + lid;
@@ -88,12 +96,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         workgroupBarrier();
     }
 
-    if (valid) {
+    if (row_stored(b, i, rc)) {
         var inv = 0.0;
         if (l > 0.0) { inv = 1.0 / l; }
         for (var c = 0u; c < NCOL; c++) {
             let d = lid + c * WG;
-            if (d < P.dv) { store_o(o_index(b, h, i, d), acc[c] * inv); }
+            if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc[c] * inv); }
         }
+        if (lid == 0u) { store_lse(b, h, i, split, m, l); }
     }
 }

@@ -40,7 +40,7 @@ fn scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     if (vis) {
         let hk = id.h / P.group;
         var s = 0.0;
-        let kr = P.k_off + id.b * P.k_sb + hk * P.k_sh + j * P.k_ss;
+        let kr = P.k_off + k_batch(id.b) + hk * P.k_sh + j * P.k_ss;
         for (var d = 0u; d < P.dk; d++) {
             s += load_q(q_index(id.b, id.h, id.i, d)) * load_k(kr + d * P.k_sd);
         }
@@ -88,6 +88,10 @@ fn softmax(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         workgroupBarrier();
     }
     let total = red[0];
+    if (in_range && lid == 0u) {
+        let id = row_id(P.row_start + local_row);
+        if (row_stored(id.b, id.i, row_ctx(id.b))) { store_lse(id.b, id.h, id.i, 0u, row_max, total); }
+    }
     if (in_range) {
         for (var j = lid; j < P.seq_k; j += WG) {
             let w = scratch[base + j];
@@ -107,12 +111,12 @@ fn pv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
     if (local_row >= P.row_count) { return; }
     let id = row_id(P.row_start + local_row);
     let hk = id.h / P.group;
-    let vb = P.v_off + id.b * P.v_sb + hk * P.v_sh + c * P.v_sd;
+    let vb = P.v_off + v_batch(id.b) + hk * P.v_sh + c * P.v_sd;
     var acc = 0.0;
     let base = local_row * P.scratch_stride;
     for (var j = 0u; j < P.seq_k; j++) {
         let p = bitcast<f32>(scratch[base + j]);
         if (p != 0.0) { acc += p * load_v(vb + j * P.v_ss); }
     }
-    store_o(o_index(id.b, id.h, id.i, c), acc);
+    if (row_stored(id.b, id.i, row_ctx(id.b))) { store_o(o_index(id.b, id.h, id.i, c, 0u), acc); }
 }

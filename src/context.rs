@@ -22,6 +22,7 @@ struct Inner {
     caps: DeviceCaps,
     cache: PipelineCache,
     dummy: wgpu::Buffer,
+    dummy_rw: wgpu::Buffer,
 }
 
 /// Everything the crate needs to run attention on one device. Cheap to clone, `Send + Sync`.
@@ -120,6 +121,12 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let dummy_rw = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-attention unused output binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         log::debug!(
             "wgpu-attention context on {} ({:?}): {caps:?}",
             info.name,
@@ -134,6 +141,7 @@ impl Context {
                 caps,
                 cache: PipelineCache::default(),
                 dummy,
+                dummy_rw,
             }),
         }
     }
@@ -174,6 +182,10 @@ impl Context {
 
     pub(crate) fn dummy(&self) -> &wgpu::Buffer {
         &self.inner.dummy
+    }
+
+    pub(crate) fn dummy_rw(&self) -> &wgpu::Buffer {
+        &self.inner.dummy_rw
     }
 
     // ------------------------------------------------------------------ planning
@@ -271,7 +283,20 @@ impl Context {
         opts: &AttentionOptions,
     ) -> Result<Tensor> {
         let p = validate::validate(q, k, v, None, opts)?;
-        let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
+        let out = if opts.varlen.is_some() {
+            // Packed like the inputs: [total_q, Hq, Dv] as a [1, Hq, total_q, Dv] view.
+            let total = q.shape[2];
+            let t = self.empty([1, 1, 1, total * p.heads_q * p.head_dim_v], p.dtype_o)?;
+            Tensor::from_view(TensorView::packed_varlen(
+                t.buffer().clone(),
+                p.dtype_o,
+                total,
+                p.heads_q,
+                p.head_dim_v,
+            ))
+        } else {
+            self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?
+        };
         self.attention_into(q, k, v, out.view(), opts)?;
         Ok(out)
     }
@@ -371,6 +396,11 @@ impl Context {
         self.buffer_init("wgpu-attention f16", bytemuck::cast_slice(data))
     }
 
+    /// A storage buffer holding `data` as bf16 (padded to whole words).
+    pub fn buffer_from_bf16(&self, data: &[half::bf16]) -> wgpu::Buffer {
+        self.buffer_init("wgpu-attention bf16", bytemuck::cast_slice(data))
+    }
+
     /// A storage buffer holding `data` as bytes, 1 = true (padded to whole words).
     pub fn buffer_from_bool(&self, data: &[bool]) -> wgpu::Buffer {
         let bytes: Vec<u8> = data.iter().map(|&b| b as u8).collect();
@@ -400,6 +430,13 @@ impl Context {
         Self::check_host_len(shape, data.len())?;
         let b = self.buffer_from_f16(data);
         Ok(Tensor::from_view(TensorView::bhsd(b, DType::F16, shape)))
+    }
+
+    /// Uploads a contiguous BHSD bf16 tensor.
+    pub fn upload_bf16(&self, data: &[half::bf16], shape: [usize; 4]) -> Result<Tensor> {
+        Self::check_host_len(shape, data.len())?;
+        let b = self.buffer_from_bf16(data);
+        Ok(Tensor::from_view(TensorView::bhsd(b, DType::BF16, shape)))
     }
 
     /// Uploads a contiguous bool mask of shape `[B|1, H|1, Sq, Sk]` (true = attend).
@@ -476,13 +513,13 @@ impl Context {
         Ok(())
     }
 
-    /// Downloads any f32 or f16 view (any strides) as f32 values in logical BHSD order.
+    /// Downloads any f32, f16 or bf16 view (any strides) as f32 values in logical BHSD order.
     pub async fn download_f32(&self, view: &TensorView) -> Result<Vec<f32>> {
         if !view.dtype.is_float() {
             return Err(Error::invalid(
                 TensorRole::HostData,
                 InputProblem::WrongDType {
-                    expected: "f32 or f16".into(),
+                    expected: "f32, f16 or bf16".into(),
                     got: view.dtype.to_string(),
                 },
             ));
@@ -502,6 +539,9 @@ impl Context {
                             + id * view.strides[3];
                         let at = base + e * es;
                         out.push(match view.dtype {
+                            DType::BF16 => {
+                                half::bf16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+                            }
                             DType::F16 => {
                                 half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
                             }
@@ -537,5 +577,20 @@ impl Context {
     /// [`Context::download_f16`], blocking.
     pub fn download_f16_blocking(&self, view: &TensorView) -> Result<Vec<half::f16>> {
         pollster::block_on(self.download_f16(view))
+    }
+
+    /// Downloads a view as bf16 values in logical BHSD order.
+    pub async fn download_bf16(&self, view: &TensorView) -> Result<Vec<half::bf16>> {
+        Ok(self
+            .download_f32(view)
+            .await?
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect())
+    }
+
+    /// [`Context::download_bf16`], blocking.
+    pub fn download_bf16_blocking(&self, view: &TensorView) -> Result<Vec<half::bf16>> {
+        pollster::block_on(self.download_bf16(view))
     }
 }

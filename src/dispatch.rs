@@ -11,6 +11,22 @@ pub const FLASH_HEAD_DIMS: [u32; 8] = [32, 64, 96, 128, 160, 192, 224, 256];
 pub const MEMEFF_HEAD_DIMS: [u32; 5] = [64, 128, 256, 512, 1024];
 /// Query rows per flash workgroup (one query row per thread group).
 pub const FLASH_BLOCK_Q: u32 = 64;
+/// Registers (floats) a flash thread may hold for its rows before the dispatcher gives it
+/// fewer rows: q and the accumulator of each row, plus its tile of scores.
+pub const FLASH_REGISTER_BUDGET: u32 = 128;
+
+/// Rows per flash thread: as many (up to 4) as fit [`FLASH_REGISTER_BUDGET`], since each
+/// K/V vector read from workgroup memory then serves that many rows.
+pub fn default_rows_per_thread(dk_plus_dv: u32, threads_per_row: u32) -> u32 {
+    let per_row = dk_plus_dv / threads_per_row + FLASH_DEFAULT_BLOCK_K;
+    [4, 2, 1]
+        .into_iter()
+        .find(|&r| r * per_row <= FLASH_REGISTER_BUDGET)
+        .unwrap_or(1)
+}
+/// The flash key tile the dispatcher starts from (16 measured faster than 32 on an H100;
+/// see BENCHMARKS.md).
+pub const FLASH_DEFAULT_BLOCK_K: u32 = 16;
 /// Largest key tile of the flash shader.
 pub const FLASH_MAX_BLOCK_K: u32 = 32;
 /// Smallest key tile of the flash shader.
@@ -106,6 +122,9 @@ pub struct ShaderVariant {
     pub block_k: u32,
     /// Threads cooperating on one query row (> 1 only with subgroups).
     pub threads_per_row: u32,
+    /// Query rows each thread (group) owns: every K/V vector read from workgroup memory
+    /// serves this many rows.
+    pub rows_per_thread: u32,
     /// Whether subgroup operations are used.
     pub subgroups: bool,
     /// Debug builds only: count loaded key tiles (see `Context::debug_tile_counts`).
@@ -116,7 +135,7 @@ impl ShaderVariant {
     /// Threads per workgroup.
     pub fn workgroup_size(&self) -> u32 {
         match self.family {
-            Family::Flash => self.block_q * self.threads_per_row,
+            Family::Flash => self.block_q / self.rows_per_thread * self.threads_per_row,
             Family::MemoryEfficient => MEMEFF_THREADS,
             Family::Naive => 64,
         }
@@ -184,10 +203,10 @@ pub fn flash_variant(
             p.head_dim_v
         )
     })?;
-    // The largest key tile (at most FLASH_MAX_BLOCK_K) that fits the adapter's workgroup memory.
+    // The default key tile, halved until it fits the adapter's workgroup memory.
     let need = |bk: u32| bk * (dk + dv) * 4 + 16;
     let fits = |bk: u32, budget: u32| need(bk) <= budget;
-    let mut block_k = FLASH_MAX_BLOCK_K;
+    let mut block_k = FLASH_DEFAULT_BLOCK_K;
     while block_k > FLASH_MIN_BLOCK_K && !fits(block_k, caps.max_workgroup_storage) {
         block_k /= 2;
     }
@@ -203,10 +222,28 @@ pub fn flash_variant(
         && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW
         && dk >= 64;
     let threads_per_row = if use_sg { SUBGROUP_THREADS_PER_ROW } else { 1 };
-    if FLASH_BLOCK_Q * threads_per_row > caps.max_invocations {
+    let rows_per_thread = match opts.tuning.flash_rows_per_thread {
+        Some(r @ (1 | 2 | 4)) => r,
+        Some(r) => return Err(format!("flash rows per thread must be 1, 2 or 4, not {r}")),
+        None => default_rows_per_thread(dk + dv, threads_per_row),
+    };
+    if let Some(bk) = opts.tuning.flash_block_k {
+        if !matches!(bk, 4 | 8 | 16 | 32) {
+            return Err(format!("flash key tile must be 4, 8, 16 or 32, not {bk}"));
+        }
+        if !fits(bk, caps.max_workgroup_storage) {
+            return Err(format!(
+                "a flash key tile of {bk} at head dims {dk}+{dv} needs {} bytes of workgroup memory; the adapter offers {}",
+                need(bk),
+                caps.max_workgroup_storage
+            ));
+        }
+        block_k = bk;
+    }
+    if FLASH_BLOCK_Q / rows_per_thread * threads_per_row > caps.max_invocations {
         return Err(format!(
             "flash needs {} invocations per workgroup; the adapter offers {}",
-            FLASH_BLOCK_Q * threads_per_row,
+            FLASH_BLOCK_Q / rows_per_thread * threads_per_row,
             caps.max_invocations
         ));
     }
@@ -217,6 +254,7 @@ pub fn flash_variant(
         block_q: FLASH_BLOCK_Q,
         block_k,
         threads_per_row,
+        rows_per_thread,
         subgroups: use_sg,
         count_tiles: false,
     })
@@ -244,6 +282,7 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         block_q: 1,
         block_k: MEMEFF_THREADS,
         threads_per_row: MEMEFF_THREADS,
+        rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
     };
@@ -272,6 +311,7 @@ pub fn naive_variant() -> ShaderVariant {
         block_q: 1,
         block_k: 64,
         threads_per_row: 1,
+        rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
     }

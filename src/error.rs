@@ -37,6 +37,12 @@ pub enum TensorRole {
     HostData,
     /// The options of the call (scale, window, backend).
     Options,
+    /// The log-sum-exp output (or a merge input's log-sum-exp).
+    Lse,
+    /// The cumulative sequence offsets of a packed variable-length batch.
+    CuSeqlens,
+    /// A key/value cache.
+    KvCache,
 }
 
 impl fmt::Display for TensorRole {
@@ -53,6 +59,9 @@ impl fmt::Display for TensorRole {
             TensorRole::AlibiSlopes => "alibi slopes",
             TensorRole::HostData => "host data",
             TensorRole::Options => "options",
+            TensorRole::Lse => "log-sum-exp",
+            TensorRole::CuSeqlens => "cu_seqlens",
+            TensorRole::KvCache => "kv cache",
         };
         f.write_str(s)
     }

@@ -8,10 +8,10 @@ use crate::context::Context;
 use crate::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
 use crate::error::{Error, Result, TensorRole};
 use crate::mask::CausalAlignment;
-use crate::options::AttentionOptions;
+use crate::options::{AttentionOptions, Varlen};
 use crate::params::{AttnParams, flags};
 use crate::pipeline::Compiled;
-use crate::tensor::{DType, TensorView};
+use crate::tensor::TensorView;
 use crate::validate::Problem;
 
 /// A storage binding covering one tensor view.
@@ -75,6 +75,7 @@ pub(crate) struct Bound {
     pub mask: Option<Window>,
     pub bias: Option<Window>,
     pub aux: wgpu::Buffer,
+    pub lse: Option<Window>,
     /// Where the block summary goes in `aux` (in u32 words), and its shape.
     pub summary: Option<SummarySlot>,
 }
@@ -123,28 +124,38 @@ pub(crate) fn bind(
         m.alignment == CausalAlignment::BottomRight,
         flags::BOTTOM_RIGHT,
     );
-    set(m.key_lengths.is_some(), flags::KLEN);
-    set(m.query_lengths.is_some(), flags::QLEN);
+    let vl = opts.varlen.as_ref();
+    set(m.key_lengths.is_some() || vl.is_some(), flags::KLEN);
+    set(m.query_lengths.is_some() || vl.is_some(), flags::QLEN);
+    set(vl.is_some(), flags::VARLEN);
+    set(opts.lse_output.is_some(), flags::LSE);
     set(m.window.is_some_and(|w| w.left.is_some()), flags::WLEFT);
     set(m.window.is_some_and(|w| w.right.is_some()), flags::WRIGHT);
     set(m.bool_mask.is_some(), flags::BOOL);
     set(m.bias.is_some(), flags::BIAS);
     set(m.alibi_slopes.is_some(), flags::ALIBI);
-    set(p.dtype_q == DType::F16, flags::Q16);
-    set(p.dtype_k == DType::F16, flags::K16);
-    set(p.dtype_v == DType::F16, flags::V16);
-    set(p.dtype_o == DType::F16, flags::O16);
-    set(
-        m.bias.as_ref().is_some_and(|b| b.dtype == DType::F16),
-        flags::BIAS16,
-    );
+    f |= p.dtype_q.code() << flags::DT_Q;
+    f |= p.dtype_k.code() << flags::DT_K;
+    f |= p.dtype_v.code() << flags::DT_V;
+    f |= p.dtype_o.code() << flags::DT_O;
+    f |= m.bias.as_ref().map_or(0, |b| b.dtype.code()) << flags::DT_BIAS;
 
-    // Aux: [query lengths | key lengths | alibi slopes | block summary].
+    // Aux: [query lengths | key lengths | cu_seqlens q | cu_seqlens k | alibi | summary].
     let mut aux: Vec<u32> = Vec::new();
     let qlen_off = aux.len() as u32;
-    aux.extend(m.query_lengths.iter().flatten());
+    match vl {
+        Some(vl) => aux.extend(Varlen::lengths(&vl.cu_seqlens_q)),
+        None => aux.extend(m.query_lengths.iter().flatten()),
+    }
     let klen_off = aux.len() as u32;
-    aux.extend(m.key_lengths.iter().flatten());
+    match vl {
+        Some(vl) => aux.extend(Varlen::lengths(&vl.cu_seqlens_k)),
+        None => aux.extend(m.key_lengths.iter().flatten()),
+    }
+    let cuq_off = aux.len() as u32;
+    aux.extend(vl.iter().flat_map(|v| v.cu_seqlens_q.iter()));
+    let cuk_off = aux.len() as u32;
+    aux.extend(vl.iter().flat_map(|v| v.cu_seqlens_k.iter()));
     let alibi_off = aux.len() as u32;
     aux.extend(m.alibi_slopes.iter().flatten().map(|x| x.to_bits()));
     let mut summary = None;
@@ -191,7 +202,20 @@ pub(crate) fn bind(
         qlen_off,
         klen_off,
         alibi_off,
+        cuq_off,
+        cuk_off,
+        n_splits: 1,
+        split_len: u32::MAX,
         ..Default::default()
+    };
+    let lw = match &opts.lse_output {
+        Some(l) => {
+            let w = window(ctx, l, TensorRole::Lse)?;
+            let st = strides(l, &w);
+            params.lse = [st[0], st[1], st[2], st[3]];
+            Some(w)
+        }
+        None => None,
     };
     if let (Some(bm), Some(w)) = (&m.bool_mask, &mw) {
         params.m = strides(&bm.view, w);
@@ -215,6 +239,7 @@ pub(crate) fn bind(
         mask: mw,
         bias: bw,
         aux: aux_buf,
+        lse: lw,
         summary,
     })
 }
@@ -323,6 +348,14 @@ pub(crate) fn common_slots<'a>(
                 .unwrap_or_else(|| dummy.as_entire_binding()),
         ),
         (7, bound.aux.as_entire_binding()),
+        (
+            9,
+            bound
+                .lse
+                .as_ref()
+                .map(|w| w.binding())
+                .unwrap_or_else(|| ctx.dummy_rw().as_entire_binding()),
+        ),
     ]
 }
 

@@ -6,12 +6,16 @@ mod context;
 pub mod dispatch;
 pub mod error;
 mod flash;
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 mod launch;
 pub mod mask;
 mod memeff;
 mod naive;
 pub mod options;
 mod params;
+#[doc(hidden)]
+pub use params::param_block_sizes;
 pub mod pipeline;
 pub mod reference;
 pub mod tensor;
@@ -22,6 +26,6 @@ pub use context::{Context, OPTIONAL_FEATURES};
 pub use dispatch::{DeviceCaps, Plan, ShaderVariant};
 pub use error::{Error, Result};
 pub use mask::{CausalAlignment, Mask, Window};
-pub use options::{AttentionOptions, Backend, Subgroups};
+pub use options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
 pub use tensor::{DType, Tensor, TensorView};
 pub use validate::Problem;

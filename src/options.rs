@@ -1,7 +1,7 @@
 //! Per-call options.
 
 use crate::mask::Mask;
-use crate::tensor::DType;
+use crate::tensor::{DType, TensorView};
 
 /// Which shader family runs a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -45,6 +45,17 @@ pub enum Subgroups {
     Off,
 }
 
+/// Overrides of the dispatcher's tile choices, for tuning runs on a given adapter.
+/// `None` keeps the dispatcher's choice; a value that cannot run makes `plan` return
+/// [`crate::Error::Unsupported`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    /// Query rows per flash thread (1, 2 or 4).
+    pub flash_rows_per_thread: Option<u32>,
+    /// Keys per flash tile (4, 8, 16 or 32).
+    pub flash_block_k: Option<u32>,
+}
+
 /// Options of one attention call.
 #[derive(Clone, Debug, Default)]
 pub struct AttentionOptions {
@@ -58,6 +69,54 @@ pub struct AttentionOptions {
     pub subgroups: Subgroups,
     /// Output dtype when the output is allocated by the call; `None` means the query's dtype.
     pub output_dtype: Option<DType>,
+    /// Tile overrides (normally left at their defaults).
+    pub tuning: Tuning,
+    /// Also write each row's log-sum-exp of its logits here: an f32 view of shape
+    /// `[B, Hq, Sq, 1]` (`-inf` for rows with no visible key). Partial results over disjoint
+    /// key sets can then be combined exactly with [`crate::Context::merge`].
+    pub lse_output: Option<TensorView>,
+    /// Packed variable-length batches (FlashAttention's varlen interface).
+    pub varlen: Option<Varlen>,
+}
+
+/// Sequences of different lengths stored back to back, as FlashAttention's varlen
+/// interface: Q, K, V and the output are `[1, H, total_tokens, D]` views (for instance
+/// [`TensorView::packed_varlen`]) and sequence `b` occupies rows
+/// `cu_seqlens[b]..cu_seqlens[b + 1]`. No padding is computed; causal, window and ALiBi apply
+/// per sequence. A bool mask or bias, if any, is laid out padded: `[B|1, H|1, max_q, max_k]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Varlen {
+    /// Cumulative query offsets: `B + 1` entries, starting at 0.
+    pub cu_seqlens_q: Vec<u32>,
+    /// Cumulative key offsets: `B + 1` entries, starting at 0.
+    pub cu_seqlens_k: Vec<u32>,
+}
+
+impl Varlen {
+    /// From per-sequence query and key lengths.
+    pub fn from_lengths(q: &[u32], k: &[u32]) -> Self {
+        let cum = |l: &[u32]| {
+            std::iter::once(0)
+                .chain(l.iter().scan(0u32, |acc, &x| {
+                    *acc += x;
+                    Some(*acc)
+                }))
+                .collect()
+        };
+        Varlen {
+            cu_seqlens_q: cum(q),
+            cu_seqlens_k: cum(k),
+        }
+    }
+
+    /// The number of sequences.
+    pub fn batch(&self) -> usize {
+        self.cu_seqlens_q.len().saturating_sub(1)
+    }
+
+    pub(crate) fn lengths(cu: &[u32]) -> Vec<u32> {
+        cu.windows(2).map(|w| w[1].saturating_sub(w[0])).collect()
+    }
 }
 
 impl AttentionOptions {

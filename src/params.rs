@@ -14,11 +14,14 @@ pub(crate) mod flags {
     pub const BIAS: u32 = 128;
     pub const ALIBI: u32 = 256;
     pub const SUMMARY: u32 = 512;
-    pub const Q16: u32 = 1024;
-    pub const K16: u32 = 2048;
-    pub const V16: u32 = 4096;
-    pub const O16: u32 = 8192;
-    pub const BIAS16: u32 = 16384;
+    pub const LSE: u32 = 1024;
+    pub const VARLEN: u32 = 2048;
+    /// Two-bit storage dtype codes (0 f32, 1 f16, 2 bf16) at these shifts.
+    pub const DT_Q: u32 = 16;
+    pub const DT_K: u32 = 18;
+    pub const DT_V: u32 = 20;
+    pub const DT_O: u32 = 22;
+    pub const DT_BIAS: u32 = 24;
 }
 
 /// The `Params` uniform of `shaders/common.wgsl` (flash, memory-efficient and naive).
@@ -58,10 +61,17 @@ pub(crate) struct AttnParams {
     pub row_count: u32,
     pub wg_x: u32,
     pub scratch_stride: u32,
-    pub _pad: [u32; 2],
+    /// LSE output: offset and strides (b, h, s), in f32 elements.
+    pub lse: [u32; 4],
+    pub cuq_off: u32,
+    pub cuk_off: u32,
+    pub n_splits: u32,
+    pub split_len: u32,
+    pub o_split: u32,
+    pub l_split: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 56 * 4);
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 64 * 4);
 const _: () = assert!(std::mem::size_of::<AttnParams>().is_multiple_of(16));
 
 /// The `SummaryParams` uniform of `shaders/block_summary.wgsl`.
@@ -84,3 +94,42 @@ pub(crate) struct SummaryParams {
 }
 
 const _: () = assert!(std::mem::size_of::<SummaryParams>() == 16 * 4);
+
+/// The `MergeParams` uniform of `shaders/merge.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct MergeParams {
+    pub batch: u32,
+    pub heads: u32,
+    pub seq: u32,
+    pub dv: u32,
+    pub n_a: u32,
+    pub n_b: u32,
+    pub flags: u32,
+    pub wg_x: u32,
+    /// O of input A: offset, part stride, strides (b, h, s, d).
+    pub a: [u32; 6],
+    pub b: [u32; 6],
+    /// Output: offset, strides (b, h, s, d).
+    pub o: [u32; 5],
+    /// LSE of input A: offset, part stride, strides (b, h, s).
+    pub la: [u32; 5],
+    pub lb: [u32; 5],
+    /// LSE output: offset, strides (b, h, s).
+    pub lo: [u32; 4],
+    pub _pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<MergeParams>() == 40 * 4);
+const _: () = assert!(std::mem::size_of::<MergeParams>() % 16 == 0);
+
+/// `(WGSL struct name, size in bytes)` of every parameter block, for the test that checks
+/// each against the size naga computes for its WGSL mirror.
+#[doc(hidden)]
+pub fn param_block_sizes() -> [(&'static str, usize); 3] {
+    [
+        ("Params", std::mem::size_of::<AttnParams>()),
+        ("SummaryParams", std::mem::size_of::<SummaryParams>()),
+        ("MergeParams", std::mem::size_of::<MergeParams>()),
+    ]
+}

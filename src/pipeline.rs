@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 
 /// Shader files, embedded at build time.
 pub mod sources {
+    /// Storage dtype helpers (f32, f16, bf16 through 32-bit words).
+    pub const DTYPE: &str = include_str!("../shaders/dtype.wgsl");
+    /// Merging partial results by their log-sum-exp.
+    pub const MERGE: &str = include_str!("../shaders/merge.wgsl");
     /// Bindings, parameter block, loads/stores and the mask algebra.
     pub const COMMON: &str = include_str!("../shaders/common.wgsl");
     /// The flash family.
@@ -38,6 +42,7 @@ pub mod sources {
 pub(crate) enum ModuleKey {
     Attention(ShaderVariant),
     Summary,
+    Merge,
 }
 
 /// The typed `const` lines of a variant.
@@ -45,12 +50,13 @@ fn const_lines(v: &ShaderVariant) -> String {
     let wg = v.workgroup_size();
     format!(
         "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
-         const TPR: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
+         const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
         v.head_dim_qk.max(1),
         v.head_dim_v.max(1),
         v.block_q,
         v.block_k,
         v.threads_per_row,
+        v.rows_per_thread.max(1),
         wg,
         SUMMARY_BLOCK_Q,
         SUMMARY_BLOCK_K
@@ -79,8 +85,9 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                 Family::Naive => ["", "", sources::NAIVE],
             };
             format!(
-                "{}\n{}\n{}",
+                "{}\n{}\n{}\n{}",
                 const_lines(v),
+                sources::DTYPE,
                 sources::COMMON,
                 snippets.join("\n")
             )
@@ -89,6 +96,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
             "const SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}",
             sources::BLOCK_SUMMARY
         ),
+        ModuleKey::Merge => format!("{}\n{}", sources::DTYPE, sources::MERGE),
     }
 }
 
@@ -118,6 +126,15 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Sl
     use Slot::*;
     match (key, entry) {
         (ModuleKey::Summary, _) => &[(0, Uniform), (1, Read), (2, Write)],
+        (ModuleKey::Merge, _) => &[
+            (0, Uniform),
+            (1, Read),
+            (2, Read),
+            (3, Read),
+            (4, Read),
+            (5, Write),
+            (6, Write),
+        ],
         (ModuleKey::Attention(v), e) => match (v.family, e) {
             (Family::Naive, "scores") => &[
                 (0, Uniform),
@@ -128,8 +145,8 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Sl
                 (7, Read),
                 (8, Write),
             ],
-            (Family::Naive, "softmax") => &[(0, Uniform), (8, Write)],
-            (Family::Naive, _) => &[(0, Uniform), (3, Read), (4, Write), (8, Write)],
+            (Family::Naive, "softmax") => &[(0, Uniform), (7, Read), (8, Write), (9, Write)],
+            (Family::Naive, _) => &[(0, Uniform), (3, Read), (4, Write), (7, Read), (8, Write)],
             (Family::Flash, _) if v.count_tiles => &[
                 (0, Uniform),
                 (1, Read),
@@ -140,6 +157,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Sl
                 (6, Read),
                 (7, Read),
                 (8, Write),
+                (9, Write),
             ],
             _ => &[
                 (0, Uniform),
@@ -150,6 +168,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Sl
                 (5, Read),
                 (6, Read),
                 (7, Read),
+                (9, Write),
             ],
         },
     }

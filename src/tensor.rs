@@ -22,6 +22,8 @@ pub enum DType {
     F32,
     /// IEEE 754 half precision (read and written through 32-bit words: no `SHADER_F16` needed).
     F16,
+    /// bfloat16 (unpacked in the shader; no WGSL bf16 type needed).
+    BF16,
     /// One byte per element; non-zero means true. Boolean masks only.
     Bool,
 }
@@ -31,22 +33,32 @@ impl DType {
     pub const fn size(self) -> u64 {
         match self {
             DType::F32 => 4,
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
             DType::Bool => 1,
         }
     }
 
-    /// Lower-case name (`"f32"`, `"f16"`, `"bool"`).
+    /// Lower-case name (`"f32"`, `"f16"`, `"bf16"`, `"bool"`).
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
             DType::Bool => "bool",
         }
     }
 
+    /// The shaders' two-bit storage code (0 f32, 1 f16, 2 bf16).
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            DType::F16 => 1,
+            DType::BF16 => 2,
+            _ => 0,
+        }
+    }
+
     pub(crate) fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
 }
 
@@ -126,6 +138,24 @@ impl TensorView {
                 i * (h * d) as u64 * e,
             )
         })
+    }
+
+    /// A packed variable-length tensor `[total_tokens, heads, dim]` (FlashAttention's varlen
+    /// layout) as the `[1, heads, total_tokens, dim]` view [`crate::Varlen`] calls take.
+    pub fn packed_varlen(
+        buffer: wgpu::Buffer,
+        dtype: DType,
+        total: usize,
+        heads: usize,
+        dim: usize,
+    ) -> Self {
+        Self::new(
+            buffer,
+            dtype,
+            [1, heads, total, dim],
+            [total * heads * dim, dim, heads * dim, 1],
+            0,
+        )
     }
 
     /// The same view moved by `offset` bytes.

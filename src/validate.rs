@@ -72,6 +72,10 @@ pub struct Problem {
     pub scale: f32,
     /// The mask kinds.
     pub mask: MaskKinds,
+    /// A packed variable-length batch (`seq_q`/`seq_k` are then the longest sequences).
+    pub varlen: bool,
+    /// A log-sum-exp output is requested.
+    pub lse: bool,
 }
 
 impl Problem {
@@ -91,6 +95,8 @@ impl Problem {
             dtype_o: DType::F32,
             scale: 1.0 / (head_dim as f32).sqrt(),
             mask: MaskKinds::default(),
+            varlen: false,
+            lse: false,
         }
     }
 
@@ -117,7 +123,7 @@ fn check_float(view: &TensorView, role: TensorRole) -> Result<()> {
         return Err(Error::invalid(
             role,
             InputProblem::WrongDType {
-                expected: "f32 or f16".into(),
+                expected: "f32, f16 or bf16".into(),
                 got: view.dtype.to_string(),
             },
         ));
@@ -183,6 +189,76 @@ fn check_lengths(lens: &[u32], role: TensorRole, b: usize, max: usize) -> Result
     Ok(())
 }
 
+/// Checks a varlen description against the views; returns (sequences, longest query,
+/// longest key sequence).
+fn check_varlen(
+    vl: &crate::options::Varlen,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    rows_q: usize,
+    rows_k: usize,
+    mask: &crate::mask::Mask,
+) -> Result<(usize, usize, usize)> {
+    use TensorRole::*;
+    for (view, role) in [(q, Query), (k, Key), (v, Value)] {
+        if view.shape[0] != 1 {
+            return Err(mismatch(
+                role,
+                Dim::Batch,
+                "1 (packed variable-length layout)",
+                view.shape[0],
+            ));
+        }
+    }
+    let n = vl.cu_seqlens_q.len();
+    if n < 2 || vl.cu_seqlens_k.len() != n {
+        return Err(Error::invalid(
+            CuSeqlens,
+            InputProblem::WrongCount {
+                expected: n.max(2),
+                got: if n < 2 { n } else { vl.cu_seqlens_k.len() },
+            },
+        ));
+    }
+    for (cu, rows) in [(&vl.cu_seqlens_q, rows_q), (&vl.cu_seqlens_k, rows_k)] {
+        if cu[0] != 0 || cu.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::invalid(
+                CuSeqlens,
+                InputProblem::Other(format!("{cu:?} must start at 0 and never decrease")),
+            ));
+        }
+        let last = cu[n - 1];
+        if last as usize > rows {
+            return Err(Error::invalid(
+                CuSeqlens,
+                InputProblem::LengthTooLong {
+                    batch: n - 2,
+                    len: last,
+                    max: rows,
+                },
+            ));
+        }
+    }
+    if mask.key_lengths.is_some() || mask.query_lengths.is_some() {
+        return Err(Error::invalid(
+            Options,
+            InputProblem::Other(
+                "with varlen, sequence lengths come from cu_seqlens; set no key/query lengths"
+                    .into(),
+            ),
+        ));
+    }
+    let longest = |cu: &[u32]| {
+        crate::options::Varlen::lengths(cu)
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(1) as usize
+    };
+    Ok((n - 1, longest(&vl.cu_seqlens_q), longest(&vl.cu_seqlens_k)))
+}
+
 /// Validates a call. `out` is the caller's output view, if any.
 pub(crate) fn validate(
     q: &TensorView,
@@ -199,6 +275,12 @@ pub(crate) fn validate(
     let [b, hq, sq, dk] = q.shape;
     let [kb, hkv, sk, kd] = k.shape;
     let [vb, vh, vs, dv] = v.shape;
+    // Rows of the views (for varlen: all sequences' tokens) vs the problem's batch/lengths.
+    let (rows_q, rows_k) = (sq, sk);
+    let varlen = match &opts.varlen {
+        Some(vl) => Some(check_varlen(vl, q, k, v, rows_q, rows_k, &opts.mask)?),
+        None => None,
+    };
     if kb != b {
         return Err(mismatch(Key, Dim::Batch, b, kb));
     }
@@ -230,7 +312,7 @@ pub(crate) fn validate(
     let dtype_o = match out {
         Some(o) => {
             check_float(o, Output)?;
-            let want = [b, hq, sq, dv];
+            let want = [b, hq, rows_q, dv];
             for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&o.shape) {
                 if got != w {
                     return Err(mismatch(Output, *dim, w, got));
@@ -246,7 +328,7 @@ pub(crate) fn validate(
                 return Err(Error::invalid(
                     Options,
                     InputProblem::WrongDType {
-                        expected: "f32 or f16 output".into(),
+                        expected: "f32, f16 or bf16 output".into(),
                         got: d.to_string(),
                     },
                 ));
@@ -266,6 +348,11 @@ pub(crate) fn validate(
         ));
     }
 
+    // From here on, b/sq/sk are the problem's: for varlen the sequence count and lengths.
+    let (b, sq, sk) = match &varlen {
+        Some((nb, mq, mk)) => (*nb, *mq, *mk),
+        None => (b, sq, sk),
+    };
     let m = &opts.mask;
     if let Some(l) = &m.key_lengths {
         check_lengths(l, KeyLengths, b, sk)?;
@@ -314,6 +401,39 @@ pub(crate) fn validate(
             ));
         }
     }
+    if let Some(l) = &opts.lse_output {
+        if l.dtype != DType::F32 {
+            return Err(Error::invalid(
+                Lse,
+                InputProblem::WrongDType {
+                    expected: "f32".into(),
+                    got: l.dtype.to_string(),
+                },
+            ));
+        }
+        let want = [q.shape[0], hq, rows_q, 1];
+        for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&l.shape) {
+            if got != w {
+                return Err(mismatch(Lse, *dim, w, got));
+            }
+        }
+        l.check_memory(Lse, storage)?;
+        l.check_no_overlap(Lse)?;
+        for (view, role) in [(q, Query), (k, Key), (v, Value)] {
+            if view.buffer == l.buffer {
+                return Err(Error::invalid(
+                    Lse,
+                    InputProblem::OutputAliasesInput { input: role },
+                ));
+            }
+        }
+        if out.is_some_and(|o| o.buffer == l.buffer) {
+            return Err(Error::invalid(
+                Lse,
+                InputProblem::OutputAliasesInput { input: Output },
+            ));
+        }
+    }
     if let Some(o) = out {
         let inputs = [
             (Some(q), Query),
@@ -347,11 +467,13 @@ pub(crate) fn validate(
         dtype_v: v.dtype,
         dtype_o,
         scale,
+        varlen: varlen.is_some(),
+        lse: opts.lse_output.is_some(),
         mask: MaskKinds {
             causal: m.causal,
             alignment: m.alignment,
-            key_lengths: m.key_lengths.is_some(),
-            query_lengths: m.query_lengths.is_some(),
+            key_lengths: m.key_lengths.is_some() || varlen.is_some(),
+            query_lengths: m.query_lengths.is_some() || varlen.is_some(),
             window: m.window,
             bool_mask: m.bool_mask.is_some(),
             bias: m.bias.as_ref().map(|b| b.dtype),

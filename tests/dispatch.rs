@@ -194,7 +194,10 @@ fn key_tile_grows_with_workgroup_memory() {
     )
     .unwrap();
     assert!(big.variant.block_k > small.variant.block_k);
-    assert_eq!(big.variant.block_k, 32);
+    assert_eq!(
+        big.variant.block_k,
+        wgpu_attention::dispatch::FLASH_DEFAULT_BLOCK_K
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ fn variants() -> Vec<ShaderVariant> {
     for &dk in &FLASH_HEAD_DIMS {
         for &dv in &[32, dk] {
             for (tpr, sg) in [(1, false), (SUBGROUP_THREADS_PER_ROW, true)] {
-                for bk in [4, 8, 16, 32] {
+                for (bk, rpt) in [(4, 1), (8, 2), (16, 4), (32, 1), (32, 4)] {
                     for count in [false, true] {
                         v.push(ShaderVariant {
                             family: Family::Flash,
@@ -21,6 +21,7 @@ fn variants() -> Vec<ShaderVariant> {
                             block_q: 64,
                             block_k: bk,
                             threads_per_row: tpr,
+                            rows_per_thread: rpt,
                             subgroups: sg,
                             count_tiles: count,
                         });
@@ -38,6 +39,7 @@ fn variants() -> Vec<ShaderVariant> {
                 block_q: 1,
                 block_k: 64,
                 threads_per_row: 64,
+                rows_per_thread: 1,
                 subgroups: false,
                 count_tiles: false,
             });
