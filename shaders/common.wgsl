@@ -56,6 +56,12 @@ const LOWEST: f32 = -3.40282347e38;
 @group(0) @binding(7) var<storage, read> aux_buf: array<u32>;
 @group(0) @binding(9) var<storage, read_write> lse_buf: array<u32>;
 
+// Whether a logit takes part in the softmax: -inf (a bias that masks) and NaN do not. Tested
+// on the bits, since shader compilers may assume floats are never infinite.
+fn finite_logit(s: f32) -> bool {
+    return (bitcast<u32>(s) & 0x7f800000u) != 0x7f800000u;
+}
+
 fn has(f: u32) -> bool {
     return (P.flags & f) != 0u;
 }

@@ -5,9 +5,10 @@
 // Element e of a tensor of storage dtype `dt`, given the 32-bit word holding it.
 fn decode(w: u32, e: u32, dt: u32) -> f32 {
     if (dt == 0u) { return bitcast<f32>(w); }
-    let bits = (w >> ((e & 1u) * 16u)) & 0xffffu;
-    if (dt == 1u) { return unpack2x16float(bits).x; }
-    return bitcast<f32>(bits << 16u);
+    let odd = (e & 1u) == 1u;
+    if (dt == 1u) { return unpack2x16float(select(w, w >> 16u, odd)).x; }
+    // bf16 is the high half of an f32.
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, odd));
 }
 
 // The index of the word holding element e.

@@ -149,7 +149,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
                 if (vis) {
                     s += logit_extra(b, h, i, j, rc);
-                    vis = s >= LOWEST;
+                    vis = finite_logit(s);
                 }
                 if (vis) {
                     bits |= 1u << jj;

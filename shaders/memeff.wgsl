@@ -62,7 +62,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             let kr = kbase + j * P.k_ss;
             for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
             s += logit_extra(b, h, i, j, rc);
-            vis = s >= LOWEST;
+            vis = finite_logit(s);
         }
         ps[lid] = s;
         vis_w[lid] = select(0u, 1u, vis);

@@ -39,12 +39,19 @@ fn code(shift: u32) -> u32 {
     return (M.flags >> shift) & 3u;
 }
 
-fn part_lse(p: u32, b: u32, h: u32, i: u32) -> f32 {
+// The raw bits of a part's log-sum-exp. Empty parts hold -inf; it is recognised by its
+// bits, since shader compilers may assume floats are never infinite.
+fn part_lse_bits(p: u32, b: u32, h: u32, i: u32) -> u32 {
     if (p < M.n_a) {
-        return bitcast<f32>(la[M.la_off + p * M.la_ps + b * M.la_sb + h * M.la_sh + i * M.la_ss]);
+        return la[M.la_off + p * M.la_ps + b * M.la_sb + h * M.la_sh + i * M.la_ss];
     }
     let q = p - M.n_a;
-    return bitcast<f32>(lb[M.lb_off + q * M.lb_ps + b * M.lb_sb + h * M.lb_sh + i * M.lb_ss]);
+    return lb[M.lb_off + q * M.lb_ps + b * M.lb_sb + h * M.lb_sh + i * M.lb_ss];
+}
+
+// Whether a part contributes: not -inf, not NaN (exponent all ones).
+fn part_live(bits: u32) -> bool {
+    return (bits & 0x7f800000u) != 0x7f800000u;
 }
 
 fn part_o(p: u32, b: u32, h: u32, i: u32, d: u32) -> f32 {
@@ -73,17 +80,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var mx = -3.40282347e38;
     var any = false;
     for (var p = 0u; p < n; p++) {
-        let l = part_lse(p, b, h, i);
-        // -inf (an empty part) and NaN never win.
-        if (l >= -3.40282347e38) { mx = max(mx, l); any = true; }
+        let bits = part_lse_bits(p, b, h, i);
+        if (part_live(bits)) { mx = max(mx, bitcast<f32>(bits)); any = true; }
     }
     var sum = 0.0;
     var acc = 0.0;
     if (any) {
         for (var p = 0u; p < n; p++) {
-            let l = part_lse(p, b, h, i);
-            if (l >= -3.40282347e38) {
-                let w = exp(l - mx);
+            let bits = part_lse_bits(p, b, h, i);
+            if (part_live(bits)) {
+                let w = exp(bitcast<f32>(bits) - mx);
                 sum += w;
                 acc += w * part_o(p, b, h, i, d);
             }

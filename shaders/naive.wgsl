@@ -45,7 +45,7 @@ fn scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             s += load_q(q_index(id.b, id.h, id.i, d)) * load_k(kr + d * P.k_sd);
         }
         s = s * P.scale + logit_extra(id.b, id.h, id.i, j, rc);
-        if (s >= LOWEST) { out = bitcast<u32>(s); }
+        if (finite_logit(s)) { out = bitcast<u32>(s); }
     }
     scratch[local_row * P.scratch_stride + j] = out;
 }

@@ -11,7 +11,7 @@ use crate::options::{AttentionOptions, Backend};
 use crate::pipeline::{PipelineCache, chain};
 use crate::tensor::{DType, Tensor, TensorView};
 use crate::validate::{self, Problem};
-use crate::{flash, launch, memeff, naive};
+use crate::{flash, launch, memeff, merge, naive};
 
 #[derive(Debug)]
 struct Inner {
@@ -252,7 +252,16 @@ impl Context {
         let bound = launch::bind(self, &p, [q, k, v, out], opts, with_summary)?;
         match plan.variant.family {
             Family::Flash => flash::record(self, encoder, &p, plan.variant, &bound, opts, counter)?,
-            Family::MemoryEfficient => memeff::record(self, encoder, &p, plan.variant, &bound)?,
+            Family::MemoryEfficient => memeff::record(
+                self,
+                encoder,
+                &p,
+                plan.variant,
+                &bound,
+                plan.key_splits,
+                out,
+                opts.lse_output.as_ref(),
+            )?,
             Family::Naive => naive::record(self, encoder, &p, plan.variant, &bound)?,
         }
         Ok(plan)
@@ -329,6 +338,110 @@ impl Context {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         Ok((w[0], w[1]))
+    }
+
+    /// Combines partial results computed over **disjoint key sets** into the exact result,
+    /// by their log-sum-exps (from [`AttentionOptions::lse_output`]), and submits.
+    ///
+    /// `parts` are `(output, lse)` pairs: outputs `[B, H, Sq, Dv]` (any float dtype), lse f32
+    /// `[B, H, Sq, 1]`. `out` receives the merged output and `lse_out`, if given, the merged
+    /// log-sum-exp, so merges can be chained. This is what splitting keys across devices
+    /// (ring or context-parallel attention) or decoding over a shared prefix needs:
+    ///
+    /// ```
+    /// use wgpu_attention::{AttentionOptions, Context, DType, TensorView};
+    /// # fn main() -> Result<(), wgpu_attention::Error> {
+    /// let ctx = Context::new_blocking()?;
+    /// let (b, h, sq, d) = (1, 2, 4, 8);
+    /// let q = ctx.upload_f32(&vec![0.5; b * h * sq * d], [b, h, sq, d])?;
+    /// let data: Vec<f32> = (0..b * h * 10 * d).map(|i| (i % 7) as f32 / 7.0).collect();
+    /// let keys = ctx.buffer_from_f32(&data);
+    /// let all = TensorView::bhsd(keys, DType::F32, [b, h, 10, d]);
+    /// // Keys 0..6 on one "device", 6..10 on another: two views of the same buffer here.
+    /// let first = TensorView::new(all.buffer.clone(), DType::F32, [b, h, 6, d], all.strides, 0);
+    /// let second = first.clone().with_offset(6 * d as u64 * 4);
+    /// let second = TensorView { shape: [b, h, 4, d], ..second };
+    /// let mut parts = Vec::new();
+    /// for kv in [&first, &second] {
+    ///     let lse = ctx.empty([b, h, sq, 1], DType::F32)?;
+    ///     let opts = AttentionOptions { lse_output: Some(lse.view().clone()), ..Default::default() };
+    ///     let o = ctx.attention(q.view(), kv, kv, &opts)?;
+    ///     parts.push((o, lse));
+    /// }
+    /// let merged = ctx.empty([b, h, sq, d], DType::F32)?;
+    /// let pairs: Vec<_> = parts.iter().map(|(o, l)| (o.view(), l.view())).collect();
+    /// ctx.merge(&pairs, merged.view(), None)?;
+    /// let full = ctx.attention(q.view(), &all, &all, &AttentionOptions::default())?;
+    /// let (m, f) = (ctx.download_f32_blocking(merged.view())?, ctx.download_f32_blocking(full.view())?);
+    /// assert!(m.iter().zip(&f).all(|(x, y)| (x - y).abs() < 1e-5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn merge(
+        &self,
+        parts: &[(&TensorView, &TensorView)],
+        out: &TensorView,
+        lse_out: Option<&TensorView>,
+    ) -> Result<()> {
+        merge::validate(parts, out, lse_out)?;
+        fn one<'a>(p: &(&'a TensorView, &'a TensorView)) -> merge::Input<'a> {
+            merge::Input {
+                o: p.0,
+                lse: p.1,
+                parts: 1,
+                o_part_stride: 0,
+                lse_part_stride: 0,
+            }
+        }
+        if parts.len() <= 2 {
+            return self.submit_scoped("merging partial results", |ctx, enc| {
+                merge::record(
+                    ctx,
+                    enc,
+                    one(&parts[0]),
+                    parts.get(1).map(one),
+                    out,
+                    lse_out,
+                )
+            });
+        }
+        // More than two: fold left through an f32 intermediate.
+        let [b, h, s, dv] = out.shape;
+        let acc_o = [
+            self.empty([b, h, s, dv], DType::F32)?,
+            self.empty([b, h, s, dv], DType::F32)?,
+        ];
+        let acc_l = [
+            self.empty([b, h, s, 1], DType::F32)?,
+            self.empty([b, h, s, 1], DType::F32)?,
+        ];
+        self.submit_scoped("merging partial results", |ctx, enc| {
+            merge::record(
+                ctx,
+                enc,
+                one(&parts[0]),
+                Some(one(&parts[1])),
+                acc_o[0].view(),
+                Some(acc_l[0].view()),
+            )?;
+            let mut cur = 0;
+            for (n, p) in parts.iter().enumerate().skip(2) {
+                let prev = (acc_o[cur].view(), acc_l[cur].view());
+                if n + 1 == parts.len() {
+                    return merge::record(ctx, enc, one(&prev), Some(one(p)), out, lse_out);
+                }
+                merge::record(
+                    ctx,
+                    enc,
+                    one(&prev),
+                    Some(one(p)),
+                    acc_o[1 - cur].view(),
+                    Some(acc_l[1 - cur].view()),
+                )?;
+                cur = 1 - cur;
+            }
+            Ok(())
+        })
     }
 
     /// Computes the block summary of a boolean mask (and submits), for reuse across

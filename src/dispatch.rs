@@ -38,6 +38,14 @@ pub const SUMMARY_BLOCK_Q: u32 = FLASH_BLOCK_Q;
 /// Columns of a block-mask summary block. Flash tiles narrower than this read the
 /// summary of the block that covers them (a conservative answer).
 pub const SUMMARY_BLOCK_K: u32 = 8;
+/// The decode path applies to at most this many query rows...
+pub const DECODE_MAX_QUERIES: usize = 8;
+/// ...over at least this many keys.
+pub const DECODE_MIN_KEYS: usize = 1024;
+/// Keys per split the decode path aims for (between 2 and [`DECODE_MAX_SPLITS`] splits).
+pub const DECODE_KEYS_PER_SPLIT: usize = 256;
+/// The most key splits (the merge shader combines at most this many parts).
+pub const DECODE_MAX_SPLITS: u32 = 64;
 /// Threads per query row of the subgroup flash variant.
 pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
 
@@ -158,6 +166,8 @@ pub struct Plan {
     pub backend: Backend,
     /// The shader variant.
     pub variant: ShaderVariant,
+    /// Key splits of the decode path (1 for every other backend).
+    pub key_splits: u32,
     /// Why, in words.
     pub reason: String,
 }
@@ -167,7 +177,7 @@ impl std::fmt::Display for Plan {
         let v = &self.variant;
         write!(
             f,
-            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}): {}",
+            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}, key splits {}): {}",
             self.backend,
             v.head_dim_qk,
             v.head_dim_v,
@@ -175,6 +185,7 @@ impl std::fmt::Display for Plan {
             v.block_k,
             v.threads_per_row,
             if v.subgroups { "on" } else { "off" },
+            self.key_splits,
             self.reason
         )
     }
@@ -317,10 +328,22 @@ pub fn naive_variant() -> ShaderVariant {
     }
 }
 
+/// How many ways the decode path splits `seq_k` keys.
+pub fn split_count(seq_k: usize) -> u32 {
+    (seq_k.div_ceil(DECODE_KEYS_PER_SPLIT) as u32).clamp(2, DECODE_MAX_SPLITS)
+}
+
+/// The decode path's key splits, when the shape calls for it: few query rows, long keys.
+pub fn decode_splits(p: &Problem) -> Option<u32> {
+    (p.seq_q <= DECODE_MAX_QUERIES && p.seq_k >= DECODE_MIN_KEYS && !p.varlen)
+        .then(|| split_count(p.seq_k))
+}
+
 /// Decides which backend and variant run `problem` on a device with `caps`.
 ///
-/// `Auto` picks flash whenever its tiles fit the adapter, then memory-efficient, then
-/// naive. A mask never changes the backend. A forced backend that cannot run returns
+/// `Auto` picks the decode path for at most [`DECODE_MAX_QUERIES`] query rows over at least
+/// [`DECODE_MIN_KEYS`] keys; otherwise flash whenever its tiles fit the adapter, then
+/// memory-efficient, then naive. A mask never changes the backend. A forced backend that cannot run returns
 /// [`Error::Unsupported`] with the reason.
 ///
 /// ```
@@ -341,13 +364,46 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
     } else {
         ""
     };
+    let splits = decode_splits(problem);
+    let decode_plan = |v: ShaderVariant, splits: u32, why: &str| Plan {
+        backend: Backend::Decode,
+        variant: v,
+        key_splits: splits,
+        reason: format!(
+            "decode: {why}; {} keys split {splits} ways across workgroups, partial results merged by log-sum-exp.{mask_note}",
+            problem.seq_k
+        ),
+    };
     let out = match opts.backend {
+        Backend::Decode => {
+            let v = memeff_variant(problem, caps)
+                .map_err(|r| Error::backend(format!("decode cannot run: {r}")))?;
+            if problem.varlen {
+                return Err(Error::backend(
+                    "decode cannot run: packed variable-length batches are not split",
+                ));
+            }
+            let n = splits.unwrap_or_else(|| split_count(problem.seq_k));
+            decode_plan(v, n, "decode was forced")
+        }
+        Backend::Auto if splits.is_some() && memeff_variant(problem, caps).is_ok() => {
+            let v = memeff_variant(problem, caps).map_err(Error::backend)?;
+            decode_plan(
+                v,
+                splits.unwrap_or(1),
+                &format!(
+                    "{} query rows over {} keys would leave flash's {}-row tiles mostly idle",
+                    problem.seq_q, problem.seq_k, FLASH_BLOCK_Q
+                ),
+            )
+        }
         Backend::Flash => {
             let v = flash_variant(problem, caps, opts)
                 .map_err(|r| Error::backend(format!("flash cannot run: {r}")))?;
             Plan {
                 backend: Backend::Flash,
                 variant: v,
+                key_splits: 1,
                 reason: format!("flash was forced.{mask_note}"),
             }
         }
@@ -357,18 +413,21 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             Plan {
                 backend: Backend::MemoryEfficient,
                 variant: v,
+                key_splits: 1,
                 reason: format!("memory-efficient was forced.{mask_note}"),
             }
         }
         Backend::Naive => Plan {
             backend: Backend::Naive,
             variant: naive_variant(),
+            key_splits: 1,
             reason: "naive was forced (exact reference: scores, softmax, P.V).".into(),
         },
         Backend::Auto => match flash_variant(problem, caps, opts) {
             Ok(v) => Plan {
                 backend: Backend::Flash,
                 variant: v,
+                key_splits: 1,
                 reason: format!(
                     "flash fits: head dims {}/{} within its buckets, {}x{} tiles use {} of {} bytes of workgroup memory{}.{mask_note}",
                     problem.head_dim_qk,
@@ -388,11 +447,13 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 Ok(v) => Plan {
                     backend: Backend::MemoryEfficient,
                     variant: v,
+                    key_splits: 1,
                     reason: format!("memory-efficient, because {why_not_flash}.{mask_note}"),
                 },
                 Err(why_not_memeff) => Plan {
                     backend: Backend::Naive,
                     variant: naive_variant(),
+                    key_splits: 1,
                     reason: format!("naive, because {why_not_flash}, and {why_not_memeff}."),
                 },
             },

@@ -66,6 +66,7 @@ fn strides(view: &TensorView, w: &Window) -> [u32; 5] {
 }
 
 /// Everything a backend binds for one call.
+#[derive(Clone)]
 pub(crate) struct Bound {
     pub params: AttnParams,
     pub q: Window,

@@ -11,6 +11,7 @@ pub mod guide {}
 mod launch;
 pub mod mask;
 mod memeff;
+mod merge;
 mod naive;
 pub mod options;
 mod params;

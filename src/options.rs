@@ -15,6 +15,10 @@ pub enum Backend {
     MemoryEfficient,
     /// Scores, softmax, then P·V: the exact reference.
     Naive,
+    /// Flash-decoding for few queries over long keys: the keys are split across
+    /// workgroups (memory-efficient shader), then the partial results are merged by their
+    /// log-sum-exp, so even one query row fills the GPU.
+    Decode,
 }
 
 impl Backend {
@@ -25,6 +29,7 @@ impl Backend {
             Backend::Flash => "flash",
             Backend::MemoryEfficient => "memeff",
             Backend::Naive => "naive",
+            Backend::Decode => "decode",
         }
     }
 }

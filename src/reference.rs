@@ -99,11 +99,24 @@ pub fn attention(
     scale: f64,
     m: &HostMask<'_>,
 ) -> Vec<f64> {
+    attention_with_lse(q, k, v, scale, m).0
+}
+
+/// [`attention`], plus each row's log-sum-exp of its logits (`[B, Hq, Sq]`; `-inf` for a
+/// row with no visible key).
+pub fn attention_with_lse(
+    q: &HostTensor<'_>,
+    k: &HostTensor<'_>,
+    v: &HostTensor<'_>,
+    scale: f64,
+    m: &HostMask<'_>,
+) -> (Vec<f64>, Vec<f64>) {
     let [b, hq, sq, d] = q.shape;
     let [_, hkv, sk, _] = k.shape;
     let dv = v.shape[3];
     let group = hq / hkv;
     let mut out = vec![0.0f64; b * hq * sq * dv];
+    let mut lse = vec![f64::NEG_INFINITY; b * hq * sq];
     let mut logits = vec![0.0f64; sk];
     let mut vis = vec![false; sk];
     for ib in 0..b {
@@ -158,8 +171,9 @@ pub fn attention(
                 for x in o.iter_mut() {
                     *x /= sum;
                 }
+                lse[(ib * hq + ih) * sq + i] = mx + sum.ln();
             }
         }
     }
-    out
+    (out, lse)
 }

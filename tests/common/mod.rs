@@ -14,6 +14,7 @@ use wgpu_attention::{
 pub fn tolerance(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F16 => (2e-3, 2e-3),
+        DType::BF16 => (8e-3, 8e-3),
         _ => (1e-5, 1e-5),
     }
 }
@@ -52,6 +53,10 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
 pub fn round_to(dtype: DType, x: &[f32]) -> Vec<f32> {
     match dtype {
         DType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        DType::BF16 => x
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect(),
         _ => x.to_vec(),
     }
 }
@@ -108,23 +113,29 @@ pub fn upload(
             )
         }
     };
-    let buf = match dtype {
+    view_of(buffer_of(ctx, &mem, dtype))
+}
+
+/// A buffer holding `data` in `dtype`.
+pub fn buffer_of(ctx: &Context, data: &[f32], dtype: DType) -> wgpu::Buffer {
+    match dtype {
         DType::F16 => {
-            ctx.buffer_from_f16(&mem.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>())
+            ctx.buffer_from_f16(&data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>())
         }
-        _ => ctx.buffer_from_f32(&mem),
-    };
-    view_of(buf)
+        DType::BF16 => ctx.buffer_from_bf16(
+            &data
+                .iter()
+                .map(|&x| half::bf16::from_f32(x))
+                .collect::<Vec<_>>(),
+        ),
+        _ => ctx.buffer_from_f32(data),
+    }
 }
 
 /// A NaN-filled output tensor, so an unwritten element cannot pass.
 pub fn nan_output(ctx: &Context, shape: [usize; 4], dtype: DType) -> TensorView {
     let n: usize = shape.iter().product();
-    let buf = match dtype {
-        DType::F16 => ctx.buffer_from_f16(&vec![f16::NAN; n]),
-        _ => ctx.buffer_from_f32(&vec![f32::NAN; n]),
-    };
-    TensorView::bhsd(buf, dtype, shape)
+    TensorView::bhsd(buffer_of(ctx, &vec![f32::NAN; n], dtype), dtype, shape)
 }
 
 /// Mask kinds of a test case, as host data.
@@ -196,6 +207,8 @@ pub struct Case {
     pub seed: u64,
     /// Multiplier of Q (large values test overflow).
     pub q_gain: f32,
+    /// Also request and check the log-sum-exp output.
+    pub lse: bool,
 }
 
 impl Case {
@@ -217,6 +230,7 @@ impl Case {
             mask: MaskSpec::default(),
             seed: 7,
             q_gain: 1.0,
+            lse: false,
         }
     }
 
@@ -310,6 +324,10 @@ pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
     let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
     opts.subgroups = c.subgroups;
     opts.scale = c.scale;
+    let lse_out = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
+    if c.lse {
+        opts.lse_output = Some(lse_out.clone());
+    }
     let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);
     let plan = ctx
         .attention_into(&q, &k, &v, &out, &opts)

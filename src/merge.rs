@@ -1,0 +1,263 @@
+//! Host side of `shaders/merge.wgsl`: combining partial attention results over disjoint key
+//! sets by their log-sum-exp. Used by the decode path (key splits) and by
+//! [`crate::Context::merge`].
+
+use crate::context::Context;
+use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+use crate::launch::{self, Window};
+use crate::params::MergeParams;
+use crate::pipeline::{ModuleKey, entry_bindings};
+use crate::tensor::{DType, TensorView};
+
+/// The most parts one merge dispatch combines (the shader's `MAX_PARTS`).
+pub const MAX_PARTS: u32 = 64;
+
+/// One merge input: `parts` partial outputs (and their log-sum-exps) a part stride apart.
+pub(crate) struct Input<'a> {
+    pub o: &'a TensorView,
+    pub lse: &'a TensorView,
+    pub parts: u32,
+    pub o_part_stride: u32,
+    pub lse_part_stride: u32,
+}
+
+/// A binding covering `parts` copies of `view`, `part_stride` elements apart.
+fn window_parts(
+    ctx: &Context,
+    view: &TensorView,
+    parts: u32,
+    part_stride: u32,
+    role: TensorRole,
+) -> Result<Window> {
+    let mut w = launch::window(ctx, view, role)?;
+    let extra = (parts.saturating_sub(1) as u64) * part_stride as u64 * view.dtype.size();
+    w.size = (w.size + extra).min(view.buffer.size() - w.offset);
+    if w.size > ctx.caps().max_storage_binding {
+        return Err(Error::limit(
+            "max_storage_buffer_binding_size",
+            w.size,
+            ctx.caps().max_storage_binding,
+        ));
+    }
+    Ok(w)
+}
+
+fn view_strides(v: &TensorView, w: &Window) -> [u32; 5] {
+    let s = |i: usize| {
+        if v.shape[i] > 1 {
+            v.strides[i] as u32
+        } else {
+            0
+        }
+    };
+    [w.elem_off, s(0), s(1), s(2), s(3)]
+}
+
+/// Records one merge dispatch of `a` (and `b`) into `out` (and `lse_out`).
+pub(crate) fn record(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    a: Input<'_>,
+    b: Option<Input<'_>>,
+    out: &TensorView,
+    lse_out: Option<&TensorView>,
+) -> Result<()> {
+    let [batch, heads, seq, dv] = out.shape;
+    let wa = window_parts(ctx, a.o, a.parts, a.o_part_stride, TensorRole::Output)?;
+    let wla = window_parts(ctx, a.lse, a.parts, a.lse_part_stride, TensorRole::Lse)?;
+    let (wb, wlb) = match &b {
+        Some(b) => (
+            Some(launch::window(ctx, b.o, TensorRole::Output)?),
+            Some(launch::window(ctx, b.lse, TensorRole::Lse)?),
+        ),
+        None => (None, None),
+    };
+    let wo = launch::window(ctx, out, TensorRole::Output)?;
+    let wlo = match lse_out {
+        Some(l) => Some(launch::window(ctx, l, TensorRole::Lse)?),
+        None => None,
+    };
+    let sa = view_strides(a.o, &wa);
+    let sla = view_strides(a.lse, &wla);
+    let so = view_strides(out, &wo);
+    let mut p = MergeParams {
+        batch: batch as u32,
+        heads: heads as u32,
+        seq: seq as u32,
+        dv: dv as u32,
+        n_a: a.parts,
+        flags: a.o.dtype.code() | out.dtype.code() << 4,
+        a: [sa[0], a.o_part_stride, sa[1], sa[2], sa[3], sa[4]],
+        o: so,
+        la: [sla[0], a.lse_part_stride, sla[1], sla[2], sla[3]],
+        ..Default::default()
+    };
+    if let (Some(b), Some(wb), Some(wlb)) = (&b, &wb, &wlb) {
+        let sb = view_strides(b.o, wb);
+        let slb = view_strides(b.lse, wlb);
+        p.n_b = b.parts;
+        p.flags |= b.o.dtype.code() << 2;
+        p.b = [sb[0], b.o_part_stride, sb[1], sb[2], sb[3], sb[4]];
+        p.lb = [slb[0], b.lse_part_stride, slb[1], slb[2], slb[3]];
+    }
+    if let (Some(l), Some(w)) = (lse_out, &wlo) {
+        let s = view_strides(l, w);
+        p.lo = [s[0], s[1], s[2], s[3]];
+        p.flags |= 64;
+    }
+    if p.n_a + p.n_b > MAX_PARTS {
+        return Err(Error::limit(
+            "parts merged in one dispatch",
+            (p.n_a + p.n_b) as u64,
+            MAX_PARTS as u64,
+        ));
+    }
+    let compiled = ctx.cache().get(ctx.device(), ModuleKey::Merge, "main")?;
+    let n = (batch * heads * seq * dv) as u64;
+    for c in launch::split_grid(n.div_ceil(64), ctx.caps().max_workgroups_per_dim)? {
+        if c.start != 0 {
+            return Err(Error::limit(
+                "merge workgroups",
+                n.div_ceil(64),
+                c.start as u64,
+            ));
+        }
+        p.wg_x = c.x;
+        let ub = launch::uniform(ctx, &p);
+        let dummy = ctx.dummy();
+        let slots = [
+            (0, ub.as_entire_binding()),
+            (1, wa.binding()),
+            (2, wla.binding()),
+            (
+                3,
+                wb.as_ref()
+                    .map(|w| w.binding())
+                    .unwrap_or_else(|| dummy.as_entire_binding()),
+            ),
+            (
+                4,
+                wlb.as_ref()
+                    .map(|w| w.binding())
+                    .unwrap_or_else(|| dummy.as_entire_binding()),
+            ),
+            (5, wo.binding()),
+            (
+                6,
+                wlo.as_ref()
+                    .map(|w| w.binding())
+                    .unwrap_or_else(|| ctx.dummy_rw().as_entire_binding()),
+            ),
+        ];
+        let bg = launch::bind_group(
+            ctx,
+            &compiled,
+            &slots,
+            entry_bindings(&ModuleKey::Merge, "main"),
+        );
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-attention merge"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(c.x, c.y, 1);
+    }
+    Ok(())
+}
+
+/// Checks the views of a user merge: every O has `out`'s shape, every LSE is f32
+/// `[B, H, S, 1]`, and the outputs alias no input.
+pub(crate) fn validate(
+    parts: &[(&TensorView, &TensorView)],
+    out: &TensorView,
+    lse_out: Option<&TensorView>,
+) -> Result<()> {
+    if parts.is_empty() {
+        return Err(Error::invalid(
+            TensorRole::Lse,
+            InputProblem::WrongCount {
+                expected: 1,
+                got: 0,
+            },
+        ));
+    }
+    let [b, h, s, _] = out.shape;
+    let storage = wgpu::BufferUsages::STORAGE;
+    let check_lse = |l: &TensorView| -> Result<()> {
+        if l.dtype != DType::F32 {
+            return Err(Error::invalid(
+                TensorRole::Lse,
+                InputProblem::WrongDType {
+                    expected: "f32".into(),
+                    got: l.dtype.to_string(),
+                },
+            ));
+        }
+        let want = [b, h, s, 1];
+        for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&l.shape) {
+            if got != w {
+                return Err(Error::invalid(
+                    TensorRole::Lse,
+                    InputProblem::ShapeMismatch {
+                        dim: *dim,
+                        expected: w.to_string(),
+                        got,
+                    },
+                ));
+            }
+        }
+        l.check_memory(TensorRole::Lse, storage)
+    };
+    if !out.dtype.is_float() {
+        return Err(Error::invalid(
+            TensorRole::Output,
+            InputProblem::WrongDType {
+                expected: "f32, f16 or bf16".into(),
+                got: out.dtype.to_string(),
+            },
+        ));
+    }
+    out.check_memory(TensorRole::Output, storage)?;
+    out.check_no_overlap(TensorRole::Output)?;
+    if let Some(l) = lse_out {
+        check_lse(l)?;
+        l.check_no_overlap(TensorRole::Lse)?;
+    }
+    for (o, l) in parts {
+        if !o.dtype.is_float() {
+            return Err(Error::invalid(
+                TensorRole::Output,
+                InputProblem::WrongDType {
+                    expected: "f32, f16 or bf16".into(),
+                    got: o.dtype.to_string(),
+                },
+            ));
+        }
+        for ((dim, &w), &got) in Dim::ALL.iter().zip(&out.shape).zip(&o.shape) {
+            if got != w {
+                return Err(Error::invalid(
+                    TensorRole::Output,
+                    InputProblem::ShapeMismatch {
+                        dim: *dim,
+                        expected: w.to_string(),
+                        got,
+                    },
+                ));
+            }
+        }
+        o.check_memory(TensorRole::Output, storage)?;
+        check_lse(l)?;
+        for written in std::iter::once(out).chain(lse_out) {
+            if written.buffer == o.buffer || written.buffer == l.buffer {
+                return Err(Error::invalid(
+                    TensorRole::Output,
+                    InputProblem::OutputAliasesInput {
+                        input: TensorRole::Output,
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! What LLM and speech inference need: GQA, the decode path (key splits), log-sum-exp
+//! outputs and merging partial results, bf16, packed variable-length batches, KV caches.
+//! All against the f64 reference, in combination with masks and dtypes.
+
+mod common;
+
+use common::*;
+use wgpu_attention::reference::{self, HostMask, HostTensor};
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, DType, Mask, TensorView, Varlen, Window,
+};
+
+fn decode_masks(b: usize, h: usize, sq: usize, sk: usize) -> Vec<MaskSpec> {
+    vec![
+        MaskSpec::default(),
+        MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            key_lengths: Some((0..b).map(|i| [sk, sk / 3, 1, 0][i % 4] as u32).collect()),
+            ..Default::default()
+        },
+        MaskSpec {
+            window: Some(Window {
+                left: Some(700),
+                right: Some(0),
+            }),
+            alignment: CausalAlignment::BottomRight,
+            alibi: Some((0..h).map(|i| 0.01 * (i + 1) as f32).collect()),
+            ..Default::default()
+        },
+        MaskSpec {
+            bool_mask: Some((random_bool(b * sq * sk, 3, 0.6), [b, 1, sq, sk])),
+            bias: Some((random(h * sq * sk, 4), [1, h, sq, sk], DType::F16)),
+            ..Default::default()
+        },
+    ]
+}
+
+/// GQA x mask x decode x dtype: Auto picks the decode path for few queries over long keys.
+#[test]
+fn decode_gqa_masks_dtypes() {
+    let ctx = ctx();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for &(b, sq, sk) in &[(2usize, 1usize, 1500usize), (1, 5, 1100), (3, 8, 1024)] {
+            for (mi, mask) in decode_masks(b, 8, sq, sk).into_iter().enumerate() {
+                let mut c = Case::new(b, 8, sq, sk, 64).dtype(dtype).mask(mask);
+                c.hkv = 2;
+                c.seed = mi as u64 + sq as u64;
+                c.lse = mi % 2 == 0;
+                let p = ctx
+                    .plan_problem(
+                        &wgpu_attention::Problem {
+                            heads_kv: 2,
+                            ..wgpu_attention::Problem::new(b, 8, sq, sk, 64)
+                        },
+                        &Default::default(),
+                    )
+                    .unwrap();
+                assert_eq!(p.backend, Backend::Decode, "{}", p.reason);
+                assert!(p.key_splits >= 2);
+                check(ctx, &c);
+            }
+        }
+    }
+}
+
+/// Forcing the decode path on a short sequence, and with a large head dim.
+#[test]
+fn decode_forced_and_large_head_dim() {
+    let ctx = ctx();
+    check(ctx, &Case::new(1, 2, 3, 40, 16).backend(Backend::Decode));
+    let mut c = Case::new(1, 2, 2, 1300, 300).backend(Backend::Decode);
+    c.lse = true;
+    check(ctx, &c);
+}
+
+/// Every backend writes the log-sum-exp, masks included (fully masked rows give -inf).
+#[test]
+fn lse_output_every_backend() {
+    let ctx = ctx();
+    for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
+        for dtype in [DType::F32, DType::F16] {
+            let mask = MaskSpec {
+                causal: Some(CausalAlignment::TopLeft),
+                query_lengths: Some(vec![20, 7]),
+                key_lengths: Some(vec![33, 0]),
+                bias: Some((random(2 * 2 * 29 * 33, 9), [2, 2, 29, 33], DType::F32)),
+                ..Default::default()
+            };
+            let mut c = Case::new(2, 2, 29, 33, 40)
+                .backend(backend)
+                .dtype(dtype)
+                .mask(mask);
+            c.lse = true;
+            check(ctx, &c);
+        }
+    }
+}
+
+/// Three partial results over disjoint key sets merge into the full result.
+#[test]
+fn merge_three_partials() {
+    let ctx = ctx();
+    let (b, h, sq, d) = (2, 3, 17, 24);
+    let sk = [13usize, 29, 7];
+    let total: usize = sk.iter().sum();
+    let qh = random(b * h * sq * d, 1);
+    let kh = random(b * h * total * d, 2);
+    let vh = random(b * h * total * d, 3);
+    let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
+    let kb = ctx.buffer_from_f32(&kh);
+    let vb = ctx.buffer_from_f32(&vh);
+    let strides = [h * total * d, total * d, d, 1];
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, &n) in sk.iter().enumerate() {
+        let off = (start * d * 4) as u64;
+        let k = TensorView::new(kb.clone(), DType::F32, [b, h, n, d], strides, off);
+        let v = TensorView::new(vb.clone(), DType::F32, [b, h, n, d], strides, off);
+        let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
+        let out = nan_output(
+            ctx,
+            [b, h, sq, d],
+            if i == 1 { DType::F16 } else { DType::F32 },
+        );
+        let opts = AttentionOptions {
+            lse_output: Some(lse.clone()),
+            ..Default::default()
+        };
+        ctx.attention_into(q.view(), &k, &v, &out, &opts).unwrap();
+        parts.push((out, lse));
+        start += n;
+    }
+    let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
+    let merged_lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
+    let pairs: Vec<(&TensorView, &TensorView)> = parts.iter().map(|(o, l)| (o, l)).collect();
+    ctx.merge(&pairs, &merged, Some(&merged_lse)).unwrap();
+    let (want, want_lse) = reference::attention_with_lse(
+        &HostTensor {
+            data: &qh,
+            shape: [b, h, sq, d],
+        },
+        &HostTensor {
+            data: &kh,
+            shape: [b, h, total, d],
+        },
+        &HostTensor {
+            data: &vh,
+            shape: [b, h, total, d],
+        },
+        1.0 / (d as f64).sqrt(),
+        &HostMask::default(),
+    );
+    // One part was stored in f16: the merged result carries its rounding.
+    let got = ctx.download_f32_blocking(&merged).unwrap();
+    assert_close(&got, &want, DType::F16, "merge of three partials");
+    let got_lse = ctx.download_f32_blocking(&merged_lse).unwrap();
+    assert_close(&got_lse, &want_lse, DType::F32, "merged lse");
+    // All-f32 parts: within the f32 tolerance.
+    let f32_parts: Vec<(&TensorView, &TensorView)> =
+        vec![(&parts[0].0, &parts[0].1), (&parts[2].0, &parts[2].1)];
+    let two = nan_output(ctx, [b, h, sq, d], DType::F32);
+    ctx.merge(&f32_parts, &two, None).unwrap();
+    assert!(
+        ctx.download_f32_blocking(&two)
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite())
+    );
+}
+
+#[test]
+fn merge_exactly_three_f32_partials_within_f32_tolerance() {
+    let ctx = ctx();
+    let (b, h, sq, d, total) = (1, 2, 9, 16, 60);
+    let qh = random(b * h * sq * d, 11);
+    let kh = random(b * h * total * d, 12);
+    let vh = random(b * h * total * d, 13);
+    let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
+    let kb = ctx.buffer_from_f32(&kh);
+    let vb = ctx.buffer_from_f32(&vh);
+    let strides = [h * total * d, total * d, d, 1];
+    let mut parts = Vec::new();
+    for (start, n) in [(0usize, 20usize), (20, 25), (45, 15)] {
+        let off = (start * d * 4) as u64;
+        let k = TensorView::new(kb.clone(), DType::F32, [b, h, n, d], strides, off);
+        let v = TensorView::new(vb.clone(), DType::F32, [b, h, n, d], strides, off);
+        let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
+        let out = nan_output(ctx, [b, h, sq, d], DType::F32);
+        ctx.attention_into(
+            q.view(),
+            &k,
+            &v,
+            &out,
+            &AttentionOptions {
+                lse_output: Some(lse.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        parts.push((out, lse));
+    }
+    let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
+    let pairs: Vec<(&TensorView, &TensorView)> = parts.iter().map(|(o, l)| (o, l)).collect();
+    ctx.merge(&pairs, &merged, None).unwrap();
+    let want = reference::attention(
+        &HostTensor {
+            data: &qh,
+            shape: [b, h, sq, d],
+        },
+        &HostTensor {
+            data: &kh,
+            shape: [b, h, total, d],
+        },
+        &HostTensor {
+            data: &vh,
+            shape: [b, h, total, d],
+        },
+        1.0 / (d as f64).sqrt(),
+        &HostMask::default(),
+    );
+    assert_close(
+        &ctx.download_f32_blocking(&merged).unwrap(),
+        &want,
+        DType::F32,
+        "merge of three f32 partials",
+    );
+}
+
+/// bf16 storage for Q, K, V, bias and output on every backend.
+#[test]
+fn bf16_every_backend() {
+    let ctx = ctx();
+    for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
+        let mask = MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            bias: Some((random(2 * 21 * 37, 5), [1, 2, 21, 37], DType::BF16)),
+            ..Default::default()
+        };
+        let mut c = Case::new(2, 2, 21, 37, 64)
+            .backend(backend)
+            .dtype(DType::BF16)
+            .mask(mask);
+        c.layout = Layout::Bshd;
+        check(ctx, &c);
+    }
+}
+
+/// Packed variable-length batches: each sequence equals its own unpadded run.
+#[test]
+fn varlen_matches_per_sequence_reference() {
+    let ctx = ctx();
+    let (h, hkv, d) = (4, 2, 32);
+    let q_lens = [5u32, 0, 70, 1, 33];
+    let k_lens = [9u32, 4, 70, 1, 65];
+    let vl = Varlen::from_lengths(&q_lens, &k_lens);
+    let tq = *vl.cu_seqlens_q.last().unwrap() as usize;
+    let tk = *vl.cu_seqlens_k.last().unwrap() as usize;
+    for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
+        for (causal, window) in [
+            (false, None),
+            (
+                true,
+                Some(Window {
+                    left: Some(8),
+                    right: None,
+                }),
+            ),
+        ] {
+            let qh = random(tq * h * d, 1); // packed [total, heads, dim]
+            let kh = random(tk * hkv * d, 2);
+            let vh = random(tk * hkv * d, 3);
+            let q = TensorView::packed_varlen(ctx.buffer_from_f32(&qh), DType::F32, tq, h, d);
+            let k = TensorView::packed_varlen(ctx.buffer_from_f32(&kh), DType::F32, tk, hkv, d);
+            let v = TensorView::packed_varlen(ctx.buffer_from_f32(&vh), DType::F32, tk, hkv, d);
+            let out = TensorView::packed_varlen(
+                ctx.buffer_from_f32(&vec![f32::NAN; tq * h * d]),
+                DType::F32,
+                tq,
+                h,
+                d,
+            );
+            let mut mask = Mask::none();
+            if causal {
+                mask = mask.causal(CausalAlignment::BottomRight);
+            }
+            if let Some(w) = window {
+                mask = mask.window(w.left, w.right);
+            }
+            let opts = AttentionOptions {
+                varlen: Some(vl.clone()),
+                ..AttentionOptions::with_mask(mask).backend(backend)
+            };
+            ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
+            let got = ctx.download_f32_blocking(&out).unwrap(); // logical [1, h, tq, d]
+            for (s, (&ql, &kl)) in q_lens.iter().zip(&k_lens).enumerate() {
+                let (ql, kl) = (ql as usize, kl as usize);
+                let (q0, k0) = (vl.cu_seqlens_q[s] as usize, vl.cu_seqlens_k[s] as usize);
+                // Unpack this sequence into BHSD.
+                let take = |src: &[f32], heads: usize, start: usize, n: usize| {
+                    let mut t = vec![0.0; heads * n * d];
+                    for hh in 0..heads {
+                        for i in 0..n {
+                            for c in 0..d {
+                                t[(hh * n + i) * d + c] = src[((start + i) * heads + hh) * d + c];
+                            }
+                        }
+                    }
+                    t
+                };
+                let (sq_h, sk_h, sv_h) = (
+                    take(&qh, h, q0, ql),
+                    take(&kh, hkv, k0, kl),
+                    take(&vh, hkv, k0, kl),
+                );
+                let want = reference::attention(
+                    &HostTensor {
+                        data: &sq_h,
+                        shape: [1, h, ql, d],
+                    },
+                    &HostTensor {
+                        data: &sk_h,
+                        shape: [1, hkv, kl, d],
+                    },
+                    &HostTensor {
+                        data: &sv_h,
+                        shape: [1, hkv, kl, d],
+                    },
+                    1.0 / (d as f64).sqrt(),
+                    &HostMask {
+                        causal,
+                        alignment: CausalAlignment::BottomRight,
+                        window,
+                        ..Default::default()
+                    },
+                );
+                for hh in 0..h {
+                    for i in 0..ql {
+                        for c in 0..d {
+                            let g = got[(hh * tq + q0 + i) * d + c];
+                            let w = want[(hh * ql + i) * d + c];
+                            assert!(
+                                (g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+                                "{backend:?} causal={causal} seq {s} head {hh} row {i} col {c}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bad varlen descriptions are typed errors.
+#[test]
+fn varlen_validation() {
+    let ctx = ctx();
+    let t = TensorView::packed_varlen(
+        ctx.buffer_from_f32(&vec![0.5; 10 * 2 * 8]),
+        DType::F32,
+        10,
+        2,
+        8,
+    );
+    let bad = [
+        Varlen {
+            cu_seqlens_q: vec![0, 4, 11],
+            cu_seqlens_k: vec![0, 4, 10],
+        },
+        Varlen {
+            cu_seqlens_q: vec![0, 6, 4],
+            cu_seqlens_k: vec![0, 4, 10],
+        },
+        Varlen {
+            cu_seqlens_q: vec![0, 4],
+            cu_seqlens_k: vec![0, 4, 10],
+        },
+    ];
+    for vl in bad {
+        let opts = AttentionOptions {
+            varlen: Some(vl.clone()),
+            ..Default::default()
+        };
+        match ctx.attention(&t, &t, &t, &opts) {
+            Err(wgpu_attention::Error::InvalidInput(e)) => assert_eq!(
+                e.tensor,
+                wgpu_attention::error::TensorRole::CuSeqlens,
+                "{vl:?}: {e}"
+            ),
+            other => panic!("{vl:?}: {other:?}"),
+        }
+    }
+}
