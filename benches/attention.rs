@@ -191,7 +191,7 @@ fn main() {
         sq: 1024,
         sk: 1024,
         d: 64,
-        iters: 5,
+        iters: 3,
         subgroups: true,
         rpt: None,
         bk: None,
@@ -297,6 +297,14 @@ fn main() {
             }
         }
     } else {
+        // Decode: one query row over 8192 keys, flash forced vs the decode path (Auto).
+        for backend in ["flash", "auto"] {
+            cases.push(Case {
+                sq: 1,
+                sk: 8192,
+                ..case(backend, "none", "f32", 1, 32, 1, 128)
+            });
+        }
         cases.push(case("naive", "none", "f32", 1, 8, 2048, 64));
         for m in ["none", "causal", "pad50", "boolmask50", "bias"] {
             cases.push(case("flash", m, "f32", 1, 8, 2048, 64));

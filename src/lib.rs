@@ -8,6 +8,7 @@ pub mod error;
 mod flash;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
+pub mod kvcache;
 mod launch;
 pub mod mask;
 mod memeff;
@@ -26,6 +27,7 @@ pub use blockmask::BlockMask;
 pub use context::{Context, OPTIONAL_FEATURES};
 pub use dispatch::{DeviceCaps, Plan, ShaderVariant};
 pub use error::{Error, Result};
+pub use kvcache::KvCache;
 pub use mask::{CausalAlignment, Mask, Window};
 pub use options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
 pub use tensor::{DType, Tensor, TensorView};

@@ -121,7 +121,7 @@ pub(crate) struct MergeParams {
 }
 
 const _: () = assert!(std::mem::size_of::<MergeParams>() == 40 * 4);
-const _: () = assert!(std::mem::size_of::<MergeParams>() % 16 == 0);
+const _: () = assert!(std::mem::size_of::<MergeParams>().is_multiple_of(16));
 
 /// `(WGSL struct name, size in bytes)` of every parameter block, for the test that checks
 /// each against the size naga computes for its WGSL mirror.

@@ -390,3 +390,96 @@ fn varlen_validation() {
         }
     }
 }
+
+/// A KV cache filled in chunks on the GPU: each chunk of new queries attends over the cache
+/// (per-batch lengths, bottom-right causal), checked against the reference.
+#[test]
+fn kv_cache_chunks_match_reference() {
+    let ctx = ctx();
+    let (b, hq, hkv, d, cap) = (2, 4, 2, 32, 40);
+    for dtype in [DType::F32, DType::F16] {
+        let mut cache = wgpu_attention::KvCache::new(ctx, b, hkv, cap, d, dtype).unwrap();
+        let mut k_all: Vec<Vec<f32>> = vec![vec![]; b * hkv];
+        let mut v_all: Vec<Vec<f32>> = vec![vec![]; b * hkv];
+        for (step, n) in [3usize, 1, 4, 1].into_iter().enumerate() {
+            let kh = round_to(dtype, &random(b * hkv * n * d, 10 + step as u64));
+            let vh = round_to(dtype, &random(b * hkv * n * d, 20 + step as u64));
+            let qh = round_to(dtype, &random(b * hq * n * d, 30 + step as u64));
+            for bh in 0..b * hkv {
+                k_all[bh].extend_from_slice(&kh[bh * n * d..(bh + 1) * n * d]);
+                v_all[bh].extend_from_slice(&vh[bh * n * d..(bh + 1) * n * d]);
+            }
+            let kv_shape = [b, hkv, n, d];
+            cache
+                .append(
+                    ctx,
+                    &upload(ctx, &kh, kv_shape, dtype, Layout::Bhsd),
+                    &upload(ctx, &vh, kv_shape, dtype, Layout::Bhsd),
+                )
+                .unwrap();
+            let q = upload(ctx, &qh, [b, hq, n, d], dtype, Layout::Bhsd);
+            let out = nan_output(ctx, [b, hq, n, d], DType::F32);
+            let opts = AttentionOptions {
+                output_dtype: Some(DType::F32),
+                ..AttentionOptions::with_mask(cache.mask())
+            };
+            ctx.attention_into(&q, &cache.keys(), &cache.values(), &out, &opts)
+                .unwrap();
+            let len = cache.lengths()[0] as usize;
+            let (kf, vf) = (k_all.concat(), v_all.concat());
+            let want = reference::attention(
+                &HostTensor {
+                    data: &qh,
+                    shape: [b, hq, n, d],
+                },
+                &HostTensor {
+                    data: &kf,
+                    shape: [b, hkv, len, d],
+                },
+                &HostTensor {
+                    data: &vf,
+                    shape: [b, hkv, len, d],
+                },
+                1.0 / (d as f64).sqrt(),
+                &HostMask {
+                    causal: true,
+                    alignment: CausalAlignment::BottomRight,
+                    ..Default::default()
+                },
+            );
+            assert_close(
+                &ctx.download_f32_blocking(&out).unwrap(),
+                &want,
+                DType::F32,
+                &format!("{dtype} chunk {step}"),
+            );
+        }
+        assert_eq!(cache.lengths(), &[9, 9]);
+        // Appending past the capacity is a typed error, and changes nothing.
+        let big = upload(
+            ctx,
+            &random(b * hkv * 32 * d, 5),
+            [b, hkv, 32, d],
+            dtype,
+            Layout::Bhsd,
+        );
+        match cache.append(ctx, &big, &big) {
+            Err(wgpu_attention::Error::InvalidInput(e)) => {
+                assert_eq!(e.tensor, wgpu_attention::error::TensorRole::KvCache);
+                assert!(
+                    matches!(
+                        e.problem,
+                        wgpu_attention::error::InputProblem::LengthTooLong {
+                            len: 41,
+                            max: 40,
+                            ..
+                        }
+                    ),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.lengths(), &[9, 9]);
+    }
+}

@@ -1,0 +1,249 @@
+//! A key/value cache for autoregressive decoding: preallocated K and V buffers of a fixed
+//! capacity, per-batch lengths, and an on-GPU append, so a decode step reallocates nothing.
+
+use crate::context::Context;
+use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::mask::{CausalAlignment, Mask};
+use crate::tensor::{DType, TensorView};
+
+/// Preallocated K/V storage `[batch, heads_kv, capacity, head_dim]` with per-batch lengths.
+///
+/// Attend over the first `len[b]` rows with [`KvCache::mask`] (key lengths plus
+/// bottom-right causal alignment, so a chunk of `n` new queries sees the cache and itself
+/// causally).
+///
+/// ```
+/// use wgpu_attention::{AttentionOptions, Context, DType, KvCache};
+/// # fn main() -> Result<(), wgpu_attention::Error> {
+/// let ctx = Context::new_blocking()?;
+/// let (b, h, d) = (1, 2, 16);
+/// let mut cache = KvCache::new(&ctx, b, h, 128, d, DType::F32)?;
+/// for step in 0..3 {
+///     let k = ctx.upload_f32(&vec![0.1 * step as f32; b * h * d], [b, h, 1, d])?;
+///     let v = ctx.upload_f32(&vec![1.0 + step as f32; b * h * d], [b, h, 1, d])?;
+///     cache.append(&ctx, k.view(), v.view())?;
+///     let q = ctx.upload_f32(&vec![0.0; b * h * d], [b, h, 1, d])?;
+///     let opts = AttentionOptions::with_mask(cache.mask());
+///     let out = ctx.attention(q.view(), &cache.keys(), &cache.values(), &opts)?;
+///     let o = ctx.download_f32_blocking(out.view())?;
+///     // Q = 0: the mean of the values so far, 1 .. step + 1.
+///     assert!((o[0] - (2.0 + step as f32) / 2.0).abs() < 1e-6);
+/// }
+/// assert_eq!(cache.lengths(), &[3]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct KvCache {
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    batch: usize,
+    heads: usize,
+    capacity: usize,
+    head_dim: usize,
+    dtype: DType,
+    lengths: Vec<u32>,
+}
+
+impl KvCache {
+    /// An empty cache. `head_dim * dtype size` must be a multiple of 4 bytes (appends are
+    /// buffer copies).
+    pub fn new(
+        ctx: &Context,
+        batch: usize,
+        heads_kv: usize,
+        capacity: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::invalid(
+                TensorRole::KvCache,
+                InputProblem::WrongDType {
+                    expected: "f32, f16 or bf16".into(),
+                    got: dtype.to_string(),
+                },
+            ));
+        }
+        if !(head_dim as u64 * dtype.size()).is_multiple_of(4)
+            || batch * heads_kv * capacity * head_dim == 0
+        {
+            return Err(Error::invalid(
+                TensorRole::KvCache,
+                InputProblem::Other(format!(
+                    "a cache needs non-zero sizes and head_dim * {} bytes a multiple of 4 (got batch {batch}, heads {heads_kv}, capacity {capacity}, head_dim {head_dim})",
+                    dtype.size()
+                )),
+            ));
+        }
+        let bytes = (batch * heads_kv * capacity * head_dim) as u64 * dtype.size();
+        if bytes > ctx.caps().max_buffer_size {
+            return Err(Error::limit(
+                "max_buffer_size",
+                bytes,
+                ctx.caps().max_buffer_size,
+            ));
+        }
+        let make = |label| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        Ok(KvCache {
+            k: make("wgpu-attention kv cache keys"),
+            v: make("wgpu-attention kv cache values"),
+            batch,
+            heads: heads_kv,
+            capacity,
+            head_dim,
+            dtype,
+            lengths: vec![0; batch],
+        })
+    }
+
+    /// Valid rows per batch item.
+    pub fn lengths(&self) -> &[u32] {
+        &self.lengths
+    }
+
+    /// Rows each batch item can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The whole key buffer as a `[batch, heads_kv, capacity, head_dim]` view.
+    pub fn keys(&self) -> TensorView {
+        TensorView::bhsd(
+            self.k.clone(),
+            self.dtype,
+            [self.batch, self.heads, self.capacity, self.head_dim],
+        )
+    }
+
+    /// The whole value buffer as a `[batch, heads_kv, capacity, head_dim]` view.
+    pub fn values(&self) -> TensorView {
+        TensorView::bhsd(
+            self.v.clone(),
+            self.dtype,
+            [self.batch, self.heads, self.capacity, self.head_dim],
+        )
+    }
+
+    /// The mask for attending over the cache: its lengths as key lengths, with bottom-right
+    /// causal alignment (each new query sees every cached row and the new rows up to itself).
+    pub fn mask(&self) -> Mask {
+        Mask::none()
+            .causal(CausalAlignment::BottomRight)
+            .key_lengths(self.lengths.clone())
+    }
+
+    /// Forgets every row (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.lengths.iter_mut().for_each(|l| *l = 0);
+    }
+
+    fn check_new(&self, view: &TensorView, n: usize) -> Result<()> {
+        let role = TensorRole::KvCache;
+        let want = [self.batch, self.heads, n, self.head_dim];
+        if view.dtype != self.dtype {
+            return Err(Error::invalid(
+                role,
+                InputProblem::WrongDType {
+                    expected: self.dtype.to_string(),
+                    got: view.dtype.to_string(),
+                },
+            ));
+        }
+        for (i, (&w, &got)) in want.iter().zip(&view.shape).enumerate() {
+            if w != got {
+                return Err(Error::invalid(
+                    role,
+                    InputProblem::ShapeMismatch {
+                        dim: crate::error::Dim::ALL[i],
+                        expected: w.to_string(),
+                        got,
+                    },
+                ));
+            }
+        }
+        if !view.is_contiguous() || !view.offset.is_multiple_of(4) {
+            return Err(Error::invalid(
+                role,
+                InputProblem::Other(
+                    "new rows must be a contiguous BHSD view at a 4-byte aligned offset".into(),
+                ),
+            ));
+        }
+        view.check_memory(role, wgpu::BufferUsages::COPY_SRC)
+    }
+
+    /// Records the copy of `n` new rows per batch item (`new_k`, `new_v`: contiguous
+    /// `[batch, heads_kv, n, head_dim]`) behind each item's current length.
+    pub fn record_append(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        new_k: &TensorView,
+        new_v: &TensorView,
+    ) -> Result<()> {
+        let n = new_k.shape[2];
+        self.check_new(new_k, n)?;
+        self.check_new(new_v, n)?;
+        for (batch, &len) in self.lengths.iter().enumerate() {
+            if len as usize + n > self.capacity {
+                return Err(Error::invalid(
+                    TensorRole::KvCache,
+                    InputProblem::LengthTooLong {
+                        batch,
+                        len: len + n as u32,
+                        max: self.capacity,
+                    },
+                ));
+            }
+        }
+        let es = self.dtype.size();
+        let row = self.head_dim as u64 * es;
+        for (b, &len) in self.lengths.iter().enumerate() {
+            for h in 0..self.heads {
+                let bh = (b * self.heads + h) as u64;
+                let src = bh * n as u64 * row;
+                let dst = (bh * self.capacity as u64 + len as u64) * row;
+                let size = n as u64 * row;
+                encoder.copy_buffer_to_buffer(
+                    &new_k.buffer,
+                    new_k.offset + src,
+                    &self.k,
+                    dst,
+                    size,
+                );
+                encoder.copy_buffer_to_buffer(
+                    &new_v.buffer,
+                    new_v.offset + src,
+                    &self.v,
+                    dst,
+                    size,
+                );
+            }
+        }
+        for l in &mut self.lengths {
+            *l += n as u32;
+        }
+        Ok(())
+    }
+
+    /// [`KvCache::record_append`] in its own submission.
+    pub fn append(&mut self, ctx: &Context, new_k: &TensorView, new_v: &TensorView) -> Result<()> {
+        let mut enc = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-attention kv append"),
+            });
+        self.record_append(&mut enc, new_k, new_v)?;
+        ctx.queue().submit([enc.finish()]);
+        Ok(())
+    }
+}
