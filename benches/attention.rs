@@ -3,7 +3,8 @@
 //! Flags: `--backend auto|flash|memeff|naive`, `--mask none|causal|pad50|boolmask50|bias`,
 //! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`,
 //! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes),
-//! `--subgroups on|off`.
+//! `--subgroups on|off`, `--rpt N`, `--bk N` (tile overrides), `--unchecked` (shaders without
+//! wgpu's injected bounds checks: `Context::from_device_unchecked`).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
 //! completed submission; one warm-up run first; the median of `iters` runs is reported.
@@ -177,10 +178,29 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     ))
 }
 
+/// A context whose shaders run without wgpu's injected bounds checks (`--unchecked`).
+fn unchecked_context() -> Context {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap_or_else(|e| panic!("no adapter: {e}"));
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu_attention::OPTIONAL_FEATURES,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap_or_else(|e| panic!("no device: {e}"));
+    // SAFETY: benchmarking the crate's own shaders, whose views are validated before dispatch.
+    unsafe { Context::from_device_unchecked(device, queue, &adapter.get_info()) }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = all
+        .iter()
+        .filter(|a| *a != "--bench" && *a != "--unchecked")
+        .cloned()
         .collect();
     let mut base = Case {
         backend: "auto".into(),
@@ -229,7 +249,11 @@ fn main() {
         }
         i += 2;
     }
-    let ctx = Context::new_blocking().unwrap_or_else(|e| panic!("no adapter: {e}"));
+    let ctx = if all.iter().any(|a| a == "--unchecked") {
+        unchecked_context()
+    } else {
+        Context::new_blocking().unwrap_or_else(|e| panic!("no adapter: {e}"))
+    };
     let info = ctx.adapter_info();
     eprintln!(
         "adapter: {} ({:?}), date via `date -u`",

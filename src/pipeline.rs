@@ -185,6 +185,8 @@ pub(crate) struct Compiled {
 #[derive(Debug, Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<(ModuleKey, &'static str), Arc<Compiled>>>,
+    /// Compile without wgpu's injected runtime bounds checks.
+    unchecked: bool,
 }
 
 /// Formats an error with its whole source chain.
@@ -200,6 +202,13 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl PipelineCache {
+    pub(crate) fn new(unchecked: bool) -> Self {
+        PipelineCache {
+            map: Mutex::default(),
+            unchecked,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -211,6 +220,7 @@ impl PipelineCache {
         key: ModuleKey,
         entry: &'static str,
     ) -> Result<Arc<Compiled>> {
+        let unchecked = self.unchecked;
         if let Some(c) = self
             .map
             .lock()
@@ -224,7 +234,7 @@ impl PipelineCache {
         {
             return Ok(c.clone());
         }
-        let compiled = Arc::new(compile(device, &key, entry)?);
+        let compiled = Arc::new(compile(device, &key, entry, unchecked)?);
         let mut map = self.map.lock().map_err(|_| {
             Error::device_msg(
                 "pipeline cache",
@@ -235,7 +245,12 @@ impl PipelineCache {
     }
 }
 
-fn compile(device: &wgpu::Device, key: &ModuleKey, entry: &'static str) -> Result<Compiled> {
+fn compile(
+    device: &wgpu::Device,
+    key: &ModuleKey,
+    entry: &'static str,
+    unchecked: bool,
+) -> Result<Compiled> {
     let src = module_source(key);
     let label = format!("wgpu-attention {key:?} {entry}");
     log::debug!("compiling pipeline {label}");
@@ -244,7 +259,10 @@ fn compile(device: &wgpu::Device, key: &ModuleKey, entry: &'static str) -> Resul
         label: Some(&label),
         source: wgpu::ShaderSource::Wgsl(src.into()),
     };
-    let module = if std::env::var("WA_UNCHECKED").is_ok() {
+    let module = if unchecked {
+        // SAFETY: the caller of `Context::from_device_unchecked` accepted that shaders run
+        // without wgpu's injected bounds checks; every view is validated against its buffer
+        // before any dispatch, and every shader index stays inside the views it is given.
         unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
     } else {
         device.create_shader_module(desc)

@@ -445,3 +445,32 @@ fn plan_explains_itself() {
         "planning compiles nothing"
     );
 }
+
+/// Shaders compiled without wgpu's injected bounds checks compute the same results.
+#[test]
+fn unchecked_shaders_match_reference() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu_attention::OPTIONAL_FEATURES,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("device");
+    // SAFETY: the crate's own shaders on validated views.
+    let fast = unsafe { Context::from_device_unchecked(device, queue, &adapter.get_info()) };
+    for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
+        let mask = MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            key_lengths: Some(vec![50, 9]),
+            ..Default::default()
+        };
+        check(
+            &fast,
+            &Case::new(2, 2, 37, 50, 64).backend(backend).mask(mask),
+        );
+    }
+}
