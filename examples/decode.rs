@@ -10,17 +10,7 @@ use std::time::Instant;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{AttentionOptions, CausalAlignment, Context, DType, KvCache};
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use wgpu_attention::reference::random_uniform as random;
 
 /// y = W x for a row-major `out x inp` matrix.
 fn matvec(w: &[f32], x: &[f32], out: usize) -> Vec<f32> {

@@ -121,13 +121,14 @@ pub(crate) fn record(
             &slots,
             entry_bindings(&ModuleKey::Summary, "main"),
         );
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgpu-attention block summary"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(c.x, c.y, 1);
+        launch::dispatch(
+            encoder,
+            "wgpu-attention block summary",
+            &compiled,
+            &bg,
+            c.x,
+            c.y,
+        );
     }
     Ok(())
 }

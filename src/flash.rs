@@ -41,13 +41,7 @@ pub(crate) fn record(
             slots.push((8, c.as_entire_binding()));
         }
         let bg = launch::bind_group(ctx, &compiled, &slots, wanted);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgpu-attention flash"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(c.x, c.y, 1);
+        launch::dispatch(encoder, "wgpu-attention flash", &compiled, &bg, c.x, c.y);
     }
     Ok(())
 }

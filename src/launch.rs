@@ -319,7 +319,25 @@ pub(crate) fn bind_group(
     })
 }
 
-/// The common bindings 0..=7 of a call with params buffer `params`.
+/// Records one compute pass: `compiled` with `bind_group` over an `x * y` grid.
+pub(crate) fn dispatch(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    compiled: &Compiled,
+    bind_group: &wgpu::BindGroup,
+    x: u32,
+    y: u32,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(&compiled.pipeline);
+    pass.set_bind_group(0, bind_group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+/// The common bindings of a call with params buffer `params`.
 pub(crate) fn common_slots<'a>(
     ctx: &'a Context,
     bound: &'a Bound,

@@ -50,13 +50,7 @@ fn dispatch(
         let ub = launch::uniform(ctx, &params);
         let slots = launch::common_slots(ctx, bound, &ub);
         let bg = launch::bind_group(ctx, &compiled, &slots, wanted);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgpu-attention memeff"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(c.x, c.y, 1);
+        launch::dispatch(encoder, "wgpu-attention memeff", &compiled, &bg, c.x, c.y);
     }
     Ok(())
 }

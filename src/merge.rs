@@ -155,13 +155,7 @@ pub(crate) fn record(
             &slots,
             entry_bindings(&ModuleKey::Merge, "main"),
         );
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgpu-attention merge"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(c.x, c.y, 1);
+        launch::dispatch(encoder, "wgpu-attention merge", &compiled, &bg, c.x, c.y);
     }
     Ok(())
 }

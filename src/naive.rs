@@ -74,13 +74,7 @@ pub(crate) fn record(
             let mut slots = launch::common_slots(ctx, bound, &ub);
             slots.push((8, scratch.as_entire_binding()));
             let bg = launch::bind_group(ctx, comp, &slots, entry_bindings(&key, entry));
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("wgpu-attention naive"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&comp.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(c.x, c.y, 1);
+            launch::dispatch(encoder, "wgpu-attention naive", comp, &bg, c.x, c.y);
         }
         row += rows;
     }

@@ -6,6 +6,23 @@
 
 use crate::mask::{CausalAlignment, Window};
 
+/// `n` seeded pseudo-random values, uniform in `[-1, 1)` and never all zero (xorshift64): the
+/// inputs of the tests, examples and benchmarks.
+pub fn random_uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x1234_5678)
+        | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// A contiguous BHSD host tensor.
 #[derive(Clone, Debug)]
 pub struct HostTensor<'a> {

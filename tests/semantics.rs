@@ -288,22 +288,12 @@ fn backends_agree() {
 /// a storage binding is an `Unsupported` error naming the limit.
 #[test]
 fn splits_under_small_limits() {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .expect("adapter");
-    let limits = wgpu::Limits {
+    let (info, device, queue) = own_device(|l| wgpu::Limits {
         max_compute_workgroups_per_dimension: 7,
         max_storage_buffer_binding_size: 1 << 16,
-        ..adapter.limits()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: limits,
-        ..Default::default()
-    }))
-    .expect("device with small limits");
-    let small = Context::from_device(device, queue, &adapter.get_info());
+        ..l
+    });
+    let small = Context::from_device(device, queue, &info);
     assert_eq!(small.caps().max_workgroups_per_dim, 7);
     for backend in BACKENDS {
         let mask = MaskSpec {
@@ -449,19 +439,9 @@ fn plan_explains_itself() {
 /// Shaders compiled without wgpu's injected bounds checks compute the same results.
 #[test]
 fn unchecked_shaders_match_reference() {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .expect("adapter");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: adapter.features() & wgpu_attention::OPTIONAL_FEATURES,
-        required_limits: adapter.limits(),
-        ..Default::default()
-    }))
-    .expect("device");
+    let (info, device, queue) = own_device(|l| l);
     // SAFETY: the crate's own shaders on validated views.
-    let fast = unsafe { Context::from_device_unchecked(device, queue, &adapter.get_info()) };
+    let fast = unsafe { Context::from_device_unchecked(device, queue, &info) };
     for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
         let mask = MaskSpec {
             causal: Some(CausalAlignment::BottomRight),

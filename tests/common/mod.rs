@@ -34,21 +34,27 @@ pub fn ctx() -> &'static Context {
     })
 }
 
-/// Seeded uniform values in [-1, 1), never all zeros.
-pub fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0x1234_5678)
-        | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+/// A device of the default adapter with the crate's optional features and the limits that
+/// `limits` makes of the adapter's: for contexts built with `Context::from_device*`.
+pub fn own_device(
+    limits: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::AdapterInfo, wgpu::Device, wgpu::Queue) {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu_attention::OPTIONAL_FEATURES,
+        required_limits: limits(adapter.limits()),
+        ..Default::default()
+    }))
+    .expect("device");
+    (adapter.get_info(), device, queue)
 }
+
+/// Seeded uniform values in [-1, 1), never all zeros.
+pub use wgpu_attention::reference::random_uniform as random;
 
 pub fn round_to(dtype: DType, x: &[f32]) -> Vec<f32> {
     match dtype {
