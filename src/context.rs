@@ -7,9 +7,10 @@ use wgpu::util::DeviceExt;
 use crate::blockmask::{self, BlockMask};
 use crate::dispatch::{self, DeviceCaps, Family, Plan};
 use crate::error::{Error, InputProblem, Result, TensorRole};
-use crate::options::{AttentionOptions, Backend};
+use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::pipeline::{PipelineCache, chain};
 use crate::tensor::{DType, Tensor, TensorView};
+use crate::tuning::{ShapeBucket, TuningTable};
 use crate::validate::{self, Problem};
 use crate::{flash, launch, memeff, merge, naive};
 
@@ -21,6 +22,7 @@ struct Inner {
     limits: wgpu::Limits,
     caps: DeviceCaps,
     cache: PipelineCache,
+    tuning: TuningTable,
     dummy: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,
 }
@@ -167,6 +169,7 @@ impl Context {
                 limits,
                 caps,
                 cache: PipelineCache::new(unchecked),
+                tuning: TuningTable::default(),
                 dummy,
                 dummy_rw,
             }),
@@ -207,6 +210,38 @@ impl Context {
         &self.inner.cache
     }
 
+    pub(crate) fn tuning_table(&self) -> &TuningTable {
+        &self.inner.tuning
+    }
+
+    /// `opts` with this context's tuned tiles for `p`, unless the call sets its own.
+    fn with_tuning(&self, p: &Problem, opts: &AttentionOptions) -> Option<AttentionOptions> {
+        if opts.tuning != Tuning::default() {
+            return None;
+        }
+        let t = self.tuning_table().get(&ShapeBucket::of(p))?;
+        Some(AttentionOptions {
+            tuning: t,
+            ..opts.clone()
+        })
+    }
+
+    fn plan_tuned(&self, p: &Problem, opts: &AttentionOptions) -> Result<Plan> {
+        match self.with_tuning(p, opts) {
+            Some(tuned) => {
+                let mut plan = dispatch::plan(p, self.caps(), &tuned)?;
+                if plan.backend == Backend::Flash {
+                    plan.reason.push_str(&format!(
+                        " Tiles tuned on this adapter: {} keys, {} rows per thread.",
+                        plan.variant.block_k, plan.variant.rows_per_thread
+                    ));
+                }
+                Ok(plan)
+            }
+            None => dispatch::plan(p, self.caps(), opts),
+        }
+    }
+
     pub(crate) fn dummy(&self) -> &wgpu::Buffer {
         &self.inner.dummy
     }
@@ -227,12 +262,13 @@ impl Context {
         opts: &AttentionOptions,
     ) -> Result<Plan> {
         let p = validate::validate(q, k, v, None, opts)?;
-        dispatch::plan(&p, self.caps(), opts)
+        self.plan_tuned(&p, opts)
     }
 
-    /// The dispatcher's decision for a problem described as plain data.
+    /// The dispatcher's decision for a problem described as plain data (with this
+    /// context's tuned tiles, if any).
     pub fn plan_problem(&self, problem: &Problem, opts: &AttentionOptions) -> Result<Plan> {
-        dispatch::plan(problem, self.caps(), opts)
+        self.plan_tuned(problem, opts)
     }
 
     // ------------------------------------------------------------------ running
@@ -267,7 +303,7 @@ impl Context {
         counter: Option<&wgpu::Buffer>,
     ) -> Result<Plan> {
         let p = validate::validate(q, k, v, Some(out), opts)?;
-        let mut plan = dispatch::plan(&p, self.caps(), opts)?;
+        let mut plan = self.plan_tuned(&p, opts)?;
         log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
         if counter.is_some() {
             if plan.backend != Backend::Flash {

@@ -21,6 +21,7 @@ pub use params::param_block_sizes;
 pub mod pipeline;
 pub mod reference;
 pub mod tensor;
+pub mod tuning;
 pub mod validate;
 
 pub use blockmask::BlockMask;
@@ -31,4 +32,5 @@ pub use kvcache::KvCache;
 pub use mask::{CausalAlignment, Mask, Window};
 pub use options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
 pub use tensor::{DType, Tensor, TensorView};
+pub use tuning::{ShapeBucket, TuneReport};
 pub use validate::Problem;
