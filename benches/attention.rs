@@ -4,7 +4,8 @@
 //! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`,
 //! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes),
 //! `--subgroups on|off`, `--rpt N`, `--bk N` (tile overrides), `--unchecked` (shaders without
-//! wgpu's injected bounds checks: `Context::from_device_unchecked`).
+//! wgpu's injected bounds checks: `Context::from_device_unchecked`), `--experimental`
+//! (wgpu's cooperative matrices where the adapter has them: `Context::new_experimental`).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
 //! completed submission; one warm-up run first; the median of `iters` runs is reported.
@@ -150,7 +151,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     let median = times[times.len() / 2];
     let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"variant\":\"bk{} rpt{} tpr{}\"}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"variant\":\"bk{} rpt{} tpr{}{}\"}}",
         c.backend,
         c.mask,
         c.dtype,
@@ -164,7 +165,12 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         plan.backend.name(),
         plan.variant.block_k,
         plan.variant.rows_per_thread,
-        plan.variant.threads_per_row
+        plan.variant.threads_per_row,
+        if plan.variant.family == wgpu_attention::dispatch::Family::FlashCoop {
+            " coop"
+        } else {
+            ""
+        }
     ))
 }
 
@@ -189,7 +195,7 @@ fn main() {
     let all: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<String> = all
         .iter()
-        .filter(|a| *a != "--bench" && *a != "--unchecked")
+        .filter(|a| !matches!(a.as_str(), "--bench" | "--unchecked" | "--experimental"))
         .cloned()
         .collect();
     let mut base = Case {
@@ -241,6 +247,10 @@ fn main() {
     }
     let ctx = if all.iter().any(|a| a == "--unchecked") {
         unchecked_context()
+    } else if all.iter().any(|a| a == "--experimental") {
+        // SAFETY: benchmarking with wgpu's experimental cooperative matrices, by request.
+        unsafe { Context::new_experimental_blocking() }
+            .unwrap_or_else(|e| panic!("no adapter: {e}"))
     } else {
         Context::new_blocking().unwrap_or_else(|e| panic!("no adapter: {e}"))
     };

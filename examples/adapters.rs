@@ -24,5 +24,12 @@ fn main() {
             i.subgroup_max_size,
             a.features() & wgpu_attention::OPTIONAL_FEATURES
         );
+        let coop = a
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        println!("  EXPERIMENTAL_COOPERATIVE_MATRIX: {coop}");
+        for p in a.cooperative_matrix_properties() {
+            println!("  cooperative matrix: {p:?}");
+        }
     }
 }

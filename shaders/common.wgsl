@@ -223,6 +223,26 @@ fn logit_extra(b: u32, h: u32, i: u32, j: u32, rc: RowCtx) -> f32 {
     return x;
 }
 
+// (Used by the flash shaders, whose BR equals SUM_BQ.)
+// Tile state from the block summary: 0 all masked, 1 all visible, 2 mixed.
+fn tile_state(b: u32, h: u32, qt: u32, j0: u32) -> u32 {
+    if (!has(F_BOOL)) { return 1u; }
+    if (!has(F_SUMMARY)) { return 2u; }
+    let base = P.sum_off + b * P.sum_sb + h * P.sum_sh + qt * P.sum_nkb;
+    var any_vis = false;
+    var any_masked = false;
+    let c0 = j0 / SUM_BK;
+    let c1 = min((j0 + BC - 1u) / SUM_BK + 1u, P.sum_nkb);
+    for (var c = c0; c < c1; c++) {
+        let s = aux_buf[base + c];
+        any_vis = any_vis || s != 0u;
+        any_masked = any_masked || s != 1u;
+    }
+    if (!any_vis) { return 0u; }
+    if (!any_masked) { return 1u; }
+    return 2u;
+}
+
 // Linear workgroup index of a 2-D dispatch, plus this chunk's base.
 fn linear_wg(wid: vec3<u32>) -> u32 {
     return P.row_start + wid.x + wid.y * P.wg_x;

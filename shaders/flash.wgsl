@@ -22,25 +22,6 @@ var<workgroup> vs: array<vec4<f32>, BC * DV4>;
 var<workgroup> sh_range: vec2<u32>;
 var<workgroup> sh_state: u32;
 
-// Tile state from the block summary: 0 all masked, 1 all visible, 2 mixed.
-fn tile_state(b: u32, h: u32, qt: u32, j0: u32) -> u32 {
-    if (!has(F_BOOL)) { return 1u; }
-    if (!has(F_SUMMARY)) { return 2u; }
-    let base = P.sum_off + b * P.sum_sb + h * P.sum_sh + qt * P.sum_nkb;
-    var any_vis = false;
-    var any_masked = false;
-    let c0 = j0 / SUM_BK;
-    let c1 = min((j0 + BC - 1u) / SUM_BK + 1u, P.sum_nkb);
-    for (var c = c0; c < c1; c++) {
-        let s = aux_buf[base + c];
-        any_vis = any_vis || s != 0u;
-        any_masked = any_masked || s != 1u;
-    }
-    if (!any_vis) { return 0u; }
-    if (!any_masked) { return 1u; }
-    return 2u;
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let n_qt = (P.seq_q + BR - 1u) / BR;

@@ -63,6 +63,31 @@ impl Context {
     /// Like [`Context::new`] but only on `backends` (e.g. `wgpu::Backends::GL` to test
     /// the GL fallback). `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` still apply.
     pub async fn with_backends(backends: wgpu::Backends) -> Result<Self> {
+        Self::open(backends, false).await
+    }
+
+    /// [`Context::new`], also enabling wgpu's experimental cooperative matrices when the
+    /// adapter offers 16×16×16 f16 → f32 tiles: flash on f16 inputs then runs on tensor
+    /// cores (Vulkan, Metal).
+    ///
+    /// # Safety
+    ///
+    /// wgpu's experimental features may contain bugs with undefined behaviour
+    /// ([`wgpu::ExperimentalFeatures::enabled`]); by calling this you accept that.
+    pub async unsafe fn new_experimental() -> Result<Self> {
+        Self::open(backends_from_env(), true).await
+    }
+
+    /// [`Context::new_experimental`], blocking.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Context::new_experimental`].
+    pub unsafe fn new_experimental_blocking() -> Result<Self> {
+        pollster::block_on(Self::open(backends_from_env(), true))
+    }
+
+    async fn open(backends: wgpu::Backends, experimental: bool) -> Result<Self> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
@@ -92,13 +117,27 @@ impl Context {
                     Error::device(format!("requesting a wgpu adapter on {backends:?}"), e)
                 })?,
         };
-        let features = adapter.features() & OPTIONAL_FEATURES;
+        let mut features = adapter.features() & OPTIONAL_FEATURES;
+        let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        let tiles_16 = adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        if experimental && adapter.features().contains(coop) && tiles_16 {
+            features |= coop;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-attention"),
                 required_features: features,
                 required_limits: adapter.limits(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: if features.contains(coop) {
+                    // SAFETY: the caller of `new_experimental` accepted wgpu's experimental features.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -311,10 +350,12 @@ impl Context {
             }
             plan.variant.count_tiles = true;
         }
-        let with_summary = plan.variant.family == Family::Flash;
+        let with_summary = matches!(plan.variant.family, Family::Flash | Family::FlashCoop);
         let bound = launch::bind(self, &p, [q, k, v, out], opts, with_summary)?;
         match plan.variant.family {
-            Family::Flash => flash::record(self, encoder, &p, plan.variant, &bound, opts, counter)?,
+            Family::Flash | Family::FlashCoop => {
+                flash::record(self, encoder, &p, plan.variant, &bound, opts, counter)?
+            }
             Family::MemoryEfficient => memeff::record(
                 self,
                 encoder,

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::options::{AttentionOptions, Backend, Subgroups};
+use crate::tensor::DType;
 use crate::validate::Problem;
 
 /// Head-dim buckets of the flash shader (rounded up, tail masked), as in FlashAttention.
@@ -70,6 +71,9 @@ pub struct DeviceCaps {
     pub subgroup_min_size: u32,
     /// The device has `Features::SHADER_F16`.
     pub shader_f16: bool,
+    /// The device has `EXPERIMENTAL_COOPERATIVE_MATRIX` with 16×16×16 f16 → f32 tiles,
+    /// `SHADER_F16`, and subgroups of 32.
+    pub coop_matrix: bool,
     /// The device has `Features::TIMESTAMP_QUERY` and `TIMESTAMP_QUERY_INSIDE_ENCODERS`.
     pub timestamp_query: bool,
 }
@@ -96,6 +100,11 @@ impl DeviceCaps {
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            coop_matrix: features.contains(
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                    | wgpu::Features::SHADER_F16
+                    | wgpu::Features::SUBGROUP,
+            ) && subgroup_min_size == 32,
             timestamp_query: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             ),
@@ -108,6 +117,8 @@ impl DeviceCaps {
 pub enum Family {
     /// `shaders/flash.wgsl`.
     Flash,
+    /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
+    FlashCoop,
     /// `shaders/memeff.wgsl`.
     MemoryEfficient,
     /// `shaders/naive.wgsl`.
@@ -144,6 +155,7 @@ impl ShaderVariant {
     pub fn workgroup_size(&self) -> u32 {
         match self.family {
             Family::Flash => self.block_q / self.rows_per_thread * self.threads_per_row,
+            Family::FlashCoop => self.block_q / 16 * 32,
             Family::MemoryEfficient => MEMEFF_THREADS,
             Family::Naive => 64,
         }
@@ -153,6 +165,14 @@ impl ShaderVariant {
     pub fn workgroup_storage(&self) -> u32 {
         match self.family {
             Family::Flash => self.block_k * (self.head_dim_qk + self.head_dim_v) * 4 + 16,
+            Family::FlashCoop => {
+                let (br, bc) = (self.block_q, self.block_k);
+                br * self.head_dim_qk * 2
+                    + bc * (self.head_dim_qk + self.head_dim_v) * 2
+                    + br * bc * 6
+                    + br / 16 * 1024
+                    + 16
+            }
             Family::MemoryEfficient => (self.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
             Family::Naive => 64 * 4 * 2,
         }
@@ -269,6 +289,47 @@ pub fn flash_variant(
         subgroups: use_sg,
         count_tiles: false,
     })
+}
+
+/// The cooperative-matrix flash variant, or why there is none: it needs the adapter's
+/// 16×16×16 f16 → f32 cooperative matrices, f16 Q/K/V (its products are f16 × f16), and head
+/// dims up to 128.
+pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, String> {
+    if !caps.coop_matrix {
+        return Err("the device has no 16x16x16 f16 cooperative matrices".into());
+    }
+    if [p.dtype_q, p.dtype_k, p.dtype_v]
+        .iter()
+        .any(|&d| d != DType::F16)
+    {
+        return Err("cooperative matrices multiply f16: Q, K and V must be f16".into());
+    }
+    let dk = bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).filter(|&d| d <= 128);
+    let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).filter(|&d| d <= 128);
+    let (Some(dk), Some(dv)) = (dk, dv) else {
+        return Err("the cooperative-matrix variant holds head dims up to 128".into());
+    };
+    let v = ShaderVariant {
+        family: Family::FlashCoop,
+        head_dim_qk: dk,
+        head_dim_v: dv,
+        block_q: FLASH_BLOCK_Q,
+        block_k: 16,
+        threads_per_row: 2,
+        rows_per_thread: 1,
+        subgroups: true,
+        count_tiles: false,
+    };
+    if v.workgroup_storage() > caps.max_workgroup_storage
+        || v.workgroup_size() > caps.max_invocations
+    {
+        return Err(format!(
+            "the cooperative-matrix variant needs {} bytes of workgroup memory and {} invocations",
+            v.workgroup_storage(),
+            v.workgroup_size()
+        ));
+    }
+    Ok(v)
 }
 
 /// The memory-efficient variant for a problem, or why there is none.
@@ -423,6 +484,19 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             key_splits: 1,
             reason: "naive was forced (exact reference: scores, softmax, P.V).".into(),
         },
+        Backend::Auto
+            if opts.tuning == Default::default() && coop_variant(problem, caps).is_ok() =>
+        {
+            Plan {
+                backend: Backend::Flash,
+                variant: coop_variant(problem, caps).map_err(Error::backend)?,
+                key_splits: 1,
+                reason: format!(
+                    "flash on cooperative matrices: f16 inputs, head dims {}/{}, 16x16x16 f16 tiles with f32 accumulation.{mask_note}",
+                    problem.head_dim_qk, problem.head_dim_v
+                ),
+            }
+        }
         Backend::Auto => match flash_variant(problem, caps, opts) {
             Ok(v) => Plan {
                 backend: Backend::Flash,

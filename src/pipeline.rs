@@ -21,6 +21,8 @@ pub mod sources {
     pub const COMMON: &str = include_str!("../shaders/common.wgsl");
     /// The flash family.
     pub const FLASH: &str = include_str!("../shaders/flash.wgsl");
+    /// The flash family on cooperative matrices.
+    pub const FLASH_COOP: &str = include_str!("../shaders/flash_coop.wgsl");
     /// The memory-efficient family.
     pub const MEMEFF: &str = include_str!("../shaders/memeff.wgsl");
     /// The naive family.
@@ -81,11 +83,26 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     },
                     sources::FLASH,
                 ],
+                Family::FlashCoop => [
+                    "",
+                    if v.count_tiles {
+                        sources::COUNT_ON
+                    } else {
+                        sources::COUNT_OFF
+                    },
+                    sources::FLASH_COOP,
+                ],
                 Family::MemoryEfficient => ["", "", sources::MEMEFF],
                 Family::Naive => ["", "", sources::NAIVE],
             };
+            // Enable directives must precede every declaration.
+            let enables = if v.family == Family::FlashCoop {
+                "enable f16;\nenable wgpu_cooperative_matrix;\n"
+            } else {
+                ""
+            };
             format!(
-                "{}\n{}\n{}\n{}",
+                "{enables}{}\n{}\n{}\n{}",
                 const_lines(v),
                 sources::DTYPE,
                 sources::COMMON,
@@ -147,7 +164,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Sl
             ],
             (Family::Naive, "softmax") => &[(0, Uniform), (7, Read), (8, Write), (9, Write)],
             (Family::Naive, _) => &[(0, Uniform), (3, Read), (4, Write), (7, Read), (8, Write)],
-            (Family::Flash, _) if v.count_tiles => &[
+            (Family::Flash | Family::FlashCoop, _) if v.count_tiles => &[
                 (0, Uniform),
                 (1, Read),
                 (2, Read),

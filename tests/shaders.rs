@@ -30,6 +30,21 @@ fn variants() -> Vec<ShaderVariant> {
             }
         }
     }
+    for &dk in &FLASH_HEAD_DIMS[..4] {
+        for count in [false, true] {
+            v.push(ShaderVariant {
+                family: Family::FlashCoop,
+                head_dim_qk: dk,
+                head_dim_v: dk,
+                block_q: 64,
+                block_k: 16,
+                threads_per_row: 2,
+                rows_per_thread: 1,
+                subgroups: true,
+                count_tiles: count,
+            });
+        }
+    }
     for &dk in &MEMEFF_HEAD_DIMS {
         for &dv in &MEMEFF_HEAD_DIMS {
             v.push(ShaderVariant {
@@ -66,7 +81,10 @@ fn every_variant_validates_with_naga() {
 
 #[test]
 fn plain_variants_need_only_core_capabilities() {
-    let plain: Vec<_> = variants().into_iter().filter(|v| !v.subgroups).collect();
+    let plain: Vec<_> = variants()
+        .into_iter()
+        .filter(|v| !v.subgroups && v.family != Family::FlashCoop)
+        .collect();
     for (name, src) in all_sources_for(&plain) {
         let module = naga::front::wgsl::parse_str(&src).unwrap();
         // pack/unpack2x16float are core WGSL; naga files them under this capability.
