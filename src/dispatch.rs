@@ -309,6 +309,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
     let (Some(dk), Some(dv)) = (dk, dv) else {
         return Err("the cooperative-matrix variant holds head dims up to 128".into());
     };
+    // 64 query rows (4 subgroups of 16) by 16-key tiles: measured faster on an H100 than
+    // 32-key tiles with a whole-row output scratch (BENCHMARKS.md).
     let v = ShaderVariant {
         family: Family::FlashCoop,
         head_dim_qk: dk,
