@@ -36,6 +36,8 @@ const F_ALIBI: u32 = 256u;
 const F_SUMMARY: u32 = 512u;
 const F_LSE: u32 = 1024u;
 const F_VARLEN: u32 = 2048u;
+// K and V are f16 with unit head-dim stride and even offsets/strides: loadable in pairs.
+const F_KV_PAIRS: u32 = 4096u;
 // Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16.
 const DT_Q: u32 = 16u;
 const DT_K: u32 = 18u;

@@ -54,6 +54,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         qs[e] = f16(x);
     }
     let tiles = workgroupUniformLoad(&sh_range);
+    // This subgroup's Q fragments stay in registers for the whole key loop.
+    var qf: array<coop_mat16x16<f16, A>, DK16>;
+    for (var dc = 0u; dc < DK16; dc++) {
+        qf[dc] = coopLoadT<coop_mat16x16<f16, A>>(&qs[sg * 16u * DKB + dc * 16u], DKB);
+    }
 
     var o: array<f32, DVB / 2u>;
     for (var c = 0u; c < DVB / 2u; c++) { o[c] = 0.0; }
@@ -67,28 +72,48 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let state = workgroupUniformLoad(&sh_state);
         if (state == 0u) { continue; }
         if (lid == 0u) { count_tile(state); }
-        for (var e = lid; e < BC * DKB; e += WG) {
-            let j = j0 + e / DKB;
-            let d = e % DKB;
-            var x = 0.0;
-            if (j < P.seq_k && d < P.dk) { x = load_k(kbase + j * P.k_ss + d * P.k_sd); }
-            ks[e] = f16(x);
-        }
-        for (var e = lid; e < BC * DVB; e += WG) {
-            let j = j0 + e / DVB;
-            let d = e % DVB;
-            var x = 0.0;
-            if (j < P.seq_k && d < P.dv) { x = load_v(vbase + j * P.v_ss + d * P.v_sd); }
-            vs[e] = f16(x);
+        if (has(F_KV_PAIRS)) {
+            // f16 K/V with unit head-dim stride at even offsets: one 32-bit word per two
+            // elements (the host checked the alignment; head dims are even).
+            for (var e = lid * 2u; e < BC * DKB; e += WG * 2u) {
+                let j = j0 + e / DKB;
+                let d = e % DKB;
+                var x = vec2<f32>(0.0);
+                if (j < P.seq_k && d < P.dk) { x = unpack2x16float(k_buf[(kbase + j * P.k_ss + d) >> 1u]); }
+                ks[e] = f16(x.x);
+                ks[e + 1u] = f16(x.y);
+            }
+            for (var e = lid * 2u; e < BC * DVB; e += WG * 2u) {
+                let j = j0 + e / DVB;
+                let d = e % DVB;
+                var x = vec2<f32>(0.0);
+                if (j < P.seq_k && d < P.dv) { x = unpack2x16float(v_buf[(vbase + j * P.v_ss + d) >> 1u]); }
+                vs[e] = f16(x.x);
+                vs[e + 1u] = f16(x.y);
+            }
+        } else {
+            for (var e = lid; e < BC * DKB; e += WG) {
+                let j = j0 + e / DKB;
+                let d = e % DKB;
+                var x = 0.0;
+                if (j < P.seq_k && d < P.dk) { x = load_k(kbase + j * P.k_ss + d * P.k_sd); }
+                ks[e] = f16(x);
+            }
+            for (var e = lid; e < BC * DVB; e += WG) {
+                let j = j0 + e / DVB;
+                let d = e % DVB;
+                var x = 0.0;
+                if (j < P.seq_k && d < P.dv) { x = load_v(vbase + j * P.v_ss + d * P.v_sd); }
+                vs[e] = f16(x);
+            }
         }
         workgroupBarrier();
 
         // S = Q Kᵀ for this subgroup's 16 rows: A = Q (row-major), B = Kᵀ (K column-major).
         var acc = coop_mat16x16<f32, C>();
         for (var dc = 0u; dc < DK16; dc++) {
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[sg * 16u * DKB + dc * 16u], DKB);
             let kb = coopLoad<coop_mat16x16<f16, B>>(&ks[dc * 16u], DKB);
-            acc = coopMultiplyAdd(a, kb, acc);
+            acc = coopMultiplyAdd(qf[dc], kb, acc);
         }
         coopStoreT(acc, &ss[sg * 16u * BC], BC);
         workgroupBarrier();

@@ -148,6 +148,12 @@ pub(crate) fn create(
             },
         ));
     }
+    if let Some(i) = view.shape.iter().position(|&n| n == 0) {
+        return Err(Error::invalid(
+            TensorRole::BoolMask,
+            InputProblem::ZeroDim { dim: Dim::ALL[i] },
+        ));
+    }
     view.check_memory(TensorRole::BoolMask, wgpu::BufferUsages::STORAGE)?;
     let (_, _, n) = counts(view);
     let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {

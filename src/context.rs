@@ -154,7 +154,7 @@ impl Context {
     /// Wraps your own device and queue. `info` is your adapter's `get_info()`; the crate
     /// uses the features and limits the *device* was created with.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
-        Self::build(device, queue, info, false)
+        Self::build(device, queue, info, None)
     }
 
     /// [`Context::from_device`], but the shaders are compiled without the bounds checks
@@ -172,14 +172,35 @@ impl Context {
         queue: wgpu::Queue,
         info: &wgpu::AdapterInfo,
     ) -> Self {
-        Self::build(device, queue, info, true)
+        Self::build(
+            device,
+            queue,
+            info,
+            Some(wgpu::ShaderRuntimeChecks::unchecked()),
+        )
+    }
+
+    /// [`Context::from_device`] with the given runtime checks in every shader (for measuring
+    /// what each check costs).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Context::from_device_unchecked`], for each check turned off.
+    #[doc(hidden)]
+    pub unsafe fn from_device_with_checks(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: &wgpu::AdapterInfo,
+        checks: wgpu::ShaderRuntimeChecks,
+    ) -> Self {
+        Self::build(device, queue, info, Some(checks))
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: &wgpu::AdapterInfo,
-        unchecked: bool,
+        checks: Option<wgpu::ShaderRuntimeChecks>,
     ) -> Self {
         let limits = device.limits();
         let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size);
@@ -207,7 +228,7 @@ impl Context {
                 info: info.clone(),
                 limits,
                 caps,
-                cache: PipelineCache::new(unchecked),
+                cache: PipelineCache::new(checks),
                 tuning: TuningTable::default(),
                 dummy,
                 dummy_rw,

@@ -11,7 +11,7 @@ use crate::mask::CausalAlignment;
 use crate::options::{AttentionOptions, Varlen};
 use crate::params::{AttnParams, flags};
 use crate::pipeline::Compiled;
-use crate::tensor::TensorView;
+use crate::tensor::{DType, TensorView};
 use crate::validate::Problem;
 
 /// A storage binding covering one tensor view.
@@ -182,6 +182,14 @@ pub(crate) fn bind(
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         });
 
+    // f16 K and V whose head-dim elements pair up into aligned 32-bit words.
+    let pairs = |v: &TensorView, w: &Window, d: usize| {
+        let st = strides(v, w);
+        v.dtype == DType::F16 && st[4] == 1 && d.is_multiple_of(2) && st[..4].iter().all(|x| x.is_multiple_of(2))
+    };
+    if pairs(k, &kw, p.head_dim_qk) && pairs(v, &vw, p.head_dim_v) {
+        f |= flags::KV_PAIRS;
+    }
     let window_opt = m.window.unwrap_or_default();
     let mut params = AttnParams {
         batch: p.batch as u32,
@@ -193,8 +201,13 @@ pub(crate) fn bind(
         dv: p.head_dim_v as u32,
         flags: f,
         scale: p.scale,
-        wleft: window_opt.left.unwrap_or(0).min(i32::MAX as u32),
-        wright: window_opt.right.unwrap_or(0).min(i32::MAX as u32),
+        // A window wider than both sequences together sees everything: clamp to that, so the
+        // shaders' diagonal arithmetic stays far from i32 overflow.
+        wleft: window_opt.left.unwrap_or(0).min((p.seq_q + p.seq_k) as u32),
+        wright: window_opt
+            .right
+            .unwrap_or(0)
+            .min((p.seq_q + p.seq_k) as u32),
         group: (p.heads_q / p.heads_kv) as u32,
         q: strides(q, &qw),
         k: strides(k, &kw),

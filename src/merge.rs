@@ -178,6 +178,12 @@ pub(crate) fn validate(
     }
     let [b, h, s, _] = out.shape;
     let storage = wgpu::BufferUsages::STORAGE;
+    if let Some(i) = out.shape.iter().position(|&n| n == 0) {
+        return Err(Error::invalid(
+            TensorRole::Output,
+            InputProblem::ZeroDim { dim: Dim::ALL[i] },
+        ));
+    }
     let check_lse = |l: &TensorView| -> Result<()> {
         if l.dtype != DType::F32 {
             return Err(Error::invalid(

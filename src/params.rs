@@ -16,6 +16,7 @@ pub(crate) mod flags {
     pub const SUMMARY: u32 = 512;
     pub const LSE: u32 = 1024;
     pub const VARLEN: u32 = 2048;
+    pub const KV_PAIRS: u32 = 4096;
     /// Two-bit storage dtype codes (0 f32, 1 f16, 2 bf16) at these shifts.
     pub const DT_Q: u32 = 16;
     pub const DT_K: u32 = 18;

@@ -107,6 +107,10 @@ impl Problem {
     }
 }
 
+/// The longest sequence a call may have (keeps every shader loop counter and diagonal
+/// offset far from 32-bit overflow).
+pub const MAX_SEQ: usize = 1 << 30;
+
 fn mismatch(role: TensorRole, dim: Dim, expected: impl ToString, got: usize) -> Error {
     Error::invalid(
         role,
@@ -275,6 +279,16 @@ pub(crate) fn validate(
     let [b, hq, sq, dk] = q.shape;
     let [kb, hkv, sk, kd] = k.shape;
     let [vb, vh, vs, dv] = v.shape;
+    for (n, role) in [(sq, Query), (sk, Key)] {
+        if n >= MAX_SEQ {
+            return Err(Error::invalid(
+                role,
+                InputProblem::TooLarge {
+                    what: format!("sequence length {n} (at most {})", MAX_SEQ - 1),
+                },
+            ));
+        }
+    }
     // Rows of the views (for varlen: all sequences' tokens) vs the problem's batch/lengths.
     let (rows_q, rows_k) = (sq, sk);
     let varlen = match &opts.varlen {

@@ -75,6 +75,12 @@ fn cooperative_matrix_flash_or_clean_fallback() {
             c.hkv = hkv;
             c.seed = (si * 10 + mi) as u64;
             c.lse = mi == 1;
+            // Odd element offsets take the general K/V load path, aligned ones the paired one.
+            c.layout = if (si + mi) % 2 == 0 {
+                Layout::Bhsd
+            } else {
+                Layout::Offset
+            };
             check(&ctx, &c);
         }
     }

@@ -411,3 +411,31 @@ fn device_survives_bad_input() {
     );
     check(ctx, &Case::new(1, 1, 8, 8, 4));
 }
+
+#[test]
+fn sequence_beyond_the_shader_limit() {
+    let ctx = ctx();
+    let mut t = qkv(ctx, 1, 1, 4, 4);
+    t.k = TensorView::bhsd(
+        t.k.buffer.clone(),
+        DType::F32,
+        [1, 1, wgpu_attention::validate::MAX_SEQ, 4],
+    );
+    let e = invalid(run(ctx, &t, &AttentionOptions::default()));
+    assert_eq!(e.tensor, TensorRole::Key);
+    assert!(matches!(e.problem, InputProblem::TooLarge { .. }), "{e}");
+}
+
+#[test]
+fn zero_sized_block_mask_and_merge() {
+    let ctx = ctx();
+    let m = ctx.upload_bool(&[true; 4], [1, 1, 2, 2]).unwrap();
+    let empty = TensorView::bhsd(m.buffer().clone(), DType::Bool, [1, 1, 0, 2]);
+    let e = invalid(ctx.block_mask(&empty).unwrap_err());
+    assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::Seq });
+    let o = ctx.upload_f32(&[1.0; 4], [1, 1, 1, 4]).unwrap();
+    let l = ctx.upload_f32(&[0.0], [1, 1, 1, 1]).unwrap();
+    let out = TensorView::bhsd(ctx.buffer_from_f32(&[0.0; 4]), DType::F32, [1, 1, 1, 0]);
+    let e = invalid(ctx.merge(&[(o.view(), l.view())], &out, None).unwrap_err());
+    assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::HeadDim });
+}
