@@ -158,8 +158,8 @@ impl Context {
     }
 
     /// [`Context::from_device`], but the shaders are compiled without the bounds checks
-    /// wgpu injects into every array access (measured 1.4× faster flash on an H100; see
-    /// BENCHMARKS.md).
+    /// wgpu injects into every array access (measured 1.15–1.2× faster flash on
+    /// cooperative matrices on an H100; see BENCHMARKS.md).
     ///
     /// # Safety
     ///

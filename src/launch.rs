@@ -185,7 +185,10 @@ pub(crate) fn bind(
     // f16 K and V whose head-dim elements pair up into aligned 32-bit words.
     let pairs = |v: &TensorView, w: &Window, d: usize| {
         let st = strides(v, w);
-        v.dtype == DType::F16 && st[4] == 1 && d.is_multiple_of(2) && st[..4].iter().all(|x| x.is_multiple_of(2))
+        v.dtype == DType::F16
+            && st[4] == 1
+            && d.is_multiple_of(2)
+            && st[..4].iter().all(|x| x.is_multiple_of(2))
     };
     if pairs(k, &kw, p.head_dim_qk) && pairs(v, &vw, p.head_dim_v) {
         f |= flags::KV_PAIRS;
