@@ -246,6 +246,34 @@ fn tile_state(b: u32, h: u32, qt: u32, j0: u32) -> u32 {
     return 2u;
 }
 
+// A flash workgroup's block of BR query rows: (query tile, batch, head, key/value head).
+struct QueryTile {
+    qt: u32,
+    b: u32,
+    h: u32,
+    hk: u32,
+}
+
+fn query_tile(wid: vec3<u32>) -> QueryTile {
+    let n_qt = (P.seq_q + BR - 1u) / BR;
+    let wg = linear_wg(wid);
+    var t: QueryTile;
+    t.qt = wg % n_qt;
+    let bh = wg / n_qt;
+    t.h = bh % P.heads_q;
+    t.b = bh / P.heads_q;
+    t.hk = t.h / P.group;
+    return t;
+}
+
+// The BC-aligned key range a flash workgroup's rows need (empty past the batch).
+fn tile_keys(t: QueryTile, rc: RowCtx) -> vec2<u32> {
+    var tr = tile_key_range(t.qt * BR, t.qt * BR + BR, rc);
+    tr.x = (tr.x / BC) * BC;
+    if (t.b >= P.batch || tr.y <= tr.x) { tr = vec2<u32>(0u, 0u); }
+    return tr;
+}
+
 // Linear workgroup index of a 2-D dispatch, plus this chunk's base.
 fn linear_wg(wid: vec3<u32>) -> u32 {
     return P.row_start + wid.x + wid.y * P.wg_x;

@@ -24,23 +24,16 @@ var<workgroup> sh_state: u32;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let n_qt = (P.seq_q + BR - 1u) / BR;
-    let wg = linear_wg(wid);
-    let qt = wg % n_qt;
-    let bh = wg / n_qt;
-    let h = bh % P.heads_q;
-    let b = bh / P.heads_q;
-    let hk = h / P.group;
+    let tile = query_tile(wid);
+    let qt = tile.qt;
+    let b = tile.b;
+    let h = tile.h;
+    let hk = tile.hk;
     let sub = lid % TPR;
     let rc = row_ctx(b);
 
     // The key tiles this block of rows needs.
-    if (lid == 0u) {
-        var tr = tile_key_range(qt * BR, qt * BR + BR, rc);
-        tr.x = (tr.x / BC) * BC;
-        if (b >= P.batch || tr.y <= tr.x) { tr = vec2<u32>(0u, 0u); }
-        sh_range = tr;
-    }
+    if (lid == 0u) { sh_range = tile_keys(tile, rc); }
     let tiles = workgroupUniformLoad(&sh_range);
 
     // This thread's RPT rows are interleaved: row k is qt * BR + lid / TPR + k * ROW_STRIDE.

@@ -96,32 +96,32 @@ fn lse_output_every_backend() {
     }
 }
 
-/// Three partial results over disjoint key sets merge into the full result.
-#[test]
-fn merge_three_partials() {
+/// Attention of `q` over disjoint key ranges of one K/V buffer, each with its log-sum-exp:
+/// the partial results a context-parallel run would produce. Returns the parts and the
+/// host data (q, k, v) for the reference.
+#[allow(clippy::type_complexity)]
+fn partials(
+    shape: (usize, usize, usize, usize),
+    ranges: &[(usize, DType)],
+    seed: u64,
+) -> (Vec<(TensorView, TensorView)>, [Vec<f32>; 3], usize) {
     let ctx = ctx();
-    let (b, h, sq, d) = (2, 3, 17, 24);
-    let sk = [13usize, 29, 7];
-    let total: usize = sk.iter().sum();
-    let qh = random(b * h * sq * d, 1);
-    let kh = random(b * h * total * d, 2);
-    let vh = random(b * h * total * d, 3);
+    let (b, h, sq, d) = shape;
+    let total: usize = ranges.iter().map(|r| r.0).sum();
+    let qh = random(b * h * sq * d, seed);
+    let kh = random(b * h * total * d, seed + 1);
+    let vh = random(b * h * total * d, seed + 2);
     let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
-    let kb = ctx.buffer_from_f32(&kh);
-    let vb = ctx.buffer_from_f32(&vh);
+    let (kb, vb) = (ctx.buffer_from_f32(&kh), ctx.buffer_from_f32(&vh));
     let strides = [h * total * d, total * d, d, 1];
     let mut parts = Vec::new();
     let mut start = 0;
-    for (i, &n) in sk.iter().enumerate() {
+    for &(n, out_dtype) in ranges {
         let off = (start * d * 4) as u64;
         let k = TensorView::new(kb.clone(), DType::F32, [b, h, n, d], strides, off);
         let v = TensorView::new(vb.clone(), DType::F32, [b, h, n, d], strides, off);
         let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
-        let out = nan_output(
-            ctx,
-            [b, h, sq, d],
-            if i == 1 { DType::F16 } else { DType::F32 },
-        );
+        let out = nan_output(ctx, [b, h, sq, d], out_dtype);
         let opts = AttentionOptions {
             lse_output: Some(lse.clone()),
             ..Default::default()
@@ -130,94 +130,79 @@ fn merge_three_partials() {
         parts.push((out, lse));
         start += n;
     }
+    (parts, [qh, kh, vh], total)
+}
+
+fn full_reference(
+    shape: (usize, usize, usize, usize),
+    host: &[Vec<f32>; 3],
+    total: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (b, h, sq, d) = shape;
+    reference::attention_with_lse(
+        &HostTensor {
+            data: &host[0],
+            shape: [b, h, sq, d],
+        },
+        &HostTensor {
+            data: &host[1],
+            shape: [b, h, total, d],
+        },
+        &HostTensor {
+            data: &host[2],
+            shape: [b, h, total, d],
+        },
+        1.0 / (d as f64).sqrt(),
+        &HostMask::default(),
+    )
+}
+
+/// Three partial results over disjoint key sets merge into the full result, with its lse.
+#[test]
+fn merge_three_partials() {
+    let ctx = ctx();
+    let shape = (2, 3, 17, 24);
+    let (parts, host, total) = partials(
+        shape,
+        &[(13, DType::F32), (29, DType::F16), (7, DType::F32)],
+        1,
+    );
+    let (b, h, sq, d) = shape;
     let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
     let merged_lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
     let pairs: Vec<(&TensorView, &TensorView)> = parts.iter().map(|(o, l)| (o, l)).collect();
     ctx.merge(&pairs, &merged, Some(&merged_lse)).unwrap();
-    let (want, want_lse) = reference::attention_with_lse(
-        &HostTensor {
-            data: &qh,
-            shape: [b, h, sq, d],
-        },
-        &HostTensor {
-            data: &kh,
-            shape: [b, h, total, d],
-        },
-        &HostTensor {
-            data: &vh,
-            shape: [b, h, total, d],
-        },
-        1.0 / (d as f64).sqrt(),
-        &HostMask::default(),
-    );
+    let (want, want_lse) = full_reference(shape, &host, total);
     // One part was stored in f16: the merged result carries its rounding.
-    let got = ctx.download_f32_blocking(&merged).unwrap();
-    assert_close(&got, &want, DType::F16, "merge of three partials");
-    let got_lse = ctx.download_f32_blocking(&merged_lse).unwrap();
-    assert_close(&got_lse, &want_lse, DType::F32, "merged lse");
-    // All-f32 parts: within the f32 tolerance.
-    let f32_parts: Vec<(&TensorView, &TensorView)> =
-        vec![(&parts[0].0, &parts[0].1), (&parts[2].0, &parts[2].1)];
-    let two = nan_output(ctx, [b, h, sq, d], DType::F32);
-    ctx.merge(&f32_parts, &two, None).unwrap();
-    assert!(
-        ctx.download_f32_blocking(&two)
-            .unwrap()
-            .iter()
-            .all(|x| x.is_finite())
+    assert_close(
+        &ctx.download_f32_blocking(&merged).unwrap(),
+        &want,
+        DType::F16,
+        "merge of three partials",
+    );
+    assert_close(
+        &ctx.download_f32_blocking(&merged_lse).unwrap(),
+        &want_lse,
+        DType::F32,
+        "merged lse",
     );
 }
 
+/// Three f32 partials merge within the f32 tolerance.
 #[test]
 fn merge_exactly_three_f32_partials_within_f32_tolerance() {
     let ctx = ctx();
-    let (b, h, sq, d, total) = (1, 2, 9, 16, 60);
-    let qh = random(b * h * sq * d, 11);
-    let kh = random(b * h * total * d, 12);
-    let vh = random(b * h * total * d, 13);
-    let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
-    let kb = ctx.buffer_from_f32(&kh);
-    let vb = ctx.buffer_from_f32(&vh);
-    let strides = [h * total * d, total * d, d, 1];
-    let mut parts = Vec::new();
-    for (start, n) in [(0usize, 20usize), (20, 25), (45, 15)] {
-        let off = (start * d * 4) as u64;
-        let k = TensorView::new(kb.clone(), DType::F32, [b, h, n, d], strides, off);
-        let v = TensorView::new(vb.clone(), DType::F32, [b, h, n, d], strides, off);
-        let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
-        let out = nan_output(ctx, [b, h, sq, d], DType::F32);
-        ctx.attention_into(
-            q.view(),
-            &k,
-            &v,
-            &out,
-            &AttentionOptions {
-                lse_output: Some(lse.clone()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        parts.push((out, lse));
-    }
+    let shape = (1, 2, 9, 16);
+    let (parts, host, total) = partials(
+        shape,
+        &[(20, DType::F32), (25, DType::F32), (15, DType::F32)],
+        11,
+    );
+    let (b, h, sq, d) = shape;
     let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
     let pairs: Vec<(&TensorView, &TensorView)> = parts.iter().map(|(o, l)| (o, l)).collect();
     ctx.merge(&pairs, &merged, None).unwrap();
-    let want = reference::attention(
-        &HostTensor {
-            data: &qh,
-            shape: [b, h, sq, d],
-        },
-        &HostTensor {
-            data: &kh,
-            shape: [b, h, total, d],
-        },
-        &HostTensor {
-            data: &vh,
-            shape: [b, h, total, d],
-        },
-        1.0 / (d as f64).sqrt(),
-        &HostMask::default(),
-    );
+    let (want, _) = full_reference(shape, &host, total);
     assert_close(
         &ctx.download_f32_blocking(&merged).unwrap(),
         &want,
