@@ -174,39 +174,19 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     ))
 }
 
-/// A context whose shaders run without wgpu's injected bounds checks (`--unchecked`),
-/// with wgpu's experimental cooperative matrices too when `experimental`.
+/// A context whose shaders run without wgpu's runtime checks (`--unchecked`), or with its
+/// bounds checks only (`--checks bounds`); with wgpu's experimental cooperative matrices too
+/// when `experimental`.
 fn unchecked_context(experimental: bool) -> Context {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .unwrap_or_else(|e| panic!("no adapter: {e}"));
-    let mut features = adapter.features() & wgpu_attention::OPTIONAL_FEATURES;
-    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-    if experimental && adapter.features().contains(coop) {
-        features |= coop;
-    }
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: features,
-        required_limits: adapter.limits(),
-        experimental_features: if features.contains(coop) {
-            // SAFETY: benchmarking with wgpu's experimental cooperative matrices, by request.
-            unsafe { wgpu::ExperimentalFeatures::enabled() }
-        } else {
-            wgpu::ExperimentalFeatures::disabled()
-        },
-        ..Default::default()
-    }))
-    .unwrap_or_else(|e| panic!("no device: {e}"));
-    // `--unchecked`: no runtime checks; `--checks bounds`: only wgpu's bounds checks.
     let bounds_only = std::env::args().any(|a| a == "bounds");
     let checks = wgpu::ShaderRuntimeChecks {
         bounds_checks: bounds_only,
         ..wgpu::ShaderRuntimeChecks::unchecked()
     };
-    // SAFETY: benchmarking the crate's own shaders, whose views are validated before dispatch.
-    unsafe { Context::from_device_with_checks(device, queue, &adapter.get_info(), checks) }
+    // SAFETY: benchmarking the crate's own shaders, whose views are validated before dispatch,
+    // with wgpu's experimental features only when asked for.
+    unsafe { Context::new_with_checks_blocking(experimental, checks) }
+        .unwrap_or_else(|e| panic!("no adapter: {e}"))
 }
 
 fn main() {

@@ -63,7 +63,7 @@ impl Context {
     /// Like [`Context::new`] but only on `backends` (e.g. `wgpu::Backends::GL` to test
     /// the GL fallback). `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` still apply.
     pub async fn with_backends(backends: wgpu::Backends) -> Result<Self> {
-        Self::open(backends, false).await
+        Self::open(backends, false, None).await
     }
 
     /// [`Context::new`], also enabling wgpu's experimental cooperative matrices when the
@@ -75,7 +75,7 @@ impl Context {
     /// wgpu's experimental features may contain bugs with undefined behaviour
     /// ([`wgpu::ExperimentalFeatures::enabled`]); by calling this you accept that.
     pub async unsafe fn new_experimental() -> Result<Self> {
-        Self::open(backends_from_env(), true).await
+        Self::open(backends_from_env(), true, None).await
     }
 
     /// [`Context::new_experimental`], blocking.
@@ -84,10 +84,14 @@ impl Context {
     ///
     /// As for [`Context::new_experimental`].
     pub unsafe fn new_experimental_blocking() -> Result<Self> {
-        pollster::block_on(Self::open(backends_from_env(), true))
+        pollster::block_on(Self::open(backends_from_env(), true, None))
     }
 
-    async fn open(backends: wgpu::Backends, experimental: bool) -> Result<Self> {
+    async fn open(
+        backends: wgpu::Backends,
+        experimental: bool,
+        checks: Option<wgpu::ShaderRuntimeChecks>,
+    ) -> Result<Self> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
@@ -143,7 +147,7 @@ impl Context {
             })
             .await
             .map_err(|e| Error::device("requesting a wgpu device", e))?;
-        Ok(Self::from_device(device, queue, &adapter.get_info()))
+        Ok(Self::build(device, queue, &adapter.get_info(), checks))
     }
 
     /// [`Context::with_backends`], blocking.
@@ -180,20 +184,19 @@ impl Context {
         )
     }
 
-    /// [`Context::from_device`] with the given runtime checks in every shader (for measuring
-    /// what each check costs).
+    /// [`Context::new_blocking`] (or, with `experimental`, [`Context::new_experimental_blocking`])
+    /// with the given runtime checks in every shader: for measuring what each check costs.
     ///
     /// # Safety
     ///
-    /// As for [`Context::from_device_unchecked`], for each check turned off.
+    /// As for [`Context::from_device_unchecked`] for each check turned off, and as for
+    /// [`Context::new_experimental`] when `experimental` is set.
     #[doc(hidden)]
-    pub unsafe fn from_device_with_checks(
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-        info: &wgpu::AdapterInfo,
+    pub unsafe fn new_with_checks_blocking(
+        experimental: bool,
         checks: wgpu::ShaderRuntimeChecks,
-    ) -> Self {
-        Self::build(device, queue, info, Some(checks))
+    ) -> Result<Self> {
+        pollster::block_on(Self::open(backends_from_env(), experimental, Some(checks)))
     }
 
     fn build(

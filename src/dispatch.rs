@@ -211,7 +211,7 @@ impl std::fmt::Display for Plan {
     }
 }
 
-fn bucket(buckets: &[u32], d: usize) -> Option<u32> {
+pub(crate) fn bucket(buckets: &[u32], d: usize) -> Option<u32> {
     buckets.iter().copied().find(|&b| b as usize >= d)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::context::Context;
-use crate::dispatch::{FLASH_HEAD_DIMS, flash_variant};
+use crate::dispatch::{FLASH_HEAD_DIMS, bucket, flash_variant};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::tensor::{DType, TensorView};
@@ -32,13 +32,7 @@ pub struct ShapeBucket {
 impl ShapeBucket {
     /// The bucket of a problem.
     pub fn of(p: &Problem) -> Self {
-        let b = |d: usize| {
-            FLASH_HEAD_DIMS
-                .iter()
-                .copied()
-                .find(|&x| x as usize >= d)
-                .unwrap_or(d as u32)
-        };
+        let b = |d: usize| bucket(&FLASH_HEAD_DIMS, d).unwrap_or(d as u32);
         ShapeBucket {
             head_dim_qk: b(p.head_dim_qk),
             head_dim_v: b(p.head_dim_v),
