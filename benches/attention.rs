@@ -3,7 +3,7 @@
 //! Flags: `--backend auto|flash|memeff|naive`, `--mask none|causal|pad50|boolmask50|bias`,
 //! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`,
 //! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes),
-//! `--subgroups on|off`, `--rpt N`, `--bk N` (tile overrides), `--unchecked` (shaders without
+//! `--subgroups on|off`, `--rpt N`, `--bk N`, `--tpr N` (tile overrides), `--unchecked` (shaders without
 //! wgpu's injected bounds checks: `Context::from_device_unchecked`), `--experimental`
 //! (wgpu's cooperative matrices where the adapter has them: `Context::new_experimental`).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
@@ -30,6 +30,7 @@ struct Case {
     subgroups: bool,
     rpt: Option<u32>,
     bk: Option<u32>,
+    tpr: Option<u32>,
 }
 
 use wgpu_attention::reference::random_uniform as random;
@@ -102,6 +103,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     }
     opts.tuning.flash_rows_per_thread = c.rpt;
     opts.tuning.flash_block_k = c.bk;
+    opts.tuning.flash_threads_per_row = c.tpr;
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let out = ctx
         .empty(
@@ -214,6 +216,7 @@ fn main() {
         subgroups: true,
         rpt: None,
         bk: None,
+        tpr: None,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -238,11 +241,12 @@ fn main() {
             "--subgroups" => base.subgroups = val != "off",
             "--rpt" => base.rpt = Some(num() as u32),
             "--bk" => base.bk = Some(num() as u32),
+            "--tpr" => base.tpr = Some(num() as u32),
             other => panic!("unknown flag {other}"),
         }
         if !matches!(
             args[i].as_str(),
-            "--iters" | "--grid" | "--subgroups" | "--rpt" | "--bk"
+            "--iters" | "--grid" | "--subgroups" | "--rpt" | "--bk" | "--tpr"
         ) {
             explicit = true;
         }

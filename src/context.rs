@@ -206,7 +206,8 @@ impl Context {
         checks: Option<wgpu::ShaderRuntimeChecks>,
     ) -> Self {
         let limits = device.limits();
-        let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size);
+        let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size)
+            .with_adapter_info(info);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-attention unused binding"),
             size: 16,

@@ -49,6 +49,12 @@ pub const DECODE_KEYS_PER_SPLIT: usize = 256;
 pub const DECODE_MAX_SPLITS: u32 = 64;
 /// Threads per query row of the subgroup flash variant.
 pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
+/// Rows per flash thread on CPU adapters (lavapipe, llvmpipe, WARP, SwiftShader), with one
+/// thread per row and no subgroup split: their "registers" are memory, so the most rows per
+/// K/V read wins (measured 1.9-2.5× faster than the GPU defaults on lavapipe; BENCHMARKS.md).
+pub const CPU_ROWS_PER_THREAD: u32 = 4;
+/// The key tile CPU adapters start from (halved until it fits workgroup memory).
+pub const CPU_BLOCK_K: u32 = 32;
 
 /// What the dispatcher needs to know about a device: limits and optional features.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +82,10 @@ pub struct DeviceCaps {
     pub coop_matrix: bool,
     /// The device has `Features::TIMESTAMP_QUERY` and `TIMESTAMP_QUERY_INSIDE_ENCODERS`.
     pub timestamp_query: bool,
+    /// The adapter is a CPU implementation (`wgpu::DeviceType::Cpu`: lavapipe, WARP,
+    /// SwiftShader; not on GL, see [`DeviceCaps::with_adapter_info`]). The flash defaults
+    /// then favour many rows per thread.
+    pub cpu: bool,
 }
 
 impl DeviceCaps {
@@ -108,7 +118,17 @@ impl DeviceCaps {
             timestamp_query: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             ),
+            cpu: false,
         }
+    }
+
+    /// The same caps for the adapter `info` describes: [`DeviceCaps::cpu`] is set for CPU
+    /// adapters on every backend but GL, whose GLSL compiler unrolls the wide CPU variant
+    /// into a shader that takes minutes to compile on llvmpipe (measured: the GL tests went
+    /// from under a minute to 4).
+    pub fn with_adapter_info(mut self, info: &wgpu::AdapterInfo) -> Self {
+        self.cpu = info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl;
+        self
     }
 }
 
@@ -237,7 +257,11 @@ pub fn flash_variant(
     // The default key tile, halved until it fits the adapter's workgroup memory.
     let need = |bk: u32| bk * (dk + dv) * 4 + 16;
     let fits = |bk: u32, budget: u32| need(bk) <= budget;
-    let mut block_k = FLASH_DEFAULT_BLOCK_K;
+    let mut block_k = if caps.cpu {
+        CPU_BLOCK_K
+    } else {
+        FLASH_DEFAULT_BLOCK_K
+    };
     while block_k > FLASH_MIN_BLOCK_K && !fits(block_k, caps.max_workgroup_storage) {
         block_k /= 2;
     }
@@ -248,14 +272,35 @@ pub fn flash_variant(
             caps.max_workgroup_storage
         ));
     }
-    let use_sg = opts.subgroups == Subgroups::Auto
+    let sg_ok = opts.subgroups == Subgroups::Auto
         && caps.subgroup
-        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW
-        && dk >= 64;
-    let threads_per_row = if use_sg { SUBGROUP_THREADS_PER_ROW } else { 1 };
+        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
+    let threads_per_row = match opts.tuning.flash_threads_per_row {
+        Some(1) => 1,
+        Some(SUBGROUP_THREADS_PER_ROW) if sg_ok => SUBGROUP_THREADS_PER_ROW,
+        Some(SUBGROUP_THREADS_PER_ROW) => {
+            return Err(format!(
+                "{SUBGROUP_THREADS_PER_ROW} threads per row need subgroups of at least {SUBGROUP_THREADS_PER_ROW} (and Subgroups::Auto); the device has {}",
+                if caps.subgroup {
+                    format!("subgroups of {} or more", caps.subgroup_min_size)
+                } else {
+                    "no subgroups".to_string()
+                }
+            ));
+        }
+        Some(t) => {
+            return Err(format!(
+                "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
+            ));
+        }
+        None if sg_ok && dk >= 64 && !caps.cpu => SUBGROUP_THREADS_PER_ROW,
+        None => 1,
+    };
+    let use_sg = threads_per_row > 1;
     let rows_per_thread = match opts.tuning.flash_rows_per_thread {
         Some(r @ (1 | 2 | 4)) => r,
         Some(r) => return Err(format!("flash rows per thread must be 1, 2 or 4, not {r}")),
+        None if caps.cpu => CPU_ROWS_PER_THREAD,
         None => default_rows_per_thread(dk + dv, threads_per_row),
     };
     if let Some(bk) = opts.tuning.flash_block_k {
@@ -514,11 +559,18 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     caps.max_workgroup_storage,
                     if v.subgroups {
                         ", subgroup reductions on"
+                    } else if caps.cpu {
+                        ", CPU adapter: one thread per row and 4 rows per thread"
                     } else {
                         ""
                     }
                 ),
             },
+            Err(why_not_flash) if opts.tuning != Default::default() => {
+                return Err(Error::backend(format!(
+                    "the flash tile overrides cannot run: {why_not_flash}"
+                )));
+            }
             Err(why_not_flash) => match memeff_variant(problem, caps) {
                 Ok(v) => Plan {
                     backend: Backend::MemoryEfficient,

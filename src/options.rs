@@ -59,6 +59,9 @@ pub struct Tuning {
     pub flash_rows_per_thread: Option<u32>,
     /// Keys per flash tile (4, 8, 16 or 32).
     pub flash_block_k: Option<u32>,
+    /// Threads sharing one flash query row: 1, or 4 with subgroup shuffles (needs
+    /// subgroups of at least 4).
+    pub flash_threads_per_row: Option<u32>,
 }
 
 /// Options of one attention call.

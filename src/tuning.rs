@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::context::Context;
-use crate::dispatch::{FLASH_HEAD_DIMS, bucket, flash_variant};
+use crate::dispatch::{FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, bucket, flash_variant};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::tensor::{DType, TensorView};
@@ -117,33 +117,37 @@ impl Context {
         let bucket = ShapeBucket::of(&p);
         let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
         let mut results = Vec::new();
-        for bk in [8, 16, 32] {
-            for rpt in [1, 2, 4] {
-                let tuning = Tuning {
-                    flash_rows_per_thread: Some(rpt),
-                    flash_block_k: Some(bk),
-                };
-                let trial = AttentionOptions {
-                    tuning,
-                    backend: Backend::Flash,
-                    lse_output: None,
-                    ..opts.clone()
-                };
-                if flash_variant(&p, self.caps(), &trial).is_err() {
-                    continue; // does not fit this adapter
-                }
-                let mut times = Vec::new();
-                for i in 0..=iters.max(1) {
-                    let t0 = Instant::now();
-                    self.attention_into(q, k, v, out.view(), &trial)?;
-                    self.wait()?;
-                    if i > 0 {
-                        times.push(t0.elapsed().as_secs_f64() * 1e3);
-                    }
-                }
-                times.sort_by(f64::total_cmp);
-                results.push((tuning, times[times.len() / 2]));
+        let configs = [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
+            [8, 16, 32]
+                .into_iter()
+                .flat_map(move |bk| [1, 2, 4].map(|rpt| (tpr, bk, rpt)))
+        });
+        for (tpr, bk, rpt) in configs {
+            let tuning = Tuning {
+                flash_rows_per_thread: Some(rpt),
+                flash_block_k: Some(bk),
+                flash_threads_per_row: Some(tpr),
+            };
+            let trial = AttentionOptions {
+                tuning,
+                backend: Backend::Flash,
+                lse_output: None,
+                ..opts.clone()
+            };
+            if flash_variant(&p, self.caps(), &trial).is_err() {
+                continue; // does not fit this adapter
             }
+            let mut times = Vec::new();
+            for i in 0..=iters.max(1) {
+                let t0 = Instant::now();
+                self.attention_into(q, k, v, out.view(), &trial)?;
+                self.wait()?;
+                if i > 0 {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            results.push((tuning, times[times.len() / 2]));
         }
         let best = results
             .iter()
@@ -168,18 +172,19 @@ impl Context {
     pub fn save_tuning(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
         let mut text = String::from(
-            "# wgpu-attention tuning: dk dv log2(sq) log2(sk) dtype block_k rows_per_thread\n",
+            "# wgpu-attention tuning: dk dv log2(sq) log2(sk) dtype block_k rows_per_thread threads_per_row\n",
         );
         for (b, t) in self.tuning_table().entries() {
             text.push_str(&format!(
-                "{} {} {} {} {} {} {}\n",
+                "{} {} {} {} {} {} {} {}\n",
                 b.head_dim_qk,
                 b.head_dim_v,
                 b.seq_q_log2,
                 b.seq_k_log2,
                 dtype_name(b.dtype),
                 t.flash_block_k.unwrap_or(0),
-                t.flash_rows_per_thread.unwrap_or(0)
+                t.flash_rows_per_thread.unwrap_or(0),
+                t.flash_threads_per_row.unwrap_or(0)
             ));
         }
         std::fs::write(path, text).map_err(|e| bad_file(path, e.to_string()))
@@ -211,18 +216,21 @@ impl Context {
                     Tuning {
                         flash_block_k: Some(num(5)?),
                         flash_rows_per_thread: Some(num(6)?),
+                        // Tables written before this column existed leave the choice to
+                        // the dispatcher.
+                        flash_threads_per_row: if f.len() == 8 { num(7) } else { None },
                     },
                 ))
             })();
             match parsed {
-                Some((b, t)) if f.len() == 7 => {
+                Some((b, t)) if f.len() == 7 || (f.len() == 8 && num(7).is_some()) => {
                     self.tuning_table().set(b, t);
                     n += 1;
                 }
                 _ => {
                     return Err(bad_file(
                         path,
-                        format!("line {}: expected 7 fields, got {line:?}", i + 1),
+                        format!("line {}: expected 8 fields (or 7), got {line:?}", i + 1),
                     ));
                 }
             }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use wgpu_attention::{Backend, CausalAlignment, DType, Subgroups, Window};
+use wgpu_attention::{Backend, CausalAlignment, DType, Subgroups, Tuning, Window};
 
 /// (b, hq, hkv, sq, sk, dk, dv)
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
@@ -149,20 +149,37 @@ fn naive_f16() {
     product(Backend::Naive, DType::F16);
 }
 
-/// The flash variant without subgroups, over every mask, at a head dim where the
-/// subgroup variant would otherwise be chosen.
+/// The flash variants the dispatcher picks on other adapters (the product tests above run
+/// this adapter's default), over every mask: one thread per row with 1 and 2 rows, and 4
+/// threads per row with subgroup shuffles (lavapipe and every GPU we target have subgroups
+/// of at least 4; an adapter without them fails here rather than skipping).
 #[test]
-fn flash_without_subgroups() {
+fn flash_variants() {
     let ctx = ctx();
+    let info = ctx.adapter_info();
+    assert_eq!(
+        ctx.caps().cpu,
+        info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl
+    );
     let (b, h, sq, sk) = (2, 2, 70, 45);
-    for (mi, mask) in masks(b, h, sq, sk, 3).into_iter().enumerate() {
-        let mut c = Case::new(b, h, sq, sk, 64)
-            .backend(Backend::Flash)
-            .mask(mask);
-        c.subgroups = Subgroups::Off;
-        c.seed = mi as u64;
-        check(ctx, &c);
+    for (tpr, rpt, bk) in [(1, 1, 16), (1, 2, 8), (4, 1, 16), (4, 2, 32)] {
+        for (mi, mask) in masks(b, h, sq, sk, 3).into_iter().enumerate() {
+            let mut c = Case::new(b, h, sq, sk, 64)
+                .backend(Backend::Flash)
+                .mask(mask);
+            c.tuning = Tuning {
+                flash_threads_per_row: Some(tpr),
+                flash_rows_per_thread: Some(rpt),
+                flash_block_k: Some(bk),
+            };
+            c.seed = mi as u64;
+            check(ctx, &c);
+        }
     }
+    // Subgroups off still runs (one thread per row).
+    let mut c = Case::new(b, h, sq, sk, 64).backend(Backend::Flash);
+    c.subgroups = Subgroups::Off;
+    check(ctx, &c);
 }
 
 /// f16 inputs with an f32 output, and f32 inputs with an f16 output.

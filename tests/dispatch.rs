@@ -1,10 +1,14 @@
 //! The dispatcher is a pure function: tested here without any GPU.
 
-use wgpu_attention::dispatch::{DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, plan};
+use wgpu_attention::dispatch::{
+    CPU_BLOCK_K, CPU_ROWS_PER_THREAD, DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS,
+    SUBGROUP_THREADS_PER_ROW, plan,
+};
 use wgpu_attention::validate::MaskKinds;
-use wgpu_attention::{AttentionOptions, Backend, DType, Error, Problem, Subgroups, Window};
+use wgpu_attention::{AttentionOptions, Backend, DType, Error, Problem, Subgroups, Tuning, Window};
 
-fn lavapipe_like() -> DeviceCaps {
+/// A GPU with subgroups of 8 and 32 KiB of workgroup memory.
+fn subgroup_gpu() -> DeviceCaps {
     DeviceCaps {
         max_workgroup_storage: 32768,
         subgroup: true,
@@ -87,7 +91,7 @@ fn small_workgroup_memory_falls_back_to_memeff() {
 
 #[test]
 fn a_mask_never_changes_the_backend() {
-    let caps = lavapipe_like();
+    let caps = subgroup_gpu();
     let base = Problem::new(2, 8, 300, 500, 64);
     let unmasked = plan(&base, &caps, &AttentionOptions::default()).unwrap();
     let masks = [
@@ -128,17 +132,77 @@ fn a_mask_never_changes_the_backend() {
     }
 }
 
+/// lavapipe as the context sees it: the same limits, on a CPU adapter.
+fn lavapipe() -> DeviceCaps {
+    DeviceCaps {
+        cpu: true,
+        ..subgroup_gpu()
+    }
+}
+
+#[test]
+fn cpu_adapters_get_wide_rows() {
+    let opts = AttentionOptions::default();
+    let p = Problem::new(1, 8, 1024, 1024, 64);
+    let cpu = plan(&p, &lavapipe(), &opts).unwrap();
+    let v = cpu.variant;
+    assert_eq!(
+        (v.threads_per_row, v.rows_per_thread, v.block_k, v.subgroups),
+        (1, CPU_ROWS_PER_THREAD, CPU_BLOCK_K, false)
+    );
+    assert!(cpu.reason.contains("CPU adapter"), "{}", cpu.reason);
+    // A GPU with the same limits keeps the subgroup variant.
+    let gpu = plan(&p, &subgroup_gpu(), &opts).unwrap();
+    assert!(gpu.variant.subgroups && gpu.variant.threads_per_row > 1);
+    // d=128: 32-key tiles do not fit 32 KiB, so the tile halves.
+    let big = plan(&Problem::new(1, 8, 1024, 1024, 128), &lavapipe(), &opts).unwrap();
+    assert_eq!(big.variant.block_k, CPU_BLOCK_K / 2);
+    assert!(big.variant.workgroup_storage() <= 32768);
+}
+
+#[test]
+fn threads_per_row_override() {
+    let p = Problem::new(1, 8, 256, 256, 64);
+    let with = |tpr| AttentionOptions {
+        tuning: Tuning {
+            flash_threads_per_row: Some(tpr),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // The subgroup split can be asked for on a CPU adapter, and declined on a GPU.
+    let sg = plan(&p, &lavapipe(), &with(SUBGROUP_THREADS_PER_ROW)).unwrap();
+    assert_eq!(sg.variant.threads_per_row, SUBGROUP_THREADS_PER_ROW);
+    assert!(sg.variant.subgroups);
+    let one = plan(&p, &subgroup_gpu(), &with(1)).unwrap();
+    assert_eq!(one.variant.threads_per_row, 1);
+    assert!(!one.variant.subgroups);
+    // Without subgroups, or with a count the shader does not have: Unsupported, saying why.
+    match plan(
+        &p,
+        &DeviceCaps::webgpu_default(),
+        &with(SUBGROUP_THREADS_PER_ROW),
+    ) {
+        Err(Error::Unsupported(m)) => assert!(m.to_string().contains("no subgroups"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match plan(&p, &lavapipe(), &with(3)) {
+        Err(Error::Unsupported(m)) => assert!(m.to_string().contains("1 or 4"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn subgroup_variant_only_with_subgroups() {
     let p = Problem::new(1, 8, 128, 128, 64);
-    let with = plan(&p, &lavapipe_like(), &AttentionOptions::default()).unwrap();
+    let with = plan(&p, &subgroup_gpu(), &AttentionOptions::default()).unwrap();
     assert!(with.variant.subgroups && with.variant.threads_per_row > 1);
     assert!(with.reason.contains("subgroup"));
     let off = AttentionOptions {
         subgroups: Subgroups::Off,
         ..Default::default()
     };
-    let without = plan(&p, &lavapipe_like(), &off).unwrap();
+    let without = plan(&p, &subgroup_gpu(), &off).unwrap();
     assert!(!without.variant.subgroups && without.variant.threads_per_row == 1);
     let plain = plan(
         &p,
@@ -149,7 +213,7 @@ fn subgroup_variant_only_with_subgroups() {
     assert!(!plain.variant.subgroups);
     let tiny_sg = DeviceCaps {
         subgroup_min_size: 2,
-        ..lavapipe_like()
+        ..subgroup_gpu()
     };
     assert!(
         !plan(&p, &tiny_sg, &AttentionOptions::default())

@@ -45,6 +45,10 @@ fn tune_remember_save_load() {
         Some(after.variant.rows_per_thread),
         report.best.flash_rows_per_thread
     );
+    assert_eq!(
+        Some(after.variant.threads_per_row),
+        report.best.flash_threads_per_row
+    );
 
     // Results with the tuned tiles are still right.
     let mut c = Case::new(1, 2, 96, 96, 32);
@@ -61,6 +65,17 @@ fn tune_remember_save_load() {
     let loaded = fresh.plan(q.view(), k.view(), v.view(), &opts).unwrap();
     assert!(loaded.reason.contains("tuned"));
     assert_eq!(loaded.variant, after.variant);
+
+    // A table written before the threads-per-row column still loads (the dispatcher then
+    // picks the threads per row).
+    let legacy = format!(
+        "{} {} 7 7 f32 8 1\n",
+        after.variant.head_dim_qk, after.variant.head_dim_v
+    );
+    std::fs::write(&path, legacy).unwrap();
+    assert_eq!(fresh.load_tuning(&path).unwrap(), 1);
+    let old = fresh.plan(q.view(), k.view(), v.view(), &opts).unwrap();
+    assert_eq!((old.variant.block_k, old.variant.rows_per_thread), (8, 1));
 
     // A malformed file is a typed error naming the line.
     std::fs::write(&path, "64 64 7 7 f32 16\n").unwrap();

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use half::f16;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, TensorView, Window,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, TensorView,
+    Tuning, Window,
 };
 
 /// Tolerances: |gpu - ref| <= ATOL + RTOL * |ref|.
@@ -208,6 +209,8 @@ pub struct Case {
     pub layout: Layout,
     pub backend: Backend,
     pub subgroups: Subgroups,
+    /// Tile overrides (default: the dispatcher's choice for this adapter).
+    pub tuning: Tuning,
     pub scale: Option<f32>,
     pub mask: MaskSpec,
     pub seed: u64,
@@ -232,6 +235,7 @@ impl Case {
             layout: Layout::Bhsd,
             backend: Backend::Auto,
             subgroups: Subgroups::Auto,
+            tuning: Tuning::default(),
             scale: None,
             mask: MaskSpec::default(),
             seed: 7,
@@ -258,7 +262,7 @@ impl Case {
 
     pub fn label(&self) -> String {
         format!(
-            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} mask={}",
+            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={}",
             self.backend,
             self.b,
             self.hq,
@@ -271,6 +275,7 @@ impl Case {
             self.out_dtype,
             self.layout,
             self.subgroups,
+            self.tuning,
             self.mask.name()
         )
     }
@@ -329,6 +334,7 @@ pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
     }
     let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
     opts.subgroups = c.subgroups;
+    opts.tuning = c.tuning;
     opts.scale = c.scale;
     let lse_out = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
     if c.lse {
