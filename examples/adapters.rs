@@ -13,10 +13,12 @@ fn main() {
         let i = a.get_info();
         let l = a.limits();
         println!(
-            "{} ({:?}, {:?}): workgroup storage {} B, storage buffers/stage {}, max binding {} B, subgroups {}..{}, features {:?}",
+            "{} ({:?}, {:?}, driver {:?} {:?}): workgroup storage {} B, storage buffers/stage {}, max binding {} B, subgroups {}..{}, features {:?}",
             i.name,
             i.backend,
             i.device_type,
+            i.driver,
+            i.driver_info,
             l.max_compute_workgroup_storage_size,
             l.max_storage_buffers_per_shader_stage,
             l.max_storage_buffer_binding_size,

@@ -49,9 +49,9 @@ pub const DECODE_KEYS_PER_SPLIT: usize = 256;
 pub const DECODE_MAX_SPLITS: u32 = 64;
 /// Threads per query row of the subgroup flash variant.
 pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
-/// Rows per flash thread on CPU adapters (lavapipe, llvmpipe, WARP, SwiftShader), with one
-/// thread per row and no subgroup split: their "registers" are memory, so the most rows per
-/// K/V read wins (measured 1.9-2.5× faster than the GPU defaults on lavapipe; BENCHMARKS.md).
+/// Rows per flash thread (group) on CPU adapters (lavapipe, WARP, SwiftShader): their
+/// "registers" are memory, so the most rows per K/V read wins (measured on lavapipe:
+/// BENCHMARKS.md).
 pub const CPU_ROWS_PER_THREAD: u32 = 4;
 /// The key tile CPU adapters start from (halved until it fits workgroup memory).
 pub const CPU_BLOCK_K: u32 = 32;
@@ -86,6 +86,10 @@ pub struct DeviceCaps {
     /// SwiftShader; not on GL, see [`DeviceCaps::with_adapter_info`]). The flash defaults
     /// then favour many rows per thread.
     pub cpu: bool,
+    /// A CPU adapter whose shader compiler loads every storage and workgroup-memory value
+    /// one SIMD lane at a time (lavapipe from Mesa 22 or older). Each K/V read is then so
+    /// costly that one thread per row, with no subgroup split, wins.
+    pub cpu_serial_loads: bool,
 }
 
 impl DeviceCaps {
@@ -119,6 +123,7 @@ impl DeviceCaps {
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             ),
             cpu: false,
+            cpu_serial_loads: false,
         }
     }
 
@@ -126,9 +131,32 @@ impl DeviceCaps {
     /// adapters on every backend but GL, whose GLSL compiler unrolls the wide CPU variant
     /// into a shader that takes minutes to compile on llvmpipe (measured: the GL tests went
     /// from under a minute to 4).
+    ///
+    /// [`DeviceCaps::cpu_serial_loads`] is set for those CPU adapters whose driver reports
+    /// Mesa 22 or older (measured on 22.3.6, against 25.0.7; BENCHMARKS.md).
     pub fn with_adapter_info(mut self, info: &wgpu::AdapterInfo) -> Self {
         self.cpu = info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl;
+        self.cpu_serial_loads =
+            self.cpu && mesa_major(&info.driver_info).is_some_and(|v| v <= MESA_SERIAL_LOADS_UP_TO);
         self
+    }
+}
+
+/// The newest Mesa major version whose lavapipe loads memory one lane at a time in a loop
+/// (`emit_load_mem` in gallivm; Mesa 23 and later broadcast uniform loads).
+pub const MESA_SERIAL_LOADS_UP_TO: u32 = 22;
+
+/// The major version in a Mesa driver string such as `"Mesa 22.3.6 (LLVM 15.0.6)"`.
+pub fn mesa_major(driver_info: &str) -> Option<u32> {
+    let rest = &driver_info[driver_info.find("Mesa ")? + 5..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+impl DeviceCaps {
+    /// Whether flash defaults to one thread per query row with `threads_per_row` unset.
+    fn flash_prefers_one_thread_per_row(&self) -> bool {
+        self.cpu_serial_loads
     }
 }
 
@@ -293,7 +321,9 @@ pub fn flash_variant(
                 "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
             ));
         }
-        None if sg_ok && dk >= 64 && !caps.cpu => SUBGROUP_THREADS_PER_ROW,
+        None if sg_ok && dk >= 64 && !caps.flash_prefers_one_thread_per_row() => {
+            SUBGROUP_THREADS_PER_ROW
+        }
         None => 1,
     };
     let use_sg = threads_per_row > 1;
@@ -557,12 +587,18 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     v.block_k,
                     v.workgroup_storage(),
                     caps.max_workgroup_storage,
-                    if v.subgroups {
-                        ", subgroup reductions on"
-                    } else if caps.cpu {
-                        ", CPU adapter: one thread per row and 4 rows per thread"
-                    } else {
-                        ""
+                    match (caps.cpu, v.subgroups) {
+                        (false, false) => String::new(),
+                        (false, true) => ", subgroup reductions on".to_string(),
+                        (true, sg) => format!(
+                            ", CPU adapter: {} rows per thread, {}",
+                            v.rows_per_thread,
+                            if sg {
+                                "subgroup reductions on"
+                            } else {
+                                "one thread per row (this driver loads memory one lane at a time)"
+                            }
+                        ),
                     }
                 ),
             },

@@ -161,8 +161,11 @@ fn flash_variants() {
         ctx.caps().cpu,
         info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl
     );
+    if info.driver_info.contains("Mesa 22.") {
+        assert!(ctx.caps().cpu_serial_loads);
+    }
     let (b, h, sq, sk) = (2, 2, 70, 45);
-    for (tpr, rpt, bk) in [(1, 1, 16), (1, 2, 8), (4, 1, 16), (4, 2, 32)] {
+    for (tpr, rpt, bk) in [(1, 1, 16), (1, 2, 8), (4, 1, 16), (4, 2, 16), (4, 4, 32)] {
         for (mi, mask) in masks(b, h, sq, sk, 3).into_iter().enumerate() {
             let mut c = Case::new(b, h, sq, sk, 64)
                 .backend(Backend::Flash)

@@ -132,12 +132,49 @@ fn a_mask_never_changes_the_backend() {
     }
 }
 
-/// lavapipe as the context sees it: the same limits, on a CPU adapter.
+/// lavapipe on Mesa 22 as the context sees it: the same limits, on a CPU adapter that
+/// loads memory one lane at a time.
 fn lavapipe() -> DeviceCaps {
     DeviceCaps {
         cpu: true,
+        cpu_serial_loads: true,
         ..subgroup_gpu()
     }
+}
+
+/// lavapipe on Mesa 23 or later.
+fn lavapipe_new() -> DeviceCaps {
+    DeviceCaps {
+        cpu_serial_loads: false,
+        ..lavapipe()
+    }
+}
+
+#[test]
+fn mesa_versions_are_read_from_driver_info() {
+    use wgpu_attention::dispatch::mesa_major;
+    assert_eq!(mesa_major("Mesa 22.3.6 (LLVM 15.0.6)"), Some(22));
+    assert_eq!(mesa_major("Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"), Some(25));
+    assert_eq!(mesa_major("4.5 (Core Profile)"), None);
+    assert_eq!(mesa_major("Mesa "), None);
+    assert_eq!(mesa_major(""), None);
+}
+
+#[test]
+fn newer_lavapipe_keeps_the_subgroup_split() {
+    let p = Problem::new(1, 8, 1024, 1024, 64);
+    let pl = plan(&p, &lavapipe_new(), &AttentionOptions::default()).unwrap();
+    let v = pl.variant;
+    assert_eq!(
+        (v.threads_per_row, v.rows_per_thread, v.block_k, v.subgroups),
+        (
+            SUBGROUP_THREADS_PER_ROW,
+            CPU_ROWS_PER_THREAD,
+            CPU_BLOCK_K,
+            true
+        )
+    );
+    assert!(pl.reason.contains("CPU adapter"), "{}", pl.reason);
 }
 
 #[test]
