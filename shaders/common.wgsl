@@ -212,17 +212,29 @@ fn bool_mask_at(b: u32, h: u32, i: u32, j: u32) -> bool {
     return ((m_buf[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu) != 0u;
 }
 
+// The additive bias of logit (i, j) (0 without one).
+fn bias_at(b: u32, h: u32, i: u32, j: u32) -> f32 {
+    if (!has(F_BIAS)) { return 0.0; }
+    return load_bias(P.b_off + b * P.b_sb + h * P.b_sh + i * P.b_sq + j * P.b_sk);
+}
+
+// The ALiBi term of logit (i, j) (0 without ALiBi).
+fn alibi_at(h: u32, i: u32, j: u32, rc: RowCtx) -> f32 {
+    if (!has(F_ALIBI)) { return 0.0; }
+    let slope = bitcast<f32>(aux_buf[P.alibi_off + h]);
+    return -slope * abs(f32(i32(j) - (i32(i) + rc.off)));
+}
+
 // Bias and ALiBi terms of a visible logit.
 fn logit_extra(b: u32, h: u32, i: u32, j: u32, rc: RowCtx) -> f32 {
-    var x = 0.0;
-    if (has(F_BIAS)) {
-        x += load_bias(P.b_off + b * P.b_sb + h * P.b_sh + i * P.b_sq + j * P.b_sk);
-    }
-    if (has(F_ALIBI)) {
-        let slope = bitcast<f32>(aux_buf[P.alibi_off + h]);
-        x -= slope * abs(f32(i32(j) - (i32(i) + rc.off)));
-    }
-    return x;
+    return bias_at(b, h, i, j) + alibi_at(h, i, j, rc);
+}
+
+// The terms of logit (i, j) that are read from memory, for a key inside the row's analytic
+// range: the bias, or -inf where the bool mask (tile state 2: mixed) hides the key.
+fn loaded_extra(b: u32, h: u32, i: u32, j: u32, state: u32) -> f32 {
+    if (state == 2u && !bool_mask_at(b, h, i, j)) { return bitcast<f32>(0xff800000u); }
+    return bias_at(b, h, i, j);
 }
 
 // (Used by the flash shaders, whose BR divides SUM_BQ.)

@@ -98,9 +98,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         workgroupBarrier();
 
-        // Scores: each K vector loaded from workgroup memory serves RPT rows.
+        // Scores: each K vector loaded from workgroup memory serves RPT rows. The terms read
+        // from memory (bias, bool mask) are loaded by one of a row's TPR threads per key and
+        // ride along in the row reduction, so each is read once.
+        let loads_extra = has(F_BIAS) || state == 2u;
         for (var jj = 0u; jj < BC; jj++) {
             let kb = jj * DK4 + sub * PK4;
+            let j = j0 + jj;
             var s4: array<vec4<f32>, RPT>;
             for (var k = 0u; k < RPT; k++) { s4[k] = vec4<f32>(0.0); }
             for (var t = 0u; t < PK4; t++) {
@@ -108,7 +112,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 for (var k = 0u; k < RPT; k++) { s4[k] += q[k][t] * kv; }
             }
             for (var k = 0u; k < RPT; k++) {
-                sc[k][jj] = row_reduce(s4[k].x + s4[k].y + s4[k].z + s4[k].w);
+                var part = s4[k].x + s4[k].y + s4[k].z + s4[k].w;
+                if (loads_extra && jj % TPR == sub && j >= ranges[k].x && j < ranges[k].y) {
+                    part += loaded_extra(b, h, rows[k], j, state);
+                }
+                sc[k][jj] = row_reduce(part);
             }
         }
         var vis_bits: array<u32, RPT>;
@@ -120,9 +128,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let j = j0 + jj;
                 var s = sc[k][jj];
                 var vis = j >= ranges[k].x && j < ranges[k].y;
-                if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
                 if (vis) {
-                    s += logit_extra(b, h, i, j, rc);
+                    s += alibi_at(h, i, j, rc);
                     vis = finite_logit(s);
                 }
                 if (vis) {
