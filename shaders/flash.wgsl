@@ -99,12 +99,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         workgroupBarrier();
 
         // Scores: each K vector loaded from workgroup memory serves RPT rows. The terms read
-        // from memory (bias, bool mask) are loaded by one of a row's TPR threads per key and
-        // ride along in the row reduction, so each is read once.
+        // from memory (bias, bool mask) are loaded once per key: at the start of every group
+        // of TPR keys, thread `sub` of a row loads key `sub` of the group (all threads load,
+        // none idles), and adds it to its partial sum when that key comes, so it rides along
+        // in the row reduction.
         let loads_extra = has(F_BIAS) || state == 2u;
+        var pend: array<f32, RPT>;
         for (var jj = 0u; jj < BC; jj++) {
             let kb = jj * DK4 + sub * PK4;
-            let j = j0 + jj;
+            if (loads_extra && jj % TPR == 0u) {
+                let jl = j0 + jj + sub;
+                for (var k = 0u; k < RPT; k++) {
+                    pend[k] = 0.0;
+                    if (jl >= ranges[k].x && jl < ranges[k].y) {
+                        pend[k] = loaded_extra(b, h, rows[k], jl, state);
+                    }
+                }
+            }
             var s4: array<vec4<f32>, RPT>;
             for (var k = 0u; k < RPT; k++) { s4[k] = vec4<f32>(0.0); }
             for (var t = 0u; t < PK4; t++) {
@@ -113,9 +124,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             for (var k = 0u; k < RPT; k++) {
                 var part = s4[k].x + s4[k].y + s4[k].z + s4[k].w;
-                if (loads_extra && jj % TPR == sub && j >= ranges[k].x && j < ranges[k].y) {
-                    part += loaded_extra(b, h, rows[k], j, state);
-                }
+                if (loads_extra && jj % TPR == sub) { part += pend[k]; }
                 sc[k][jj] = row_reduce(part);
             }
         }
