@@ -47,6 +47,8 @@ const DT_BIAS: u32 = 24u;
 
 // The most negative finite f32: logits below it (-inf) count as masked.
 const LOWEST: f32 = -3.40282347e38;
+// The bits of -inf (WGSL has no infinite literals).
+const NEG_INF_BITS: u32 = 0xff800000u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
@@ -139,7 +141,7 @@ fn o_index(b: u32, h: u32, i: u32, d: u32, split: u32) -> u32 {
 // Writes the row's log-sum-exp of its logits (-inf for a row with no visible key).
 fn store_lse(b: u32, h: u32, i: u32, split: u32, m: f32, l: f32) {
     if (!has(F_LSE)) { return; }
-    var bits = 0xff800000u;
+    var bits = NEG_INF_BITS;
     if (l > 0.0) { bits = bitcast<u32>(m + log(l)); }
     var row = b * P.l_sb;
     if (has(F_VARLEN)) { row = aux_buf[P.cuq_off + b] * P.l_ss; }
@@ -233,7 +235,7 @@ fn logit_extra(b: u32, h: u32, i: u32, j: u32, rc: RowCtx) -> f32 {
 // The terms of logit (i, j) that are read from memory, for a key inside the row's analytic
 // range: the bias, or -inf where the bool mask (tile state 2: mixed) hides the key.
 fn loaded_extra(b: u32, h: u32, i: u32, j: u32, state: u32) -> f32 {
-    if (state == 2u && !bool_mask_at(b, h, i, j)) { return bitcast<f32>(0xff800000u); }
+    if (state == 2u && !bool_mask_at(b, h, i, j)) { return bitcast<f32>(NEG_INF_BITS); }
     return bias_at(b, h, i, j);
 }
 

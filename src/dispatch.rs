@@ -153,13 +153,6 @@ pub fn mesa_major(driver_info: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-impl DeviceCaps {
-    /// Whether flash defaults to one thread per query row with `threads_per_row` unset.
-    fn flash_prefers_one_thread_per_row(&self) -> bool {
-        self.cpu_serial_loads
-    }
-}
-
 /// Shader family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -321,9 +314,7 @@ pub fn flash_variant(
                 "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
             ));
         }
-        None if sg_ok && dk >= 64 && !caps.flash_prefers_one_thread_per_row() => {
-            SUBGROUP_THREADS_PER_ROW
-        }
+        None if sg_ok && dk >= 64 && !caps.cpu_serial_loads => SUBGROUP_THREADS_PER_ROW,
         None => 1,
     };
     let use_sg = threads_per_row > 1;
@@ -575,33 +566,34 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             }
         }
         Backend::Auto => match flash_variant(problem, caps, opts) {
-            Ok(v) => Plan {
-                backend: Backend::Flash,
-                variant: v,
-                key_splits: 1,
-                reason: format!(
-                    "flash fits: head dims {}/{} within its buckets, {}x{} tiles use {} of {} bytes of workgroup memory{}.{mask_note}",
-                    problem.head_dim_qk,
-                    problem.head_dim_v,
-                    v.block_q,
-                    v.block_k,
-                    v.workgroup_storage(),
-                    caps.max_workgroup_storage,
-                    match (caps.cpu, v.subgroups) {
-                        (false, false) => String::new(),
-                        (false, true) => ", subgroup reductions on".to_string(),
-                        (true, sg) => format!(
-                            ", CPU adapter: {} rows per thread, {}",
-                            v.rows_per_thread,
-                            if sg {
-                                "subgroup reductions on"
-                            } else {
-                                "one thread per row (this driver loads memory one lane at a time)"
-                            }
-                        ),
-                    }
-                ),
-            },
+            Ok(v) => {
+                let cpu_note = if caps.cpu {
+                    format!(", CPU adapter: {} rows per thread", v.rows_per_thread)
+                } else {
+                    String::new()
+                };
+                let thread_note = if v.subgroups {
+                    ", subgroup reductions on"
+                } else if caps.cpu_serial_loads {
+                    ", one thread per row (this driver loads memory one lane at a time)"
+                } else {
+                    ""
+                };
+                Plan {
+                    backend: Backend::Flash,
+                    variant: v,
+                    key_splits: 1,
+                    reason: format!(
+                        "flash fits: head dims {}/{} within its buckets, {}x{} tiles use {} of {} bytes of workgroup memory{cpu_note}{thread_note}.{mask_note}",
+                        problem.head_dim_qk,
+                        problem.head_dim_v,
+                        v.block_q,
+                        v.block_k,
+                        v.workgroup_storage(),
+                        caps.max_workgroup_storage,
+                    ),
+                }
+            }
             Err(why_not_flash) if opts.tuning != Default::default() => {
                 return Err(Error::backend(format!(
                     "the flash tile overrides cannot run: {why_not_flash}"

@@ -218,12 +218,16 @@ impl Context {
                         flash_rows_per_thread: Some(num(6)?),
                         // Tables written before this column existed leave the choice to
                         // the dispatcher.
-                        flash_threads_per_row: if f.len() == 8 { num(7) } else { None },
+                        flash_threads_per_row: match f.len() {
+                            7 => None,
+                            8 => Some(num(7)?),
+                            _ => return None,
+                        },
                     },
                 ))
             })();
             match parsed {
-                Some((b, t)) if f.len() == 7 || (f.len() == 8 && num(7).is_some()) => {
+                Some((b, t)) => {
                     self.tuning_table().set(b, t);
                     n += 1;
                 }
