@@ -386,10 +386,13 @@ impl Context {
             }
             plan.variant.count_tiles = true;
         }
-        let with_summary = matches!(plan.variant.family, Family::Flash | Family::FlashCoop);
+        let with_summary = matches!(
+            plan.variant.family,
+            Family::Flash | Family::FlashUnrolled | Family::FlashCoop
+        );
         let bound = launch::bind(self, &p, [q, k, v, out], opts, with_summary)?;
         match plan.variant.family {
-            Family::Flash | Family::FlashCoop => {
+            Family::Flash | Family::FlashUnrolled | Family::FlashCoop => {
                 flash::record(self, encoder, &p, plan.variant, &bound, opts, counter)?
             }
             Family::MemoryEfficient => memeff::record(

@@ -55,6 +55,13 @@ pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
 pub const CPU_ROWS_PER_THREAD: u32 = 4;
 /// The key tile CPU adapters start from (halved until it fits workgroup memory).
 pub const CPU_BLOCK_K: u32 = 32;
+/// Rows per thread of the unrolled flash kernel (`src/flash_unrolled.rs`), which CPU
+/// adapters run by default: one thread per row, each thread's rows and head-dim vectors
+/// written out as named variables. Asking for this many rows per thread selects it.
+pub const UNROLLED_ROWS_PER_THREAD: u32 = 8;
+/// The largest head-dim bucket the unrolled kernel is generated for (its code, and the
+/// driver's compile time, grow with rows x head dim).
+pub const UNROLLED_MAX_HEAD_DIM: u32 = 128;
 
 /// What the dispatcher needs to know about a device: limits and optional features.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +165,9 @@ pub fn mesa_major(driver_info: &str) -> Option<u32> {
 pub enum Family {
     /// `shaders/flash.wgsl`.
     Flash,
+    /// Flash generated with its per-row loops unrolled (`src/flash_unrolled.rs`): the CPU
+    /// adapters' default, selected by [`UNROLLED_ROWS_PER_THREAD`] rows per thread.
+    FlashUnrolled,
     /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
     FlashCoop,
     /// `shaders/memeff.wgsl`.
@@ -195,7 +205,9 @@ impl ShaderVariant {
     /// Threads per workgroup.
     pub fn workgroup_size(&self) -> u32 {
         match self.family {
-            Family::Flash => self.block_q / self.rows_per_thread * self.threads_per_row,
+            Family::Flash | Family::FlashUnrolled => {
+                self.block_q / self.rows_per_thread * self.threads_per_row
+            }
             Family::FlashCoop => self.block_q / 16 * 32,
             Family::MemoryEfficient => MEMEFF_THREADS,
             Family::Naive => 64,
@@ -205,7 +217,9 @@ impl ShaderVariant {
     /// Workgroup memory the variant uses, in bytes.
     pub fn workgroup_storage(&self) -> u32 {
         match self.family {
-            Family::Flash => self.block_k * (self.head_dim_qk + self.head_dim_v) * 4 + 16,
+            Family::Flash | Family::FlashUnrolled => {
+                self.block_k * (self.head_dim_qk + self.head_dim_v) * 4 + 16
+            }
             Family::FlashCoop => {
                 let (br, bc) = (self.block_q, self.block_k);
                 br * self.head_dim_qk * 2
@@ -293,6 +307,7 @@ pub fn flash_variant(
             caps.max_workgroup_storage
         ));
     }
+    let unrolled_dims = dk <= UNROLLED_MAX_HEAD_DIM && dv <= UNROLLED_MAX_HEAD_DIM;
     let sg_ok = opts.subgroups == Subgroups::Auto
         && caps.subgroup
         && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
@@ -314,13 +329,20 @@ pub fn flash_variant(
                 "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
             ));
         }
+        // CPU adapters run the unrolled kernel, one thread per row, where it is generated.
+        None if caps.cpu && unrolled_dims => 1,
         None if sg_ok && dk >= 64 && !caps.cpu_serial_loads => SUBGROUP_THREADS_PER_ROW,
         None => 1,
     };
     let use_sg = threads_per_row > 1;
-    let rows_per_thread = match opts.tuning.flash_rows_per_thread {
-        Some(r @ (1 | 2 | 4)) => r,
-        Some(r) => return Err(format!("flash rows per thread must be 1, 2 or 4, not {r}")),
+    let mut rows_per_thread = match opts.tuning.flash_rows_per_thread {
+        Some(r @ (1 | 2 | 4 | UNROLLED_ROWS_PER_THREAD)) => r,
+        Some(r) => {
+            return Err(format!(
+                "flash rows per thread must be 1, 2, 4 or {UNROLLED_ROWS_PER_THREAD} (the unrolled kernel), not {r}"
+            ));
+        }
+        None if caps.cpu && unrolled_dims && threads_per_row == 1 => UNROLLED_ROWS_PER_THREAD,
         None if caps.cpu => CPU_ROWS_PER_THREAD,
         None => default_rows_per_thread(dk + dv, threads_per_row),
     };
@@ -337,6 +359,31 @@ pub fn flash_variant(
         }
         block_k = bk;
     }
+    // The unrolled kernel stages Q and O through the K/V tiles, one thread's row each.
+    let unrolled_rows = FLASH_BLOCK_Q / UNROLLED_ROWS_PER_THREAD;
+    if rows_per_thread == UNROLLED_ROWS_PER_THREAD {
+        let why_not = if threads_per_row != 1 {
+            Some("one thread per row".to_string())
+        } else if !unrolled_dims {
+            Some(format!(
+                "head dims up to {UNROLLED_MAX_HEAD_DIM} (the buckets here are {dk}/{dv})"
+            ))
+        } else if block_k < unrolled_rows {
+            Some(format!(
+                "key tiles of at least {unrolled_rows} (this one is {block_k})"
+            ))
+        } else {
+            None
+        };
+        if let Some(need) = why_not {
+            if opts.tuning.flash_rows_per_thread.is_some() {
+                return Err(format!(
+                    "the unrolled flash kernel ({UNROLLED_ROWS_PER_THREAD} rows per thread) needs {need}"
+                ));
+            }
+            rows_per_thread = CPU_ROWS_PER_THREAD;
+        }
+    }
     if FLASH_BLOCK_Q / rows_per_thread * threads_per_row > caps.max_invocations {
         return Err(format!(
             "flash needs {} invocations per workgroup; the adapter offers {}",
@@ -345,7 +392,11 @@ pub fn flash_variant(
         ));
     }
     Ok(ShaderVariant {
-        family: Family::Flash,
+        family: if rows_per_thread == UNROLLED_ROWS_PER_THREAD {
+            Family::FlashUnrolled
+        } else {
+            Family::Flash
+        },
         head_dim_qk: dk,
         head_dim_v: dv,
         block_q: FLASH_BLOCK_Q,
@@ -567,10 +618,13 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
         }
         Backend::Auto => match flash_variant(problem, caps, opts) {
             Ok(v) => {
-                let cpu_note = if caps.cpu {
-                    format!(", CPU adapter: {} rows per thread", v.rows_per_thread)
-                } else {
-                    String::new()
+                let cpu_note = match (caps.cpu, v.family) {
+                    (true, Family::FlashUnrolled) => format!(
+                        ", CPU adapter: the unrolled kernel, {} rows per thread in named registers",
+                        v.rows_per_thread
+                    ),
+                    (true, _) => format!(", CPU adapter: {} rows per thread", v.rows_per_thread),
+                    _ => String::new(),
                 };
                 let thread_note = if v.subgroups {
                     ", subgroup reductions on"

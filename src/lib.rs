@@ -6,6 +6,7 @@ mod context;
 pub mod dispatch;
 pub mod error;
 mod flash;
+mod flash_unrolled;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 pub mod kvcache;

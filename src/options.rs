@@ -55,7 +55,9 @@ pub enum Subgroups {
 /// [`crate::Error::Unsupported`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tuning {
-    /// Query rows per flash thread (1, 2 or 4).
+    /// Query rows per flash thread: 1, 2 or 4, or 8 for the unrolled kernel that CPU
+    /// adapters run by default (one thread per row, head dims up to 128, key tiles of 8 or
+    /// more; see [`crate::dispatch::Family::FlashUnrolled`]).
     pub flash_rows_per_thread: Option<u32>,
     /// Keys per flash tile (4, 8, 16 or 32).
     pub flash_block_k: Option<u32>,

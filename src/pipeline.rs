@@ -83,6 +83,20 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     },
                     sources::FLASH,
                 ],
+                Family::FlashUnrolled => {
+                    let count = if v.count_tiles {
+                        sources::COUNT_ON
+                    } else {
+                        sources::COUNT_OFF
+                    };
+                    return format!(
+                        "{}\n{}\n{}\n{count}\n{}",
+                        const_lines(v),
+                        sources::DTYPE,
+                        sources::COMMON,
+                        crate::flash_unrolled::main_source(v)
+                    );
+                }
                 Family::FlashCoop => [
                     "",
                     if v.count_tiles {
@@ -164,7 +178,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [(u32, Sl
             ],
             (Family::Naive, "softmax") => &[(0, Uniform), (7, Read), (8, Write), (9, Write)],
             (Family::Naive, _) => &[(0, Uniform), (3, Read), (4, Write), (7, Read), (8, Write)],
-            (Family::Flash | Family::FlashCoop, _) if v.count_tiles => &[
+            (Family::Flash | Family::FlashUnrolled | Family::FlashCoop, _) if v.count_tiles => &[
                 (0, Uniform),
                 (1, Read),
                 (2, Read),

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::context::Context;
-use crate::dispatch::{FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, bucket, flash_variant};
+use crate::dispatch::{
+    FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, bucket, flash_variant,
+};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::tensor::{DType, TensorView};
@@ -120,7 +122,7 @@ impl Context {
         let configs = [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
             [8, 16, 32]
                 .into_iter()
-                .flat_map(move |bk| [1, 2, 4].map(|rpt| (tpr, bk, rpt)))
+                .flat_map(move |bk| [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| (tpr, bk, rpt)))
         });
         for (tpr, bk, rpt) in configs {
             let tuning = Tuning {

@@ -24,15 +24,19 @@ fn cooperative_matrix_flash_or_clean_fallback() {
     let f32_plan = ctx
         .plan_problem(&Problem::new(1, 8, 512, 512, 64), &Default::default())
         .unwrap();
-    assert_eq!(
-        f32_plan.variant.family,
-        Family::Flash,
-        "f32 inputs never use f16 tensor cores"
+    // f32 inputs never use f16 tensor cores (CPU adapters run the unrolled SIMT kernel).
+    assert!(
+        matches!(
+            f32_plan.variant.family,
+            Family::Flash | Family::FlashUnrolled
+        ),
+        "{}",
+        f32_plan.reason
     );
     let expected = if ctx.caps().coop_matrix {
         Family::FlashCoop
     } else {
-        Family::Flash
+        f32_plan.variant.family
     };
     assert_eq!(plan.variant.family, expected, "{}", plan.reason);
     eprintln!(

@@ -2,7 +2,7 @@
 
 use wgpu_attention::dispatch::{
     CPU_BLOCK_K, CPU_ROWS_PER_THREAD, DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS,
-    SUBGROUP_THREADS_PER_ROW, plan,
+    SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, plan,
 };
 use wgpu_attention::validate::MaskKinds;
 use wgpu_attention::{AttentionOptions, Backend, DType, Error, Problem, Subgroups, Tuning, Window};
@@ -161,40 +161,109 @@ fn mesa_versions_are_read_from_driver_info() {
 }
 
 #[test]
-fn newer_lavapipe_keeps_the_subgroup_split() {
-    let p = Problem::new(1, 8, 1024, 1024, 64);
-    let pl = plan(&p, &lavapipe_new(), &AttentionOptions::default()).unwrap();
-    let v = pl.variant;
-    assert_eq!(
-        (v.threads_per_row, v.rows_per_thread, v.block_k, v.subgroups),
-        (
-            SUBGROUP_THREADS_PER_ROW,
-            CPU_ROWS_PER_THREAD,
-            CPU_BLOCK_K,
-            true
-        )
-    );
-    assert!(pl.reason.contains("CPU adapter"), "{}", pl.reason);
-}
-
-#[test]
-fn cpu_adapters_get_wide_rows() {
+fn cpu_adapters_run_the_unrolled_kernel() {
     let opts = AttentionOptions::default();
     let p = Problem::new(1, 8, 1024, 1024, 64);
-    let cpu = plan(&p, &lavapipe(), &opts).unwrap();
-    let v = cpu.variant;
-    assert_eq!(
-        (v.threads_per_row, v.rows_per_thread, v.block_k, v.subgroups),
-        (1, CPU_ROWS_PER_THREAD, CPU_BLOCK_K, false)
-    );
-    assert!(cpu.reason.contains("CPU adapter"), "{}", cpu.reason);
+    // Old and new lavapipe alike: one thread per row, 8 rows in named registers.
+    for caps in [lavapipe(), lavapipe_new()] {
+        let pl = plan(&p, &caps, &opts).unwrap();
+        let v = pl.variant;
+        assert_eq!(v.family, Family::FlashUnrolled);
+        assert_eq!(
+            (v.threads_per_row, v.rows_per_thread, v.block_k, v.subgroups),
+            (1, UNROLLED_ROWS_PER_THREAD, CPU_BLOCK_K, false)
+        );
+        assert!(pl.reason.contains("unrolled"), "{}", pl.reason);
+    }
     // A GPU with the same limits keeps the subgroup variant.
     let gpu = plan(&p, &subgroup_gpu(), &opts).unwrap();
+    assert_eq!(gpu.variant.family, Family::Flash);
     assert!(gpu.variant.subgroups && gpu.variant.threads_per_row > 1);
     // d=128: 32-key tiles do not fit 32 KiB, so the tile halves.
     let big = plan(&Problem::new(1, 8, 1024, 1024, 128), &lavapipe(), &opts).unwrap();
+    assert_eq!(big.variant.family, Family::FlashUnrolled);
     assert_eq!(big.variant.block_k, CPU_BLOCK_K / 2);
     assert!(big.variant.workgroup_storage() <= 32768);
+}
+
+#[test]
+fn cpu_adapters_above_the_unrolled_head_dims_get_wide_rows() {
+    let opts = AttentionOptions::default();
+    let p = Problem::new(1, 8, 1024, 1024, 256);
+    // Mesa 22 loads one lane at a time: one thread per row.
+    let old = plan(&p, &lavapipe(), &opts).unwrap().variant;
+    assert_eq!(old.family, Family::Flash);
+    assert_eq!(
+        (old.threads_per_row, old.rows_per_thread, old.subgroups),
+        (1, CPU_ROWS_PER_THREAD, false)
+    );
+    // Newer lavapipe keeps the subgroup split.
+    let new = plan(&p, &lavapipe_new(), &opts).unwrap();
+    assert_eq!(
+        (
+            new.variant.threads_per_row,
+            new.variant.rows_per_thread,
+            new.variant.subgroups
+        ),
+        (SUBGROUP_THREADS_PER_ROW, CPU_ROWS_PER_THREAD, true)
+    );
+    assert!(new.reason.contains("CPU adapter"), "{}", new.reason);
+}
+
+#[test]
+fn unrolled_kernel_on_request_and_its_limits() {
+    let with = |rpt, tpr, bk| AttentionOptions {
+        tuning: Tuning {
+            flash_rows_per_thread: Some(rpt),
+            flash_threads_per_row: tpr,
+            flash_block_k: bk,
+        },
+        ..Default::default()
+    };
+    let p = Problem::new(1, 8, 256, 256, 64);
+    // Asked for on a GPU, with one thread per row.
+    let v = plan(
+        &p,
+        &subgroup_gpu(),
+        &with(UNROLLED_ROWS_PER_THREAD, Some(1), None),
+    )
+    .unwrap()
+    .variant;
+    assert_eq!(v.family, Family::FlashUnrolled);
+    // It needs one thread per row, head dims it is generated for, and 8-key tiles or wider.
+    for (opts, words) in [
+        (
+            with(
+                UNROLLED_ROWS_PER_THREAD,
+                Some(SUBGROUP_THREADS_PER_ROW),
+                None,
+            ),
+            "one thread per row",
+        ),
+        (
+            with(UNROLLED_ROWS_PER_THREAD, Some(1), Some(4)),
+            "key tiles of at least 8",
+        ),
+    ] {
+        match plan(&p, &subgroup_gpu(), &opts) {
+            Err(Error::Unsupported(m)) => assert!(m.to_string().contains(words), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let wide = Problem::new(1, 8, 256, 256, 256);
+    match plan(
+        &wide,
+        &lavapipe(),
+        &with(UNROLLED_ROWS_PER_THREAD, Some(1), None),
+    ) {
+        Err(Error::Unsupported(m)) => assert!(m.to_string().contains("head dims up to 128"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Rows per thread other than 1, 2, 4 and 8 are refused.
+    match plan(&p, &lavapipe(), &with(3, None, None)) {
+        Err(Error::Unsupported(m)) => assert!(m.to_string().contains("1, 2, 4 or 8"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use wgpu_attention::dispatch::{
     FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, ShaderVariant,
-    naive_variant,
+    UNROLLED_MAX_HEAD_DIM, UNROLLED_ROWS_PER_THREAD, naive_variant,
 };
 use wgpu_attention::pipeline::all_sources_for;
 
@@ -43,6 +43,29 @@ fn variants() -> Vec<ShaderVariant> {
                 subgroups: true,
                 count_tiles: count,
             });
+        }
+    }
+    // The unrolled flash kernel, generated per variant.
+    for &dk in FLASH_HEAD_DIMS
+        .iter()
+        .filter(|&&d| d <= UNROLLED_MAX_HEAD_DIM)
+    {
+        for &dv in &[32, dk] {
+            for bk in [8, 16, 32] {
+                for count in [false, true] {
+                    v.push(ShaderVariant {
+                        family: Family::FlashUnrolled,
+                        head_dim_qk: dk,
+                        head_dim_v: dv,
+                        block_q: 64,
+                        block_k: bk,
+                        threads_per_row: 1,
+                        rows_per_thread: UNROLLED_ROWS_PER_THREAD,
+                        subgroups: false,
+                        count_tiles: count,
+                    });
+                }
+            }
         }
     }
     for &dk in &MEMEFF_HEAD_DIMS {

@@ -1,0 +1,264 @@
+//! The flash kernel for CPU adapters, generated with its per-row loops unrolled.
+//!
+//! `shaders/flash.wgsl` keeps a thread's rows in arrays (`q[k][t]`, `acc[k][t]`) and walks
+//! them in loops. A GPU compiler unrolls those loops and keeps the arrays in registers; the
+//! compiler of a CPU driver (Mesa's lavapipe) unrolls a loop only up to 32 iterations and a
+//! small instruction budget, and an array indexed in a loop it keeps rolled stays in memory,
+//! where every access is a loop over the SIMD lanes. So for CPU adapters this module writes
+//! the kernel out with one named variable per row and head-dim vector (`q_3_7`, `acc_3_7`),
+//! as CubeCL does for Burn's kernels: no per-row array is left for the driver to place.
+//!
+//! The variant is fixed by its [`ShaderVariant`] (rows per thread, head-dim buckets; one
+//! thread per row). The mask algebra, loads and stores are the shared prelude's
+//! (`shaders/common.wgsl`), so masks behave exactly as in `shaders/flash.wgsl`. Two
+//! differences in structure: the online softmax runs per key, rescaling a row's
+//! accumulators only when its running max grows; and Q is read, and O written, through
+//! workgroup memory in `rows_per_thread` passes, so the global loads and stores stay in
+//! rolled loops and the generated code stays small enough to compile in seconds.
+
+use std::fmt::Write;
+
+use crate::dispatch::ShaderVariant;
+
+/// The WGSL `main` of an unrolled flash variant (appended after the const lines, the dtype
+/// helpers, the prelude and the tile-count snippet).
+pub(crate) fn main_source(v: &ShaderVariant) -> String {
+    let rows = v.rows_per_thread.max(1);
+    let dk4 = (v.head_dim_qk / 4).max(1);
+    let dv4 = (v.head_dim_v / 4).max(1);
+    let mut s = String::with_capacity(64 * 1024);
+    s.push_str(HEADER);
+    // Rows, their key ranges and Q, read through `ks` one pass of ROW_STRIDE rows at a time.
+    for r in 0..rows {
+        line(
+            &mut s,
+            format_args!("    let i_{r} = qt * BR + lid + {r}u * ROW_STRIDE;"),
+        );
+        line(
+            &mut s,
+            format_args!("    let rg_{r} = key_range(i_{r}, rc);"),
+        );
+        line(&mut s, format_args!("    var m_{r} = LOWEST;"));
+        line(&mut s, format_args!("    var l_{r} = 0.0;"));
+        line(&mut s, format_args!("    stage_q({r}u, lid, qt, b, h);"));
+        for t in 0..dk4 {
+            line(
+                &mut s,
+                format_args!("    let q_{r}_{t} = ks[lid * DK4 + {t}u];"),
+            );
+        }
+        line(&mut s, format_args!("    workgroupBarrier();"));
+        for t in 0..dv4 {
+            line(
+                &mut s,
+                format_args!("    var acc_{r}_{t} = vec4<f32>(0.0);"),
+            );
+        }
+    }
+    s.push_str(TILE_LOOP_HEAD);
+    // Scores of key j for every row: each K vector read serves all rows.
+    for r in 0..rows {
+        line(
+            &mut s,
+            format_args!("            var a_{r} = vec4<f32>(0.0);"),
+        );
+    }
+    for t in 0..dk4 {
+        line(
+            &mut s,
+            format_args!("            let k_{t} = ks[kb + {t}u];"),
+        );
+        for r in 0..rows {
+            line(
+                &mut s,
+                format_args!("            a_{r} += q_{r}_{t} * k_{t};"),
+            );
+        }
+    }
+    // Masks and the online softmax, per row.
+    for r in 0..rows {
+        line(
+            &mut s,
+            format_args!(
+                "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
+            var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;
+            if (vis_{r}) {{
+                if (loads_extra) {{ s_{r} += loaded_extra(b, h, i_{r}, j, state); }}
+                s_{r} += alibi_at(h, i_{r}, j, rc);
+                vis_{r} = finite_logit(s_{r});
+            }}
+            var p_{r} = 0.0;
+            if (vis_{r}) {{
+                if (s_{r} > m_{r}) {{
+                    let alpha = exp(m_{r} - s_{r});
+                    l_{r} *= alpha;"
+            ),
+        );
+        for t in 0..dv4 {
+            line(
+                &mut s,
+                format_args!("                    acc_{r}_{t} *= alpha;"),
+            );
+        }
+        line(
+            &mut s,
+            format_args!(
+                "                    m_{r} = s_{r};
+                }}
+                p_{r} = exp(s_{r} - m_{r});
+                l_{r} += p_{r};
+            }}"
+            ),
+        );
+    }
+    // P·V: each V vector read serves all rows.
+    for t in 0..dv4 {
+        line(
+            &mut s,
+            format_args!("            let v_{t} = vs[vb + {t}u];"),
+        );
+        for r in 0..rows {
+            line(
+                &mut s,
+                format_args!("            acc_{r}_{t} += p_{r} * v_{t};"),
+            );
+        }
+    }
+    s.push_str("        }\n    }\n");
+    // Output, written through `vs` one pass of ROW_STRIDE rows at a time.
+    for r in 0..rows {
+        line(&mut s, format_args!("    workgroupBarrier();"));
+        line(&mut s, format_args!("    {{"));
+        line(&mut s, format_args!("        var inv = 0.0;"));
+        line(
+            &mut s,
+            format_args!("        if (l_{r} > 0.0) {{ inv = 1.0 / l_{r}; }}"),
+        );
+        for t in 0..dv4 {
+            line(
+                &mut s,
+                format_args!("        vs[lid * DV4 + {t}u] = acc_{r}_{t} * inv;"),
+            );
+        }
+        line(
+            &mut s,
+            format_args!(
+                "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, m_{r}, l_{r}); }}"
+            ),
+        );
+        line(&mut s, format_args!("    }}"));
+        line(
+            &mut s,
+            format_args!("    store_o_part({r}u, lid, qt, b, h, rc);"),
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn line(s: &mut String, args: std::fmt::Arguments<'_>) {
+    // Writing to a String cannot fail.
+    let _ = s.write_fmt(args);
+    s.push('\n');
+}
+
+const HEADER: &str = r#"// Generated by src/flash_unrolled.rs: flash for CPU adapters, per-row loops unrolled.
+const ROW_STRIDE: u32 = BR / RPT; // rows per staging pass; thread lid owns rows lid + r * ROW_STRIDE
+const DK4: u32 = DKB / 4u;
+const DV4: u32 = DVB / 4u;
+var<workgroup> ks: array<vec4<f32>, BC * DK4>;
+var<workgroup> vs: array<vec4<f32>, BC * DV4>;
+var<workgroup> sh_range: vec2<u32>;
+var<workgroup> sh_state: u32;
+
+// Rows part * ROW_STRIDE .. + ROW_STRIDE of the block into ks (scaled), for every thread to
+// copy its own row into registers. Ends with a barrier.
+fn stage_q(part: u32, lid: u32, qt: u32, b: u32, h: u32) {
+    for (var e = lid; e < ROW_STRIDE * DK4; e += WG) {
+        let i = qt * BR + e / DK4 + part * ROW_STRIDE;
+        let d0 = (e % DK4) * 4u;
+        var x = vec4<f32>(0.0);
+        if (i < P.seq_q && b < P.batch) {
+            for (var c = 0u; c < 4u; c++) {
+                if (d0 + c < P.dk) { x[c] = load_q(q_index(b, h, i, d0 + c)) * P.scale; }
+            }
+        }
+        ks[e] = x;
+    }
+    workgroupBarrier();
+}
+
+// Writes rows part * ROW_STRIDE .. + ROW_STRIDE of the block from vs to O. Ends with a barrier.
+fn store_o_part(part: u32, lid: u32, qt: u32, b: u32, h: u32, rc: RowCtx) {
+    workgroupBarrier();
+    for (var e = lid; e < ROW_STRIDE * DV4; e += WG) {
+        let i = qt * BR + e / DV4 + part * ROW_STRIDE;
+        let d0 = (e % DV4) * 4u;
+        if (row_stored(b, i, rc)) {
+            let x = vs[e];
+            for (var c = 0u; c < 4u; c++) {
+                if (d0 + c < P.dv) { store_o(o_index(b, h, i, d0 + c, 0u), x[c]); }
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile = query_tile(wid);
+    let qt = tile.qt;
+    let b = tile.b;
+    let h = tile.h;
+    let hk = tile.hk;
+    let rc = row_ctx(b);
+
+    // The key tiles this block of rows needs.
+    if (lid == 0u) { sh_range = tile_keys(tile, rc); }
+    let tiles = workgroupUniformLoad(&sh_range);
+"#;
+
+const TILE_LOOP_HEAD: &str = r#"
+    let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
+    let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
+    for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
+        if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
+        // Also the barrier that ends every read of the previous tile.
+        let state = workgroupUniformLoad(&sh_state);
+        if (state == 0u) { continue; }
+        if (lid == 0u) { count_tile(state); }
+        for (var e = lid; e < BC * DK4; e += WG) {
+            let jj = e / DK4;
+            let d0 = (e % DK4) * 4u;
+            let j = j0 + jj;
+            var x = vec4<f32>(0.0);
+            if (j < P.seq_k) {
+                let row = kbase + j * P.k_ss;
+                for (var c = 0u; c < 4u; c++) {
+                    if (d0 + c < P.dk) { x[c] = load_k(row + (d0 + c) * P.k_sd); }
+                }
+            }
+            ks[e] = x;
+        }
+        for (var e = lid; e < BC * DV4; e += WG) {
+            let jj = e / DV4;
+            let d0 = (e % DV4) * 4u;
+            let j = j0 + jj;
+            var x = vec4<f32>(0.0);
+            if (j < P.seq_k) {
+                let row = vbase + j * P.v_ss;
+                for (var c = 0u; c < 4u; c++) {
+                    if (d0 + c < P.dv) { x[c] = load_v(row + (d0 + c) * P.v_sd); }
+                }
+            }
+            vs[e] = x;
+        }
+        workgroupBarrier();
+
+        // One key at a time: bias and bool-mask values are read once per row and key.
+        let loads_extra = has(F_BIAS) || state == 2u;
+        for (var jj = 0u; jj < BC; jj++) {
+            let j = j0 + jj;
+            let kb = jj * DK4;
+            let vb = jj * DV4;
+"#;
