@@ -7,20 +7,15 @@
 // window) are never visited; with a block summary of the bool mask, fully masked tiles
 // are skipped and fully visible tiles skip the per-element mask loads.
 //
-// Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, SUM_BK, row_reduce() and count_tile().
+// Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, SUM_BK, row_reduce(), count_tile() and
+// the K/V tiles of shaders/flash_tiles.wgsl.
 
 const DPK: u32 = DKB / TPR;   // Q/K dims per thread
 const ROW_STRIDE: u32 = BR / RPT; // distance between a thread's rows
 const DPV: u32 = DVB / TPR;   // V dims per thread
 
-const DK4: u32 = DKB / 4u;
-const DV4: u32 = DVB / 4u;
 const PK4: u32 = DPK / 4u;
 const PV4: u32 = DPV / 4u;
-var<workgroup> ks: array<vec4<f32>, BC * DK4>;
-var<workgroup> vs: array<vec4<f32>, BC * DV4>;
-var<workgroup> sh_range: vec2<u32>;
-var<workgroup> sh_state: u32;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -28,13 +23,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let qt = tile.qt;
     let b = tile.b;
     let h = tile.h;
-    let hk = tile.hk;
     let sub = lid % TPR;
     let rc = row_ctx(b);
 
     // The key tiles this block of rows needs.
-    if (lid == 0u) { sh_range = tile_keys(tile, rc); }
-    let tiles = workgroupUniformLoad(&sh_range);
+    let tiles = block_tiles(lid, tile, rc);
 
     // This thread's RPT rows are interleaved: row k is qt * BR + lid / TPR + k * ROW_STRIDE.
     var rows: array<u32, RPT>;
@@ -62,41 +55,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         l[k] = 0.0;
     }
 
-    let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
-    let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
+    let bases = kv_bases(b, tile.hk);
     for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
-        if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
-        // Also the barrier that ends every read of the previous tile.
-        let state = workgroupUniformLoad(&sh_state);
+        let state = tile_begin(lid, b, h, qt, j0);
         if (state == 0u) { continue; }
-        if (lid == 0u) { count_tile(state); }
-        for (var e = lid; e < BC * DK4; e += WG) {
-            let jj = e / DK4;
-            let d0 = (e % DK4) * 4u;
-            let j = j0 + jj;
-            var x = vec4<f32>(0.0);
-            if (j < P.seq_k) {
-                let row = kbase + j * P.k_ss;
-                for (var c = 0u; c < 4u; c++) {
-                    if (d0 + c < P.dk) { x[c] = load_k(row + (d0 + c) * P.k_sd); }
-                }
-            }
-            ks[e] = x;
-        }
-        for (var e = lid; e < BC * DV4; e += WG) {
-            let jj = e / DV4;
-            let d0 = (e % DV4) * 4u;
-            let j = j0 + jj;
-            var x = vec4<f32>(0.0);
-            if (j < P.seq_k) {
-                let row = vbase + j * P.v_ss;
-                for (var c = 0u; c < 4u; c++) {
-                    if (d0 + c < P.dv) { x[c] = load_v(row + (d0 + c) * P.v_sd); }
-                }
-            }
-            vs[e] = x;
-        }
-        workgroupBarrier();
+        load_kv_tile(lid, j0, bases);
 
         // Scores: each K vector loaded from workgroup memory serves RPT rows. The terms read
         // from memory (bias, bool mask) are loaded once per key: at the start of every group

@@ -21,6 +21,8 @@ pub mod sources {
     pub const COMMON: &str = include_str!("../shaders/common.wgsl");
     /// The flash family.
     pub const FLASH: &str = include_str!("../shaders/flash.wgsl");
+    /// K/V tiles shared by the SIMT flash kernels.
+    pub const FLASH_TILES: &str = include_str!("../shaders/flash_tiles.wgsl");
     /// The flash family on cooperative matrices.
     pub const FLASH_COOP: &str = include_str!("../shaders/flash_coop.wgsl");
     /// The memory-efficient family.
@@ -81,6 +83,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     } else {
                         sources::COUNT_OFF
                     },
+                    sources::FLASH_TILES,
                     sources::FLASH,
                 ],
                 Family::FlashUnrolled => {
@@ -90,10 +93,11 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                         sources::COUNT_OFF
                     };
                     return format!(
-                        "{}\n{}\n{}\n{count}\n{}",
+                        "{}\n{}\n{}\n{count}\n{}\n{}",
                         const_lines(v),
                         sources::DTYPE,
                         sources::COMMON,
+                        sources::FLASH_TILES,
                         crate::flash_unrolled::main_source(v)
                     );
                 }
@@ -104,10 +108,11 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     } else {
                         sources::COUNT_OFF
                     },
+                    "",
                     sources::FLASH_COOP,
                 ],
-                Family::MemoryEfficient => ["", "", sources::MEMEFF],
-                Family::Naive => ["", "", sources::NAIVE],
+                Family::MemoryEfficient => ["", "", "", sources::MEMEFF],
+                Family::Naive => ["", "", "", sources::NAIVE],
             };
             // Enable directives must precede every declaration.
             let enables = if v.family == Family::FlashCoop {

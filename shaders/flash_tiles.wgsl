@@ -1,0 +1,71 @@
+// K/V tiles of the SIMT flash kernels (shaders/flash.wgsl and the unrolled kernel generated
+// by src/flash_unrolled.rs): BC keys of K and of V in workgroup memory, loaded by the whole
+// workgroup, and the per-tile state the workgroup agrees on.
+// Needs from the prelude: DKB, DVB, BC, WG, count_tile().
+
+const DK4: u32 = DKB / 4u;
+const DV4: u32 = DVB / 4u;
+var<workgroup> ks: array<vec4<f32>, BC * DK4>;
+var<workgroup> vs: array<vec4<f32>, BC * DV4>;
+var<workgroup> sh_range: vec2<u32>;
+var<workgroup> sh_state: u32;
+
+fn kv_word(is_v: bool, w: u32) -> u32 {
+    if (is_v) { return v_buf[w]; }
+    return k_buf[w];
+}
+
+// Head dims d0..d0+3 of key j of K (is_v false) or V (is_v true), zero past the ends. With
+// 16-bit storage and contiguous head dims, two words hold the four values.
+fn kv_vec4(is_v: bool, base: u32, j: u32, d0: u32) -> vec4<f32> {
+    var x = vec4<f32>(0.0);
+    if (j >= P.seq_k) { return x; }
+    let dim = select(P.dk, P.dv, is_v);
+    let sd = select(P.k_sd, P.v_sd, is_v);
+    let e0 = base + j * select(P.k_ss, P.v_ss, is_v) + d0 * sd;
+    let dt = dtype_of(select(DT_K, DT_V, is_v));
+    if (dt != 0u && sd == 1u && (e0 & 1u) == 0u && d0 + 4u <= dim) {
+        let w0 = kv_word(is_v, e0 >> 1u);
+        let w1 = kv_word(is_v, (e0 >> 1u) + 1u);
+        return vec4<f32>(decode(w0, 0u, dt), decode(w0, 1u, dt), decode(w1, 0u, dt), decode(w1, 1u, dt));
+    }
+    for (var c = 0u; c < 4u; c++) {
+        if (d0 + c < dim) {
+            let e = e0 + c * sd;
+            x[c] = decode(kv_word(is_v, word_index(e, dt)), e, dt);
+        }
+    }
+    return x;
+}
+
+// The state of the key tile at j0 (0 all masked: skip it, 1 all visible, 2 mixed), agreed
+// by the workgroup. Also the barrier that ends every read of the previous tile.
+fn tile_begin(lid: u32, b: u32, h: u32, qt: u32, j0: u32) -> u32 {
+    if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
+    let state = workgroupUniformLoad(&sh_state);
+    if (lid == 0u && state != 0u) { count_tile(state); }
+    return state;
+}
+
+// The key tiles a block of query rows needs, agreed by the workgroup.
+fn block_tiles(lid: u32, tile: QueryTile, rc: RowCtx) -> vec2<u32> {
+    if (lid == 0u) { sh_range = tile_keys(tile, rc); }
+    return workgroupUniformLoad(&sh_range);
+}
+
+// Where batch item b's KV head hk starts in K (x) and in V (y).
+fn kv_bases(b: u32, hk: u32) -> vec2<u32> {
+    return vec2<u32>(P.k_off + k_batch(b) + hk * P.k_sh, P.v_off + v_batch(b) + hk * P.v_sh);
+}
+
+// Loads the K and V tile at j0 (bases from kv_bases). Ends with the barrier after which
+// every thread may read them.
+fn load_kv_tile(lid: u32, j0: u32, bases: vec2<u32>) {
+    for (var e = lid; e < BC * DK4; e += WG) {
+        ks[e] = kv_vec4(false, bases.x, j0 + e / DK4, (e % DK4) * 4u);
+    }
+    for (var e = lid; e < BC * DV4; e += WG) {
+        vs[e] = kv_vec4(true, bases.y, j0 + e / DV4, (e % DV4) * 4u);
+    }
+    workgroupBarrier();
+}
