@@ -1,7 +1,8 @@
 #!/bin/bash
 # Flash on a CPU adapter (lavapipe): the GPU defaults (4 threads per row, 16-key tiles, rows per
 # thread from the register budget) against 4 rows per thread with one thread per row or with
-# the subgroup split, and the dispatcher's own pick (last line of each head dim).
+# the subgroup split (the previous CPU defaults), and the dispatcher's own pick, since this
+# session the unrolled kernel (8 rows per thread; last line of each head dim).
 # Usage: bash benches/cpu_defaults.sh > benchmarks/<dir>/cpu-defaults.jsonl
 # (for another Mesa, point VK_ICD_FILENAMES at its lvp_icd json first)
 set -euo pipefail

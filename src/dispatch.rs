@@ -55,9 +55,11 @@ pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
 pub const CPU_ROWS_PER_THREAD: u32 = 4;
 /// The key tile CPU adapters start from (halved until it fits workgroup memory).
 pub const CPU_BLOCK_K: u32 = 32;
-/// Rows per thread of the unrolled flash kernel (`src/flash_unrolled.rs`), which CPU
-/// adapters run by default: one thread per row, each thread's rows and head-dim vectors
-/// written out as named variables. Asking for this many rows per thread selects it.
+/// Rows per thread of the unrolled flash kernel (`src/flash_unrolled.rs`): one thread per
+/// row, each thread's rows and head-dim vectors written out as named variables. Lavapipe on
+/// Mesa 22 or older ([`DeviceCaps::cpu_serial_loads`]) runs it by default; newer Mesa runs
+/// it 1.6-2x faster too but takes 8-9x longer to compile it (70 s at d=64, 3 min at d=128;
+/// BENCHMARKS.md), so there it is opt-in. Asking for this many rows per thread selects it.
 pub const UNROLLED_ROWS_PER_THREAD: u32 = 8;
 /// The largest head-dim bucket the unrolled kernel is generated for (its code, and the
 /// driver's compile time, grow with rows x head dim).
@@ -165,8 +167,9 @@ pub fn mesa_major(driver_info: &str) -> Option<u32> {
 pub enum Family {
     /// `shaders/flash.wgsl`.
     Flash,
-    /// Flash generated with its per-row loops unrolled (`src/flash_unrolled.rs`): the CPU
-    /// adapters' default, selected by [`UNROLLED_ROWS_PER_THREAD`] rows per thread.
+    /// Flash generated with its per-row loops unrolled (`src/flash_unrolled.rs`): the default
+    /// on lavapipe from Mesa 22 or older, selected anywhere by [`UNROLLED_ROWS_PER_THREAD`]
+    /// rows per thread.
     FlashUnrolled,
     /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
     FlashCoop,
@@ -329,8 +332,8 @@ pub fn flash_variant(
                 "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
             ));
         }
-        // CPU adapters run the unrolled kernel, one thread per row, where it is generated.
-        None if caps.cpu && unrolled_dims => 1,
+        // Mesa 22 and older run the unrolled kernel, one thread per row, where it is generated.
+        None if caps.cpu_serial_loads && unrolled_dims => 1,
         None if sg_ok && dk >= 64 && !caps.cpu_serial_loads => SUBGROUP_THREADS_PER_ROW,
         None => 1,
     };
@@ -342,7 +345,9 @@ pub fn flash_variant(
                 "flash rows per thread must be 1, 2, 4 or {UNROLLED_ROWS_PER_THREAD} (the unrolled kernel), not {r}"
             ));
         }
-        None if caps.cpu && unrolled_dims && threads_per_row == 1 => UNROLLED_ROWS_PER_THREAD,
+        None if caps.cpu_serial_loads && unrolled_dims && threads_per_row == 1 => {
+            UNROLLED_ROWS_PER_THREAD
+        }
         None if caps.cpu => CPU_ROWS_PER_THREAD,
         None => default_rows_per_thread(dk + dv, threads_per_row),
     };
