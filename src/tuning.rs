@@ -106,7 +106,8 @@ impl Context {
     /// data of the caller's shapes, outputs discarded), remembers the fastest for the
     /// problem's [`ShapeBucket`] for the life of this context, and reports what it measured.
     /// Later calls of that bucket (and [`Context::plan`]) use the tuned tiles unless the
-    /// call sets [`AttentionOptions::tuning`] itself.
+    /// call sets [`AttentionOptions::tuning`] itself. On lavapipe from Mesa 23 it leaves out
+    /// the unrolled kernel (8 rows per thread), which that compiler takes minutes over.
     pub fn tune(
         &self,
         q: &TensorView,
@@ -119,12 +120,19 @@ impl Context {
         let bucket = ShapeBucket::of(&p);
         let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
         let mut results = Vec::new();
+        // The unrolled kernel is left out on CPU adapters whose compiler takes minutes over it
+        // (lavapipe from Mesa 23: see `UNROLLED_ROWS_PER_THREAD`).
+        let caps = self.caps();
+        let unrolled_compiles_fast = !caps.cpu || caps.cpu_serial_loads;
         let configs = [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
             [8, 16, 32]
                 .into_iter()
                 .flat_map(move |bk| [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| (tpr, bk, rpt)))
         });
         for (tpr, bk, rpt) in configs {
+            if rpt == UNROLLED_ROWS_PER_THREAD && !unrolled_compiles_fast {
+                continue;
+            }
             let tuning = Tuning {
                 flash_rows_per_thread: Some(rpt),
                 flash_block_k: Some(bk),
