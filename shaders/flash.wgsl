@@ -57,9 +57,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     let bases = kv_bases(b, tile.hk);
     for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
-        let state = tile_begin(lid, b, h, qt, j0);
+        let state = next_tile(lid, b, h, qt, j0, bases);
         if (state == 0u) { continue; }
-        load_kv_tile(lid, j0, bases);
 
         // Scores: each K vector loaded from workgroup memory serves RPT rows. The terms read
         // from memory (bias, bool mask) are loaded once per key: at the start of every group

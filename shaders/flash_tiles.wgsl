@@ -38,12 +38,16 @@ fn kv_vec4(is_v: bool, base: u32, j: u32, d0: u32) -> vec4<f32> {
     return x;
 }
 
-// The state of the key tile at j0 (0 all masked: skip it, 1 all visible, 2 mixed), agreed
-// by the workgroup. Also the barrier that ends every read of the previous tile.
-fn tile_begin(lid: u32, b: u32, h: u32, qt: u32, j0: u32) -> u32 {
+// Starts the key tile at j0: returns its state (0 all masked: skip it, 1 all visible,
+// 2 mixed), agreed by the workgroup, after the barrier that ends every read of the previous
+// tile; unless it is skipped, its K and V are loaded (bases from kv_bases) and readable.
+fn next_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec2<u32>) -> u32 {
     if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
     let state = workgroupUniformLoad(&sh_state);
-    if (lid == 0u && state != 0u) { count_tile(state); }
+    if (state != 0u) {
+        if (lid == 0u) { count_tile(state); }
+        load_kv_tile(lid, j0, bases);
+    }
     return state;
 }
 

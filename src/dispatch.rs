@@ -151,6 +151,14 @@ impl DeviceCaps {
     }
 }
 
+/// Whether the adapter's shader compiler takes the unrolled flash kernel in seconds: GPUs
+/// and lavapipe up to Mesa 22 do; lavapipe from Mesa 23 takes minutes (see
+/// [`UNROLLED_ROWS_PER_THREAD`]), so neither the dispatcher nor `Context::tune` picks it
+/// there on its own.
+pub fn unrolled_compiles_fast(caps: &DeviceCaps) -> bool {
+    !caps.cpu || caps.cpu_serial_loads
+}
+
 /// The newest Mesa major version whose lavapipe loads memory one lane at a time in a loop
 /// (`emit_load_mem` in gallivm; Mesa 23 and later broadcast uniform loads).
 pub const MESA_SERIAL_LOADS_UP_TO: u32 = 22;
@@ -311,6 +319,7 @@ pub fn flash_variant(
         ));
     }
     let unrolled_dims = dk <= UNROLLED_MAX_HEAD_DIM && dv <= UNROLLED_MAX_HEAD_DIM;
+    let unrolled_default = caps.cpu && unrolled_compiles_fast(caps) && unrolled_dims;
     let sg_ok = opts.subgroups == Subgroups::Auto
         && caps.subgroup
         && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
@@ -332,8 +341,9 @@ pub fn flash_variant(
                 "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
             ));
         }
-        // Mesa 22 and older run the unrolled kernel, one thread per row, where it is generated.
-        None if caps.cpu_serial_loads && unrolled_dims => 1,
+        // CPU adapters run the unrolled kernel, one thread per row, where it is generated and
+        // compiles fast.
+        None if unrolled_default => 1,
         None if sg_ok && dk >= 64 && !caps.cpu_serial_loads => SUBGROUP_THREADS_PER_ROW,
         None => 1,
     };
@@ -345,9 +355,7 @@ pub fn flash_variant(
                 "flash rows per thread must be 1, 2, 4 or {UNROLLED_ROWS_PER_THREAD} (the unrolled kernel), not {r}"
             ));
         }
-        None if caps.cpu_serial_loads && unrolled_dims && threads_per_row == 1 => {
-            UNROLLED_ROWS_PER_THREAD
-        }
+        None if unrolled_default && threads_per_row == 1 => UNROLLED_ROWS_PER_THREAD,
         None if caps.cpu => CPU_ROWS_PER_THREAD,
         None => default_rows_per_thread(dk + dv, threads_per_row),
     };

@@ -20,6 +20,13 @@ use std::fmt::Write;
 
 use crate::dispatch::ShaderVariant;
 
+/// Appends one line of WGSL (writing to a `String` cannot fail).
+macro_rules! w {
+    ($s:expr, $($arg:tt)*) => {
+        let _ = writeln!($s, $($arg)*);
+    };
+}
+
 /// The WGSL `main` of an unrolled flash variant (appended after the const lines, the dtype
 /// helpers, the prelude, the tile-count snippet and `shaders/flash_tiles.wgsl`).
 pub(crate) fn main_source(v: &ShaderVariant) -> String {
@@ -30,38 +37,23 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     s.push_str(HEADER);
     // Rows, their key ranges and Q, read through `ks` one pass of ROW_STRIDE rows at a time.
     for r in 0..rows {
-        line(
-            &mut s,
-            format_args!("    let i_{r} = qt * BR + lid + {r}u * ROW_STRIDE;"),
-        );
-        line(
-            &mut s,
-            format_args!("    let rg_{r} = key_range(i_{r}, rc);"),
-        );
-        line(&mut s, format_args!("    var m_{r} = LOWEST;"));
-        line(&mut s, format_args!("    var l_{r} = 0.0;"));
-        line(&mut s, format_args!("    stage_q({r}u, lid, qt, b, h);"));
+        w!(s, "    let i_{r} = qt * BR + lid + {r}u * ROW_STRIDE;");
+        w!(s, "    let rg_{r} = key_range(i_{r}, rc);");
+        w!(s, "    var m_{r} = LOWEST;");
+        w!(s, "    var l_{r} = 0.0;");
+        w!(s, "    stage_q({r}u, lid, qt, b, h);");
         for t in 0..dk4 {
-            line(
-                &mut s,
-                format_args!("    let q_{r}_{t} = ks[lid * DK4 + {t}u];"),
-            );
+            w!(s, "    let q_{r}_{t} = ks[lid * DK4 + {t}u];");
         }
-        line(&mut s, format_args!("    workgroupBarrier();"));
+        w!(s, "    workgroupBarrier();");
         for t in 0..dv4 {
-            line(
-                &mut s,
-                format_args!("    var acc_{r}_{t} = vec4<f32>(0.0);"),
-            );
+            w!(s, "    var acc_{r}_{t} = vec4<f32>(0.0);");
         }
     }
     s.push_str(TILE_LOOP_HEAD);
     // Scores of key j for every row: each K vector read serves all rows.
     for r in 0..rows {
-        line(
-            &mut s,
-            format_args!("            var a_{r} = vec4<f32>(0.0);"),
-        );
+        w!(s, "            var a_{r} = vec4<f32>(0.0);");
     }
     shared_vector_products(
         &mut s,
@@ -72,10 +64,9 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     );
     // Masks and the online softmax, per row.
     for r in 0..rows {
-        line(
-            &mut s,
-            format_args!(
-                "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
+        w!(
+            s,
+            "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
             var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;
             if (vis_{r}) {{
                 if (loads_extra) {{ s_{r} += loaded_extra(b, h, i_{r}, j, state); }}
@@ -87,23 +78,17 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
                 if (s_{r} > m_{r}) {{
                     let alpha = exp(m_{r} - s_{r});
                     l_{r} *= alpha;"
-            ),
         );
         for t in 0..dv4 {
-            line(
-                &mut s,
-                format_args!("                    acc_{r}_{t} *= alpha;"),
-            );
+            w!(s, "                    acc_{r}_{t} *= alpha;");
         }
-        line(
-            &mut s,
-            format_args!(
-                "                    m_{r} = s_{r};
+        w!(
+            s,
+            "                    m_{r} = s_{r};
                 }}
                 p_{r} = exp(s_{r} - m_{r});
                 l_{r} += p_{r};
             }}"
-            ),
         );
     }
     // P·V: each V vector read serves all rows.
@@ -115,32 +100,22 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
         |r, t| format!("acc_{r}_{t} += p_{r} * v_{t};"),
     );
     s.push_str("        }\n    }\n");
-    // Output, written through `vs` one pass of ROW_STRIDE rows at a time.
+    // Output, written through `vs` one pass of ROW_STRIDE rows at a time, after the barrier
+    // that ends the last tile's reads (each part then ends with one of its own).
+    w!(s, "    workgroupBarrier();");
     for r in 0..rows {
-        line(&mut s, format_args!("    workgroupBarrier();"));
-        line(&mut s, format_args!("    {{"));
-        line(&mut s, format_args!("        var inv = 0.0;"));
-        line(
-            &mut s,
-            format_args!("        if (l_{r} > 0.0) {{ inv = 1.0 / l_{r}; }}"),
-        );
+        w!(s, "    {{");
+        w!(s, "        var inv = 0.0;");
+        w!(s, "        if (l_{r} > 0.0) {{ inv = 1.0 / l_{r}; }}");
         for t in 0..dv4 {
-            line(
-                &mut s,
-                format_args!("        vs[lid * DV4 + {t}u] = acc_{r}_{t} * inv;"),
-            );
+            w!(s, "        vs[lid * DV4 + {t}u] = acc_{r}_{t} * inv;");
         }
-        line(
-            &mut s,
-            format_args!(
-                "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, m_{r}, l_{r}); }}"
-            ),
+        w!(
+            s,
+            "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, m_{r}, l_{r}); }}"
         );
-        line(&mut s, format_args!("    }}"));
-        line(
-            &mut s,
-            format_args!("    store_o_part({r}u, lid, qt, b, h, rc);"),
-        );
+        w!(s, "    }}");
+        w!(s, "    store_o_part({r}u, lid, qt, b, h, rc);");
     }
     s.push_str("}\n");
     s
@@ -156,17 +131,11 @@ fn shared_vector_products(
     update: impl Fn(u32, u32) -> String,
 ) {
     for t in 0..n {
-        line(s, format_args!("            {}", read(t)));
+        w!(s, "            {}", read(t));
         for r in 0..rows {
-            line(s, format_args!("            {}", update(r, t)));
+            w!(s, "            {}", update(r, t));
         }
     }
-}
-
-fn line(s: &mut String, args: std::fmt::Arguments<'_>) {
-    // Writing to a String cannot fail.
-    let _ = s.write_fmt(args);
-    s.push('\n');
 }
 
 const HEADER: &str = r#"// Generated by src/flash_unrolled.rs: flash for CPU adapters, per-row loops unrolled.
@@ -189,7 +158,8 @@ fn stage_q(part: u32, lid: u32, qt: u32, b: u32, h: u32) {
     workgroupBarrier();
 }
 
-// Writes rows part * ROW_STRIDE .. + ROW_STRIDE of the block from vs to O. Ends with a barrier.
+// Writes rows part * ROW_STRIDE .. + ROW_STRIDE of the block from vs to O: a barrier so that
+// every thread's row is in vs, the stores, and a barrier before vs is written again.
 fn store_o_part(part: u32, lid: u32, qt: u32, b: u32, h: u32, rc: RowCtx) {
     workgroupBarrier();
     for (var e = lid; e < ROW_STRIDE * DV4; e += WG) {
@@ -220,9 +190,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 const TILE_LOOP_HEAD: &str = r#"
     let bases = kv_bases(b, tile.hk);
     for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
-        let state = tile_begin(lid, b, h, qt, j0);
+        let state = next_tile(lid, b, h, qt, j0, bases);
         if (state == 0u) { continue; }
-        load_kv_tile(lid, j0, bases);
 
         // One key at a time: bias and bool-mask values are read once per row and key.
         let loads_extra = has(F_BIAS) || state == 2u;

@@ -71,6 +71,12 @@ fn const_lines(v: &ShaderVariant) -> String {
 pub(crate) fn module_source(key: &ModuleKey) -> String {
     match key {
         ModuleKey::Attention(v) => {
+            let count = if v.count_tiles {
+                sources::COUNT_ON
+            } else {
+                sources::COUNT_OFF
+            };
+            let generated;
             let snippets = match v.family {
                 Family::Flash => [
                     if v.subgroups {
@@ -78,39 +84,15 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     } else {
                         sources::REDUCE_PLAIN
                     },
-                    if v.count_tiles {
-                        sources::COUNT_ON
-                    } else {
-                        sources::COUNT_OFF
-                    },
+                    count,
                     sources::FLASH_TILES,
                     sources::FLASH,
                 ],
                 Family::FlashUnrolled => {
-                    let count = if v.count_tiles {
-                        sources::COUNT_ON
-                    } else {
-                        sources::COUNT_OFF
-                    };
-                    return format!(
-                        "{}\n{}\n{}\n{count}\n{}\n{}",
-                        const_lines(v),
-                        sources::DTYPE,
-                        sources::COMMON,
-                        sources::FLASH_TILES,
-                        crate::flash_unrolled::main_source(v)
-                    );
+                    generated = crate::flash_unrolled::main_source(v);
+                    ["", count, sources::FLASH_TILES, generated.as_str()]
                 }
-                Family::FlashCoop => [
-                    "",
-                    if v.count_tiles {
-                        sources::COUNT_ON
-                    } else {
-                        sources::COUNT_OFF
-                    },
-                    "",
-                    sources::FLASH_COOP,
-                ],
+                Family::FlashCoop => ["", count, "", sources::FLASH_COOP],
                 Family::MemoryEfficient => ["", "", "", sources::MEMEFF],
                 Family::Naive => ["", "", "", sources::NAIVE],
             };

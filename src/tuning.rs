@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::context::Context;
 use crate::dispatch::{
     FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, bucket, flash_variant,
+    unrolled_compiles_fast,
 };
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
@@ -120,17 +121,14 @@ impl Context {
         let bucket = ShapeBucket::of(&p);
         let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
         let mut results = Vec::new();
-        // The unrolled kernel is left out on CPU adapters whose compiler takes minutes over it
-        // (lavapipe from Mesa 23: see `UNROLLED_ROWS_PER_THREAD`).
-        let caps = self.caps();
-        let unrolled_compiles_fast = !caps.cpu || caps.cpu_serial_loads;
+        let unrolled_ok = unrolled_compiles_fast(self.caps());
         let configs = [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
             [8, 16, 32]
                 .into_iter()
                 .flat_map(move |bk| [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| (tpr, bk, rpt)))
         });
         for (tpr, bk, rpt) in configs {
-            if rpt == UNROLLED_ROWS_PER_THREAD && !unrolled_compiles_fast {
+            if rpt == UNROLLED_ROWS_PER_THREAD && !unrolled_ok {
                 continue;
             }
             let tuning = Tuning {
