@@ -81,7 +81,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var s4: array<vec4<f32>, RPT>;
             for (var k = 0u; k < RPT; k++) { s4[k] = vec4<f32>(0.0); }
             for (var t = 0u; t < PK4; t++) {
-                let kv = ks[kb + t];
+                let kv = kvs[kb + t];
                 for (var k = 0u; k < RPT; k++) { s4[k] += q[k][t] * kv; }
             }
             for (var k = 0u; k < RPT; k++) {
@@ -129,7 +129,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var jj = 0u; jj < BC; jj++) {
             let vb = jj * DV4 + sub * PV4;
             for (var t = 0u; t < PV4; t++) {
-                let vv = vs[vb + t];
+                let vv = kvs[VS0 + vb + t];
                 for (var k = 0u; k < RPT; k++) {
                     if (vis_bits[k] != 0u) { acc[k][t] += sc[k][jj] * vv; }
                 }

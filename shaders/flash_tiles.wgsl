@@ -5,8 +5,9 @@
 
 const DK4: u32 = DKB / 4u;
 const DV4: u32 = DVB / 4u;
-var<workgroup> ks: array<vec4<f32>, BC * DK4>;
-var<workgroup> vs: array<vec4<f32>, BC * DV4>;
+// One array: K's tile at 0, V's at VS0 (the unrolled kernel stages Q and O through all of it).
+const VS0: u32 = BC * DK4;
+var<workgroup> kvs: array<vec4<f32>, BC * (DK4 + DV4)>;
 var<workgroup> sh_range: vec2<u32>;
 var<workgroup> sh_state: u32;
 
@@ -65,11 +66,16 @@ fn kv_bases(b: u32, hk: u32) -> vec2<u32> {
 // Loads the K and V tile at j0 (bases from kv_bases). Ends with the barrier after which
 // every thread may read them.
 fn load_kv_tile(lid: u32, j0: u32, bases: vec2<u32>) {
+    fill_kv_tile(lid, j0, bases);
+    workgroupBarrier();
+}
+
+// Writes the K and V tile at j0 into kvs, with no barrier.
+fn fill_kv_tile(lid: u32, j0: u32, bases: vec2<u32>) {
     for (var e = lid; e < BC * DK4; e += WG) {
-        ks[e] = kv_vec4(false, bases.x, j0 + e / DK4, (e % DK4) * 4u);
+        kvs[e] = kv_vec4(false, bases.x, j0 + e / DK4, (e % DK4) * 4u);
     }
     for (var e = lid; e < BC * DV4; e += WG) {
-        vs[e] = kv_vec4(true, bases.y, j0 + e / DV4, (e % DV4) * 4u);
+        kvs[VS0 + e] = kv_vec4(true, bases.y, j0 + e / DV4, (e % DV4) * 4u);
     }
-    workgroupBarrier();
 }

@@ -56,10 +56,9 @@ pub const CPU_ROWS_PER_THREAD: u32 = 4;
 /// The key tile CPU adapters start from (halved until it fits workgroup memory).
 pub const CPU_BLOCK_K: u32 = 32;
 /// Rows per thread of the unrolled flash kernel (`src/flash_unrolled.rs`): one thread per
-/// row, each thread's rows and head-dim vectors written out as named variables. Lavapipe on
-/// Mesa 22 or older ([`DeviceCaps::cpu_serial_loads`]) runs it by default; newer Mesa runs
-/// it 1.6-2x faster too but takes 8-9x longer to compile it (70 s at d=64, 3 min at d=128;
-/// BENCHMARKS.md), so there it is opt-in. Asking for this many rows per thread selects it.
+/// row, each thread's rows and head-dim vectors written out as named variables. CPU adapters
+/// run it by default (head dims up to [`UNROLLED_MAX_HEAD_DIM`]); asking for this many rows
+/// per thread selects it anywhere.
 pub const UNROLLED_ROWS_PER_THREAD: u32 = 8;
 /// The largest head-dim bucket the unrolled kernel is generated for (its code, and the
 /// driver's compile time, grow with rows x head dim).
@@ -151,14 +150,6 @@ impl DeviceCaps {
     }
 }
 
-/// Whether the adapter's shader compiler takes the unrolled flash kernel in seconds: GPUs
-/// and lavapipe up to Mesa 22 do; lavapipe from Mesa 23 takes minutes (see
-/// [`UNROLLED_ROWS_PER_THREAD`]), so neither the dispatcher nor `Context::tune` picks it
-/// there on its own.
-pub fn unrolled_compiles_fast(caps: &DeviceCaps) -> bool {
-    !caps.cpu || caps.cpu_serial_loads
-}
-
 /// The newest Mesa major version whose lavapipe loads memory one lane at a time in a loop
 /// (`emit_load_mem` in gallivm; Mesa 23 and later broadcast uniform loads).
 pub const MESA_SERIAL_LOADS_UP_TO: u32 = 22;
@@ -210,6 +201,20 @@ pub struct ShaderVariant {
     pub subgroups: bool,
     /// Debug builds only: count loaded key tiles (see `Context::debug_tile_counts`).
     pub count_tiles: bool,
+    /// Whether the kernel adds per-key terms read at run time to its scores (a bool mask, an
+    /// additive bias, ALiBi: [`MaskKinds::key_terms`](crate::validate::MaskKinds::key_terms)).
+    /// Only the unrolled flash kernel is specialised on it: CPU drivers run both sides of a
+    /// branch, so code for a mask that is absent still costs there (about 30% on lavapipe).
+    /// The other families test the mask flags at run time and leave it `false`.
+    pub key_terms: bool,
+    /// Whether the unrolled flash kernel is built for a driver that loads memory one SIMD
+    /// lane at a time and turns indexed local arrays into branch ladders
+    /// ([`DeviceCaps::cpu_serial_loads`]): it then moves Q and O between workgroup memory
+    /// and its named variables with one written-out load or store per vector; otherwise
+    /// through a local array in a rolled loop, which lavapipe from Mesa 23 compiles 4-6x
+    /// faster (a written-out divergent load is a branchy loop over the lanes there). `false`
+    /// for the other families.
+    pub serial_loads: bool,
 }
 
 impl ShaderVariant {
@@ -319,7 +324,7 @@ pub fn flash_variant(
         ));
     }
     let unrolled_dims = dk <= UNROLLED_MAX_HEAD_DIM && dv <= UNROLLED_MAX_HEAD_DIM;
-    let unrolled_default = caps.cpu && unrolled_compiles_fast(caps) && unrolled_dims;
+    let unrolled_default = caps.cpu && unrolled_dims;
     let sg_ok = opts.subgroups == Subgroups::Auto
         && caps.subgroup
         && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
@@ -341,8 +346,7 @@ pub fn flash_variant(
                 "flash threads per row must be 1 or {SUBGROUP_THREADS_PER_ROW}, not {t}"
             ));
         }
-        // CPU adapters run the unrolled kernel, one thread per row, where it is generated and
-        // compiles fast.
+        // CPU adapters run the unrolled kernel, one thread per row, where it is generated.
         None if unrolled_default => 1,
         None if sg_ok && dk >= 64 && !caps.cpu_serial_loads => SUBGROUP_THREADS_PER_ROW,
         None => 1,
@@ -404,12 +408,13 @@ pub fn flash_variant(
             caps.max_invocations
         ));
     }
+    let family = if rows_per_thread == UNROLLED_ROWS_PER_THREAD {
+        Family::FlashUnrolled
+    } else {
+        Family::Flash
+    };
     Ok(ShaderVariant {
-        family: if rows_per_thread == UNROLLED_ROWS_PER_THREAD {
-            Family::FlashUnrolled
-        } else {
-            Family::Flash
-        },
+        family,
         head_dim_qk: dk,
         head_dim_v: dv,
         block_q: FLASH_BLOCK_Q,
@@ -418,6 +423,8 @@ pub fn flash_variant(
         rows_per_thread,
         subgroups: use_sg,
         count_tiles: false,
+        key_terms: family == Family::FlashUnrolled && p.mask.key_terms(),
+        serial_loads: family == Family::FlashUnrolled && caps.cpu_serial_loads,
     })
 }
 
@@ -451,6 +458,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         rows_per_thread: 1,
         subgroups: true,
         count_tiles: false,
+        key_terms: false,
+        serial_loads: false,
     };
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
@@ -489,6 +498,8 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
+        key_terms: false,
+        serial_loads: false,
     };
     if v.workgroup_storage() > caps.max_workgroup_storage {
         return Err(format!(
@@ -518,6 +529,8 @@ pub fn naive_variant() -> ShaderVariant {
         rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
+        key_terms: false,
+        serial_loads: false,
     }
 }
 

@@ -10,11 +10,21 @@
 //!
 //! The variant is fixed by its [`ShaderVariant`] (rows per thread, head-dim buckets; one
 //! thread per row). The mask algebra, loads and stores are the shared prelude's
-//! (`shaders/common.wgsl`), so masks behave exactly as in `shaders/flash.wgsl`. Two
-//! differences in structure: the online softmax runs per key, rescaling a row's
-//! accumulators only when its running max grows; and Q is read, and O written, through
-//! workgroup memory in `rows_per_thread` passes, so the global loads and stores stay in
-//! rolled loops and the generated code stays small enough to compile in seconds.
+//! (`shaders/common.wgsl`), so masks behave exactly as in `shaders/flash.wgsl`. Differences
+//! in structure, each measured on lavapipe (BENCHMARKS.md):
+//!
+//! - The online softmax runs per key, rescaling a row's accumulators only when its running
+//!   max grows.
+//! - Q is read, and O written, through the K/V tile array in as few passes as fit, so the
+//!   global loads and stores stay in rolled loops. Every barrier costs compile time on
+//!   lavapipe from Mesa 23 (a coroutine frame around every live value), and so does every
+//!   written-out load from a per-thread address (a branchy loop over the lanes): there Q and
+//!   O move through a local array in a rolled loop. Mesa 22 turns such an array into a branch
+//!   ladder instead, so for it ([`ShaderVariant::serial_loads`]) each vector is written out.
+//! - Code for per-key mask terms (bias, bool mask, ALiBi) is generated only in variants with
+//!   [`ShaderVariant::key_terms`]: lavapipe runs both sides of every branch, so a per-key test
+//!   of a flag that is off still cost about 30% of the unmasked time there.
+//! - Each thread works out a tile's state itself: two barriers per tile instead of three.
 
 use std::fmt::Write;
 
@@ -33,21 +43,58 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     let rows = v.rows_per_thread.max(1);
     let dk4 = (v.head_dim_qk / 4).max(1);
     let dv4 = (v.head_dim_v / 4).max(1);
+    // Q is read, and O written, through the K/V tile array in passes of `ROW_STRIDE` rows
+    // per row group (thread lid's row r is row lid + r * ROW_STRIDE of the block), as many
+    // row groups per pass as fit: every barrier in the straight-line code costs compile time
+    // (lavapipe from Mesa 23 builds a coroutine frame for each, around every live value).
+    let tile_vec4s = v.block_k * (dk4 + dv4);
+    let q_groups = groups_per_pass(tile_vec4s, dk4, rows);
+    let o_groups = groups_per_pass(tile_vec4s, dv4, rows);
     let mut s = String::with_capacity(64 * 1024);
+    w!(s, "const Q_PASS_ROWS: u32 = {}u * ROW_STRIDE;", q_groups);
+    w!(s, "const O_PASS_ROWS: u32 = {}u * ROW_STRIDE;", o_groups);
     s.push_str(HEADER);
-    // Rows, their key ranges and Q, read through `ks` one pass of ROW_STRIDE rows at a time.
     for r in 0..rows {
         w!(s, "    let i_{r} = qt * BR + lid + {r}u * ROW_STRIDE;");
         w!(s, "    let rg_{r} = key_range(i_{r}, rc);");
         w!(s, "    var m_{r} = LOWEST;");
         w!(s, "    var l_{r} = 0.0;");
-        w!(s, "    stage_q({r}u, lid, qt, b, h);");
-        for t in 0..dk4 {
-            w!(s, "    let q_{r}_{t} = ks[lid * DK4 + {t}u];");
-        }
-        w!(s, "    workgroupBarrier();");
         for t in 0..dv4 {
             w!(s, "    var acc_{r}_{t} = vec4<f32>(0.0);");
+        }
+    }
+    for pass in 0..rows / q_groups {
+        // A barrier between passes, so the previous one has been read. After the last, the
+        // first K/V tile is loaded only after the barrier that opens each tile.
+        if pass > 0 {
+            w!(s, "    workgroupBarrier();");
+        }
+        w!(s, "    stage_q({pass}u, lid, qt, b, h);");
+        let vars = (0..q_groups).flat_map(|g| (0..dk4).map(move |t| (pass * q_groups + g, t)));
+        if v.serial_loads {
+            // One load per vector, written out.
+            for (i, (r, t)) in vars.enumerate() {
+                let g = i as u32 / dk4;
+                w!(
+                    s,
+                    "    let q_{r}_{t} = kvs[(lid + {g}u * ROW_STRIDE) * DK4 + {t}u];"
+                );
+            }
+        } else {
+            // Through a local array, filled in a loop the driver keeps rolled.
+            w!(
+                s,
+                "    var qa_{pass}: array<vec4<f32>, {}>;",
+                q_groups * dk4
+            );
+            w!(
+                s,
+                "    for (var e = 0u; e < rolled({}u); e++) {{ qa_{pass}[e] = kvs[(lid + e / DK4 * ROW_STRIDE) * DK4 + e % DK4]; }}",
+                q_groups * dk4
+            );
+            for (i, (r, t)) in vars.enumerate() {
+                w!(s, "    let q_{r}_{t} = qa_{pass}[{i}u];");
+            }
         }
     }
     s.push_str(TILE_LOOP_HEAD);
@@ -59,21 +106,36 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
         &mut s,
         dk4,
         rows,
-        |t| format!("let k_{t} = ks[kb + {t}u];"),
+        |t| format!("let k_{t} = kvs[kb + {t}u];"),
         |r, t| format!("a_{r} += q_{r}_{t} * k_{t};"),
     );
-    // Masks and the online softmax, per row.
+    // Masks and the online softmax, per row. Per-key terms (bias, bool mask, ALiBi) only in
+    // variants that need them: a CPU driver runs a skipped branch too.
+    if v.key_terms {
+        w!(
+            s,
+            "            let loads_extra = has(F_BIAS) || state == 2u;"
+        );
+    }
     for r in 0..rows {
         w!(
             s,
             "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
-            var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;
-            if (vis_{r}) {{
+            var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;"
+        );
+        if v.key_terms {
+            w!(
+                s,
+                "            if (vis_{r}) {{
                 if (loads_extra) {{ s_{r} += loaded_extra(b, h, i_{r}, j, state); }}
                 s_{r} += alibi_at(h, i_{r}, j, rc);
                 vis_{r} = finite_logit(s_{r});
-            }}
-            var p_{r} = 0.0;
+            }}"
+            );
+        }
+        w!(
+            s,
+            "            var p_{r} = 0.0;
             if (vis_{r}) {{
                 if (s_{r} > m_{r}) {{
                     let alpha = exp(m_{r} - s_{r});
@@ -96,29 +158,67 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
         &mut s,
         dv4,
         rows,
-        |t| format!("let v_{t} = vs[vb + {t}u];"),
+        |t| format!("let v_{t} = kvs[VS0 + vb + {t}u];"),
         |r, t| format!("acc_{r}_{t} += p_{r} * v_{t};"),
     );
-    s.push_str("        }\n    }\n");
-    // Output, written through `vs` one pass of ROW_STRIDE rows at a time, after the barrier
-    // that ends the last tile's reads (each part then ends with one of its own).
-    w!(s, "    workgroupBarrier();");
-    for r in 0..rows {
-        w!(s, "    {{");
-        w!(s, "        var inv = 0.0;");
-        w!(s, "        if (l_{r} > 0.0) {{ inv = 1.0 / l_{r}; }}");
-        for t in 0..dv4 {
-            w!(s, "        vs[lid * DV4 + {t}u] = acc_{r}_{t} * inv;");
+    s.push_str("        }\n        }\n    }\n");
+    // Output, after the barrier that ends the last tile's reads.
+    for pass in 0..rows / o_groups {
+        w!(s, "    workgroupBarrier();");
+        if !v.serial_loads {
+            w!(
+                s,
+                "    var oa_{pass}: array<vec4<f32>, {}>;",
+                o_groups * dv4
+            );
         }
-        w!(
-            s,
-            "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, m_{r}, l_{r}); }}"
-        );
-        w!(s, "    }}");
-        w!(s, "    store_o_part({r}u, lid, qt, b, h, rc);");
+        for g in 0..o_groups {
+            let r = pass * o_groups + g;
+            w!(s, "    {{");
+            w!(s, "        var inv = 0.0;");
+            w!(s, "        if (l_{r} > 0.0) {{ inv = 1.0 / l_{r}; }}");
+            for t in 0..dv4 {
+                if v.serial_loads {
+                    w!(
+                        s,
+                        "        kvs[(lid + {g}u * ROW_STRIDE) * DV4 + {t}u] = acc_{r}_{t} * inv;"
+                    );
+                } else {
+                    w!(
+                        s,
+                        "        oa_{pass}[{}u] = acc_{r}_{t} * inv;",
+                        g * dv4 + t
+                    );
+                }
+            }
+            w!(
+                s,
+                "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, m_{r}, l_{r}); }}"
+            );
+            w!(s, "    }}");
+        }
+        if !v.serial_loads {
+            w!(
+                s,
+                "    for (var e = 0u; e < rolled({}u); e++) {{ kvs[(lid + e / DV4 * ROW_STRIDE) * DV4 + e % DV4] = oa_{pass}[e]; }}",
+                o_groups * dv4
+            );
+        }
+        w!(s, "    store_o_part({pass}u, lid, qt, b, h, rc);");
     }
     s.push_str("}\n");
     s
+}
+
+/// Row groups (of `ROW_STRIDE` rows, one per thread) per staging pass of Q or O: the most,
+/// a power of two dividing `rows`, whose `vec4s` per row fit the K/V tile array.
+fn groups_per_pass(tile_vec4s: u32, vec4s: u32, rows: u32) -> u32 {
+    let stride = super::dispatch::FLASH_BLOCK_Q / rows.max(1);
+    let mut g = rows.max(1);
+    while g > 1 && g * stride * vec4s > tile_vec4s {
+        g /= 2;
+    }
+    g
 }
 
 /// For each of `n` head-dim vectors: one read from workgroup memory (`read(t)`), then one
@@ -139,13 +239,13 @@ fn shared_vector_products(
 }
 
 const HEADER: &str = r#"// Generated by src/flash_unrolled.rs: flash for CPU adapters, per-row loops unrolled.
-const ROW_STRIDE: u32 = BR / RPT; // rows per staging pass; thread lid owns rows lid + r * ROW_STRIDE
+const ROW_STRIDE: u32 = BR / RPT; // threads; thread lid owns rows lid + r * ROW_STRIDE
 
-// Rows part * ROW_STRIDE .. + ROW_STRIDE of the block into ks (scaled), for every thread to
-// copy its own row into registers. Ends with a barrier.
+// Rows part * Q_PASS_ROWS .. + Q_PASS_ROWS of the block into kvs (scaled), for every thread
+// to copy its own rows into registers. Ends with a barrier.
 fn stage_q(part: u32, lid: u32, qt: u32, b: u32, h: u32) {
-    for (var e = lid; e < ROW_STRIDE * DK4; e += WG) {
-        let i = qt * BR + e / DK4 + part * ROW_STRIDE;
+    for (var e = lid; e < Q_PASS_ROWS * DK4; e += WG) {
+        let i = qt * BR + part * Q_PASS_ROWS + e / DK4;
         let d0 = (e % DK4) * 4u;
         var x = vec4<f32>(0.0);
         if (i < P.seq_q && b < P.batch) {
@@ -153,26 +253,46 @@ fn stage_q(part: u32, lid: u32, qt: u32, b: u32, h: u32) {
                 if (d0 + c < P.dk) { x[c] = load_q(q_index(b, h, i, d0 + c)) * P.scale; }
             }
         }
-        ks[e] = x;
+        kvs[e] = x;
     }
     workgroupBarrier();
 }
 
-// Writes rows part * ROW_STRIDE .. + ROW_STRIDE of the block from vs to O: a barrier so that
-// every thread's row is in vs, the stores, and a barrier before vs is written again.
+// Writes rows part * O_PASS_ROWS .. + O_PASS_ROWS of the block from kvs to O, after the
+// barrier that makes every thread's rows visible.
 fn store_o_part(part: u32, lid: u32, qt: u32, b: u32, h: u32, rc: RowCtx) {
     workgroupBarrier();
-    for (var e = lid; e < ROW_STRIDE * DV4; e += WG) {
-        let i = qt * BR + e / DV4 + part * ROW_STRIDE;
+    for (var e = lid; e < O_PASS_ROWS * DV4; e += WG) {
+        let i = qt * BR + part * O_PASS_ROWS + e / DV4;
         let d0 = (e % DV4) * 4u;
         if (row_stored(b, i, rc)) {
-            let x = vs[e];
+            let x = kvs[e];
             for (var c = 0u; c < 4u; c++) {
                 if (d0 + c < P.dv) { store_o(o_index(b, h, i, d0 + c, 0u), x[c]); }
             }
         }
     }
+}
+
+// n, in a form the driver's compiler cannot evaluate, so that a loop up to it stays rolled
+// (P.seq_q is a run-time value).
+fn rolled(n: u32) -> u32 {
+    return n + min(P.seq_q, 0u);
+}
+
+// Starts the key tile at j0 with two barriers: the first ends every read of the previous tile
+// (or of the staged Q), then each thread works out the tile's state (0 all masked: skip it,
+// 1 all visible, 2 mixed) for itself, and unless it is skipped the workgroup loads its K and V
+// (bases from kv_bases), readable after the second.
+fn start_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec2<u32>) -> u32 {
     workgroupBarrier();
+    let state = tile_state(b, h, qt, j0);
+    if (state != 0u) {
+        if (lid == 0u) { count_tile(state); }
+        fill_kv_tile(lid, j0, bases);
+    }
+    workgroupBarrier();
+    return state;
 }
 
 @compute @workgroup_size(WG)
@@ -190,11 +310,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 const TILE_LOOP_HEAD: &str = r#"
     let bases = kv_bases(b, tile.hk);
     for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
-        let state = next_tile(lid, b, h, qt, j0, bases);
-        if (state == 0u) { continue; }
-
+        let state = start_tile(lid, b, h, qt, j0, bases);
+        if (state != 0u) {
         // One key at a time: bias and bool-mask values are read once per row and key.
-        let loads_extra = has(F_BIAS) || state == 2u;
         for (var jj = 0u; jj < BC; jj++) {
             let j = j0 + jj;
             let kb = jj * DK4;

@@ -9,7 +9,6 @@ use std::time::Instant;
 use crate::context::Context;
 use crate::dispatch::{
     FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, bucket, flash_variant,
-    unrolled_compiles_fast,
 };
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
@@ -107,8 +106,7 @@ impl Context {
     /// data of the caller's shapes, outputs discarded), remembers the fastest for the
     /// problem's [`ShapeBucket`] for the life of this context, and reports what it measured.
     /// Later calls of that bucket (and [`Context::plan`]) use the tuned tiles unless the
-    /// call sets [`AttentionOptions::tuning`] itself. On lavapipe from Mesa 23 it leaves out
-    /// the unrolled kernel (8 rows per thread), which that compiler takes minutes over.
+    /// call sets [`AttentionOptions::tuning`] itself.
     pub fn tune(
         &self,
         q: &TensorView,
@@ -121,16 +119,12 @@ impl Context {
         let bucket = ShapeBucket::of(&p);
         let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
         let mut results = Vec::new();
-        let unrolled_ok = unrolled_compiles_fast(self.caps());
         let configs = [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
             [8, 16, 32]
                 .into_iter()
                 .flat_map(move |bk| [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| (tpr, bk, rpt)))
         });
         for (tpr, bk, rpt) in configs {
-            if rpt == UNROLLED_ROWS_PER_THREAD && !unrolled_ok {
-                continue;
-            }
             let tuning = Tuning {
                 flash_rows_per_thread: Some(rpt),
                 flash_block_k: Some(bk),

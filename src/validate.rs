@@ -38,6 +38,12 @@ impl MaskKinds {
             || self.bias.is_some()
             || self.alibi
     }
+
+    /// Whether a kind adds a per-key term to the scores, read at run time (a bool mask, an
+    /// additive bias, ALiBi), as opposed to kinds that only bound each row's key range.
+    pub fn key_terms(&self) -> bool {
+        self.bool_mask || self.bias.is_some() || self.alibi
+    }
 }
 
 /// A validated attention problem: shapes, dtypes, scale and mask kinds.

@@ -161,46 +161,86 @@ fn mesa_versions_are_read_from_driver_info() {
 }
 
 #[test]
-fn old_lavapipe_runs_the_unrolled_kernel() {
+fn lavapipe_runs_the_unrolled_kernel() {
     let opts = AttentionOptions::default();
     let p = Problem::new(1, 8, 1024, 1024, 64);
-    // Lavapipe on Mesa 22: one thread per row, 8 rows in named registers.
-    {
-        let pl = plan(&p, &lavapipe(), &opts).unwrap();
+    // Lavapipe, old and new: one thread per row, 8 rows in named registers; Q and O move
+    // through written-out loads only where the driver loads one lane at a time.
+    for (caps, serial) in [(lavapipe(), true), (lavapipe_new(), false)] {
+        let pl = plan(&p, &caps, &opts).unwrap();
         let v = pl.variant;
         assert_eq!(v.family, Family::FlashUnrolled);
         assert_eq!(
-            (v.threads_per_row, v.rows_per_thread, v.block_k, v.subgroups),
-            (1, UNROLLED_ROWS_PER_THREAD, CPU_BLOCK_K, false)
+            (
+                v.threads_per_row,
+                v.rows_per_thread,
+                v.block_k,
+                v.subgroups,
+                v.serial_loads,
+                v.key_terms
+            ),
+            (
+                1,
+                UNROLLED_ROWS_PER_THREAD,
+                CPU_BLOCK_K,
+                false,
+                serial,
+                false
+            )
         );
         assert!(pl.reason.contains("unrolled"), "{}", pl.reason);
     }
-    // Newer lavapipe (which compiles the unrolled kernel slowly) keeps the subgroup split
-    // with 4 rows per thread.
-    let new = plan(&p, &lavapipe_new(), &opts).unwrap().variant;
-    assert_eq!(
-        (
-            new.family,
-            new.threads_per_row,
-            new.rows_per_thread,
-            new.subgroups
-        ),
-        (
-            Family::Flash,
-            SUBGROUP_THREADS_PER_ROW,
-            CPU_ROWS_PER_THREAD,
-            true
-        )
-    );
     // A GPU with the same limits keeps the subgroup variant.
     let gpu = plan(&p, &subgroup_gpu(), &opts).unwrap();
     assert_eq!(gpu.variant.family, Family::Flash);
     assert!(gpu.variant.subgroups && gpu.variant.threads_per_row > 1);
+    assert!(!gpu.variant.serial_loads);
     // d=128: 32-key tiles do not fit 32 KiB, so the tile halves.
     let big = plan(&Problem::new(1, 8, 1024, 1024, 128), &lavapipe(), &opts).unwrap();
     assert_eq!(big.variant.family, Family::FlashUnrolled);
     assert_eq!(big.variant.block_k, CPU_BLOCK_K / 2);
     assert!(big.variant.workgroup_storage() <= 32768);
+}
+
+#[test]
+fn only_per_key_mask_terms_get_the_unrolled_kernel_that_reads_them() {
+    let opts = AttentionOptions::default();
+    let base = Problem::new(2, 8, 256, 256, 64);
+    let with = |f: &dyn Fn(&mut MaskKinds)| {
+        let mut p = base.clone();
+        f(&mut p.mask);
+        p
+    };
+    let bound_only = [
+        with(&|m| m.causal = true),
+        with(&|m| m.key_lengths = true),
+        with(&|m| m.query_lengths = true),
+    ];
+    let per_key = [
+        with(&|m| m.bool_mask = true),
+        with(&|m| m.bias = Some(DType::F32)),
+        with(&|m| m.alibi = true),
+        with(&|m| {
+            m.causal = true;
+            m.bias = Some(DType::F16);
+        }),
+    ];
+    for caps in [lavapipe(), lavapipe_new()] {
+        for p in &bound_only {
+            let v = plan(p, &caps, &opts).unwrap().variant;
+            assert_eq!(v.family, Family::FlashUnrolled);
+            assert!(!v.key_terms, "{:?}", p.mask);
+        }
+        for p in &per_key {
+            let v = plan(p, &caps, &opts).unwrap().variant;
+            assert_eq!(v.family, Family::FlashUnrolled);
+            assert!(v.key_terms, "{:?}", p.mask);
+        }
+    }
+    // The rolled kernel reads the mask flags at run time: one variant for every mask.
+    for p in per_key.iter().chain(&bound_only) {
+        assert!(!plan(p, &subgroup_gpu(), &opts).unwrap().variant.key_terms);
+    }
 }
 
 #[test]

@@ -24,6 +24,8 @@ fn variants() -> Vec<ShaderVariant> {
                             rows_per_thread: rpt,
                             subgroups: sg,
                             count_tiles: count,
+                            key_terms: false,
+                            serial_loads: false,
                         });
                     }
                 }
@@ -42,6 +44,8 @@ fn variants() -> Vec<ShaderVariant> {
                 rows_per_thread: 1,
                 subgroups: true,
                 count_tiles: count,
+                key_terms: false,
+                serial_loads: false,
             });
         }
     }
@@ -52,7 +56,12 @@ fn variants() -> Vec<ShaderVariant> {
     {
         for &dv in &[32, dk] {
             for bk in [8, 16, 32] {
-                for count in [false, true] {
+                for (count, key_terms, serial_loads) in [
+                    (false, false, false),
+                    (true, false, true),
+                    (false, true, false),
+                    (false, true, true),
+                ] {
                     v.push(ShaderVariant {
                         family: Family::FlashUnrolled,
                         head_dim_qk: dk,
@@ -63,6 +72,8 @@ fn variants() -> Vec<ShaderVariant> {
                         rows_per_thread: UNROLLED_ROWS_PER_THREAD,
                         subgroups: false,
                         count_tiles: count,
+                        key_terms,
+                        serial_loads,
                     });
                 }
             }
@@ -80,6 +91,8 @@ fn variants() -> Vec<ShaderVariant> {
                 rows_per_thread: 1,
                 subgroups: false,
                 count_tiles: false,
+                key_terms: false,
+                serial_loads: false,
             });
         }
     }
