@@ -167,8 +167,8 @@ pub enum Family {
     /// `shaders/flash.wgsl`.
     Flash,
     /// Flash generated with its per-row loops unrolled (`src/flash_unrolled.rs`): the default
-    /// on lavapipe from Mesa 22 or older, selected anywhere by [`UNROLLED_ROWS_PER_THREAD`]
-    /// rows per thread.
+    /// on CPU adapters for head dims up to [`UNROLLED_MAX_HEAD_DIM`], selected anywhere by
+    /// [`UNROLLED_ROWS_PER_THREAD`] rows per thread.
     FlashUnrolled,
     /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
     FlashCoop,
@@ -201,12 +201,16 @@ pub struct ShaderVariant {
     pub subgroups: bool,
     /// Debug builds only: count loaded key tiles (see `Context::debug_tile_counts`).
     pub count_tiles: bool,
-    /// Whether the kernel adds per-key terms read at run time to its scores (a bool mask, an
-    /// additive bias, ALiBi: [`MaskKinds::key_terms`](crate::validate::MaskKinds::key_terms)).
-    /// Only the unrolled flash kernel is specialised on it: CPU drivers run both sides of a
-    /// branch, so code for a mask that is absent still costs there (about 30% on lavapipe).
-    /// The other families test the mask flags at run time and leave it `false`.
-    pub key_terms: bool,
+    /// Whether the kernel adds a term read at run time to every visible score (an additive
+    /// bias or ALiBi: [`MaskKinds::score_terms`](crate::validate::MaskKinds::score_terms)).
+    /// Only the unrolled flash kernel is specialised on it and on [`ShaderVariant::bool_mask`]:
+    /// CPU drivers run both sides of a branch, so code for a mask that is absent still costs
+    /// there (about 30% of an unmasked call on lavapipe). The other families test the mask
+    /// flags at run time and leave both `false`.
+    pub score_terms: bool,
+    /// Whether the kernel reads a bool mask, key by key, in the tiles its block summary marks
+    /// mixed (the unrolled kernel runs tiles marked all visible through a key loop without it).
+    pub bool_mask: bool,
     /// Whether the unrolled flash kernel is built for a driver that loads memory one SIMD
     /// lane at a time and turns indexed local arrays into branch ladders
     /// ([`DeviceCaps::cpu_serial_loads`]): it then moves Q and O between workgroup memory
@@ -423,7 +427,8 @@ pub fn flash_variant(
         rows_per_thread,
         subgroups: use_sg,
         count_tiles: false,
-        key_terms: family == Family::FlashUnrolled && p.mask.key_terms(),
+        score_terms: family == Family::FlashUnrolled && p.mask.score_terms(),
+        bool_mask: family == Family::FlashUnrolled && p.mask.bool_mask,
         serial_loads: family == Family::FlashUnrolled && caps.cpu_serial_loads,
     })
 }
@@ -458,7 +463,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         rows_per_thread: 1,
         subgroups: true,
         count_tiles: false,
-        key_terms: false,
+        score_terms: false,
+        bool_mask: false,
         serial_loads: false,
     };
     if v.workgroup_storage() > caps.max_workgroup_storage
@@ -498,7 +504,8 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
-        key_terms: false,
+        score_terms: false,
+        bool_mask: false,
         serial_loads: false,
     };
     if v.workgroup_storage() > caps.max_workgroup_storage {
@@ -529,7 +536,8 @@ pub fn naive_variant() -> ShaderVariant {
         rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
-        key_terms: false,
+        score_terms: false,
+        bool_mask: false,
         serial_loads: false,
     }
 }

@@ -21,9 +21,11 @@
 //!   written-out load from a per-thread address (a branchy loop over the lanes): there Q and
 //!   O move through a local array in a rolled loop. Mesa 22 turns such an array into a branch
 //!   ladder instead, so for it ([`ShaderVariant::serial_loads`]) each vector is written out.
-//! - Code for per-key mask terms (bias, bool mask, ALiBi) is generated only in variants with
-//!   [`ShaderVariant::key_terms`]: lavapipe runs both sides of every branch, so a per-key test
-//!   of a flag that is off still cost about 30% of the unmasked time there.
+//! - Code for per-key mask terms is generated only in variants that need it
+//!   ([`ShaderVariant::score_terms`] for a bias or ALiBi, [`ShaderVariant::bool_mask`]):
+//!   lavapipe runs both sides of every branch, so a per-key test of a flag that is off still
+//!   cost about 30% of the unmasked time there. With a bool mask alone, tiles the block
+//!   summary marks all visible run a key loop with no mask reads.
 //! - Each thread works out a tile's state itself: two barriers per tile instead of three.
 
 use std::fmt::Write;
@@ -98,70 +100,31 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
         }
     }
     s.push_str(TILE_LOOP_HEAD);
-    // Scores of key j for every row: each K vector read serves all rows.
-    for r in 0..rows {
-        w!(s, "            var a_{r} = vec4<f32>(0.0);");
+    if v.score_terms {
+        key_loop(&mut s, rows, dk4, dv4, "BC", Terms::All);
+    } else if v.bool_mask {
+        // Tiles the block summary marks all visible need no bool-mask reads: a loop of their
+        // own (a loop with no iteration costs one masked pass on a CPU, a branch both sides).
+        key_loop(
+            &mut s,
+            rows,
+            dk4,
+            dv4,
+            "select(0u, BC, state == 1u)",
+            Terms::None,
+        );
+        key_loop(
+            &mut s,
+            rows,
+            dk4,
+            dv4,
+            "select(0u, BC, state == 2u)",
+            Terms::Bool,
+        );
+    } else {
+        key_loop(&mut s, rows, dk4, dv4, "BC", Terms::None);
     }
-    shared_vector_products(
-        &mut s,
-        dk4,
-        rows,
-        |t| format!("let k_{t} = kvs[kb + {t}u];"),
-        |r, t| format!("a_{r} += q_{r}_{t} * k_{t};"),
-    );
-    // Masks and the online softmax, per row. Per-key terms (bias, bool mask, ALiBi) only in
-    // variants that need them: a CPU driver runs a skipped branch too.
-    if v.key_terms {
-        w!(
-            s,
-            "            let loads_extra = has(F_BIAS) || state == 2u;"
-        );
-    }
-    for r in 0..rows {
-        w!(
-            s,
-            "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
-            var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;"
-        );
-        if v.key_terms {
-            w!(
-                s,
-                "            if (vis_{r}) {{
-                if (loads_extra) {{ s_{r} += loaded_extra(b, h, i_{r}, j, state); }}
-                s_{r} += alibi_at(h, i_{r}, j, rc);
-                vis_{r} = finite_logit(s_{r});
-            }}"
-            );
-        }
-        w!(
-            s,
-            "            var p_{r} = 0.0;
-            if (vis_{r}) {{
-                if (s_{r} > m_{r}) {{
-                    let alpha = exp(m_{r} - s_{r});
-                    l_{r} *= alpha;"
-        );
-        for t in 0..dv4 {
-            w!(s, "                    acc_{r}_{t} *= alpha;");
-        }
-        w!(
-            s,
-            "                    m_{r} = s_{r};
-                }}
-                p_{r} = exp(s_{r} - m_{r});
-                l_{r} += p_{r};
-            }}"
-        );
-    }
-    // P·V: each V vector read serves all rows.
-    shared_vector_products(
-        &mut s,
-        dv4,
-        rows,
-        |t| format!("let v_{t} = kvs[VS0 + vb + {t}u];"),
-        |r, t| format!("acc_{r}_{t} += p_{r} * v_{t};"),
-    );
-    s.push_str("        }\n        }\n    }\n");
+    s.push_str("        }\n    }\n");
     // Output, after the barrier that ends the last tile's reads.
     for pass in 0..rows / o_groups {
         w!(s, "    workgroupBarrier();");
@@ -208,6 +171,96 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// Which per-key mask terms a key loop reads.
+#[derive(Clone, Copy)]
+enum Terms {
+    /// None: each row's key range is the whole mask.
+    None,
+    /// The bool mask (tiles the block summary marks mixed).
+    Bool,
+    /// Bias, ALiBi and, in mixed tiles, the bool mask.
+    All,
+}
+
+/// One tile's key loop, `count` keys (a WGSL expression), one key at a time: the scores of
+/// key j for every row (each K vector read serves all rows), the masks and online softmax per
+/// row, then P·V (each V vector read serves all rows).
+fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: Terms) {
+    w!(
+        s,
+        "        for (var jj = 0u; jj < {count}; jj++) {{
+            let j = j0 + jj;
+            let kb = jj * DK4;
+            let vb = jj * DV4;"
+    );
+    // Scores of key j for every row: each K vector read serves all rows.
+    for r in 0..rows {
+        w!(s, "            var a_{r} = vec4<f32>(0.0);");
+    }
+    shared_vector_products(
+        s,
+        dk4,
+        rows,
+        |t| format!("let k_{t} = kvs[kb + {t}u];"),
+        |r, t| format!("a_{r} += q_{r}_{t} * k_{t};"),
+    );
+    // Masks and the online softmax, per row.
+    for r in 0..rows {
+        w!(
+            s,
+            "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
+            var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;"
+        );
+        match terms {
+            Terms::None => {}
+            Terms::Bool => {
+                w!(
+                    s,
+                    "            if (vis_{r}) {{ vis_{r} = bool_mask_at(b, h, i_{r}, j); }}"
+                );
+            }
+            Terms::All => {
+                w!(
+                    s,
+                    "            if (vis_{r}) {{
+                if (state == 2u || has(F_BIAS)) {{ s_{r} += loaded_extra(b, h, i_{r}, j, state); }}
+                s_{r} += alibi_at(h, i_{r}, j, rc);
+                vis_{r} = finite_logit(s_{r});
+            }}"
+                );
+            }
+        }
+        w!(
+            s,
+            "            var p_{r} = 0.0;
+            if (vis_{r}) {{
+                if (s_{r} > m_{r}) {{
+                    let alpha = exp(m_{r} - s_{r});
+                    l_{r} *= alpha;"
+        );
+        for t in 0..dv4 {
+            w!(s, "                    acc_{r}_{t} *= alpha;");
+        }
+        w!(
+            s,
+            "                    m_{r} = s_{r};
+                }}
+                p_{r} = exp(s_{r} - m_{r});
+                l_{r} += p_{r};
+            }}"
+        );
+    }
+    // P·V: each V vector read serves all rows.
+    shared_vector_products(
+        s,
+        dv4,
+        rows,
+        |t| format!("let v_{t} = kvs[VS0 + vb + {t}u];"),
+        |r, t| format!("acc_{r}_{t} += p_{r} * v_{t};"),
+    );
+    s.push_str("        }\n");
 }
 
 /// Row groups (of `ROW_STRIDE` rows, one per thread) per staging pass of Q or O: the most,
@@ -312,9 +365,4 @@ const TILE_LOOP_HEAD: &str = r#"
     for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
         let state = start_tile(lid, b, h, qt, j0, bases);
         if (state != 0u) {
-        // One key at a time: bias and bool-mask values are read once per row and key.
-        for (var jj = 0u; jj < BC; jj++) {
-            let j = j0 + jj;
-            let kb = jj * DK4;
-            let vb = jj * DV4;
 "#;

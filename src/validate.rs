@@ -39,10 +39,10 @@ impl MaskKinds {
             || self.alibi
     }
 
-    /// Whether a kind adds a per-key term to the scores, read at run time (a bool mask, an
-    /// additive bias, ALiBi), as opposed to kinds that only bound each row's key range.
-    pub fn key_terms(&self) -> bool {
-        self.bool_mask || self.bias.is_some() || self.alibi
+    /// Whether a kind adds a term read at run time to every visible score (an additive bias,
+    /// ALiBi), as opposed to kinds that bound each row's key range or hide single keys.
+    pub fn score_terms(&self) -> bool {
+        self.bias.is_some() || self.alibi
     }
 }
 

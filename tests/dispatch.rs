@@ -177,7 +177,7 @@ fn lavapipe_runs_the_unrolled_kernel() {
                 v.block_k,
                 v.subgroups,
                 v.serial_loads,
-                v.key_terms
+                v.score_terms || v.bool_mask
             ),
             (
                 1,
@@ -211,35 +211,40 @@ fn only_per_key_mask_terms_get_the_unrolled_kernel_that_reads_them() {
         f(&mut p.mask);
         p
     };
-    let bound_only = [
-        with(&|m| m.causal = true),
-        with(&|m| m.key_lengths = true),
-        with(&|m| m.query_lengths = true),
-    ];
-    let per_key = [
-        with(&|m| m.bool_mask = true),
-        with(&|m| m.bias = Some(DType::F32)),
-        with(&|m| m.alibi = true),
-        with(&|m| {
-            m.causal = true;
-            m.bias = Some(DType::F16);
-        }),
+    // (mask, score terms, bool mask)
+    let cases = [
+        (with(&|m| m.causal = true), false, false),
+        (with(&|m| m.key_lengths = true), false, false),
+        (with(&|m| m.query_lengths = true), false, false),
+        (with(&|m| m.bool_mask = true), false, true),
+        (with(&|m| m.bias = Some(DType::F32)), true, false),
+        (with(&|m| m.alibi = true), true, false),
+        (
+            with(&|m| {
+                m.causal = true;
+                m.bias = Some(DType::F16);
+                m.bool_mask = true;
+            }),
+            true,
+            true,
+        ),
     ];
     for caps in [lavapipe(), lavapipe_new()] {
-        for p in &bound_only {
+        for (p, score, bool_mask) in &cases {
             let v = plan(p, &caps, &opts).unwrap().variant;
             assert_eq!(v.family, Family::FlashUnrolled);
-            assert!(!v.key_terms, "{:?}", p.mask);
-        }
-        for p in &per_key {
-            let v = plan(p, &caps, &opts).unwrap().variant;
-            assert_eq!(v.family, Family::FlashUnrolled);
-            assert!(v.key_terms, "{:?}", p.mask);
+            assert_eq!(
+                (v.score_terms, v.bool_mask),
+                (*score, *bool_mask),
+                "{:?}",
+                p.mask
+            );
         }
     }
     // The rolled kernel reads the mask flags at run time: one variant for every mask.
-    for p in per_key.iter().chain(&bound_only) {
-        assert!(!plan(p, &subgroup_gpu(), &opts).unwrap().variant.key_terms);
+    for (p, _, _) in &cases {
+        let v = plan(p, &subgroup_gpu(), &opts).unwrap().variant;
+        assert!(!v.score_terms && !v.bool_mask, "{:?}", p.mask);
     }
 }
 

@@ -24,7 +24,8 @@ fn variants() -> Vec<ShaderVariant> {
                             rows_per_thread: rpt,
                             subgroups: sg,
                             count_tiles: count,
-                            key_terms: false,
+                            score_terms: false,
+                            bool_mask: false,
                             serial_loads: false,
                         });
                     }
@@ -44,7 +45,8 @@ fn variants() -> Vec<ShaderVariant> {
                 rows_per_thread: 1,
                 subgroups: true,
                 count_tiles: count,
-                key_terms: false,
+                score_terms: false,
+                bool_mask: false,
                 serial_loads: false,
             });
         }
@@ -56,11 +58,13 @@ fn variants() -> Vec<ShaderVariant> {
     {
         for &dv in &[32, dk] {
             for bk in [8, 16, 32] {
-                for (count, key_terms, serial_loads) in [
-                    (false, false, false),
-                    (true, false, true),
-                    (false, true, false),
-                    (false, true, true),
+                for (count, score_terms, bool_mask, serial_loads) in [
+                    (false, false, false, false),
+                    (true, false, false, true),
+                    (false, true, false, false),
+                    (false, false, true, true),
+                    (false, true, true, true),
+                    (false, false, true, false),
                 ] {
                     v.push(ShaderVariant {
                         family: Family::FlashUnrolled,
@@ -72,7 +76,8 @@ fn variants() -> Vec<ShaderVariant> {
                         rows_per_thread: UNROLLED_ROWS_PER_THREAD,
                         subgroups: false,
                         count_tiles: count,
-                        key_terms,
+                        score_terms,
+                        bool_mask,
                         serial_loads,
                     });
                 }
@@ -91,7 +96,8 @@ fn variants() -> Vec<ShaderVariant> {
                 rows_per_thread: 1,
                 subgroups: false,
                 count_tiles: false,
-                key_terms: false,
+                score_terms: false,
+                bool_mask: false,
                 serial_loads: false,
             });
         }
