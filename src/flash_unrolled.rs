@@ -13,8 +13,9 @@
 //! (`shaders/common.wgsl`), so masks behave exactly as in `shaders/flash.wgsl`. Differences
 //! in structure, each measured on lavapipe (BENCHMARKS.md):
 //!
-//! - The online softmax runs per key, rescaling a row's accumulators only when its running
-//!   max grows.
+//! - Keys are taken in steps of two on Mesa 22 ([`ShaderVariant::serial_loads`]) and one
+//!   elsewhere: each Q vector and accumulator read serves the step's keys, and the online
+//!   softmax rescales once per row and step, with no branch (a CPU runs both sides of one).
 //! - Q is read, and O written, through the K/V tile array in as few passes as fit, so the
 //!   global loads and stores stay in rolled loops. Every barrier costs compile time on
 //!   lavapipe from Mesa 23 (a coroutine frame around every live value), and so does every
@@ -100,29 +101,19 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
         }
     }
     s.push_str(TILE_LOOP_HEAD);
+    // Keys per step: two on Mesa 22 (1.14x faster there, measured), one elsewhere (as fast on
+    // Mesa 25, and it compiles 1.5x faster at d=128).
+    let g = if v.serial_loads { 2 } else { 1 };
+    let mut keys = |count: &str, terms| key_loop(&mut s, rows, dk4, dv4, count, terms, g);
     if v.score_terms {
-        key_loop(&mut s, rows, dk4, dv4, "BC", Terms::All);
+        keys("BC", Terms::All);
     } else if v.bool_mask {
         // Tiles the block summary marks all visible need no bool-mask reads: a loop of their
         // own (a loop with no iteration costs one masked pass on a CPU, a branch both sides).
-        key_loop(
-            &mut s,
-            rows,
-            dk4,
-            dv4,
-            "select(0u, BC, state == 1u)",
-            Terms::None,
-        );
-        key_loop(
-            &mut s,
-            rows,
-            dk4,
-            dv4,
-            "select(0u, BC, state == 2u)",
-            Terms::Bool,
-        );
+        keys("select(0u, BC, state == 1u)", Terms::None);
+        keys("select(0u, BC, state == 2u)", Terms::Bool);
     } else {
-        key_loop(&mut s, rows, dk4, dv4, "BC", Terms::None);
+        keys("BC", Terms::None);
     }
     s.push_str("        }\n    }\n");
     // Output, after the barrier that ends the last tile's reads.
@@ -184,82 +175,100 @@ enum Terms {
     All,
 }
 
-/// One tile's key loop, `count` keys (a WGSL expression), one key at a time: the scores of
-/// key j for every row (each K vector read serves all rows), the masks and online softmax per
-/// row, then P·V (each V vector read serves all rows).
-fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: Terms) {
+/// One tile's key loop over `count` keys (a WGSL expression) in steps of `g` keys: the
+/// scores of the step's keys for every row (each K vector read serves all rows, each Q
+/// vector read all `g` keys), the masks per row and key, one online-softmax rescale per row
+/// and step with no branch, then P·V (each V vector read serves all rows, each accumulator
+/// read all `g` keys).
+fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: Terms, g: u32) {
     w!(
         s,
-        "        for (var jj = 0u; jj < {count}; jj++) {{
-            let j = j0 + jj;
-            let kb = jj * DK4;
-            let vb = jj * DV4;"
+        "        for (var jj = 0u; jj < {count}; jj += {g}u) {{
+            let j = j0 + jj;"
     );
-    // Scores of key j for every row: each K vector read serves all rows.
     for r in 0..rows {
-        w!(s, "            var a_{r} = vec4<f32>(0.0);");
+        for k in 0..g {
+            w!(s, "            var a_{r}_{k} = vec4<f32>(0.0);");
+        }
     }
-    shared_vector_products(
-        s,
-        dk4,
-        rows,
-        |t| format!("let k_{t} = kvs[kb + {t}u];"),
-        |r, t| format!("a_{r} += q_{r}_{t} * k_{t};"),
-    );
-    // Masks and the online softmax, per row.
-    for r in 0..rows {
-        w!(
-            s,
-            "            var s_{r} = (a_{r}.x + a_{r}.y) + (a_{r}.z + a_{r}.w);
-            var vis_{r} = j >= rg_{r}.x && j < rg_{r}.y;"
-        );
-        match terms {
-            Terms::None => {}
-            Terms::Bool => {
+    for t in 0..dk4 {
+        for k in 0..g {
+            w!(
+                s,
+                "            let k_{t}_{k} = kvs[(jj + {k}u) * DK4 + {t}u];"
+            );
+        }
+        for r in 0..rows {
+            for k in 0..g {
                 w!(
                     s,
-                    "            if (vis_{r}) {{ vis_{r} = bool_mask_at(b, h, i_{r}, j); }}"
-                );
-            }
-            Terms::All => {
-                w!(
-                    s,
-                    "            if (vis_{r}) {{
-                if (state == 2u || has(F_BIAS)) {{ s_{r} += loaded_extra(b, h, i_{r}, j, state); }}
-                s_{r} += alibi_at(h, i_{r}, j, rc);
-                vis_{r} = finite_logit(s_{r});
-            }}"
+                    "            a_{r}_{k} = fma(q_{r}_{t}, k_{t}_{k}, a_{r}_{k});"
                 );
             }
         }
-        w!(
-            s,
-            "            var p_{r} = 0.0;
-            if (vis_{r}) {{
-                if (s_{r} > m_{r}) {{
-                    let alpha = exp(m_{r} - s_{r});
-                    l_{r} *= alpha;"
-        );
-        for t in 0..dv4 {
-            w!(s, "                    acc_{r}_{t} *= alpha;");
-        }
-        w!(
-            s,
-            "                    m_{r} = s_{r};
-                }}
-                p_{r} = exp(s_{r} - m_{r});
-                l_{r} += p_{r};
+    }
+    for r in 0..rows {
+        w!(s, "            var mx_{r} = m_{r};");
+        for k in 0..g {
+            w!(
+                s,
+                "            var s_{r}_{k} = (a_{r}_{k}.x + a_{r}_{k}.y) + (a_{r}_{k}.z + a_{r}_{k}.w);
+            var vis_{r}_{k} = j + {k}u >= rg_{r}.x && j + {k}u < rg_{r}.y;"
+            );
+            match terms {
+                Terms::None => {}
+                Terms::Bool => {
+                    w!(
+                        s,
+                        "            if (vis_{r}_{k}) {{ vis_{r}_{k} = bool_mask_at(b, h, i_{r}, j + {k}u); }}"
+                    );
+                }
+                Terms::All => {
+                    w!(
+                        s,
+                        "            if (vis_{r}_{k}) {{
+                if (state == 2u || has(F_BIAS)) {{ s_{r}_{k} += loaded_extra(b, h, i_{r}, j + {k}u, state); }}
+                s_{r}_{k} += alibi_at(h, i_{r}, j + {k}u, rc);
+                vis_{r}_{k} = finite_logit(s_{r}_{k});
             }}"
+                    );
+                }
+            }
+            w!(
+                s,
+                "            if (vis_{r}_{k}) {{ mx_{r} = max(mx_{r}, s_{r}_{k}); }}"
+            );
+        }
+        w!(s, "            let al_{r} = exp(m_{r} - mx_{r});");
+        w!(s, "            m_{r} = mx_{r};");
+        for k in 0..g {
+            w!(
+                s,
+                "            let p_{r}_{k} = select(0.0, exp(s_{r}_{k} - mx_{r}), vis_{r}_{k});"
+            );
+        }
+        let sum: Vec<String> = (0..g).map(|k| format!("p_{r}_{k}")).collect();
+        w!(
+            s,
+            "            l_{r} = l_{r} * al_{r} + ({});",
+            sum.join(" + ")
         );
     }
-    // P·V: each V vector read serves all rows.
-    shared_vector_products(
-        s,
-        dv4,
-        rows,
-        |t| format!("let v_{t} = kvs[VS0 + vb + {t}u];"),
-        |r, t| format!("acc_{r}_{t} += p_{r} * v_{t};"),
-    );
+    for t in 0..dv4 {
+        for k in 0..g {
+            w!(
+                s,
+                "            let v_{t}_{k} = kvs[VS0 + (jj + {k}u) * DV4 + {t}u];"
+            );
+        }
+        for r in 0..rows {
+            let mut e = format!("acc_{r}_{t} * al_{r}");
+            for k in 0..g {
+                e = format!("fma(vec4<f32>(p_{r}_{k}), v_{t}_{k}, {e})");
+            }
+            w!(s, "            acc_{r}_{t} = {e};");
+        }
+    }
     s.push_str("        }\n");
 }
 
@@ -272,23 +281,6 @@ fn groups_per_pass(tile_vec4s: u32, vec4s: u32, rows: u32) -> u32 {
         g /= 2;
     }
     g
-}
-
-/// For each of `n` head-dim vectors: one read from workgroup memory (`read(t)`), then one
-/// update per row (`update(r, t)`), so every read serves all rows.
-fn shared_vector_products(
-    s: &mut String,
-    n: u32,
-    rows: u32,
-    read: impl Fn(u32) -> String,
-    update: impl Fn(u32, u32) -> String,
-) {
-    for t in 0..n {
-        w!(s, "            {}", read(t));
-        for r in 0..rows {
-            w!(s, "            {}", update(r, t));
-        }
-    }
 }
 
 const HEADER: &str = r#"// Generated by src/flash_unrolled.rs: flash for CPU adapters, per-row loops unrolled.
