@@ -26,7 +26,19 @@ pub fn ctx() -> &'static Context {
     CTX.get_or_init(|| match Context::new_blocking() {
         Ok(c) => {
             let i = c.adapter_info();
-            eprintln!("testing on {} ({:?})", i.name, i.backend);
+            eprintln!("testing on {} ({:?}, {})", i.name, i.backend, i.driver_info);
+            // CI's second lavapipe run must not fall back to the system driver unnoticed.
+            if let Ok(min) = std::env::var("WGPU_ATTENTION_EXPECT_MESA") {
+                let min: u32 = min
+                    .parse()
+                    .expect("WGPU_ATTENTION_EXPECT_MESA: a major version");
+                let got = wgpu_attention::dispatch::mesa_major(&i.driver_info);
+                assert!(
+                    got.is_some_and(|v| v >= min),
+                    "expected Mesa {min} or newer, the adapter's driver is {:?}",
+                    i.driver_info
+                );
+            }
             c
         }
         Err(e) => panic!(
