@@ -73,17 +73,7 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
             w!(s, "    workgroupBarrier();");
         }
         w!(s, "    stage_q({pass}u, lid, qt, b, h);");
-        let vars = (0..q_groups).flat_map(|g| (0..dk4).map(move |t| (pass * q_groups + g, t)));
-        if v.serial_loads {
-            // One load per vector, written out.
-            for (i, (r, t)) in vars.enumerate() {
-                let g = i as u32 / dk4;
-                w!(
-                    s,
-                    "    let q_{r}_{t} = kvs[(lid + {g}u * ROW_STRIDE) * DK4 + {t}u];"
-                );
-            }
-        } else {
+        if !v.serial_loads {
             // Through a local array, filled in a loop the driver keeps rolled.
             w!(
                 s,
@@ -95,8 +85,19 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
                 "    for (var e = 0u; e < rolled({}u); e++) {{ qa_{pass}[e] = kvs[(lid + e / DK4 * ROW_STRIDE) * DK4 + e % DK4]; }}",
                 q_groups * dk4
             );
-            for (i, (r, t)) in vars.enumerate() {
-                w!(s, "    let q_{r}_{t} = qa_{pass}[{i}u];");
+        }
+        for g in 0..q_groups {
+            let r = pass * q_groups + g;
+            for t in 0..dk4 {
+                if v.serial_loads {
+                    // One load per vector, written out.
+                    w!(
+                        s,
+                        "    let q_{r}_{t} = kvs[(lid + {g}u * ROW_STRIDE) * DK4 + {t}u];"
+                    );
+                } else {
+                    w!(s, "    let q_{r}_{t} = qa_{pass}[{}u];", g * dk4 + t);
+                }
             }
         }
     }
@@ -186,6 +187,12 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
         "        for (var jj = 0u; jj < {count}; jj += {g}u) {{
             let j = j0 + jj;"
     );
+    if matches!(terms, Terms::All) {
+        w!(
+            s,
+            "            let loads_extra = state == 2u || has(F_BIAS);"
+        );
+    }
     for r in 0..rows {
         for k in 0..g {
             w!(s, "            var a_{r}_{k} = vec4<f32>(0.0);");
@@ -227,7 +234,7 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
                     w!(
                         s,
                         "            if (vis_{r}_{k}) {{
-                if (state == 2u || has(F_BIAS)) {{ s_{r}_{k} += loaded_extra(b, h, i_{r}, j + {k}u, state); }}
+                if (loads_extra) {{ s_{r}_{k} += loaded_extra(b, h, i_{r}, j + {k}u, state); }}
                 s_{r}_{k} += alibi_at(h, i_{r}, j + {k}u, rc);
                 vis_{r}_{k} = finite_logit(s_{r}_{k});
             }}"
