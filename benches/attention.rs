@@ -5,7 +5,9 @@
 //! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes),
 //! `--subgroups on|off`, `--rpt N`, `--bk N`, `--tpr N` (tile overrides), `--unchecked` (shaders without
 //! wgpu's injected bounds checks: `Context::from_device_unchecked`), `--experimental`
-//! (wgpu's cooperative matrices where the adapter has them: `Context::new_experimental`).
+//! (wgpu's cooperative matrices where the adapter has them: `Context::new_experimental`),
+//! `--max-binding BYTES` (a device whose storage bindings hold at most that many bytes, as
+//! `wgpu::Limits::default()`'s 128 MiB: calls with larger tensors run split, see `"parts"`).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
 //! completed submission; one warm-up run first; the median of `iters` runs is reported.
@@ -153,7 +155,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     let median = times[times.len() / 2];
     let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"variant\":\"bk{} rpt{} tpr{}{}\"}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"parts\":{},\"variant\":\"bk{} rpt{} tpr{}{}\"}}",
         c.backend,
         c.mask,
         c.dtype,
@@ -165,6 +167,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         median,
         gflops,
         plan.backend.name(),
+        plan.parts,
         plan.variant.block_k,
         plan.variant.rows_per_thread,
         plan.variant.threads_per_row,
@@ -174,6 +177,27 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
             ""
         }
     ))
+}
+
+/// A context on a device of the default adapter whose storage bindings hold at most `max`
+/// bytes (`--max-binding`), with the crate's optional features.
+fn limited_context(max: u64) -> Context {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap_or_else(|e| panic!("no adapter: {e}"));
+    let limits = adapter.limits();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu_attention::OPTIONAL_FEATURES,
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: max.min(limits.max_storage_buffer_binding_size),
+            ..limits
+        },
+        ..Default::default()
+    }))
+    .unwrap_or_else(|e| panic!("no device: {e}"));
+    Context::from_device(device, queue, &adapter.get_info())
 }
 
 /// A context whose shaders run without wgpu's runtime checks (`--unchecked`), or with its
@@ -220,6 +244,7 @@ fn main() {
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
+    let mut max_binding = None;
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1).cloned().unwrap_or_default();
@@ -242,18 +267,21 @@ fn main() {
             "--rpt" => base.rpt = Some(num() as u32),
             "--bk" => base.bk = Some(num() as u32),
             "--tpr" => base.tpr = Some(num() as u32),
+            "--max-binding" => max_binding = Some(num() as u64),
             other => panic!("unknown flag {other}"),
         }
         if !matches!(
             args[i].as_str(),
-            "--iters" | "--grid" | "--subgroups" | "--rpt" | "--bk" | "--tpr"
+            "--iters" | "--grid" | "--subgroups" | "--rpt" | "--bk" | "--tpr" | "--max-binding"
         ) {
             explicit = true;
         }
         i += 2;
     }
     let experimental = all.iter().any(|a| a == "--experimental");
-    let ctx = if all.iter().any(|a| a == "--unchecked" || a == "--checks") {
+    let ctx = if let Some(max) = max_binding {
+        limited_context(max)
+    } else if all.iter().any(|a| a == "--unchecked" || a == "--checks") {
         unchecked_context(experimental)
     } else if experimental {
         // SAFETY: benchmarking with wgpu's experimental cooperative matrices, by request.

@@ -22,6 +22,7 @@ struct Params {
     wg_x: u32, scratch_stride: u32, l_off: u32, l_sb: u32,
     l_sh: u32, l_ss: u32, cuq_off: u32, cuk_off: u32,
     n_splits: u32, split_len: u32, o_split: u32, l_split: u32,
+    diag_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
 const F_CAUSAL: u32 = 1u;
@@ -38,6 +39,9 @@ const F_LSE: u32 = 1024u;
 const F_VARLEN: u32 = 2048u;
 // K and V are f16 with unit head-dim stride and even offsets/strides: loadable in pairs.
 const F_KV_PAIRS: u32 = 4096u;
+// A part of a call split to fit the storage-binding limit: the query and key lengths in aux
+// are the part's own, and the diagonal's offset per batch item is at aux[P.diag_off + b].
+const F_DIAG: u32 = 8192u;
 // Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16.
 const DT_Q: u32 = 16u;
 const DT_K: u32 = 18u;
@@ -169,7 +173,11 @@ fn row_ctx(b: u32) -> RowCtx {
     if (has(F_QLEN)) { rc.qvalid = min(aux_buf[P.qlen_off + b], P.seq_q); }
     if (has(F_KLEN)) { rc.kvalid = min(aux_buf[P.klen_off + b], P.seq_k); }
     rc.off = 0;
-    if (has(F_BOTTOM_RIGHT)) { rc.off = i32(rc.kvalid) - i32(rc.qvalid); }
+    if (has(F_DIAG)) {
+        rc.off = bitcast<i32>(aux_buf[P.diag_off + b]);
+    } else if (has(F_BOTTOM_RIGHT)) {
+        rc.off = i32(rc.kvalid) - i32(rc.qvalid);
+    }
     return rc;
 }
 

@@ -76,8 +76,62 @@ fn counts(view: &TensorView) -> (u32, u32, u32) {
     (nqb, nkb, n)
 }
 
-/// Records the summary kernel for `view`, writing into `out` at `out_off` words.
+/// Records the summary kernel for `view`, writing into `out` at `out_off` words. A mask
+/// larger than one storage binding is summarised one (batch, head) at a time, and each of
+/// those in runs of whole query blocks if it must.
 pub(crate) fn record(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    view: &TensorView,
+    out: &wgpu::Buffer,
+    out_off: u32,
+) -> Result<()> {
+    let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+    let max = ctx.caps().max_storage_binding;
+    let fits = |v: &TensorView| {
+        let end = v.end_byte().unwrap_or(u64::MAX);
+        launch::binding_extent(v.offset, end, align).1 <= max
+    };
+    if fits(view) {
+        return record_one(ctx, encoder, view, out, out_off);
+    }
+    let (nqb, nkb, _) = counts(view);
+    let [mb, mh, sq, _] = view.shape;
+    for b in 0..mb {
+        for h in 0..mh {
+            let one = view.narrowed(0, b, 1).narrowed(1, h, 1);
+            let base = out_off + ((b * mh + h) as u32 * nqb) * nkb;
+            if fits(&one) {
+                record_one(ctx, encoder, &one, out, base)?;
+                continue;
+            }
+            let bq = SUMMARY_BLOCK_Q as usize;
+            let mut r0 = 0;
+            while r0 < sq {
+                let rows = |blocks: usize| one.narrowed(2, r0, (blocks * bq).min(sq - r0));
+                let left = (sq - r0).div_ceil(bq);
+                let blocks = (1..=left).rev().find(|&n| fits(&rows(n)));
+                let Some(blocks) = blocks else {
+                    let v = rows(1);
+                    let end = v.end_byte().unwrap_or(u64::MAX);
+                    let needed = launch::binding_extent(v.offset, end, align).1;
+                    return Err(Error::binding(TensorRole::BoolMask, needed, max));
+                };
+                record_one(
+                    ctx,
+                    encoder,
+                    &rows(blocks),
+                    out,
+                    base + (r0 / bq) as u32 * nkb,
+                )?;
+                r0 += blocks * bq;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record_one(
     ctx: &Context,
     encoder: &mut wgpu::CommandEncoder,
     view: &TensorView,

@@ -9,6 +9,7 @@ use crate::dispatch::{self, DeviceCaps, Family, Plan};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::pipeline::{PipelineCache, chain};
+use crate::split::{Layout, Part, PartRows};
 use crate::tensor::{DType, Tensor, TensorView};
 use crate::tuning::{ShapeBucket, TuningTable};
 use crate::validate::{self, Problem};
@@ -337,7 +338,9 @@ impl Context {
         opts: &AttentionOptions,
     ) -> Result<Plan> {
         let p = validate::validate(q, k, v, None, opts)?;
-        self.plan_tuned(&p, opts)
+        let mut plan = self.plan_tuned(&p, opts)?;
+        self.split(&Layout::new(&p, [q, k, v], None, opts), &mut plan)?;
+        Ok(plan)
     }
 
     /// The dispatcher's decision for a problem described as plain data (with this
@@ -379,35 +382,84 @@ impl Context {
     ) -> Result<Plan> {
         let p = validate::validate(q, k, v, Some(out), opts)?;
         let mut plan = self.plan_tuned(&p, opts)?;
-        log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
         if counter.is_some() {
             if plan.backend != Backend::Flash {
                 return Err(Error::backend("tile counting needs the flash backend"));
             }
             plan.variant.count_tiles = true;
         }
+        let layout = Layout::new(&p, [q, k, v], Some(out), opts);
+        let parts = self.split(&layout, &mut plan)?;
+        log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
+        match parts {
+            None => self.record_part(encoder, &p, &plan, [q, k, v, out], opts, counter, None)?,
+            Some(parts) => {
+                for part in &parts {
+                    let c = layout.part_call(&p, [q, k, v, out], opts, part);
+                    self.record_part(
+                        encoder,
+                        &c.problem,
+                        &plan,
+                        [&c.q, &c.k, &c.v, &c.o],
+                        &c.opts,
+                        counter,
+                        c.rows.as_ref(),
+                    )?;
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The parts a call runs as when a tensor is larger than one storage binding (`None`:
+    /// one call), noted in `plan`.
+    fn split(&self, layout: &Layout<'_>, plan: &mut Plan) -> Result<Option<Vec<Part>>> {
+        let max = self.caps().max_storage_binding;
+        let align = self.limits().min_storage_buffer_offset_alignment as u64;
+        let parts = layout.parts(max, align)?;
+        if let Some(parts) = &parts {
+            plan.parts = parts.len() as u32;
+            plan.reason.push_str(&format!(
+                " Split into {} calls (over batch items, groups of heads, then query rows) so that no tensor needs a storage binding over max_storage_buffer_binding_size ({max} bytes).",
+                parts.len()
+            ));
+        }
+        Ok(parts)
+    }
+
+    /// Records one call (or one part of a split call: `rows` then rebases its mask).
+    #[allow(clippy::too_many_arguments)]
+    fn record_part(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        p: &Problem,
+        plan: &Plan,
+        [q, k, v, out]: [&TensorView; 4],
+        opts: &AttentionOptions,
+        counter: Option<&wgpu::Buffer>,
+        rows: Option<&PartRows>,
+    ) -> Result<()> {
         let with_summary = matches!(
             plan.variant.family,
             Family::Flash | Family::FlashUnrolled | Family::FlashCoop
         );
-        let bound = launch::bind(self, &p, [q, k, v, out], opts, with_summary)?;
+        let bound = launch::bind(self, p, [q, k, v, out], opts, with_summary, rows)?;
         match plan.variant.family {
             Family::Flash | Family::FlashUnrolled | Family::FlashCoop => {
-                flash::record(self, encoder, &p, plan.variant, &bound, opts, counter)?
+                flash::record(self, encoder, p, plan.variant, &bound, opts, counter)
             }
             Family::MemoryEfficient => memeff::record(
                 self,
                 encoder,
-                &p,
+                p,
                 plan.variant,
                 &bound,
                 plan.key_splits,
                 out,
                 opts.lse_output.as_ref(),
-            )?,
-            Family::Naive => naive::record(self, encoder, &p, plan.variant, &bound)?,
+            ),
+            Family::Naive => naive::record(self, encoder, p, plan.variant, &bound),
         }
-        Ok(plan)
     }
 
     /// Runs attention into `out` and submits. Returns the plan that ran. wgpu validation

@@ -263,6 +263,10 @@ pub struct Plan {
     pub variant: ShaderVariant,
     /// Key splits of the decode path (1 for every other backend).
     pub key_splits: u32,
+    /// How many calls the problem runs as: more than 1 when a tensor is larger than one
+    /// storage binding may be (`max_storage_buffer_binding_size`), so the call is split over
+    /// batch items, groups of heads and query rows. Every part runs this plan.
+    pub parts: u32,
     /// Why, in words.
     pub reason: String,
 }
@@ -272,7 +276,7 @@ impl std::fmt::Display for Plan {
         let v = &self.variant;
         write!(
             f,
-            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}, key splits {}): {}",
+            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}, key splits {}, parts {}): {}",
             self.backend,
             v.head_dim_qk,
             v.head_dim_v,
@@ -281,6 +285,7 @@ impl std::fmt::Display for Plan {
             v.threads_per_row,
             if v.subgroups { "on" } else { "off" },
             self.key_splits,
+            self.parts,
             self.reason
         )
     }
@@ -583,6 +588,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
         backend: Backend::Decode,
         variant: v,
         key_splits: splits,
+        parts: 1,
         reason: format!(
             "decode: {why}; {} keys split {splits} ways across workgroups, partial results merged by log-sum-exp.{mask_note}",
             problem.seq_k
@@ -618,6 +624,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 backend: Backend::Flash,
                 variant: v,
                 key_splits: 1,
+                parts: 1,
                 reason: format!("flash was forced.{mask_note}"),
             }
         }
@@ -628,6 +635,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 backend: Backend::MemoryEfficient,
                 variant: v,
                 key_splits: 1,
+                parts: 1,
                 reason: format!("memory-efficient was forced.{mask_note}"),
             }
         }
@@ -635,6 +643,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             backend: Backend::Naive,
             variant: naive_variant(),
             key_splits: 1,
+            parts: 1,
             reason: "naive was forced (exact reference: scores, softmax, P.V).".into(),
         },
         Backend::Auto
@@ -644,6 +653,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 backend: Backend::Flash,
                 variant: coop_variant(problem, caps).map_err(Error::backend)?,
                 key_splits: 1,
+                parts: 1,
                 reason: format!(
                     "flash on cooperative matrices: f16 inputs, head dims {}/{}, 16x16x16 f16 tiles with f32 accumulation.{mask_note}",
                     problem.head_dim_qk, problem.head_dim_v
@@ -671,6 +681,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     backend: Backend::Flash,
                     variant: v,
                     key_splits: 1,
+                    parts: 1,
                     reason: format!(
                         "flash fits: head dims {}/{} within its buckets, {}x{} tiles use {} of {} bytes of workgroup memory{cpu_note}{thread_note}.{mask_note}",
                         problem.head_dim_qk,
@@ -692,12 +703,14 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     backend: Backend::MemoryEfficient,
                     variant: v,
                     key_splits: 1,
+                    parts: 1,
                     reason: format!("memory-efficient, because {why_not_flash}.{mask_note}"),
                 },
                 Err(why_not_memeff) => Plan {
                     backend: Backend::Naive,
                     variant: naive_variant(),
                     key_splits: 1,
+                    parts: 1,
                     reason: format!("naive, because {why_not_flash}, and {why_not_memeff}."),
                 },
             },

@@ -274,6 +274,18 @@ pub enum UnsupportedReason {
     },
     /// An adapter feature is missing.
     Feature(String),
+    /// A tensor needs a larger storage binding than `max_storage_buffer_binding_size`.
+    /// Attention calls split themselves into parts (batch items, groups of heads, query
+    /// rows) before giving up, so for them this names the smallest part that still does not
+    /// fit: keys and values are never split, so one batch item's keys of one head must fit.
+    Binding {
+        /// Which tensor.
+        tensor: TensorRole,
+        /// The binding its smallest part needs, in bytes.
+        needed: u64,
+        /// The adapter's `max_storage_buffer_binding_size`.
+        available: u64,
+    },
 }
 
 /// The problem is valid but cannot run on this adapter with these options.
@@ -283,6 +295,9 @@ pub enum UnsupportedReason {
     UnsupportedReason::Limit { limit, needed, available } =>
         format!("needs {limit} >= {needed}, the adapter offers {available}"),
     UnsupportedReason::Feature(s) => format!("needs adapter feature {s}"),
+    UnsupportedReason::Binding { tensor, needed, available } => format!(
+        "the {tensor} needs a storage binding of {needed} bytes, max_storage_buffer_binding_size is {available}"
+    ),
 })]
 pub struct Unsupported {
     /// Why.
@@ -330,6 +345,16 @@ impl Error {
         Error::Unsupported(Unsupported {
             reason: UnsupportedReason::Limit {
                 limit,
+                needed,
+                available,
+            },
+        })
+    }
+
+    pub(crate) fn binding(tensor: TensorRole, needed: u64, available: u64) -> Self {
+        Error::Unsupported(Unsupported {
+            reason: UnsupportedReason::Binding {
+                tensor,
                 needed,
                 available,
             },

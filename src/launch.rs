@@ -11,6 +11,7 @@ use crate::mask::CausalAlignment;
 use crate::options::{AttentionOptions, Varlen};
 use crate::params::{AttnParams, flags};
 use crate::pipeline::Compiled;
+use crate::split::PartRows;
 use crate::tensor::{DType, TensorView};
 use crate::validate::Problem;
 
@@ -34,17 +35,21 @@ impl Window {
     }
 }
 
+/// The start and size of the smallest binding, aligned to `align` bytes, that covers bytes
+/// `offset..end` (whole 32-bit words, at least one).
+pub(crate) fn binding_extent(offset: u64, end: u64, align: u64) -> (u64, u64) {
+    let start = offset / align * align;
+    let end = end.div_ceil(4).saturating_mul(4).max(start + 4);
+    (start, end - start)
+}
+
 /// The smallest aligned window of `view`'s buffer that holds the view.
 pub(crate) fn window(ctx: &Context, view: &TensorView, role: TensorRole) -> Result<Window> {
     let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
-    let start = view.offset / align * align;
-    let end = view.end_byte().unwrap_or(u64::MAX).div_ceil(4) * 4;
-    let end = end.max(start + 4);
-    let size = end - start;
+    let (start, size) = binding_extent(view.offset, view.end_byte().unwrap_or(u64::MAX), align);
     let max = ctx.caps().max_storage_binding;
     if size > max {
-        log::debug!("{role} needs a binding of {size} bytes");
-        return Err(Error::limit("max_storage_buffer_binding_size", size, max));
+        return Err(Error::binding(role, size, max));
     }
     Ok(Window {
         buffer: view.buffer.clone(),
@@ -98,6 +103,7 @@ pub(crate) fn bind(
     views: [&TensorView; 4],
     opts: &AttentionOptions,
     with_summary: bool,
+    part: Option<&PartRows>,
 ) -> Result<Bound> {
     let [q, k, v, o] = views;
     let qw = window(ctx, q, TensorRole::Query)?;
@@ -129,6 +135,7 @@ pub(crate) fn bind(
     set(m.key_lengths.is_some() || vl.is_some(), flags::KLEN);
     set(m.query_lengths.is_some() || vl.is_some(), flags::QLEN);
     set(vl.is_some(), flags::VARLEN);
+    set(part.is_some(), flags::QLEN | flags::KLEN | flags::DIAG);
     set(opts.lse_output.is_some(), flags::LSE);
     set(m.window.is_some_and(|w| w.left.is_some()), flags::WLEFT);
     set(m.window.is_some_and(|w| w.right.is_some()), flags::WRIGHT);
@@ -144,15 +151,19 @@ pub(crate) fn bind(
     // Aux: [query lengths | key lengths | cu_seqlens q | cu_seqlens k | alibi | summary].
     let mut aux: Vec<u32> = Vec::new();
     let qlen_off = aux.len() as u32;
-    match vl {
-        Some(vl) => aux.extend(Varlen::lengths(&vl.cu_seqlens_q)),
-        None => aux.extend(m.query_lengths.iter().flatten()),
+    match (vl, part) {
+        (Some(vl), _) => aux.extend(Varlen::lengths(&vl.cu_seqlens_q)),
+        (None, Some(part)) => aux.extend(&part.qlen),
+        (None, None) => aux.extend(m.query_lengths.iter().flatten()),
     }
     let klen_off = aux.len() as u32;
-    match vl {
-        Some(vl) => aux.extend(Varlen::lengths(&vl.cu_seqlens_k)),
-        None => aux.extend(m.key_lengths.iter().flatten()),
+    match (vl, part) {
+        (Some(vl), _) => aux.extend(Varlen::lengths(&vl.cu_seqlens_k)),
+        (None, Some(part)) => aux.extend(&part.klen),
+        (None, None) => aux.extend(m.key_lengths.iter().flatten()),
     }
+    let diag_off = aux.len() as u32;
+    aux.extend(part.iter().flat_map(|p| p.diag.iter().map(|&d| d as u32)));
     let cuq_off = aux.len() as u32;
     aux.extend(vl.iter().flat_map(|v| v.cu_seqlens_q.iter()));
     let cuk_off = aux.len() as u32;
@@ -223,6 +234,7 @@ pub(crate) fn bind(
         cuk_off,
         n_splits: 1,
         split_len: u32::MAX,
+        diag_off,
         ..Default::default()
     };
     let lw = match &opts.lse_output {

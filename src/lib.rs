@@ -21,6 +21,7 @@ mod params;
 pub use params::param_block_sizes;
 pub mod pipeline;
 pub mod reference;
+mod split;
 pub mod tensor;
 pub mod tuning;
 pub mod validate;

@@ -17,6 +17,8 @@ pub(crate) mod flags {
     pub const LSE: u32 = 1024;
     pub const VARLEN: u32 = 2048;
     pub const KV_PAIRS: u32 = 4096;
+    /// A part of a split call: local lengths, and per-batch diagonal offsets in aux.
+    pub const DIAG: u32 = 8192;
     /// Two-bit storage dtype codes (0 f32, 1 f16, 2 bf16) at these shifts.
     pub const DT_Q: u32 = 16;
     pub const DT_K: u32 = 18;
@@ -70,9 +72,12 @@ pub(crate) struct AttnParams {
     pub split_len: u32,
     pub o_split: u32,
     pub l_split: u32,
+    /// With [`flags::DIAG`]: where the per-batch diagonal offsets (i32) start in aux.
+    pub diag_off: u32,
+    pub _pad: [u32; 3],
 }
 
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 64 * 4);
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 68 * 4);
 const _: () = assert!(std::mem::size_of::<AttnParams>().is_multiple_of(16));
 
 /// The `SummaryParams` uniform of `shaders/block_summary.wgsl`.

@@ -164,6 +164,14 @@ impl TensorView {
         self
     }
 
+    /// The view of `count` indices of dimension `dim` from `start` on.
+    pub(crate) fn narrowed(&self, dim: usize, start: usize, count: usize) -> TensorView {
+        let mut v = self.clone();
+        v.offset += (start * self.strides[dim]) as u64 * self.dtype.size();
+        v.shape[dim] = count;
+        v
+    }
+
     /// The number of logical elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()

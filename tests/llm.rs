@@ -277,60 +277,19 @@ fn varlen_matches_per_sequence_reference() {
             };
             ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
             let got = ctx.download_f32_blocking(&out).unwrap(); // logical [1, h, tq, d]
-            for (s, (&ql, &kl)) in q_lens.iter().zip(&k_lens).enumerate() {
-                let (ql, kl) = (ql as usize, kl as usize);
-                let (q0, k0) = (vl.cu_seqlens_q[s] as usize, vl.cu_seqlens_k[s] as usize);
-                // Unpack this sequence into BHSD.
-                let take = |src: &[f32], heads: usize, start: usize, n: usize| {
-                    let mut t = vec![0.0; heads * n * d];
-                    for hh in 0..heads {
-                        for i in 0..n {
-                            for c in 0..d {
-                                t[(hh * n + i) * d + c] = src[((start + i) * heads + hh) * d + c];
-                            }
-                        }
-                    }
-                    t
-                };
-                let (sq_h, sk_h, sv_h) = (
-                    take(&qh, h, q0, ql),
-                    take(&kh, hkv, k0, kl),
-                    take(&vh, hkv, k0, kl),
-                );
-                let want = reference::attention(
-                    &HostTensor {
-                        data: &sq_h,
-                        shape: [1, h, ql, d],
-                    },
-                    &HostTensor {
-                        data: &sk_h,
-                        shape: [1, hkv, kl, d],
-                    },
-                    &HostTensor {
-                        data: &sv_h,
-                        shape: [1, hkv, kl, d],
-                    },
-                    1.0 / (d as f64).sqrt(),
-                    &HostMask {
-                        causal,
-                        alignment: CausalAlignment::BottomRight,
-                        window,
-                        ..Default::default()
-                    },
-                );
-                for hh in 0..h {
-                    for i in 0..ql {
-                        for c in 0..d {
-                            let g = got[(hh * tq + q0 + i) * d + c];
-                            let w = want[(hh * ql + i) * d + c];
-                            assert!(
-                                (g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(),
-                                "{backend:?} causal={causal} seq {s} head {hh} row {i} col {c}: {g} vs {w}"
-                            );
-                        }
-                    }
-                }
-            }
+            let mask = HostMask {
+                causal,
+                alignment: CausalAlignment::BottomRight,
+                window,
+                ..Default::default()
+            };
+            let want = varlen_reference(&vl, (h, hkv, d), [&qh, &kh, &vh], &mask);
+            assert_close(
+                &got,
+                &want,
+                DType::F32,
+                &format!("varlen {backend:?} causal={causal}"),
+            );
         }
     }
 }

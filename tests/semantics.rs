@@ -284,8 +284,8 @@ fn backends_agree() {
 }
 
 /// A device with tiny limits: every backend splits its dispatches (workgroups per
-/// dimension, naive score scratch) and still matches the reference; a tensor larger than
-/// a storage binding is an `Unsupported` error naming the limit.
+/// dimension, naive score scratch) and still matches the reference; keys larger than a
+/// storage binding (which no split divides) are an `Unsupported` error naming the tensor.
 #[test]
 fn splits_under_small_limits() {
     let (info, device, queue) = own_device(|l| wgpu::Limits {
@@ -320,8 +320,8 @@ fn splits_under_small_limits() {
     match err {
         Error::Unsupported(u) => assert!(matches!(
             u.reason,
-            UnsupportedReason::Limit {
-                limit: "max_storage_buffer_binding_size",
+            UnsupportedReason::Binding {
+                tensor: wgpu_attention::error::TensorRole::Key,
                 needed: 131072,
                 available: 65536
             }

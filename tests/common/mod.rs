@@ -295,6 +295,12 @@ impl Case {
 
 /// Runs a case on the GPU and returns (gpu output, reference output).
 pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
+    let (got, want, _) = run_plan(ctx, c);
+    (got, want)
+}
+
+/// [`run`], also returning the plan that ran.
+pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention::Plan) {
     let qs = [c.b, c.hq, c.sq, c.dk];
     let ks = [c.b, c.hkv, c.sk, c.dk];
     let vs = [c.b, c.hkv, c.sk, c.dv];
@@ -373,11 +379,16 @@ pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
             .map(|(d, s, _)| HostTensor { data: d, shape: *s }),
         alibi: m.alibi.as_deref(),
     };
+    let got_lse = if c.lse {
+        ctx.download_f32_blocking(&lse_out).expect("download lse")
+    } else {
+        Vec::new()
+    };
     let scale = c
         .scale
         .map(|s| s as f64)
         .unwrap_or(1.0 / (c.dk as f64).sqrt());
-    let want = reference::attention(
+    let (want, want_lse) = reference::attention_with_lse(
         &HostTensor {
             data: &qh,
             shape: qs,
@@ -393,7 +404,19 @@ pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
         scale,
         &host_mask,
     );
-    (got, want)
+    if c.lse {
+        assert_close_lse(&got_lse, &want_lse, &format!("{} lse", c.label()));
+    }
+    (got, want, plan)
+}
+
+/// Asserts that log-sum-exps match within the f32 tolerance (rows with no visible key are
+/// -inf in both).
+pub fn assert_close_lse(got: &[f32], want: &[f64], label: &str) {
+    let finite = |x: f64| if x == f64::NEG_INFINITY { -1e30 } else { x };
+    let got: Vec<f32> = got.iter().map(|&x| finite(x as f64) as f32).collect();
+    let want: Vec<f64> = want.iter().map(|&x| finite(x)).collect();
+    assert_close(&got, &want, DType::F32, label);
 }
 
 /// Asserts that a case matches the reference within the output dtype's tolerance.
@@ -422,4 +445,63 @@ pub fn random_bool(n: usize, seed: u64, keep: f32) -> Vec<bool> {
         .iter()
         .map(|&x| (x + 1.0) / 2.0 < keep)
         .collect()
+}
+
+/// The reference of a packed variable-length batch (`[total, heads, d]` host data), each
+/// sequence on its own with `mask`, in the logical `[1, hq, total_q, d]` order a download of
+/// the packed output gives.
+pub fn varlen_reference(
+    vl: &wgpu_attention::Varlen,
+    (hq, hkv, d): (usize, usize, usize),
+    [qh, kh, vh]: [&[f32]; 3],
+    mask: &HostMask<'_>,
+) -> Vec<f64> {
+    let tq = *vl.cu_seqlens_q.last().expect("cu_seqlens") as usize;
+    let mut want = vec![0.0; hq * tq * d];
+    for s in 0..vl.batch() {
+        let (q0, k0) = (vl.cu_seqlens_q[s] as usize, vl.cu_seqlens_k[s] as usize);
+        let ql = vl.cu_seqlens_q[s + 1] as usize - q0;
+        let kl = vl.cu_seqlens_k[s + 1] as usize - k0;
+        // Unpack this sequence into BHSD.
+        let take = |src: &[f32], heads: usize, start: usize, n: usize| {
+            let mut t = vec![0.0; heads * n * d];
+            for hh in 0..heads {
+                for i in 0..n {
+                    for c in 0..d {
+                        t[(hh * n + i) * d + c] = src[((start + i) * heads + hh) * d + c];
+                    }
+                }
+            }
+            t
+        };
+        let (sq, sk, sv) = (
+            take(qh, hq, q0, ql),
+            take(kh, hkv, k0, kl),
+            take(vh, hkv, k0, kl),
+        );
+        let o = reference::attention(
+            &HostTensor {
+                data: &sq,
+                shape: [1, hq, ql, d],
+            },
+            &HostTensor {
+                data: &sk,
+                shape: [1, hkv, kl, d],
+            },
+            &HostTensor {
+                data: &sv,
+                shape: [1, hkv, kl, d],
+            },
+            1.0 / (d as f64).sqrt(),
+            mask,
+        );
+        for hh in 0..hq {
+            for i in 0..ql {
+                for c in 0..d {
+                    want[(hh * tq + q0 + i) * d + c] = o[(hh * ql + i) * d + c];
+                }
+            }
+        }
+    }
+    want
 }

@@ -1,0 +1,411 @@
+//! Calls too large for the adapter's storage bindings, run as several calls over parts of
+//! the batch, the query heads and the query rows.
+//!
+//! wgpu binds at most `max_storage_buffer_binding_size` bytes of a buffer to one shader
+//! binding (128 MiB in `wgpu::Limits::default()`, which many applications create their
+//! device with). Q, the output, the log-sum-exp output, a bool mask and a bias are split
+//! along every dimension a part can own on its own: batch items first, then whole groups of
+//! query heads (each group with its key/value head), then single query heads, then query
+//! rows. Keys and values are never split, so one batch item's keys (and values) of one head
+//! must fit one binding.
+//!
+//! A part of the query rows does not start at row 0, so the mask terms that depend on a
+//! row's index (causal, window, ALiBi, query lengths) are rebased: each part's kernel gets
+//! its own valid query and key counts and the diagonal's offset in its own indices
+//! ([`PartRows`], read through `F_DIAG` in `shaders/common.wgsl`). Everything else about a
+//! part is an ordinary call on narrowed views, with the plan of the whole call.
+
+use crate::error::{Error, Result, TensorRole};
+use crate::launch::binding_extent;
+use crate::mask::CausalAlignment;
+use crate::options::{AttentionOptions, Varlen};
+use crate::tensor::TensorView;
+use crate::validate::Problem;
+
+/// A part of a call: batch items `b0..b0 + nb`, query heads `h0..h0 + nh` (whole GQA
+/// groups) and query rows `r0..r0 + nr` (all rows of a packed variable-length batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub b0: usize,
+    pub nb: usize,
+    pub h0: usize,
+    pub nh: usize,
+    pub r0: usize,
+    pub nr: usize,
+}
+
+/// What a part's kernel reads instead of the call's own lengths, per batch item of the part
+/// and in the part's own indices: valid query rows, valid keys, and the diagonal's offset
+/// (a key `j` is on row `i`'s diagonal when `j == i + diag`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PartRows {
+    pub qlen: Vec<u32>,
+    pub klen: Vec<u32>,
+    pub diag: Vec<i32>,
+}
+
+/// Where a tensor lies in its buffer, without the buffer.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    offset: u64,
+    elem: u64,
+    shape: [usize; 4],
+    strides: [usize; 4],
+}
+
+impl Geom {
+    fn of(v: &TensorView) -> Self {
+        Geom {
+            offset: v.offset,
+            elem: v.dtype.size(),
+            shape: v.shape,
+            strides: v.strides,
+        }
+    }
+
+    fn narrow(mut self, dim: usize, start: usize, count: usize) -> Self {
+        self.offset += (start * self.strides[dim]) as u64 * self.elem;
+        self.shape[dim] = count;
+        self
+    }
+
+    /// The bytes of the binding that covers it (as `launch::window` binds it).
+    fn binding(&self, align: u64) -> u64 {
+        let last: u64 = (0..4)
+            .map(|i| (self.shape[i].saturating_sub(1) * self.strides[i]) as u64)
+            .sum();
+        binding_extent(self.offset, self.offset + (last + 1) * self.elem, align).1
+    }
+
+    fn apply(&self, v: &TensorView) -> TensorView {
+        TensorView {
+            offset: self.offset,
+            shape: self.shape,
+            ..v.clone()
+        }
+    }
+}
+
+/// How a tensor's dimensions follow a part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `[B, Hq, Sq, ·]`: Q, the output, the log-sum-exp.
+    Rows,
+    /// `[B, Hkv, Sk, ·]`: K and V.
+    Keys,
+    /// `[B|1, Hq|1, Sq, Sk]`: a bool mask or a bias.
+    Scores,
+}
+
+/// The tensors of a call and how each narrows to a part.
+pub(crate) struct Layout<'a> {
+    tensors: Vec<(TensorRole, Kind, Geom)>,
+    group: usize,
+    varlen: Option<&'a Varlen>,
+    batch: usize,
+    heads: usize,
+    rows: usize,
+}
+
+impl<'a> Layout<'a> {
+    /// The call's tensors; `out` is `None` for the output [`crate::Context::attention`]
+    /// allocates (contiguous, in the problem's output dtype).
+    pub(crate) fn new(
+        p: &Problem,
+        [q, k, v]: [&TensorView; 3],
+        out: Option<&TensorView>,
+        opts: &'a AttentionOptions,
+    ) -> Self {
+        let out = out.map(Geom::of).unwrap_or_else(|| {
+            let (hq, s, d) = (p.heads_q, q.shape[2], p.head_dim_v);
+            let strides = if opts.varlen.is_some() {
+                [s * hq * d, d, hq * d, 1]
+            } else {
+                [hq * s * d, s * d, d, 1]
+            };
+            Geom {
+                offset: 0,
+                elem: p.dtype_o.size(),
+                shape: [q.shape[0], hq, s, d],
+                strides,
+            }
+        });
+        let m = &opts.mask;
+        let mut tensors = vec![
+            (TensorRole::Query, Kind::Rows, Geom::of(q)),
+            (TensorRole::Key, Kind::Keys, Geom::of(k)),
+            (TensorRole::Value, Kind::Keys, Geom::of(v)),
+            (TensorRole::Output, Kind::Rows, out),
+        ];
+        if let Some(l) = &opts.lse_output {
+            tensors.push((TensorRole::Lse, Kind::Rows, Geom::of(l)));
+        }
+        if let Some(bm) = &m.bool_mask {
+            tensors.push((TensorRole::BoolMask, Kind::Scores, Geom::of(&bm.view)));
+        }
+        if let Some(b) = &m.bias {
+            tensors.push((TensorRole::Bias, Kind::Scores, Geom::of(b)));
+        }
+        Layout {
+            tensors,
+            group: p.heads_q / p.heads_kv,
+            varlen: opts.varlen.as_ref(),
+            batch: p.batch,
+            heads: p.heads_q,
+            rows: p.seq_q,
+        }
+    }
+
+    /// Key/value heads of a part: its groups', or the one its head shares.
+    fn kv_heads(&self, part: &Part) -> usize {
+        (part.nh / self.group).max(1)
+    }
+
+    fn narrow(&self, kind: Kind, g: Geom, part: &Part) -> Geom {
+        let mut g = g;
+        match (self.varlen, kind) {
+            // Packed sequences: a part's batch items are a range of tokens.
+            (Some(vl), Kind::Rows | Kind::Keys) => {
+                let cu = if kind == Kind::Rows {
+                    &vl.cu_seqlens_q
+                } else {
+                    &vl.cu_seqlens_k
+                };
+                let (t0, t1) = (cu[part.b0] as usize, cu[part.b0 + part.nb] as usize);
+                g = g.narrow(2, t0, t1 - t0);
+            }
+            (_, Kind::Scores) if g.shape[0] == 1 => {}
+            _ => g = g.narrow(0, part.b0, part.nb),
+        }
+        match kind {
+            Kind::Keys => g = g.narrow(1, part.h0 / self.group, self.kv_heads(part)),
+            Kind::Scores if g.shape[1] == 1 => {}
+            _ => g = g.narrow(1, part.h0, part.nh),
+        }
+        if kind != Kind::Keys && self.varlen.is_none() {
+            g = g.narrow(2, part.r0, part.nr);
+        }
+        g
+    }
+
+    /// The first tensor whose binding for `part` exceeds `max`, with the bytes it needs.
+    fn too_large(&self, part: &Part, max: u64, align: u64) -> Option<(TensorRole, u64)> {
+        self.tensors.iter().find_map(|&(role, kind, g)| {
+            let size = self.narrow(kind, g, part).binding(align);
+            (size > max).then_some((role, size))
+        })
+    }
+
+    /// The parts the call runs as: `None` when every tensor fits one binding, else parts
+    /// as large as fit, in order (batch items, then groups of heads, then query rows).
+    pub(crate) fn parts(&self, max: u64, align: u64) -> Result<Option<Vec<Part>>> {
+        let whole = Part {
+            b0: 0,
+            nb: self.batch,
+            h0: 0,
+            nh: self.heads,
+            r0: 0,
+            nr: self.rows,
+        };
+        if self.too_large(&whole, max, align).is_none() {
+            return Ok(None);
+        }
+        let fits = |p: &Part| self.too_large(p, max, align).is_none();
+        let fail = |p: &Part| match self.too_large(p, max, align) {
+            Some((role, size)) => Error::binding(role, size, max),
+            None => Error::binding(TensorRole::Query, 0, max),
+        };
+        let mut parts = Vec::new();
+        let mut b0 = 0;
+        while b0 < self.batch {
+            let at = |nb| Part { b0, nb, ..whole };
+            if let Some(nb) = largest(self.batch - b0, |n| fits(&at(n))) {
+                parts.push(at(nb));
+                b0 += nb;
+                continue;
+            }
+            // One batch item: whole groups of heads.
+            let item = at(1);
+            let mut h0 = 0;
+            while h0 < self.heads {
+                let at = |groups: usize| Part {
+                    h0,
+                    nh: groups * self.group,
+                    ..item
+                };
+                if let Some(n) = largest((self.heads - h0) / self.group, |n| fits(&at(n))) {
+                    parts.push(at(n));
+                    h0 += n * self.group;
+                    continue;
+                }
+                // One head at a time (each with its group's key/value head), then rows.
+                for h in h0..h0 + self.group {
+                    let head = Part {
+                        h0: h,
+                        nh: 1,
+                        ..item
+                    };
+                    if fits(&head) {
+                        parts.push(head);
+                        continue;
+                    }
+                    if self.varlen.is_some() {
+                        return Err(fail(&head));
+                    }
+                    // Query rows, in whole tiles of 64 where more fit.
+                    let mut r0 = 0;
+                    while r0 < self.rows {
+                        let at = |nr| Part { r0, nr, ..head };
+                        let left = self.rows - r0;
+                        let Some(mut nr) = largest(left, |n| fits(&at(n))) else {
+                            return Err(fail(&at(1)));
+                        };
+                        if nr < left && nr > 64 {
+                            nr = nr / 64 * 64;
+                        }
+                        parts.push(at(nr));
+                        r0 += nr;
+                    }
+                }
+                h0 += self.group;
+            }
+            b0 += 1;
+        }
+        Ok(Some(parts))
+    }
+
+    /// The views, options, problem and rebased rows of one part.
+    pub(crate) fn part_call(
+        &self,
+        p: &Problem,
+        views: [&TensorView; 4],
+        opts: &AttentionOptions,
+        part: &Part,
+    ) -> PartCall {
+        let [q, k, v, o] = views;
+        let at = |kind, view: &TensorView| self.narrow(kind, Geom::of(view), part).apply(view);
+        let mut opts = opts.clone();
+        let m = &mut opts.mask;
+        if let Some(bm) = &mut m.bool_mask {
+            bm.view = at(Kind::Scores, &bm.view);
+            // The summary was made for the whole mask; the part's is computed on the fly.
+            bm.summary = None;
+        }
+        if let Some(b) = &mut m.bias {
+            *b = at(Kind::Scores, b);
+        }
+        if let Some(s) = &mut m.alibi_slopes {
+            *s = s[part.h0..part.h0 + part.nh].to_vec();
+        }
+        if let Some(l) = &mut opts.lse_output {
+            *l = at(Kind::Rows, l);
+        }
+        let mut problem = p.clone();
+        problem.batch = part.nb;
+        problem.heads_q = part.nh;
+        problem.heads_kv = self.kv_heads(part);
+        let rows = match &mut opts.varlen {
+            Some(vl) => {
+                let rebase = |cu: &[u32]| -> Vec<u32> {
+                    let c = &cu[part.b0..=part.b0 + part.nb];
+                    c.iter().map(|x| x - c[0]).collect()
+                };
+                vl.cu_seqlens_q = rebase(&vl.cu_seqlens_q);
+                vl.cu_seqlens_k = rebase(&vl.cu_seqlens_k);
+                None
+            }
+            None => {
+                problem.seq_q = part.nr;
+                problem.mask.query_lengths = true;
+                problem.mask.key_lengths = true;
+                let m = &mut opts.mask;
+                let rows = part_rows(p, m.alignment, &m.query_lengths, &m.key_lengths, part);
+                m.query_lengths = None;
+                m.key_lengths = None;
+                Some(rows)
+            }
+        };
+        PartCall {
+            q: at(Kind::Rows, q),
+            k: at(Kind::Keys, k),
+            v: at(Kind::Keys, v),
+            o: at(Kind::Rows, o),
+            opts,
+            problem,
+            rows,
+        }
+    }
+}
+
+/// One part, ready to record.
+pub(crate) struct PartCall {
+    pub q: TensorView,
+    pub k: TensorView,
+    pub v: TensorView,
+    pub o: TensorView,
+    pub opts: AttentionOptions,
+    pub problem: Problem,
+    pub rows: Option<PartRows>,
+}
+
+/// Valid rows, valid keys and the diagonal of each batch item of `part`, in its indices.
+fn part_rows(
+    p: &Problem,
+    alignment: CausalAlignment,
+    qlens: &Option<Vec<u32>>,
+    klens: &Option<Vec<u32>>,
+    part: &Part,
+) -> PartRows {
+    let mut rows = PartRows {
+        qlen: Vec::new(),
+        klen: Vec::new(),
+        diag: Vec::new(),
+    };
+    for b in part.b0..part.b0 + part.nb {
+        let len = |l: &Option<Vec<u32>>, n: usize| l.as_ref().map_or(n, |l| l[b] as usize).min(n);
+        let (qv, kv) = (len(qlens, p.seq_q), len(klens, p.seq_k));
+        let off = match alignment {
+            CausalAlignment::TopLeft => 0,
+            CausalAlignment::BottomRight => kv as i64 - qv as i64,
+        };
+        rows.qlen
+            .push(qv.saturating_sub(part.r0).min(part.nr) as u32);
+        rows.klen.push(kv as u32);
+        rows.diag.push((off + part.r0 as i64) as i32);
+    }
+    rows
+}
+
+/// The largest `n` in `1..=max` with `fits(n)`, for `fits` true up to some `n` and false
+/// after; `None` if not even 1 fits.
+fn largest(max: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
+    if max == 0 || !fits(1) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1, max);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_finds_the_boundary() {
+        for max in 1..40 {
+            for limit in 0..45 {
+                let got = largest(max, |n| n <= limit);
+                let want = (limit >= 1).then_some(limit.min(max));
+                assert_eq!(got, want, "max {max} limit {limit}");
+            }
+        }
+    }
+}

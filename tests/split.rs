@@ -1,0 +1,232 @@
+//! Calls larger than one storage binding run as several calls over batch items, groups of
+//! heads, single heads and query rows, and still match the reference: on devices created
+//! with a small `max_storage_buffer_binding_size`, every mask kind (including those that
+//! depend on a row's index: causal in both alignments, window, ALiBi, query lengths) ×
+//! GQA × layout × dtype × backend, with the log-sum-exp output.
+
+mod common;
+
+use common::*;
+use wgpu_attention::error::{TensorRole, UnsupportedReason};
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, TensorView, Varlen, Window,
+};
+
+/// A context on a device whose storage bindings hold at most `max` bytes.
+fn small(max: u64) -> Context {
+    let (info, device, queue) = own_device(|l| wgpu::Limits {
+        max_storage_buffer_binding_size: max,
+        ..l
+    });
+    let ctx = Context::from_device(device, queue, &info);
+    assert_eq!(ctx.caps().max_storage_binding, max);
+    ctx
+}
+
+/// The masks of the product: none, and combinations covering every kind.
+fn masks(b: usize, h: usize, sq: usize, sk: usize) -> Vec<MaskSpec> {
+    vec![
+        MaskSpec::default(),
+        MaskSpec {
+            causal: Some(CausalAlignment::TopLeft),
+            query_lengths: Some((0..b).map(|i| (sq - 5 * i) as u32).collect()),
+            key_lengths: Some((0..b).map(|i| (sk - 9 * i) as u32).collect()),
+            ..Default::default()
+        },
+        MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            window: Some(Window {
+                left: Some(9),
+                right: None,
+            }),
+            key_lengths: Some((0..b).map(|i| (sk - 3 * i) as u32).collect()),
+            ..Default::default()
+        },
+        MaskSpec {
+            alignment: CausalAlignment::BottomRight,
+            alibi: Some((0..h).map(|i| 0.05 * (i + 1) as f32).collect()),
+            bias: Some((random(h * sq * sk, 5), [1, h, sq, sk], DType::F32)),
+            ..Default::default()
+        },
+        MaskSpec {
+            bool_mask: Some((random_bool(b * sq * sk, 6, 0.6), [b, 1, sq, sk])),
+            summary: true,
+            window: Some(Window {
+                left: Some(20),
+                right: Some(4),
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Binding limits (bytes) at which the cases below split at each level: batch items,
+/// groups of heads, single heads and query rows.
+const LEVELS: [(u64, &str); 4] = [
+    (24 * 1024, "batch"),
+    (12 * 1024, "groups"),
+    (6 * 1024, "heads"),
+    (3 * 1024, "rows"),
+];
+
+#[test]
+fn split_calls_match_the_reference() {
+    let (b, hq, hkv, sq, sk, d) = (3, 4, 2, 77, 23, 16);
+    for (max, level) in LEVELS {
+        let ctx = small(max);
+        for (mi, mask) in masks(b, hq, sq, sk).into_iter().enumerate() {
+            for (li, layout) in [Layout::Bhsd, Layout::Bshd].into_iter().enumerate() {
+                let dtype = [DType::F32, DType::F16][(mi + li) % 2];
+                let backends = [Backend::Auto, Backend::MemoryEfficient, Backend::Naive];
+                let backend = backends[(mi + li + level.len()) % 3];
+                let mut c = Case::new(b, hq, sq, sk, d)
+                    .dtype(dtype)
+                    .backend(backend)
+                    .mask(mask.clone());
+                c.hkv = hkv;
+                c.layout = layout;
+                c.lse = mi % 2 == 1;
+                c.seed = mi as u64 * 10 + li as u64;
+                let label = format!("{level} ({max} bytes): {}", c.label());
+                let (got, want, plan) = run_plan(&ctx, &c);
+                assert!(plan.parts > 1, "{label}: not split ({plan})");
+                if level == "rows" && dtype == DType::F32 {
+                    assert!(plan.parts as usize > b * hq, "{label}: {plan}");
+                }
+                assert_close(&got, &want, c.out_dtype, &label);
+            }
+        }
+    }
+}
+
+/// The decode path (key splits merged by log-sum-exp) inside a split call.
+#[test]
+fn split_decode_calls_match_the_reference() {
+    let ctx = small(4 * 1024);
+    let mut c = Case::new(2, 8, 3, 50, 16).backend(Backend::Decode);
+    c.hkv = 2;
+    c.lse = true;
+    c.mask = MaskSpec {
+        causal: Some(CausalAlignment::BottomRight),
+        key_lengths: Some(vec![50, 31]),
+        ..Default::default()
+    };
+    let (got, want, plan) = run_plan(&ctx, &c);
+    assert!(plan.parts > 1, "{plan}");
+    assert_close(&got, &want, DType::F32, &c.label());
+}
+
+/// A packed variable-length batch splits over sequences and heads.
+#[test]
+fn split_varlen_calls_match_the_reference() {
+    let ctx = small(3 * 1024);
+    let (h, d) = (2, 8);
+    let q_lens = [13u32, 1, 22, 9];
+    let k_lens = [17u32, 30, 22, 4];
+    let vl = Varlen::from_lengths(&q_lens, &k_lens);
+    let (tq, tk) = (
+        *vl.cu_seqlens_q.last().unwrap() as usize,
+        *vl.cu_seqlens_k.last().unwrap() as usize,
+    );
+    let (qh, kh, vh) = (
+        random(tq * h * d, 1),
+        random(tk * h * d, 2),
+        random(tk * h * d, 3),
+    );
+    let view =
+        |data: &[f32], t| TensorView::packed_varlen(ctx.buffer_from_f32(data), DType::F32, t, h, d);
+    let (q, k, v) = (view(&qh, tq), view(&kh, tk), view(&vh, tk));
+    let out = TensorView::packed_varlen(
+        buffer_of(&ctx, &vec![f32::NAN; tq * h * d], DType::F32),
+        DType::F32,
+        tq,
+        h,
+        d,
+    );
+    let opts = AttentionOptions {
+        mask: wgpu_attention::Mask::none().causal(CausalAlignment::BottomRight),
+        varlen: Some(vl.clone()),
+        ..Default::default()
+    };
+    let plan = ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
+    assert!(plan.parts > 1, "{plan}");
+    let got = ctx.download_f32_blocking(&out).unwrap();
+    let mask = wgpu_attention::reference::HostMask {
+        causal: true,
+        alignment: CausalAlignment::BottomRight,
+        ..Default::default()
+    };
+    let want = varlen_reference(&vl, (h, h, d), [&qh, &kh, &vh], &mask);
+    assert_close(&got, &want, DType::F32, "varlen split");
+}
+
+/// When even one query row of one head does not fit, or one head's keys do not, the call
+/// is an `Unsupported` error naming the tensor and the binding it needs; `plan` says so too.
+#[test]
+fn unsplittable_calls_name_the_tensor() {
+    let ctx = small(4 * 1024);
+    let q = ctx.upload_f32(&random(4 * 16, 1), [1, 1, 4, 16]).unwrap();
+    let long = ctx
+        .upload_f32(&random(100 * 16, 2), [1, 1, 100, 16])
+        .unwrap();
+    let opts = AttentionOptions::default();
+    for result in [
+        ctx.plan(q.view(), long.view(), long.view(), &opts)
+            .map(|_| ()),
+        ctx.attention(q.view(), long.view(), long.view(), &opts)
+            .map(|_| ()),
+    ] {
+        match result {
+            Err(Error::Unsupported(u)) => assert_eq!(
+                u.reason,
+                UnsupportedReason::Binding {
+                    tensor: TensorRole::Key,
+                    needed: 100 * 16 * 4,
+                    available: 4 * 1024
+                }
+            ),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+}
+
+/// A block summary of a mask larger than one binding is computed in parts, and equals the
+/// summary computed in one piece.
+#[test]
+fn block_mask_of_a_large_mask_splits() {
+    let shape = [2, 3, 150, 40];
+    let data = random_bool(shape.iter().product(), 12, 0.5);
+    // Some blocks all visible and some all masked, not only mixed ones.
+    let data: Vec<bool> = data
+        .iter()
+        .enumerate()
+        .map(|(e, &x)| match (e / 40 / 64) % 3 {
+            0 => x,
+            1 => e % 40 < 16,
+            _ => e % 40 >= 24 && x,
+        })
+        .collect();
+    let summary = |ctx: &Context| {
+        let mask = ctx.upload_bool(&data, shape).unwrap();
+        let s = ctx.block_mask(mask.view()).unwrap();
+        let n = s.buffer().size() as usize / 4;
+        let view = TensorView::new(
+            s.buffer().clone(),
+            DType::F32,
+            [1, 1, 1, n],
+            [n, n, n, 1],
+            0,
+        );
+        ctx.download_f32_blocking(&view)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<u32>>()
+    };
+    let whole = summary(ctx());
+    let split = summary(&small(4 * 1024));
+    assert_eq!(whole, split);
+    for state in 0..3 {
+        assert!(whole.contains(&state), "no block in state {state}");
+    }
+}
