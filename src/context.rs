@@ -9,7 +9,7 @@ use crate::dispatch::{self, DeviceCaps, Family, Plan};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::pipeline::{PipelineCache, chain};
-use crate::split::{Layout, Part, PartRows};
+use crate::split::{Layout, PartRows, Split};
 use crate::tensor::{DType, Tensor, TensorView};
 use crate::tuning::{ShapeBucket, TuningTable};
 use crate::validate::{self, Problem};
@@ -389,13 +389,14 @@ impl Context {
             plan.variant.count_tiles = true;
         }
         let layout = Layout::new(&p, [q, k, v], Some(out), opts);
-        let parts = self.split(&layout, &mut plan)?;
+        let split = self.split(&layout, &mut plan)?;
         log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
-        match parts {
-            None => self.record_part(encoder, &p, &plan, [q, k, v, out], opts, counter, None)?,
-            Some(parts) => {
-                for part in &parts {
-                    let c = layout.part_call(&p, [q, k, v, out], opts, part);
+        let views = [q, k, v, out];
+        match split {
+            None => self.record_part(encoder, &p, &plan, views, opts, counter, None)?,
+            Some(split) if split.keys.len() == 1 => {
+                for part in &split.parts {
+                    let c = layout.part_call(&p, views, opts, part);
                     self.record_part(
                         encoder,
                         &c.problem,
@@ -407,24 +408,121 @@ impl Context {
                     )?;
                 }
             }
+            Some(split) => {
+                self.record_key_chunks(encoder, &p, &plan, &layout, &split, views, opts, counter)?
+            }
         }
         Ok(plan)
     }
 
+    /// Records a call split over keys too: each part runs once per chunk of keys into f32
+    /// scratch with its log-sum-exp, and the chunks are merged (two accumulators in turn)
+    /// into the part's output, and log-sum-exp output if the call asks for one.
+    #[allow(clippy::too_many_arguments)]
+    fn record_key_chunks(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        p: &Problem,
+        plan: &Plan,
+        layout: &Layout<'_>,
+        split: &Split,
+        views: [&TensorView; 4],
+        opts: &AttentionOptions,
+        counter: Option<&wgpu::Buffer>,
+    ) -> Result<()> {
+        let dv = p.head_dim_v;
+        let rows = split
+            .parts
+            .iter()
+            .map(|x| x.nb * x.nh * x.nr)
+            .max()
+            .unwrap_or(1);
+        let scratch = |n: usize| {
+            self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-attention key-chunk scratch"),
+                size: n.max(1) as u64 * 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        // Slots 0 and 1 accumulate in turn; slot 2 takes each new chunk.
+        let o_bufs = [0; 3].map(|_| scratch(rows * dv));
+        let l_bufs = [0; 3].map(|_| scratch(rows));
+        for part in &split.parts {
+            let o_at = |i: usize| {
+                TensorView::bhsd(
+                    o_bufs[i].clone(),
+                    DType::F32,
+                    [part.nb, part.nh, part.nr, dv],
+                )
+            };
+            let l_at = |i: usize| {
+                TensorView::bhsd(
+                    l_bufs[i].clone(),
+                    DType::F32,
+                    [part.nb, part.nh, part.nr, 1],
+                )
+            };
+            let mut acc = 0;
+            for (n, &chunk) in split.keys.iter().enumerate() {
+                let c = layout.part_call(p, views, opts, &part.keys(chunk));
+                let slot = if n == 0 { 0 } else { 2 };
+                let (o, l) = (o_at(slot), l_at(slot));
+                let mut part_opts = c.opts.clone();
+                part_opts.lse_output = Some(l.clone());
+                let problem = Problem {
+                    dtype_o: DType::F32,
+                    lse: true,
+                    ..c.problem.clone()
+                };
+                self.record_part(
+                    encoder,
+                    &problem,
+                    plan,
+                    [&c.q, &c.k, &c.v, &o],
+                    &part_opts,
+                    counter,
+                    c.rows.as_ref(),
+                )?;
+                if n == 0 {
+                    continue;
+                }
+                let (ao, al) = (o_at(acc), l_at(acc));
+                let (a, b) = (merge::Input::one(&ao, &al), merge::Input::one(&o, &l));
+                if n + 1 == split.keys.len() {
+                    merge::record(self, encoder, a, Some(b), &c.o, c.opts.lse_output.as_ref())?;
+                } else {
+                    let next = 1 - acc;
+                    merge::record(self, encoder, a, Some(b), &o_at(next), Some(&l_at(next)))?;
+                    acc = next;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The parts a call runs as when a tensor is larger than one storage binding (`None`:
     /// one call), noted in `plan`.
-    fn split(&self, layout: &Layout<'_>, plan: &mut Plan) -> Result<Option<Vec<Part>>> {
+    fn split(&self, layout: &Layout<'_>, plan: &mut Plan) -> Result<Option<Split>> {
         let max = self.caps().max_storage_binding;
         let align = self.limits().min_storage_buffer_offset_alignment as u64;
-        let parts = layout.parts(max, align)?;
-        if let Some(parts) = &parts {
-            plan.parts = parts.len() as u32;
+        let split = layout.split(max, align)?;
+        if let Some(split) = &split {
+            plan.parts = split.calls() as u32;
+            let keys = if split.keys.len() > 1 {
+                format!(
+                    ", each over {} chunks of keys merged by log-sum-exp",
+                    split.keys.len()
+                )
+            } else {
+                String::new()
+            };
             plan.reason.push_str(&format!(
-                " Split into {} calls (over batch items, groups of heads, then query rows) so that no tensor needs a storage binding over max_storage_buffer_binding_size ({max} bytes).",
-                parts.len()
+                " Split into {} calls (over batch items, groups of heads, single heads, then query rows{keys}) so that no tensor needs a storage binding over max_storage_buffer_binding_size ({max} bytes).",
+                split.calls()
             ));
         }
-        Ok(parts)
+        Ok(split)
     }
 
     /// Records one call (or one part of a split call: `rows` then rebases its mask).
@@ -580,13 +678,7 @@ impl Context {
     ) -> Result<()> {
         merge::validate(parts, out, lse_out)?;
         fn one<'a>(p: &(&'a TensorView, &'a TensorView)) -> merge::Input<'a> {
-            merge::Input {
-                o: p.0,
-                lse: p.1,
-                parts: 1,
-                o_part_stride: 0,
-                lse_part_stride: 0,
-            }
+            merge::Input::one(p.0, p.1)
         }
         if parts.len() <= 2 {
             return self.submit_scoped("merging partial results", |ctx, enc| {

@@ -275,9 +275,9 @@ pub enum UnsupportedReason {
     /// An adapter feature is missing.
     Feature(String),
     /// A tensor needs a larger storage binding than `max_storage_buffer_binding_size`.
-    /// Attention calls split themselves into parts (batch items, groups of heads, query
-    /// rows) before giving up, so for them this names the smallest part that still does not
-    /// fit: keys and values are never split, so one batch item's keys of one head must fit.
+    /// Attention calls split themselves into parts (batch items, heads, query rows, chunks
+    /// of keys) before giving up, so for them this names a tensor whose smallest part (one
+    /// row: a query, a key, a row of a mask) still does not fit.
     Binding {
         /// Which tensor.
         tensor: TensorRole,

@@ -21,6 +21,19 @@ pub(crate) struct Input<'a> {
     pub lse_part_stride: u32,
 }
 
+impl<'a> Input<'a> {
+    /// One partial result.
+    pub(crate) fn one(o: &'a TensorView, lse: &'a TensorView) -> Self {
+        Input {
+            o,
+            lse,
+            parts: 1,
+            o_part_stride: 0,
+            lse_part_stride: 0,
+        }
+    }
+}
+
 /// A binding covering `parts` copies of `view`, `part_stride` elements apart.
 fn window_parts(
     ctx: &Context,

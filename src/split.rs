@@ -1,17 +1,19 @@
 //! Calls too large for the adapter's storage bindings, run as several calls over parts of
-//! the batch, the query heads and the query rows.
+//! the batch, the query heads, the query rows and, last, the keys.
 //!
 //! wgpu binds at most `max_storage_buffer_binding_size` bytes of a buffer to one shader
 //! binding (128 MiB in `wgpu::Limits::default()`, which many applications create their
 //! device with). Q, the output, the log-sum-exp output, a bool mask and a bias are split
 //! along every dimension a part can own on its own: batch items first, then whole groups of
 //! query heads (each group with its key/value head), then single query heads, then query
-//! rows. Keys and values are never split, so one batch item's keys (and values) of one head
-//! must fit one binding.
+//! rows. Only when one query row of one head still needs too large a binding (K and V of a
+//! long sequence in a layout that interleaves heads, such as BSHD or packed QKV) are the keys
+//! split too: each part then runs once per chunk of keys into f32 scratch with its
+//! log-sum-exp, and the chunks are merged exactly (`shaders/merge.wgsl`).
 //!
-//! A part of the query rows does not start at row 0, so the mask terms that depend on a
-//! row's index (causal, window, ALiBi, query lengths) are rebased: each part's kernel gets
-//! its own valid query and key counts and the diagonal's offset in its own indices
+//! A part does not start at query row 0 or key 0, so the mask terms that depend on indices
+//! (causal, window, ALiBi, query and key lengths) are rebased: each part's kernel gets its
+//! own valid query and key counts and the diagonal's offset in its own indices
 //! ([`PartRows`], read through `F_DIAG` in `shaders/common.wgsl`). Everything else about a
 //! part is an ordinary call on narrowed views, with the plan of the whole call.
 
@@ -23,7 +25,8 @@ use crate::tensor::TensorView;
 use crate::validate::Problem;
 
 /// A part of a call: batch items `b0..b0 + nb`, query heads `h0..h0 + nh` (whole GQA
-/// groups) and query rows `r0..r0 + nr` (all rows of a packed variable-length batch).
+/// groups, or one head), query rows `r0..r0 + nr` (all rows of a packed variable-length
+/// batch) and keys `k0..k0 + nk`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Part {
     pub b0: usize,
@@ -32,6 +35,31 @@ pub(crate) struct Part {
     pub nh: usize,
     pub r0: usize,
     pub nr: usize,
+    pub k0: usize,
+    pub nk: usize,
+}
+
+impl Part {
+    /// The part over keys `k0..k0 + nk`.
+    pub(crate) fn keys(self, (k0, nk): (usize, usize)) -> Part {
+        Part { k0, nk, ..self }
+    }
+}
+
+/// How a call runs when it does not fit one call: its parts over batch items, heads and
+/// query rows (each over all keys), and the chunks of keys `(k0, nk)` every part runs over
+/// (one chunk, all keys, unless even one query row of one head does not fit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub parts: Vec<Part>,
+    pub keys: Vec<(usize, usize)>,
+}
+
+impl Split {
+    /// The number of calls.
+    pub(crate) fn calls(&self) -> usize {
+        self.parts.len() * self.keys.len()
+    }
 }
 
 /// What a part's kernel reads instead of the call's own lengths, per batch item of the part
@@ -105,6 +133,8 @@ pub(crate) struct Layout<'a> {
     batch: usize,
     heads: usize,
     rows: usize,
+    keys: usize,
+    dv: usize,
 }
 
 impl<'a> Layout<'a> {
@@ -153,6 +183,8 @@ impl<'a> Layout<'a> {
             batch: p.batch,
             heads: p.heads_q,
             rows: p.seq_q,
+            keys: p.seq_k,
+            dv: p.head_dim_v,
         }
     }
 
@@ -185,20 +217,46 @@ impl<'a> Layout<'a> {
         if kind != Kind::Keys && self.varlen.is_none() {
             g = g.narrow(2, part.r0, part.nr);
         }
+        if self.varlen.is_none() {
+            match kind {
+                Kind::Keys => g = g.narrow(2, part.k0, part.nk),
+                Kind::Scores => g = g.narrow(3, part.k0, part.nk),
+                Kind::Rows => {}
+            }
+        }
         g
     }
 
-    /// The first tensor whose binding for `part` exceeds `max`, with the bytes it needs.
-    fn too_large(&self, part: &Part, max: u64, align: u64) -> Option<(TensorRole, u64)> {
-        self.tensors.iter().find_map(|&(role, kind, g)| {
-            let size = self.narrow(kind, g, part).binding(align);
-            (size > max).then_some((role, size))
+    /// The first tensor whose binding for `part` over each chunk of `keys` exceeds `max`,
+    /// with the bytes it needs; with more than one chunk, the part's f32 scratch output
+    /// counts too.
+    fn too_large(
+        &self,
+        part: &Part,
+        keys: &[(usize, usize)],
+        max: u64,
+        align: u64,
+    ) -> Option<(TensorRole, u64)> {
+        if keys.len() > 1 {
+            let scratch = (part.nb * part.nh * part.nr * self.dv) as u64 * 4;
+            if scratch > max {
+                return Some((TensorRole::Output, scratch));
+            }
+        }
+        keys.iter().find_map(|&chunk| {
+            let part = part.keys(chunk);
+            self.tensors.iter().find_map(|&(role, kind, g)| {
+                let size = self.narrow(kind, g, &part).binding(align);
+                (size > max).then_some((role, size))
+            })
         })
     }
 
-    /// The parts the call runs as: `None` when every tensor fits one binding, else parts
-    /// as large as fit, in order (batch items, then groups of heads, then query rows).
-    pub(crate) fn parts(&self, max: u64, align: u64) -> Result<Option<Vec<Part>>> {
+    /// How the call runs: `None` when every tensor fits one binding, else parts as large
+    /// as fit, in order (batch items, then groups of heads, single heads, query rows), over
+    /// chunks of keys as long as fit.
+    pub(crate) fn split(&self, max: u64, align: u64) -> Result<Option<Split>> {
+        let all_keys = [(0, self.keys)];
         let whole = Part {
             b0: 0,
             nb: self.batch,
@@ -206,12 +264,43 @@ impl<'a> Layout<'a> {
             nh: self.heads,
             r0: 0,
             nr: self.rows,
+            k0: 0,
+            nk: self.keys,
         };
-        if self.too_large(&whole, max, align).is_none() {
+        if self.too_large(&whole, &all_keys, max, align).is_none() {
             return Ok(None);
         }
-        let fits = |p: &Part| self.too_large(p, max, align).is_none();
-        let fail = |p: &Part| match self.too_large(p, max, align) {
+        // The smallest part: one query row of one head (all rows of one sequence, varlen).
+        let smallest = Part {
+            nb: 1,
+            nh: 1,
+            nr: if self.varlen.is_some() { self.rows } else { 1 },
+            ..whole
+        };
+        let keys = if self.too_large(&smallest, &all_keys, max, align).is_none() {
+            all_keys.to_vec()
+        } else {
+            // Chunks of keys as long as fit; never for packed sequences.
+            let chunks = |n: usize| -> Vec<(usize, usize)> {
+                (0..self.keys)
+                    .step_by(n)
+                    .map(|k0| (k0, n.min(self.keys - k0)))
+                    .collect()
+            };
+            let fits = |n: usize| self.too_large(&smallest, &chunks(n), max, align).is_none();
+            match largest(self.keys, fits) {
+                Some(n) if self.varlen.is_none() => chunks(n),
+                _ => {
+                    let (role, size) = self
+                        .too_large(&smallest.keys((0, 1)), &[(0, 1)], max, align)
+                        .or(self.too_large(&smallest, &all_keys, max, align))
+                        .unwrap_or((TensorRole::Query, 0));
+                    return Err(Error::binding(role, size, max));
+                }
+            }
+        };
+        let fits = |p: &Part| self.too_large(p, &keys, max, align).is_none();
+        let fail = |p: &Part| match self.too_large(p, &keys, max, align) {
             Some((role, size)) => Error::binding(role, size, max),
             None => Error::binding(TensorRole::Query, 0, max),
         };
@@ -271,7 +360,7 @@ impl<'a> Layout<'a> {
             }
             b0 += 1;
         }
-        Ok(Some(parts))
+        Ok(Some(Split { parts, keys }))
     }
 
     /// The views, options, problem and rebased rows of one part.
@@ -316,6 +405,7 @@ impl<'a> Layout<'a> {
             }
             None => {
                 problem.seq_q = part.nr;
+                problem.seq_k = part.nk;
                 problem.mask.query_lengths = true;
                 problem.mask.key_lengths = true;
                 let m = &mut opts.mask;
@@ -370,8 +460,10 @@ fn part_rows(
         };
         rows.qlen
             .push(qv.saturating_sub(part.r0).min(part.nr) as u32);
-        rows.klen.push(kv as u32);
-        rows.diag.push((off + part.r0 as i64) as i32);
+        rows.klen
+            .push(kv.saturating_sub(part.k0).min(part.nk) as u32);
+        rows.diag
+            .push((off + part.r0 as i64 - part.k0 as i64) as i32);
     }
     rows
 }

@@ -44,6 +44,7 @@ fn masks(b: usize, h: usize, sq: usize, sk: usize) -> Vec<MaskSpec> {
         },
         MaskSpec {
             alignment: CausalAlignment::BottomRight,
+            key_lengths: Some((0..b).map(|i| (sk - 7 * i - 2) as u32).collect()),
             alibi: Some((0..h).map(|i| 0.05 * (i + 1) as f32).collect()),
             bias: Some((random(h * sq * sk, 5), [1, h, sq, sk], DType::F32)),
             ..Default::default()
@@ -95,6 +96,31 @@ fn split_calls_match_the_reference() {
                 }
                 assert_close(&got, &want, c.out_dtype, &label);
             }
+        }
+    }
+}
+
+/// Keys and values of one head too long for a binding (BSHD interleaves the heads): each
+/// part runs over chunks of keys, merged by their log-sum-exps.
+#[test]
+fn key_chunks_match_the_reference() {
+    let (b, hq, hkv, sq, sk, d) = (2, 4, 2, 37, 150, 16);
+    let ctx = small(6 * 1024);
+    for (mi, mask) in masks(b, hq, sq, sk).into_iter().enumerate() {
+        for (di, dtype) in [DType::F32, DType::F16].into_iter().enumerate() {
+            let backends = [Backend::Auto, Backend::MemoryEfficient, Backend::Naive];
+            let mut c = Case::new(b, hq, sq, sk, d)
+                .dtype(dtype)
+                .backend(backends[(mi + di) % 3])
+                .mask(mask.clone());
+            c.hkv = hkv;
+            c.layout = Layout::Bshd;
+            c.lse = (mi + di) % 2 == 0;
+            c.seed = 40 + mi as u64;
+            let label = format!("key chunks: {}", c.label());
+            let (got, want, plan) = run_plan(&ctx, &c);
+            assert!(plan.reason.contains("chunks of keys"), "{label}: {plan}");
+            assert_close(&got, &want, c.out_dtype, &label);
         }
     }
 }
@@ -160,28 +186,29 @@ fn split_varlen_calls_match_the_reference() {
     assert_close(&got, &want, DType::F32, "varlen split");
 }
 
-/// When even one query row of one head does not fit, or one head's keys do not, the call
-/// is an `Unsupported` error naming the tensor and the binding it needs; `plan` says so too.
+/// When even one key of one head does not fit a binding (here K's head dims lie 1000
+/// elements apart), the call is an `Unsupported` error naming the tensor and the binding it
+/// needs; `plan` says so too.
 #[test]
 fn unsplittable_calls_name_the_tensor() {
     let ctx = small(4 * 1024);
-    let q = ctx.upload_f32(&random(4 * 16, 1), [1, 1, 4, 16]).unwrap();
-    let long = ctx
-        .upload_f32(&random(100 * 16, 2), [1, 1, 100, 16])
-        .unwrap();
+    let (sk, d) = (1000, 16);
+    let q = ctx.upload_f32(&random(4 * d, 1), [1, 1, 4, d]).unwrap();
+    let v = ctx.upload_f32(&random(sk * d, 2), [1, 1, sk, d]).unwrap();
+    let k_buf = ctx.buffer_from_f32(&random(sk * d, 3));
+    // Element (key j, dim e) at j + 1000 e: one key spans 15 * 1000 + 1 elements.
+    let k = TensorView::new(k_buf, DType::F32, [1, 1, sk, d], [sk * d, sk * d, 1, sk], 0);
     let opts = AttentionOptions::default();
     for result in [
-        ctx.plan(q.view(), long.view(), long.view(), &opts)
-            .map(|_| ()),
-        ctx.attention(q.view(), long.view(), long.view(), &opts)
-            .map(|_| ()),
+        ctx.plan(q.view(), &k, v.view(), &opts).map(|_| ()),
+        ctx.attention(q.view(), &k, v.view(), &opts).map(|_| ()),
     ] {
         match result {
             Err(Error::Unsupported(u)) => assert_eq!(
                 u.reason,
                 UnsupportedReason::Binding {
                     tensor: TensorRole::Key,
-                    needed: 100 * 16 * 4,
+                    needed: (15 * 1000 + 1) * 4,
                     available: 4 * 1024
                 }
             ),
