@@ -339,7 +339,8 @@ impl Context {
     ) -> Result<Plan> {
         let p = validate::validate(q, k, v, None, opts)?;
         let mut plan = self.plan_tuned(&p, opts)?;
-        self.split(&Layout::new(&p, [q, k, v], None, opts), &mut plan)?;
+        let layout = Layout::new(&p, [q, k, v], None, opts).for_plan(&plan);
+        self.split(&layout, &mut plan)?;
         Ok(plan)
     }
 
@@ -388,7 +389,7 @@ impl Context {
             }
             plan.variant.count_tiles = true;
         }
-        let layout = Layout::new(&p, [q, k, v], Some(out), opts);
+        let layout = Layout::new(&p, [q, k, v], Some(out), opts).for_plan(&plan);
         let split = self.split(&layout, &mut plan)?;
         log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
         let views = [q, k, v, out];

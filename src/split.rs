@@ -135,6 +135,9 @@ pub(crate) struct Layout<'a> {
     rows: usize,
     keys: usize,
     dv: usize,
+    /// Key splits of the decode path, whose f32 scratch (every split's partial output)
+    /// must fit a binding too.
+    decode_splits: usize,
 }
 
 impl<'a> Layout<'a> {
@@ -185,7 +188,16 @@ impl<'a> Layout<'a> {
             rows: p.seq_q,
             keys: p.seq_k,
             dv: p.head_dim_v,
+            decode_splits: 1,
         }
+    }
+
+    /// The layout of a call that `plan` runs: the decode path's scratch counts too.
+    pub(crate) fn for_plan(mut self, plan: &crate::Plan) -> Self {
+        if plan.backend == crate::Backend::Decode {
+            self.decode_splits = plan.key_splits.max(1) as usize;
+        }
+        self
     }
 
     /// Key/value heads of a part: its groups', or the one its head shares.
@@ -228,8 +240,8 @@ impl<'a> Layout<'a> {
     }
 
     /// The first tensor whose binding for `part` over each chunk of `keys` exceeds `max`,
-    /// with the bytes it needs; with more than one chunk, the part's f32 scratch output
-    /// counts too.
+    /// with the bytes it needs; the f32 scratch of key chunks and of the decode path counts
+    /// too (as the output).
     fn too_large(
         &self,
         part: &Part,
@@ -237,11 +249,15 @@ impl<'a> Layout<'a> {
         max: u64,
         align: u64,
     ) -> Option<(TensorRole, u64)> {
-        if keys.len() > 1 {
-            let scratch = (part.nb * part.nh * part.nr * self.dv) as u64 * 4;
-            if scratch > max {
-                return Some((TensorRole::Output, scratch));
-            }
+        // f32 scratch: a key chunk's output, or every decode split's partial output.
+        let copies = match (self.decode_splits, keys.len()) {
+            (1, 1) => 0,
+            (1, _) => 1,
+            (splits, _) => splits as u64,
+        };
+        let scratch = (part.nb * part.nh * part.nr * self.dv) as u64 * 4 * copies;
+        if scratch > max {
+            return Some((TensorRole::Output, scratch));
         }
         keys.iter().find_map(|&chunk| {
             let part = part.keys(chunk);
@@ -489,6 +505,118 @@ fn largest(max: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn contiguous(shape: [usize; 4]) -> Geom {
+        let [_, h, s, d] = shape;
+        Geom {
+            offset: 0,
+            elem: 4,
+            shape,
+            strides: [h * s * d, s * d, d, 1],
+        }
+    }
+
+    /// GQA decode: 4 query rows of 8 heads over 256 keys of one head; 16 key splits.
+    fn decode_layout(decode_splits: usize) -> Layout<'static> {
+        let (b, hq, sq, sk, d) = (2, 8, 4, 256, 16);
+        Layout {
+            tensors: vec![
+                (TensorRole::Query, Kind::Rows, contiguous([b, hq, sq, d])),
+                (TensorRole::Key, Kind::Keys, contiguous([b, 1, sk, d])),
+                (TensorRole::Value, Kind::Keys, contiguous([b, 1, sk, d])),
+                (TensorRole::Output, Kind::Rows, contiguous([b, hq, sq, d])),
+            ],
+            group: hq,
+            varlen: None,
+            batch: b,
+            heads: hq,
+            rows: sq,
+            keys: sk,
+            dv: d,
+            decode_splits,
+        }
+    }
+
+    /// Whatever the limit, the parts cover every (batch, head, row) exactly once, their
+    /// key chunks every key, and every part fits.
+    #[test]
+    fn parts_tile_the_problem() {
+        let (b, hq, hkv, sq, sk, d) = (3, 6, 2, 70, 90, 8);
+        let bshd = |shape: [usize; 4]| {
+            let [_, h, s, d] = shape;
+            Geom {
+                strides: [s * h * d, d, h * d, 1],
+                ..contiguous(shape)
+            }
+        };
+        for layout in [contiguous, bshd] {
+            for max in [1 << 20, 40_000, 9_000, 3_000, 1_000, 300] {
+                let l = Layout {
+                    tensors: vec![
+                        (TensorRole::Query, Kind::Rows, layout([b, hq, sq, d])),
+                        (TensorRole::Key, Kind::Keys, layout([b, hkv, sk, d])),
+                        (TensorRole::Value, Kind::Keys, layout([b, hkv, sk, d])),
+                        (TensorRole::Output, Kind::Rows, contiguous([b, hq, sq, d])),
+                        (TensorRole::Bias, Kind::Scores, contiguous([1, hq, sq, sk])),
+                    ],
+                    group: hq / hkv,
+                    varlen: None,
+                    batch: b,
+                    heads: hq,
+                    rows: sq,
+                    keys: sk,
+                    dv: d,
+                    decode_splits: 1,
+                };
+                let Some(split) = l.split(max, 16).unwrap() else {
+                    assert_eq!(max, 1 << 20);
+                    continue;
+                };
+                let mut seen = vec![0; b * hq * sq];
+                for p in &split.parts {
+                    assert!(
+                        l.too_large(p, &split.keys, max, 16).is_none(),
+                        "{max}: {p:?}"
+                    );
+                    assert!(p.nh % l.group == 0 || p.nh == 1, "{p:?}");
+                    for bi in p.b0..p.b0 + p.nb {
+                        for h in p.h0..p.h0 + p.nh {
+                            for r in p.r0..p.r0 + p.nr {
+                                seen[(bi * hq + h) * sq + r] += 1;
+                            }
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&n| n == 1), "{max}: {seen:?}");
+                let mut next = 0;
+                for &(k0, nk) in &split.keys {
+                    assert_eq!(k0, next);
+                    next += nk;
+                }
+                assert_eq!(next, sk);
+            }
+        }
+    }
+
+    #[test]
+    fn the_decode_scratch_must_fit_too() {
+        // Every tensor fits 32 KiB; 16 splits' partial outputs (32 KiB each) do not.
+        let max = 32 * 1024;
+        assert_eq!(decode_layout(1).split(max, 256).unwrap(), None);
+        let split = decode_layout(16).split(max, 256).unwrap().expect("split");
+        assert_eq!(split.keys, vec![(0, 256)]);
+        for p in &split.parts {
+            assert!((p.nb * p.nh * p.nr * 16 * 4 * 16) as u64 <= max, "{p:?}");
+        }
+        assert_eq!(
+            split
+                .parts
+                .iter()
+                .map(|p| p.nb * p.nh * p.nr)
+                .sum::<usize>(),
+            2 * 8 * 4
+        );
+    }
 
     #[test]
     fn largest_finds_the_boundary() {
