@@ -88,10 +88,7 @@ pub(crate) fn record(
 ) -> Result<()> {
     let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
     let max = ctx.caps().max_storage_binding;
-    let fits = |v: &TensorView| {
-        let end = v.end_byte().unwrap_or(u64::MAX);
-        launch::binding_extent(v.offset, end, align).1 <= max
-    };
+    let fits = |v: &TensorView| launch::binding_size(v, align) <= max;
     if fits(view) {
         return record_one(ctx, encoder, view, out, out_off);
     }
@@ -112,9 +109,7 @@ pub(crate) fn record(
                 let left = (sq - r0).div_ceil(bq);
                 let blocks = (1..=left).rev().find(|&n| fits(&rows(n)));
                 let Some(blocks) = blocks else {
-                    let v = rows(1);
-                    let end = v.end_byte().unwrap_or(u64::MAX);
-                    let needed = launch::binding_extent(v.offset, end, align).1;
+                    let needed = launch::binding_size(&rows(1), align);
                     return Err(Error::binding(TensorRole::BoolMask, needed, max));
                 };
                 record_one(

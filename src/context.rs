@@ -9,7 +9,7 @@ use crate::dispatch::{self, DeviceCaps, Family, Plan};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::pipeline::{PipelineCache, chain};
-use crate::split::{Layout, PartRows, Split};
+use crate::split::{self, Layout, Part, PartRows, Split};
 use crate::tensor::{DType, Tensor, TensorView};
 use crate::tuning::{ShapeBucket, TuningTable};
 use crate::validate::{self, Problem};
@@ -678,20 +678,88 @@ impl Context {
         lse_out: Option<&TensorView>,
     ) -> Result<()> {
         merge::validate(parts, out, lse_out)?;
+        // Tensors larger than one storage binding: merged in parts over batch items, heads
+        // and rows, as attention calls are split.
+        let [b, h, s, dv] = out.shape;
+        let max = self.caps().max_storage_binding;
+        let align = self.limits().min_storage_buffer_offset_alignment as u64;
+        let mut views: Vec<(&TensorView, TensorRole)> = Vec::new();
+        for (o, l) in parts {
+            views.push((o, TensorRole::Output));
+            views.push((l, TensorRole::Lse));
+        }
+        views.push((out, TensorRole::Output));
+        views.extend(lse_out.map(|l| (l, TensorRole::Lse)));
+        let narrow = |v: &TensorView, p: &Part| {
+            v.narrowed(0, p.b0, p.nb)
+                .narrowed(1, p.h0, p.nh)
+                .narrowed(2, p.r0, p.nr)
+        };
+        // The first view of `p` that does not fit, with its bytes (the f32 fold
+        // intermediates of more than two parts count as the output).
+        let too_large = |p: &Part| {
+            let fold = (p.nb * p.nh * p.nr * dv) as u64 * 4;
+            if parts.len() > 2 && fold > max {
+                return Some((TensorRole::Output, fold));
+            }
+            views.iter().find_map(|&(v, role)| {
+                let size = launch::binding_size(&narrow(v, p), align);
+                (size > max).then_some((role, size))
+            })
+        };
+        let whole = Part {
+            b0: 0,
+            nb: b,
+            h0: 0,
+            nh: h,
+            r0: 0,
+            nr: s,
+            k0: 0,
+            nk: 0,
+        };
+        let tiles = if too_large(&whole).is_none() {
+            vec![whole]
+        } else {
+            split::tile(whole, 1, true, |p| too_large(p).is_none()).map_err(|p| {
+                let (role, size) = too_large(&p).unwrap_or((TensorRole::Output, 0));
+                Error::binding(role, size, max)
+            })?
+        };
+        self.submit_scoped("merging partial results", |ctx, enc| {
+            for t in &tiles {
+                let narrowed: Vec<(TensorView, TensorView)> = parts
+                    .iter()
+                    .map(|(o, l)| (narrow(o, t), narrow(l, t)))
+                    .collect();
+                let pairs: Vec<(&TensorView, &TensorView)> =
+                    narrowed.iter().map(|(o, l)| (o, l)).collect();
+                let lse = lse_out.map(|l| narrow(l, t));
+                ctx.record_merge(enc, &pairs, &narrow(out, t), lse.as_ref())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records a merge of `parts` (two at a time, through f32 intermediates).
+    fn record_merge(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        parts: &[(&TensorView, &TensorView)],
+        out: &TensorView,
+        lse_out: Option<&TensorView>,
+    ) -> Result<()> {
         fn one<'a>(p: &(&'a TensorView, &'a TensorView)) -> merge::Input<'a> {
             merge::Input::one(p.0, p.1)
         }
         if parts.len() <= 2 {
-            return self.submit_scoped("merging partial results", |ctx, enc| {
-                merge::record(
-                    ctx,
-                    enc,
-                    one(&parts[0]),
-                    parts.get(1).map(one),
-                    out,
-                    lse_out,
-                )
-            });
+            return merge::record(
+                self,
+                enc,
+                one(&parts[0]),
+                parts.get(1).map(one),
+                out,
+                lse_out,
+            );
         }
         // More than two: fold left through an f32 intermediate.
         let [b, h, s, dv] = out.shape;
@@ -703,33 +771,31 @@ impl Context {
             self.empty([b, h, s, 1], DType::F32)?,
             self.empty([b, h, s, 1], DType::F32)?,
         ];
-        self.submit_scoped("merging partial results", |ctx, enc| {
-            merge::record(
-                ctx,
-                enc,
-                one(&parts[0]),
-                Some(one(&parts[1])),
-                acc_o[0].view(),
-                Some(acc_l[0].view()),
-            )?;
-            let mut cur = 0;
-            for (n, p) in parts.iter().enumerate().skip(2) {
-                let prev = (acc_o[cur].view(), acc_l[cur].view());
-                if n + 1 == parts.len() {
-                    return merge::record(ctx, enc, one(&prev), Some(one(p)), out, lse_out);
-                }
-                merge::record(
-                    ctx,
-                    enc,
-                    one(&prev),
-                    Some(one(p)),
-                    acc_o[1 - cur].view(),
-                    Some(acc_l[1 - cur].view()),
-                )?;
-                cur = 1 - cur;
+        merge::record(
+            self,
+            enc,
+            one(&parts[0]),
+            Some(one(&parts[1])),
+            acc_o[0].view(),
+            Some(acc_l[0].view()),
+        )?;
+        let mut cur = 0;
+        for (n, p) in parts.iter().enumerate().skip(2) {
+            let prev = (acc_o[cur].view(), acc_l[cur].view());
+            if n + 1 == parts.len() {
+                return merge::record(self, enc, one(&prev), Some(one(p)), out, lse_out);
             }
-            Ok(())
-        })
+            merge::record(
+                self,
+                enc,
+                one(&prev),
+                Some(one(p)),
+                acc_o[1 - cur].view(),
+                Some(acc_l[1 - cur].view()),
+            )?;
+            cur = 1 - cur;
+        }
+        Ok(())
     }
 
     /// Computes the block summary of a boolean mask (and submits), for reuse across

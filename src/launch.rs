@@ -43,6 +43,11 @@ pub(crate) fn binding_extent(offset: u64, end: u64, align: u64) -> (u64, u64) {
     (start, end - start)
 }
 
+/// The bytes of the binding `window` makes for `view`.
+pub(crate) fn binding_size(view: &TensorView, align: u64) -> u64 {
+    binding_extent(view.offset, view.end_byte().unwrap_or(u64::MAX), align).1
+}
+
 /// The smallest aligned window of `view`'s buffer that holds the view.
 pub(crate) fn window(ctx: &Context, view: &TensorView, role: TensorRole) -> Result<Window> {
     let align = ctx.limits().min_storage_buffer_offset_alignment as u64;

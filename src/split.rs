@@ -320,62 +320,7 @@ impl<'a> Layout<'a> {
             Some((role, size)) => Error::binding(role, size, max),
             None => Error::binding(TensorRole::Query, 0, max),
         };
-        let mut parts = Vec::new();
-        let mut b0 = 0;
-        while b0 < self.batch {
-            let at = |nb| Part { b0, nb, ..whole };
-            if let Some(nb) = largest(self.batch - b0, |n| fits(&at(n))) {
-                parts.push(at(nb));
-                b0 += nb;
-                continue;
-            }
-            // One batch item: whole groups of heads.
-            let item = at(1);
-            let mut h0 = 0;
-            while h0 < self.heads {
-                let at = |groups: usize| Part {
-                    h0,
-                    nh: groups * self.group,
-                    ..item
-                };
-                if let Some(n) = largest((self.heads - h0) / self.group, |n| fits(&at(n))) {
-                    parts.push(at(n));
-                    h0 += n * self.group;
-                    continue;
-                }
-                // One head at a time (each with its group's key/value head), then rows.
-                for h in h0..h0 + self.group {
-                    let head = Part {
-                        h0: h,
-                        nh: 1,
-                        ..item
-                    };
-                    if fits(&head) {
-                        parts.push(head);
-                        continue;
-                    }
-                    if self.varlen.is_some() {
-                        return Err(fail(&head));
-                    }
-                    // Query rows, in whole tiles of 64 where more fit.
-                    let mut r0 = 0;
-                    while r0 < self.rows {
-                        let at = |nr| Part { r0, nr, ..head };
-                        let left = self.rows - r0;
-                        let Some(mut nr) = largest(left, |n| fits(&at(n))) else {
-                            return Err(fail(&at(1)));
-                        };
-                        if nr < left && nr > 64 {
-                            nr = nr / 64 * 64;
-                        }
-                        parts.push(at(nr));
-                        r0 += nr;
-                    }
-                }
-                h0 += self.group;
-            }
-            b0 += 1;
-        }
+        let parts = tile(whole, self.group, self.varlen.is_none(), fits).map_err(|p| fail(&p))?;
         Ok(Some(Split { parts, keys }))
     }
 
@@ -452,6 +397,75 @@ pub(crate) struct PartCall {
     pub opts: AttentionOptions,
     pub problem: Problem,
     pub rows: Option<PartRows>,
+}
+
+/// Parts of `whole` as large as `fits` allows, in order: runs of batch items, then within
+/// one item runs of whole groups of `group` heads, then single heads, then (with `rows_too`)
+/// runs of query rows, in whole tiles of 64 where more fit. `Err` holds a smallest part that
+/// does not fit.
+pub(crate) fn tile(
+    whole: Part,
+    group: usize,
+    rows_too: bool,
+    fits: impl Fn(&Part) -> bool,
+) -> std::result::Result<Vec<Part>, Part> {
+    let mut parts = Vec::new();
+    let mut b0 = 0;
+    while b0 < whole.nb {
+        let at = |nb| Part { b0, nb, ..whole };
+        if let Some(nb) = largest(whole.nb - b0, |n| fits(&at(n))) {
+            parts.push(at(nb));
+            b0 += nb;
+            continue;
+        }
+        // One batch item: whole groups of heads.
+        let item = at(1);
+        let mut h0 = 0;
+        while h0 < whole.nh {
+            let at = |groups: usize| Part {
+                h0,
+                nh: groups * group,
+                ..item
+            };
+            if let Some(n) = largest((whole.nh - h0) / group, |n| fits(&at(n))) {
+                parts.push(at(n));
+                h0 += n * group;
+                continue;
+            }
+            // One head at a time (each with its group's key/value head), then rows.
+            for h in h0..h0 + group {
+                let head = Part {
+                    h0: h,
+                    nh: 1,
+                    ..item
+                };
+                if fits(&head) {
+                    parts.push(head);
+                    continue;
+                }
+                if !rows_too {
+                    return Err(head);
+                }
+                // Query rows, in whole tiles of 64 where more fit.
+                let mut r0 = 0;
+                while r0 < whole.nr {
+                    let at = |nr| Part { r0, nr, ..head };
+                    let left = whole.nr - r0;
+                    let Some(mut nr) = largest(left, |n| fits(&at(n))) else {
+                        return Err(at(1));
+                    };
+                    if nr < left && nr > 64 {
+                        nr = nr / 64 * 64;
+                    }
+                    parts.push(at(nr));
+                    r0 += nr;
+                }
+            }
+            h0 += group;
+        }
+        b0 += 1;
+    }
+    Ok(parts)
 }
 
 /// Valid rows, valid keys and the diagonal of each batch item of `part`, in its indices.

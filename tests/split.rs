@@ -257,3 +257,63 @@ fn block_mask_of_a_large_mask_splits() {
         assert!(whole.contains(&state), "no block in state {state}");
     }
 }
+
+/// Merging partial results larger than one binding runs in parts too, and is exact.
+#[test]
+fn merge_of_large_partials_splits() {
+    let ctx = small(2 * 1024);
+    let (b, h, sq, sk, d) = (2, 3, 40, 60, 8);
+    let (qh, kh, vh) = (
+        random(b * h * sq * d, 1),
+        random(b * h * sk * d, 2),
+        random(b * h * sk * d, 3),
+    );
+    let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
+    let (k, v) = (
+        ctx.upload_f32(&kh, [b, h, sk, d]).unwrap(),
+        ctx.upload_f32(&vh, [b, h, sk, d]).unwrap(),
+    );
+    // Keys 0..20, 20..45 and 45..60 of every batch item and head.
+    let keys = |t: &TensorView, k0: usize, n: usize| TensorView {
+        offset: (k0 * d * 4) as u64,
+        shape: [b, h, n, d],
+        ..t.clone()
+    };
+    let mut partials = Vec::new();
+    for (k0, n) in [(0, 20), (20, 25), (45, 15)] {
+        let o = nan_output(&ctx, [b, h, sq, d], DType::F32);
+        let lse = nan_output(&ctx, [b, h, sq, 1], DType::F32);
+        let opts = AttentionOptions {
+            lse_output: Some(lse.clone()),
+            ..Default::default()
+        };
+        ctx.attention_into(
+            q.view(),
+            &keys(k.view(), k0, n),
+            &keys(v.view(), k0, n),
+            &o,
+            &opts,
+        )
+        .unwrap();
+        partials.push((o, lse));
+    }
+    let merged = nan_output(&ctx, [b, h, sq, d], DType::F32);
+    let merged_lse = nan_output(&ctx, [b, h, sq, 1], DType::F32);
+    let pairs: Vec<_> = partials.iter().map(|(o, l)| (o, l)).collect();
+    ctx.merge(&pairs, &merged, Some(&merged_lse)).unwrap();
+    let t = |data, n| wgpu_attention::reference::HostTensor {
+        data,
+        shape: [b, h, n, d],
+    };
+    let (want, want_lse) = wgpu_attention::reference::attention_with_lse(
+        &t(&qh, sq),
+        &t(&kh, sk),
+        &t(&vh, sk),
+        1.0 / (d as f64).sqrt(),
+        &Default::default(),
+    );
+    let got = ctx.download_f32_blocking(&merged).unwrap();
+    assert_close(&got, &want, DType::F32, "merged");
+    let got_lse = ctx.download_f32_blocking(&merged_lse).unwrap();
+    assert_close_lse(&got_lse, &want_lse, "merged lse");
+}
