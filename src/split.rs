@@ -530,17 +530,16 @@ mod tests {
         }
     }
 
-    /// GQA decode: 4 query rows of 8 heads over 256 keys of one head; 16 key splits.
-    fn decode_layout(decode_splits: usize) -> Layout<'static> {
-        let (b, hq, sq, sk, d) = (2, 8, 4, 256, 16);
+    /// A layout of `tensors` for `b` items of `hq` query heads in groups of `group`, `sq`
+    /// rows, `sk` keys, head dim `d`.
+    fn layout(
+        tensors: Vec<(TensorRole, Kind, Geom)>,
+        (b, hq, group, sq, sk, d): (usize, usize, usize, usize, usize, usize),
+        decode_splits: usize,
+    ) -> Layout<'static> {
         Layout {
-            tensors: vec![
-                (TensorRole::Query, Kind::Rows, contiguous([b, hq, sq, d])),
-                (TensorRole::Key, Kind::Keys, contiguous([b, 1, sk, d])),
-                (TensorRole::Value, Kind::Keys, contiguous([b, 1, sk, d])),
-                (TensorRole::Output, Kind::Rows, contiguous([b, hq, sq, d])),
-            ],
-            group: hq,
+            tensors,
+            group,
             varlen: None,
             batch: b,
             heads: hq,
@@ -549,6 +548,18 @@ mod tests {
             dv: d,
             decode_splits,
         }
+    }
+
+    /// GQA decode: 4 query rows of 8 heads over 256 keys of one head; 16 key splits.
+    fn decode_layout(decode_splits: usize) -> Layout<'static> {
+        let (b, hq, sq, sk, d) = (2, 8, 4, 256, 16);
+        let tensors = vec![
+            (TensorRole::Query, Kind::Rows, contiguous([b, hq, sq, d])),
+            (TensorRole::Key, Kind::Keys, contiguous([b, 1, sk, d])),
+            (TensorRole::Value, Kind::Keys, contiguous([b, 1, sk, d])),
+            (TensorRole::Output, Kind::Rows, contiguous([b, hq, sq, d])),
+        ];
+        layout(tensors, (b, hq, hq, sq, sk, d), decode_splits)
     }
 
     /// Whatever the limit, the parts cover every (batch, head, row) exactly once, their
@@ -565,23 +576,14 @@ mod tests {
         };
         for layout in [contiguous, bshd] {
             for max in [1 << 20, 40_000, 9_000, 3_000, 1_000, 300] {
-                let l = Layout {
-                    tensors: vec![
-                        (TensorRole::Query, Kind::Rows, layout([b, hq, sq, d])),
-                        (TensorRole::Key, Kind::Keys, layout([b, hkv, sk, d])),
-                        (TensorRole::Value, Kind::Keys, layout([b, hkv, sk, d])),
-                        (TensorRole::Output, Kind::Rows, contiguous([b, hq, sq, d])),
-                        (TensorRole::Bias, Kind::Scores, contiguous([1, hq, sq, sk])),
-                    ],
-                    group: hq / hkv,
-                    varlen: None,
-                    batch: b,
-                    heads: hq,
-                    rows: sq,
-                    keys: sk,
-                    dv: d,
-                    decode_splits: 1,
-                };
+                let tensors = vec![
+                    (TensorRole::Query, Kind::Rows, layout([b, hq, sq, d])),
+                    (TensorRole::Key, Kind::Keys, layout([b, hkv, sk, d])),
+                    (TensorRole::Value, Kind::Keys, layout([b, hkv, sk, d])),
+                    (TensorRole::Output, Kind::Rows, contiguous([b, hq, sq, d])),
+                    (TensorRole::Bias, Kind::Scores, contiguous([1, hq, sq, sk])),
+                ];
+                let l = self::layout(tensors, (b, hq, hq / hkv, sq, sk, d), 1);
                 let Some(split) = l.split(max, 16).unwrap() else {
                     assert_eq!(max, 1 << 20);
                     continue;

@@ -479,22 +479,12 @@ pub fn varlen_reference(
             take(kh, hkv, k0, kl),
             take(vh, hkv, k0, kl),
         );
-        let o = reference::attention(
-            &HostTensor {
-                data: &sq,
-                shape: [1, hq, ql, d],
-            },
-            &HostTensor {
-                data: &sk,
-                shape: [1, hkv, kl, d],
-            },
-            &HostTensor {
-                data: &sv,
-                shape: [1, hkv, kl, d],
-            },
-            1.0 / (d as f64).sqrt(),
-            mask,
-        );
+        let t = |data, heads, n| HostTensor {
+            data,
+            shape: [1, heads, n, d],
+        };
+        let (q, k, v) = (t(&sq, hq, ql), t(&sk, hkv, kl), t(&sv, hkv, kl));
+        let o = reference::attention(&q, &k, &v, 1.0 / (d as f64).sqrt(), mask);
         for hh in 0..hq {
             for i in 0..ql {
                 for c in 0..d {
