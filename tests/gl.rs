@@ -63,3 +63,42 @@ fn gl_auto_uses_plain_flash() {
     assert!(!ctx.caps().cpu);
     assert!(!p.reason.contains("CPU adapter"), "{}", p.reason);
 }
+
+/// A call split into parts to fit small storage bindings matches the reference on GL too
+/// (its own offset alignment; the rebased masks in the GL shaders).
+#[test]
+fn gl_split_calls_match_reference() {
+    if gl().is_none() {
+        return;
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::GL,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("GL adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: 4096,
+            ..adapter.limits()
+        },
+        ..Default::default()
+    }))
+    .expect("GL device");
+    let ctx = Context::from_device(device, queue, &adapter.get_info());
+    let mask = MaskSpec {
+        causal: Some(CausalAlignment::BottomRight),
+        key_lengths: Some(vec![50, 17]),
+        bias: Some((random(2 * 33 * 50, 3), [1, 2, 33, 50], DType::F32)),
+        ..Default::default()
+    };
+    let mut c = Case::new(2, 2, 33, 50, 16)
+        .backend(Backend::Flash)
+        .mask(mask);
+    c.hkv = 1;
+    c.lse = true;
+    let (got, want, plan) = run_plan(&ctx, &c);
+    assert!(plan.parts > 4, "{plan}");
+    assert_close(&got, &want, DType::F32, &c.label());
+}
