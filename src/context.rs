@@ -330,6 +330,9 @@ impl Context {
 
     /// Validates a call and says which backend and variant would run it, and why,
     /// without running anything. `RUST_LOG=debug` logs the same decision on every call.
+    /// [`Plan::parts`] says into how many calls it is split when a tensor is larger than
+    /// one storage binding (the output counted as the contiguous tensor
+    /// [`Context::attention`] allocates).
     pub fn plan(
         &self,
         q: &TensorView,
