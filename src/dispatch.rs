@@ -201,13 +201,15 @@ pub struct ShaderVariant {
     pub subgroups: bool,
     /// Debug builds only: count loaded key tiles (see `Context::debug_tile_counts`).
     pub count_tiles: bool,
-    /// Whether the kernel adds a term read at run time to every visible score (an additive
-    /// bias or ALiBi: [`MaskKinds::score_terms`](crate::validate::MaskKinds::score_terms)).
-    /// Only the unrolled flash kernel is specialised on it and on [`ShaderVariant::bool_mask`]:
-    /// CPU drivers run both sides of a branch, so code for a mask that is absent still costs
-    /// there (about 30% of an unmasked call on lavapipe). The other families test the mask
-    /// flags at run time and leave both `false`.
-    pub score_terms: bool,
+    /// The storage dtype of the additive bias the kernel adds to every visible score, if
+    /// any. Only the unrolled flash kernel is specialised on the mask terms (this,
+    /// [`ShaderVariant::alibi`] and [`ShaderVariant::bool_mask`]): CPU drivers run both
+    /// sides of a branch, so code for a mask that is absent still costs there (about 30% of
+    /// an unmasked call on lavapipe), and so does decoding a dtype at run time. The other
+    /// families test the mask flags at run time and leave these `None` and `false`.
+    pub bias: Option<DType>,
+    /// Whether the kernel adds ALiBi's distance term to every visible score.
+    pub alibi: bool,
     /// Whether the kernel reads a bool mask, key by key, in the tiles its block summary marks
     /// mixed (the unrolled kernel runs tiles marked all visible through a key loop without it).
     pub bool_mask: bool,
@@ -432,7 +434,8 @@ pub fn flash_variant(
         rows_per_thread,
         subgroups: use_sg,
         count_tiles: false,
-        score_terms: family == Family::FlashUnrolled && p.mask.score_terms(),
+        bias: p.mask.bias.filter(|_| family == Family::FlashUnrolled),
+        alibi: family == Family::FlashUnrolled && p.mask.alibi,
         bool_mask: family == Family::FlashUnrolled && p.mask.bool_mask,
         serial_loads: family == Family::FlashUnrolled && caps.cpu_serial_loads,
     })
@@ -468,7 +471,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         rows_per_thread: 1,
         subgroups: true,
         count_tiles: false,
-        score_terms: false,
+        bias: None,
+        alibi: false,
         bool_mask: false,
         serial_loads: false,
     };
@@ -509,7 +513,8 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
-        score_terms: false,
+        bias: None,
+        alibi: false,
         bool_mask: false,
         serial_loads: false,
     };
@@ -541,7 +546,8 @@ pub fn naive_variant() -> ShaderVariant {
         rows_per_thread: 1,
         subgroups: false,
         count_tiles: false,
-        score_terms: false,
+        bias: None,
+        alibi: false,
         bool_mask: false,
         serial_loads: false,
     }

@@ -23,15 +23,18 @@
 //!   O move through a local array in a rolled loop. Mesa 22 turns such an array into a branch
 //!   ladder instead, so for it ([`ShaderVariant::serial_loads`]) each vector is written out.
 //! - Code for per-key mask terms is generated only in variants that need it
-//!   ([`ShaderVariant::score_terms`] for a bias or ALiBi, [`ShaderVariant::bool_mask`]):
-//!   lavapipe runs both sides of every branch, so a per-key test of a flag that is off still
-//!   cost about 30% of the unmasked time there. With a bool mask alone, tiles the block
-//!   summary marks all visible run a key loop with no mask reads.
+//!   ([`ShaderVariant::bias`], with its storage dtype, [`ShaderVariant::alibi`],
+//!   [`ShaderVariant::bool_mask`]): lavapipe runs both sides of every branch, so a per-key
+//!   test of a flag that is off still cost about 30% of the unmasked time there, and a bias
+//!   read through the other terms' code and a run-time dtype cost 1.25-1.5x of the bias
+//!   read alone. With a bool mask, tiles the block summary marks all visible run a key loop
+//!   with no mask reads.
 //! - Each thread works out a tile's state itself: two barriers per tile instead of three.
 
 use std::fmt::Write;
 
 use crate::dispatch::ShaderVariant;
+use crate::tensor::DType;
 
 /// Appends one line of WGSL (writing to a `String` cannot fail).
 macro_rules! w {
@@ -57,9 +60,23 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     w!(s, "const Q_PASS_ROWS: u32 = {}u * ROW_STRIDE;", q_groups);
     w!(s, "const O_PASS_ROWS: u32 = {}u * ROW_STRIDE;", o_groups);
     s.push_str(HEADER);
+    if v.alibi {
+        w!(s, "    let slope = bitcast<f32>(aux_buf[P.alibi_off + h]);");
+    }
     for r in 0..rows {
         w!(s, "    let i_{r} = qt * BR + lid + {r}u * ROW_STRIDE;");
         w!(s, "    let rg_{r} = key_range(i_{r}, rc);");
+        if v.bias.is_some() {
+            // Row r's bias starts here (element index); key j is P.b_sk further.
+            w!(
+                s,
+                "    let bb_{r} = P.b_off + b * P.b_sb + h * P.b_sh + i_{r} * P.b_sq;"
+            );
+        }
+        if v.alibi {
+            // Row r's diagonal: ALiBi's term of key j is -slope * |j - ac_r|.
+            w!(s, "    let ac_{r} = i32(i_{r}) + rc.off;");
+        }
         w!(s, "    var m_{r} = LOWEST;");
         w!(s, "    var l_{r} = 0.0;");
         for t in 0..dv4 {
@@ -106,15 +123,19 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     // Mesa 25, and it compiles 1.5x faster at d=128).
     let g = if v.serial_loads { 2 } else { 1 };
     let mut keys = |count: &str, terms| key_loop(&mut s, rows, dk4, dv4, count, terms, g);
-    if v.score_terms {
-        keys("BC", Terms::All);
-    } else if v.bool_mask {
+    let terms = Terms {
+        bool_mask: false,
+        bias: v.bias,
+        alibi: v.alibi,
+    };
+    if v.bool_mask {
         // Tiles the block summary marks all visible need no bool-mask reads: a loop of their
         // own (a loop with no iteration costs one masked pass on a CPU, a branch both sides).
-        keys("select(0u, BC, state == 1u)", Terms::None);
-        keys("select(0u, BC, state == 2u)", Terms::Bool);
+        keys("select(0u, BC, state == 1u)", terms);
+        let bool_mask = true;
+        keys("select(0u, BC, state == 2u)", Terms { bool_mask, ..terms });
     } else {
-        keys("BC", Terms::None);
+        keys("BC", terms);
     }
     s.push_str("        }\n    }\n");
     // Output, after the barrier that ends the last tile's reads.
@@ -165,15 +186,28 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
     s
 }
 
-/// Which per-key mask terms a key loop reads.
+/// Which per-key mask terms a key loop reads (none: each row's key range is the whole mask).
 #[derive(Clone, Copy)]
-enum Terms {
-    /// None: each row's key range is the whole mask.
-    None,
-    /// The bool mask (tiles the block summary marks mixed).
-    Bool,
-    /// Bias, ALiBi and, in mixed tiles, the bool mask.
-    All,
+struct Terms {
+    /// The bool mask (in tiles the block summary marks mixed).
+    bool_mask: bool,
+    /// The additive bias, stored in this dtype.
+    bias: Option<DType>,
+    /// ALiBi's distance term.
+    alibi: bool,
+}
+
+impl Terms {
+    /// WGSL for the bias of row `r`, key `j + k`: its element index is `e`.
+    fn bias_load(dtype: DType) -> String {
+        match dtype {
+            DType::F32 => "bitcast<f32>(bias_buf[e])".into(),
+            dt => format!(
+                "decode(bias_buf[word_index(e, {c}u)], e, {c}u)",
+                c = dt.code()
+            ),
+        }
+    }
 }
 
 /// One tile's key loop over `count` keys (a WGSL expression) in steps of `g` keys: the
@@ -187,12 +221,6 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
         "        for (var jj = 0u; jj < {count}; jj += {g}u) {{
             let j = j0 + jj;"
     );
-    if matches!(terms, Terms::All) {
-        w!(
-            s,
-            "            let loads_extra = state == 2u || has(F_BIAS);"
-        );
-    }
     for r in 0..rows {
         for k in 0..g {
             w!(s, "            var a_{r}_{k} = vec4<f32>(0.0);");
@@ -222,24 +250,31 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
                 "            var s_{r}_{k} = (a_{r}_{k}.x + a_{r}_{k}.y) + (a_{r}_{k}.z + a_{r}_{k}.w);
             var vis_{r}_{k} = j + {k}u >= rg_{r}.x && j + {k}u < rg_{r}.y;"
             );
-            match terms {
-                Terms::None => {}
-                Terms::Bool => {
+            if terms.bool_mask || terms.bias.is_some() || terms.alibi {
+                w!(s, "            if (vis_{r}_{k}) {{");
+                if terms.bool_mask {
                     w!(
                         s,
-                        "            if (vis_{r}_{k}) {{ vis_{r}_{k} = bool_mask_at(b, h, i_{r}, j + {k}u); }}"
+                        "                vis_{r}_{k} = bool_mask_at(b, h, i_{r}, j + {k}u);"
                     );
                 }
-                Terms::All => {
+                if let Some(dt) = terms.bias {
+                    // A bias of -inf (or NaN) masks the key.
                     w!(
                         s,
-                        "            if (vis_{r}_{k}) {{
-                if (loads_extra) {{ s_{r}_{k} += loaded_extra(b, h, i_{r}, j + {k}u, state); }}
-                s_{r}_{k} += alibi_at(h, i_{r}, j + {k}u, rc);
-                vis_{r}_{k} = finite_logit(s_{r}_{k});
-            }}"
+                        "                let e = bb_{r} + (j + {k}u) * P.b_sk;
+                s_{r}_{k} += {};
+                vis_{r}_{k} = vis_{r}_{k} && finite_logit(s_{r}_{k});",
+                        Terms::bias_load(dt)
                     );
                 }
+                if terms.alibi {
+                    w!(
+                        s,
+                        "                s_{r}_{k} -= slope * abs(f32(i32(j + {k}u) - ac_{r}));"
+                    );
+                }
+                w!(s, "            }}");
             }
             w!(
                 s,

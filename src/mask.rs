@@ -35,7 +35,8 @@
 //! **Fully masked rows** (no visible key) give **zeros**, never NaN; PyTorch gives NaN.
 //! **Finite sentinels** in the bias (WeNet's `-1e10`, transformers' `finfo.min`) are not masks:
 //! a row whose every logit is such a sentinel gives the mean of V over its visible keys,
-//! exactly as in PyTorch. A bias of `-inf` masks that element like `false` in a bool mask.
+//! exactly as in PyTorch. A bias of `-inf` masks that element like `false` in a bool mask, and
+//! so does a NaN (PyTorch would give NaN).
 
 use crate::tensor::TensorView;
 

@@ -177,7 +177,7 @@ fn lavapipe_runs_the_unrolled_kernel() {
                 v.block_k,
                 v.subgroups,
                 v.serial_loads,
-                v.score_terms || v.bool_mask
+                v.bias.is_some() || v.alibi || v.bool_mask
             ),
             (
                 1,
@@ -211,40 +211,46 @@ fn only_per_key_mask_terms_get_the_unrolled_kernel_that_reads_them() {
         f(&mut p.mask);
         p
     };
-    // (mask, score terms, bool mask)
+    // (mask, bias dtype, alibi, bool mask)
     let cases = [
-        (with(&|m| m.causal = true), false, false),
-        (with(&|m| m.key_lengths = true), false, false),
-        (with(&|m| m.query_lengths = true), false, false),
-        (with(&|m| m.bool_mask = true), false, true),
-        (with(&|m| m.bias = Some(DType::F32)), true, false),
-        (with(&|m| m.alibi = true), true, false),
+        (with(&|m| m.causal = true), None, false, false),
+        (with(&|m| m.key_lengths = true), None, false, false),
+        (with(&|m| m.query_lengths = true), None, false, false),
+        (with(&|m| m.bool_mask = true), None, false, true),
+        (
+            with(&|m| m.bias = Some(DType::F32)),
+            Some(DType::F32),
+            false,
+            false,
+        ),
+        (with(&|m| m.alibi = true), None, true, false),
         (
             with(&|m| {
                 m.causal = true;
                 m.bias = Some(DType::F16);
                 m.bool_mask = true;
             }),
-            true,
+            Some(DType::F16),
+            false,
             true,
         ),
     ];
     for caps in [lavapipe(), lavapipe_new()] {
-        for (p, score, bool_mask) in &cases {
+        for (p, bias, alibi, bool_mask) in &cases {
             let v = plan(p, &caps, &opts).unwrap().variant;
             assert_eq!(v.family, Family::FlashUnrolled);
             assert_eq!(
-                (v.score_terms, v.bool_mask),
-                (*score, *bool_mask),
+                (v.bias, v.alibi, v.bool_mask),
+                (*bias, *alibi, *bool_mask),
                 "{:?}",
                 p.mask
             );
         }
     }
     // The rolled kernel reads the mask flags at run time: one variant for every mask.
-    for (p, _, _) in &cases {
+    for (p, ..) in &cases {
         let v = plan(p, &subgroup_gpu(), &opts).unwrap().variant;
-        assert!(!v.score_terms && !v.bool_mask, "{:?}", p.mask);
+        assert!(v.bias.is_none() && !v.alibi && !v.bool_mask, "{:?}", p.mask);
     }
 }
 

@@ -119,6 +119,37 @@ fn finite_sentinels_give_mean_of_v() {
     }
 }
 
+/// A NaN in the bias masks that logit, like -inf (PyTorch would give NaN), on every
+/// backend and with the bias's other terms (ALiBi, a bool mask) present or not.
+#[test]
+fn nan_in_the_bias_masks_the_logit() {
+    let ctx = ctx();
+    let (b, h, sq, sk) = (1, 2, 19, 23);
+    let mut bias = random(h * sq * sk, 4);
+    for (e, x) in bias.iter_mut().enumerate() {
+        if e % 5 == 1 {
+            *x = f32::NAN;
+        }
+    }
+    let as_inf: Vec<f32> = bias
+        .iter()
+        .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+        .collect();
+    for backend in BACKENDS {
+        for alibi in [false, true] {
+            let case = |data: &[f32]| {
+                let mut c = Case::new(b, h, sq, sk, 16).backend(backend);
+                c.mask.bias = Some((data.to_vec(), [1, h, sq, sk], DType::F32));
+                c.mask.alibi = alibi.then(|| vec![0.3, 0.1]);
+                c
+            };
+            let (got, _) = run(ctx, &case(&bias));
+            let (_, want) = run(ctx, &case(&as_inf));
+            assert_close(&got, &want, DType::F32, &case(&bias).label());
+        }
+    }
+}
+
 /// Logits around 1e4 neither overflow nor lose the softmax.
 #[test]
 fn large_logits_do_not_overflow() {

@@ -1,6 +1,7 @@
 //! CPU-only: every shader variant the crate can build parses and validates with naga, so
 //! a shader error shows up in `cargo test`, not at a user's runtime.
 
+use wgpu_attention::DType;
 use wgpu_attention::dispatch::{
     FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, ShaderVariant,
     UNROLLED_MAX_HEAD_DIM, UNROLLED_ROWS_PER_THREAD, naive_variant,
@@ -24,7 +25,8 @@ fn variants() -> Vec<ShaderVariant> {
                             rows_per_thread: rpt,
                             subgroups: sg,
                             count_tiles: count,
-                            score_terms: false,
+                            bias: None,
+                            alibi: false,
                             bool_mask: false,
                             serial_loads: false,
                         });
@@ -45,7 +47,8 @@ fn variants() -> Vec<ShaderVariant> {
                 rows_per_thread: 1,
                 subgroups: true,
                 count_tiles: count,
-                score_terms: false,
+                bias: None,
+                alibi: false,
                 bool_mask: false,
                 serial_loads: false,
             });
@@ -58,13 +61,17 @@ fn variants() -> Vec<ShaderVariant> {
     {
         for &dv in &[32, dk] {
             for bk in [8, 16, 32] {
-                for (count, score_terms, bool_mask, serial_loads) in [
-                    (false, false, false, false),
-                    (true, false, false, true),
-                    (false, true, false, false),
-                    (false, false, true, true),
-                    (false, true, true, true),
-                    (false, false, true, false),
+                let (f32, f16, bf16) = (Some(DType::F32), Some(DType::F16), Some(DType::BF16));
+                for (count, bias, alibi, bool_mask, serial_loads) in [
+                    (false, None, false, false, false),
+                    (true, None, false, false, true),
+                    (false, f32, false, false, false),
+                    (false, f16, true, false, true),
+                    (false, None, true, false, false),
+                    (false, None, false, true, true),
+                    (false, bf16, false, true, true),
+                    (false, f32, true, true, false),
+                    (false, None, false, true, false),
                 ] {
                     v.push(ShaderVariant {
                         family: Family::FlashUnrolled,
@@ -76,7 +83,8 @@ fn variants() -> Vec<ShaderVariant> {
                         rows_per_thread: UNROLLED_ROWS_PER_THREAD,
                         subgroups: false,
                         count_tiles: count,
-                        score_terms,
+                        bias,
+                        alibi,
                         bool_mask,
                         serial_loads,
                     });
@@ -96,7 +104,8 @@ fn variants() -> Vec<ShaderVariant> {
                 rows_per_thread: 1,
                 subgroups: false,
                 count_tiles: false,
-                score_terms: false,
+                bias: None,
+                alibi: false,
                 bool_mask: false,
                 serial_loads: false,
             });
