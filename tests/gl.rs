@@ -25,18 +25,24 @@ fn gl() -> Option<&'static Context> {
     .as_ref()
 }
 
+/// Causal (bottom-right), key lengths and a bias of `dtype`, for 2 items, 2 heads, 33 rows
+/// and 50 keys.
+fn gl_mask(dtype: DType) -> MaskSpec {
+    MaskSpec {
+        causal: Some(CausalAlignment::BottomRight),
+        key_lengths: Some(vec![50, 17]),
+        bias: Some((random(2 * 33 * 50, 3), [1, 2, 33, 50], dtype)),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn gl_backends_match_reference() {
     let Some(ctx) = gl() else { return };
     assert!(!ctx.caps().subgroup, "GL has no subgroups");
     for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
         for dtype in [DType::F32, DType::F16] {
-            let mask = MaskSpec {
-                causal: Some(CausalAlignment::BottomRight),
-                key_lengths: Some(vec![50, 17]),
-                bias: Some((random(2 * 33 * 50, 3), [1, 2, 33, 50], DType::F16)),
-                ..Default::default()
-            };
+            let mask = gl_mask(DType::F16);
             let mut c = Case::new(2, 2, 33, 50, 64)
                 .backend(backend)
                 .dtype(dtype)
@@ -87,12 +93,7 @@ fn gl_split_calls_match_reference() {
     }))
     .expect("GL device");
     let ctx = Context::from_device(device, queue, &adapter.get_info());
-    let mask = MaskSpec {
-        causal: Some(CausalAlignment::BottomRight),
-        key_lengths: Some(vec![50, 17]),
-        bias: Some((random(2 * 33 * 50, 3), [1, 2, 33, 50], DType::F32)),
-        ..Default::default()
-    };
+    let mask = gl_mask(DType::F32);
     let mut c = Case::new(2, 2, 33, 50, 16)
         .backend(Backend::Flash)
         .mask(mask);
