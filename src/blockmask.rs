@@ -107,8 +107,7 @@ pub(crate) fn record(
             while r0 < sq {
                 let rows = |blocks: usize| one.narrowed(2, r0, (blocks * bq).min(sq - r0));
                 let left = (sq - r0).div_ceil(bq);
-                let blocks = (1..=left).rev().find(|&n| fits(&rows(n)));
-                let Some(blocks) = blocks else {
+                let Some(blocks) = crate::split::largest(left, |n| fits(&rows(n))) else {
                     let needed = launch::binding_size(&rows(1), align);
                     return Err(Error::binding(TensorRole::BoolMask, needed, max));
                 };

@@ -441,37 +441,33 @@ impl Context {
             .map(|x| x.nb * x.nh * x.nr)
             .max()
             .unwrap_or(1);
-        let scratch = |n: usize| {
-            self.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-attention key-chunk scratch"),
-                size: n.max(1) as u64 * 4,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            })
-        };
-        // Slots 0 and 1 accumulate in turn; slot 2 takes each new chunk.
-        let o_bufs = [0; 3].map(|_| scratch(rows * dv));
-        let l_bufs = [0; 3].map(|_| scratch(rows));
+        // The first chunk goes to the fold's accumulator, each later one to this scratch and
+        // is then merged into it.
+        let mut fold = merge::Fold::new(self, rows, dv)?;
+        let scratch_o = self.empty([1, 1, rows, dv], DType::F32)?;
+        let scratch_l = self.empty([1, 1, rows, 1], DType::F32)?;
         for part in &split.parts {
-            let o_at = |i: usize| {
+            let shape = [part.nb, part.nh, part.nr];
+            fold.reshape(shape);
+            let scratch = (
                 TensorView::bhsd(
-                    o_bufs[i].clone(),
+                    scratch_o.buffer().clone(),
                     DType::F32,
-                    [part.nb, part.nh, part.nr, dv],
-                )
-            };
-            let l_at = |i: usize| {
+                    [shape[0], shape[1], shape[2], dv],
+                ),
                 TensorView::bhsd(
-                    l_bufs[i].clone(),
+                    scratch_l.buffer().clone(),
                     DType::F32,
-                    [part.nb, part.nh, part.nr, 1],
-                )
-            };
-            let mut acc = 0;
-            for (n, &chunk) in split.keys.iter().enumerate() {
-                let c = layout.part_call(p, views, opts, &part.keys(chunk));
-                let slot = if n == 0 { 0 } else { 2 };
-                let (o, l) = (o_at(slot), l_at(slot));
+                    [shape[0], shape[1], shape[2], 1],
+                ),
+            );
+            for (n, &keys) in split.keys.iter().enumerate() {
+                let c = layout.part_call(p, views, opts, &part.keys(keys));
+                let (o, l) = if n == 0 {
+                    fold.current()
+                } else {
+                    scratch.clone()
+                };
                 let mut part_opts = c.opts.clone();
                 part_opts.lse_output = Some(l.clone());
                 let problem = Problem {
@@ -491,15 +487,16 @@ impl Context {
                 if n == 0 {
                     continue;
                 }
-                let (ao, al) = (o_at(acc), l_at(acc));
-                let (a, b) = (merge::Input::one(&ao, &al), merge::Input::one(&o, &l));
-                if n + 1 == split.keys.len() {
-                    merge::record(self, encoder, a, Some(b), &c.o, c.opts.lse_output.as_ref())?;
-                } else {
-                    let next = 1 - acc;
-                    merge::record(self, encoder, a, Some(b), &o_at(next), Some(&l_at(next)))?;
-                    acc = next;
-                }
+                let (ao, al) = fold.current();
+                let last =
+                    (n + 1 == split.keys.len()).then_some((&c.o, c.opts.lse_output.as_ref()));
+                fold.merge(
+                    self,
+                    encoder,
+                    merge::Input::one(&ao, &al),
+                    merge::Input::one(&o, &l),
+                    last,
+                )?;
             }
         }
         Ok(())
@@ -728,6 +725,9 @@ impl Context {
                 Error::binding(role, size, max)
             })?
         };
+        // f32 accumulators for folds of more than two parts, sized for the largest tile.
+        let rows = tiles.iter().map(|t| t.nb * t.nh * t.nr).max().unwrap_or(1);
+        let mut fold = merge::Fold::new(self, if parts.len() > 2 { rows } else { 1 }, dv)?;
         self.submit_scoped("merging partial results", |ctx, enc| {
             for t in &tiles {
                 let narrowed: Vec<(TensorView, TensorView)> = parts
@@ -737,66 +737,34 @@ impl Context {
                 let pairs: Vec<(&TensorView, &TensorView)> =
                     narrowed.iter().map(|(o, l)| (o, l)).collect();
                 let lse = lse_out.map(|l| narrow(l, t));
-                ctx.record_merge(enc, &pairs, &narrow(out, t), lse.as_ref())?;
+                ctx.record_merge(enc, &pairs, &narrow(out, t), lse.as_ref(), &mut fold)?;
             }
             Ok(())
         })
     }
 
-    /// Records a merge of `parts` (two at a time, through f32 intermediates).
+    /// Records a merge of `parts` (two at a time, through the f32 accumulators of `fold`).
     fn record_merge(
         &self,
         enc: &mut wgpu::CommandEncoder,
         parts: &[(&TensorView, &TensorView)],
         out: &TensorView,
         lse_out: Option<&TensorView>,
+        fold: &mut merge::Fold,
     ) -> Result<()> {
-        fn one<'a>(p: &(&'a TensorView, &'a TensorView)) -> merge::Input<'a> {
-            merge::Input::one(p.0, p.1)
-        }
+        let one = |i: usize| merge::Input::one(parts[i].0, parts[i].1);
         if parts.len() <= 2 {
-            return merge::record(
-                self,
-                enc,
-                one(&parts[0]),
-                parts.get(1).map(one),
-                out,
-                lse_out,
-            );
+            let b = (parts.len() == 2).then(|| one(1));
+            return merge::record(self, enc, one(0), b, out, lse_out);
         }
-        // More than two: fold left through an f32 intermediate.
-        let [b, h, s, dv] = out.shape;
-        let acc_o = [
-            self.empty([b, h, s, dv], DType::F32)?,
-            self.empty([b, h, s, dv], DType::F32)?,
-        ];
-        let acc_l = [
-            self.empty([b, h, s, 1], DType::F32)?,
-            self.empty([b, h, s, 1], DType::F32)?,
-        ];
-        merge::record(
-            self,
-            enc,
-            one(&parts[0]),
-            Some(one(&parts[1])),
-            acc_o[0].view(),
-            Some(acc_l[0].view()),
-        )?;
-        let mut cur = 0;
-        for (n, p) in parts.iter().enumerate().skip(2) {
-            let prev = (acc_o[cur].view(), acc_l[cur].view());
-            if n + 1 == parts.len() {
-                return merge::record(self, enc, one(&prev), Some(one(p)), out, lse_out);
-            }
-            merge::record(
-                self,
-                enc,
-                one(&prev),
-                Some(one(p)),
-                acc_o[1 - cur].view(),
-                Some(acc_l[1 - cur].view()),
-            )?;
-            cur = 1 - cur;
+        // More than two: fold left through the accumulators.
+        let [b, h, s, _] = out.shape;
+        fold.reshape([b, h, s]);
+        fold.merge(self, enc, one(0), one(1), None)?;
+        for n in 2..parts.len() {
+            let (o, l) = fold.current();
+            let last = (n + 1 == parts.len()).then_some((out, lse_out));
+            fold.merge(self, enc, merge::Input::one(&o, &l), one(n), last)?;
         }
         Ok(())
     }

@@ -34,6 +34,67 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Two f32 accumulators (output and log-sum-exp) that a left fold of merges writes in
+/// turn: each merge reads the current one and writes the other, or the fold's destination.
+pub(crate) struct Fold {
+    o: [wgpu::Buffer; 2],
+    l: [wgpu::Buffer; 2],
+    cur: usize,
+    shape: [usize; 3],
+    dv: usize,
+}
+
+impl Fold {
+    /// Accumulators for up to `rows` rows of `dv` values.
+    pub(crate) fn new(ctx: &Context, rows: usize, dv: usize) -> Result<Fold> {
+        let buf = |n| Ok::<_, Error>(ctx.empty([1, 1, 1, n], DType::F32)?.buffer().clone());
+        Ok(Fold {
+            o: [buf(rows * dv)?, buf(rows * dv)?],
+            l: [buf(rows)?, buf(rows)?],
+            cur: 0,
+            shape: [1, 1, rows],
+            dv,
+        })
+    }
+
+    /// Starts a fold over `[b, h, s]` rows (at most the rows the fold was made for).
+    pub(crate) fn reshape(&mut self, [b, h, s]: [usize; 3]) {
+        self.shape = [b, h, s];
+    }
+
+    fn views(&self, i: usize) -> (TensorView, TensorView) {
+        let [b, h, s] = self.shape;
+        (
+            TensorView::bhsd(self.o[i].clone(), DType::F32, [b, h, s, self.dv]),
+            TensorView::bhsd(self.l[i].clone(), DType::F32, [b, h, s, 1]),
+        )
+    }
+
+    /// The current accumulator (output, log-sum-exp).
+    pub(crate) fn current(&self) -> (TensorView, TensorView) {
+        self.views(self.cur)
+    }
+
+    /// Records the merge of `a` and `b` into `last`'s output (and log-sum-exp) when given,
+    /// else into the other accumulator, which becomes the current one.
+    pub(crate) fn merge(
+        &mut self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        a: Input<'_>,
+        b: Input<'_>,
+        last: Option<(&TensorView, Option<&TensorView>)>,
+    ) -> Result<()> {
+        if let Some((out, lse_out)) = last {
+            return record(ctx, encoder, a, Some(b), out, lse_out);
+        }
+        let (o, l) = self.views(1 - self.cur);
+        record(ctx, encoder, a, Some(b), &o, Some(&l))?;
+        self.cur = 1 - self.cur;
+        Ok(())
+    }
+}
+
 /// A binding covering `parts` copies of `view`, `part_stride` elements apart.
 fn window_parts(
     ctx: &Context,

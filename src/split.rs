@@ -500,7 +500,7 @@ fn part_rows(
 
 /// The largest `n` in `1..=max` with `fits(n)`, for `fits` true up to some `n` and false
 /// after; `None` if not even 1 fits.
-fn largest(max: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
+pub(crate) fn largest(max: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
     if max == 0 || !fits(1) {
         return None;
     }
