@@ -267,7 +267,8 @@ pub struct Plan {
     pub key_splits: u32,
     /// How many calls the problem runs as: more than 1 when a tensor is larger than one
     /// storage binding may be (`max_storage_buffer_binding_size`), so the call is split over
-    /// batch items, groups of heads and query rows. Every part runs this plan.
+    /// batch items, groups of heads, single heads, query rows and, if one head's keys do not
+    /// fit, chunks of keys. Every part runs this plan.
     pub parts: u32,
     /// Why, in words.
     pub reason: String,

@@ -107,11 +107,7 @@ fn window_parts(
     let extra = (parts.saturating_sub(1) as u64) * part_stride as u64 * view.dtype.size();
     w.size = (w.size + extra).min(view.buffer.size() - w.offset);
     if w.size > ctx.caps().max_storage_binding {
-        return Err(Error::limit(
-            "max_storage_buffer_binding_size",
-            w.size,
-            ctx.caps().max_storage_binding,
-        ));
+        return Err(Error::binding(role, w.size, ctx.caps().max_storage_binding));
     }
     Ok(w)
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, Result, TensorRole};
 use crate::launch::binding_extent;
 use crate::mask::CausalAlignment;
 use crate::options::{AttentionOptions, Varlen};
-use crate::tensor::TensorView;
+use crate::tensor::{TensorView, end_byte};
 use crate::validate::Problem;
 
 /// A part of a call: batch items `b0..b0 + nb`, query heads `h0..h0 + nh` (whole GQA
@@ -99,10 +99,8 @@ impl Geom {
 
     /// The bytes of the binding that covers it (as `launch::window` binds it).
     fn binding(&self, align: u64) -> u64 {
-        let last: u64 = (0..4)
-            .map(|i| (self.shape[i].saturating_sub(1) * self.strides[i]) as u64)
-            .sum();
-        binding_extent(self.offset, self.offset + (last + 1) * self.elem, align).1
+        let end = end_byte(self.offset, self.elem, self.shape, self.strides);
+        binding_extent(self.offset, end.unwrap_or(u64::MAX), align).1
     }
 
     fn apply(&self, v: &TensorView) -> TensorView {

@@ -185,17 +185,7 @@ impl TensorView {
 
     /// Bytes from the buffer's start to just past the last element, or `None` on overflow.
     pub(crate) fn end_byte(&self) -> Option<u64> {
-        if self.numel() == 0 {
-            return Some(self.offset);
-        }
-        let mut last: u64 = 0;
-        for i in 0..4 {
-            let term = (self.shape[i] as u64 - 1).checked_mul(self.strides[i] as u64)?;
-            last = last.checked_add(term)?;
-        }
-        last.checked_add(1)?
-            .checked_mul(self.dtype.size())?
-            .checked_add(self.offset)
+        end_byte(self.offset, self.dtype.size(), self.shape, self.strides)
     }
 
     /// Checks that the view lies inside its buffer, is aligned, has the usage flags
@@ -269,6 +259,25 @@ impl TensorView {
         }
         Ok(())
     }
+}
+
+/// Bytes from a buffer's start to just past the last element of a tensor at byte `offset`
+/// with `elem`-byte elements, or `None` on overflow.
+pub(crate) fn end_byte(
+    offset: u64,
+    elem: u64,
+    shape: [usize; 4],
+    strides: [usize; 4],
+) -> Option<u64> {
+    if shape.contains(&0) {
+        return Some(offset);
+    }
+    let mut last: u64 = 0;
+    for i in 0..4 {
+        let term = (shape[i] as u64 - 1).checked_mul(strides[i] as u64)?;
+        last = last.checked_add(term)?;
+    }
+    last.checked_add(1)?.checked_mul(elem)?.checked_add(offset)
 }
 
 /// A tensor that owns its buffer (returned by the upload helpers and by
