@@ -9,6 +9,7 @@
 use crate::context::Context;
 use crate::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+use crate::gate::Gated;
 use crate::launch;
 use crate::params::SummaryParams;
 use crate::pipeline::{ModuleKey, entry_bindings};
@@ -17,7 +18,7 @@ use crate::tensor::{DType, TensorView};
 /// A precomputed block summary of a boolean mask.
 #[derive(Clone, Debug)]
 pub struct BlockMask {
-    buffer: wgpu::Buffer,
+    buffer: Gated<wgpu::Buffer>,
     words: u32,
     shape: [usize; 4],
 }
@@ -134,7 +135,7 @@ fn record_one(
 ) -> Result<()> {
     let w = launch::window(ctx, view, TensorRole::BoolMask)?;
     let (nqb, nkb, n) = counts(view);
-    let compiled = ctx.cache().get(ctx.device(), ModuleKey::Summary, "main")?;
+    let compiled = ctx.pipeline(ModuleKey::Summary, "main")?;
     let st = |i: usize| {
         if view.shape[i] > 1 {
             view.strides[i] as u32
@@ -212,7 +213,7 @@ pub(crate) fn create(
     });
     record(ctx, encoder, view, &buffer, 0)?;
     Ok(BlockMask {
-        buffer,
+        buffer: Gated::new(buffer, ctx.gate().cloned()),
         words: n,
         shape: view.shape,
     })

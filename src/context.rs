@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 use crate::blockmask::{self, BlockMask};
 use crate::dispatch::{self, DeviceCaps, Family, Plan};
 use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::gate::{self, DeviceGuard, Gate, Gated};
 use crate::options::{AttentionOptions, Backend, Tuning};
 use crate::pipeline::{PipelineCache, chain};
 use crate::split::{self, Layout, Part, PartRows, Split};
@@ -17,6 +18,8 @@ use crate::{flash, launch, memeff, merge, naive};
 
 #[derive(Debug)]
 struct Inner {
+    /// Serialises device use on GL (`None` elsewhere); see [`crate::gate`].
+    gate: Option<Arc<Gate>>,
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
@@ -26,6 +29,8 @@ struct Inner {
     tuning: TuningTable,
     dummy: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,
+    /// The destination of [`Context::is_foreign`]'s copies.
+    probe_dst: wgpu::Buffer,
 }
 
 /// Everything the crate needs to run attention on one device. Cheap to clone, `Send + Sync`.
@@ -35,7 +40,7 @@ struct Inner {
 /// your own device with [`Context::from_device`].
 #[derive(Clone, Debug)]
 pub struct Context {
-    inner: Arc<Inner>,
+    inner: Arc<Gated<Inner>>,
 }
 
 /// Optional features this crate uses when the adapter has them.
@@ -93,9 +98,7 @@ impl Context {
         experimental: bool,
         checks: Option<wgpu::ShaderRuntimeChecks>,
     ) -> Result<Self> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        desc.backends = backends;
-        let instance = wgpu::Instance::new(desc);
+        let (instance, gate) = gate::shared_instance(backends);
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(name) => {
                 let name = name.to_lowercase();
@@ -148,7 +151,9 @@ impl Context {
             })
             .await
             .map_err(|e| Error::device("requesting a wgpu device", e))?;
-        Ok(Self::build(device, queue, &adapter.get_info(), checks))
+        let info = adapter.get_info();
+        let gate = (info.backend == wgpu::Backend::Gl).then_some(gate);
+        Ok(Self::build(device, queue, &info, checks, gate))
     }
 
     /// [`Context::with_backends`], blocking.
@@ -158,8 +163,17 @@ impl Context {
 
     /// Wraps your own device and queue. `info` is your adapter's `get_info()`; the crate
     /// uses the features and limits the *device* was created with.
+    ///
+    /// On wgpu's GL backend the context serialises its use of the device (see
+    /// [`Context::lock_device`]); a device shared with other code should then be used
+    /// through one context, or under its guard.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
-        Self::build(device, queue, info, None)
+        Self::build(device, queue, info, None, Self::own_gate(info))
+    }
+
+    /// A gate of its own for a device the caller brought (GL only).
+    fn own_gate(info: &wgpu::AdapterInfo) -> Option<Arc<Gate>> {
+        (info.backend == wgpu::Backend::Gl).then(|| Arc::new(Gate::default()))
     }
 
     /// [`Context::from_device`], but the shaders are compiled without the bounds checks
@@ -186,6 +200,7 @@ impl Context {
             queue,
             info,
             Some(wgpu::ShaderRuntimeChecks::unchecked()),
+            Self::own_gate(info),
         )
     }
 
@@ -209,7 +224,9 @@ impl Context {
         queue: wgpu::Queue,
         info: &wgpu::AdapterInfo,
         checks: Option<wgpu::ShaderRuntimeChecks>,
+        gate: Option<Arc<Gate>>,
     ) -> Self {
+        let _held = gate::hold(gate.as_ref());
         let limits = device.limits();
         let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size)
             .with_adapter_info(info);
@@ -232,24 +249,63 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let probe_dst = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-attention probe"),
+            size: 16,
+            usage: wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         log::debug!(
             "wgpu-attention context on {} ({:?}): {caps:?}",
             info.name,
             info.backend
         );
         Context {
-            inner: Arc::new(Inner {
-                device,
-                queue,
-                info: info.clone(),
-                limits,
-                caps,
-                cache: PipelineCache::new(checks),
-                tuning: TuningTable::default(),
-                dummy,
-                dummy_rw,
-            }),
+            inner: Arc::new(Gated::new(
+                Inner {
+                    gate: gate.clone(),
+                    device,
+                    queue,
+                    info: info.clone(),
+                    limits,
+                    caps,
+                    cache: PipelineCache::new(checks, gate.is_some()),
+                    tuning: TuningTable::default(),
+                    dummy,
+                    dummy_rw,
+                    probe_dst,
+                },
+                gate.clone(),
+            )),
         }
+    }
+
+    /// Holds this context's device until the guard is dropped.
+    ///
+    /// On wgpu's GL backend every operation of this crate takes this lock first, because
+    /// wgpu-hal panics when a thread waits over 6 s for the GL context while another holds
+    /// it (llvmpipe compiles a flash pipeline for tens of seconds). Code that uses the
+    /// device itself ([`Context::device`], buffers it made, dropping the last handle of a
+    /// buffer) from other threads while this context may be working should hold the guard
+    /// meanwhile. [`crate::Tensor`]s, [`crate::KvCache`]s and [`crate::BlockMask`]s drop
+    /// their buffers under it by themselves. The lock is reentrant, and every context of
+    /// one GL instance shares it. On every other backend it holds nothing and costs
+    /// nothing.
+    pub fn lock_device(&self) -> DeviceGuard<'_> {
+        self.hold()
+    }
+
+    pub(crate) fn hold(&self) -> DeviceGuard<'_> {
+        gate::hold(self.inner.gate.as_ref())
+    }
+
+    /// A tensor owning `view`'s buffer, dropped under this context's gate.
+    pub(crate) fn tensor(&self, view: TensorView) -> Tensor {
+        Tensor::gated(view, self.inner.gate.clone())
+    }
+
+    pub(crate) fn gate(&self) -> Option<&Arc<Gate>> {
+        self.inner.gate.as_ref()
     }
 
     /// The device.
@@ -284,6 +340,16 @@ impl Context {
 
     pub(crate) fn cache(&self) -> &PipelineCache {
         &self.inner.cache
+    }
+
+    /// The pipeline of `key`'s `entry`, compiled (and on GL run once) on first use.
+    pub(crate) fn pipeline(
+        &self,
+        key: crate::pipeline::ModuleKey,
+        entry: &'static str,
+    ) -> Result<Arc<crate::pipeline::Compiled>> {
+        let _held = self.hold();
+        self.cache().get(self.device(), self.queue(), key, entry)
     }
 
     pub(crate) fn tuning_table(&self) -> &TuningTable {
@@ -375,6 +441,36 @@ impl Context {
 
     #[allow(clippy::too_many_arguments)]
     fn record_inner(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        out: &TensorView,
+        opts: &AttentionOptions,
+        counter: Option<&wgpu::Buffer>,
+    ) -> Result<Plan> {
+        let _held = self.hold();
+        // Errors wgpu raises while this call records (a buffer of another device among the
+        // views) are this call's, not the caller's encoder's.
+        let scope = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let res = self.record_views(encoder, q, k, v, out, opts, counter);
+        let err = pollster::block_on(scope.pop());
+        let plan = res?;
+        match err {
+            Some(e) => Err(self.device_error(
+                "recording attention",
+                &e,
+                &call_buffers(q, k, v, Some(out), opts),
+            )),
+            None => Ok(plan),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_views(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         q: &TensorView,
@@ -571,7 +667,8 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<Plan> {
-        self.submit_scoped("running attention", |ctx, enc| {
+        let buffers = call_buffers(q, k, v, Some(out), opts);
+        self.submit_scoped("running attention", &buffers, |ctx, enc| {
             ctx.record_attention(enc, q, k, v, out, opts)
         })
     }
@@ -585,12 +682,13 @@ impl Context {
         v: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<Tensor> {
+        let _held = self.hold();
         let p = validate::validate(q, k, v, None, opts)?;
         let out = if opts.varlen.is_some() {
             // Packed like the inputs: [total_q, Hq, Dv] as a [1, Hq, total_q, Dv] view.
             let total = q.shape[2];
             let t = self.empty([1, 1, 1, total * p.heads_q * p.head_dim_v], p.dtype_o)?;
-            Tensor::from_view(TensorView::packed_varlen(
+            self.tensor(TensorView::packed_varlen(
                 t.buffer().clone(),
                 p.dtype_o,
                 total,
@@ -615,6 +713,7 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<(u32, u32)> {
+        let _held = self.hold();
         let counter = self
             .device()
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -622,7 +721,8 @@ impl Context {
                 contents: bytemuck::cast_slice(&[0u32; 4]),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             });
-        self.submit_scoped("counting tiles", |ctx, enc| {
+        let buffers = call_buffers(q, k, v, Some(out), opts);
+        self.submit_scoped("counting tiles", &buffers, |ctx, enc| {
             ctx.record_inner(enc, q, k, v, out, opts, Some(&counter))
         })?;
         let view = TensorView::new(counter, DType::F32, [1, 1, 1, 2], [2, 2, 2, 1], 0);
@@ -677,6 +777,7 @@ impl Context {
         out: &TensorView,
         lse_out: Option<&TensorView>,
     ) -> Result<()> {
+        let _held = self.hold();
         merge::validate(parts, out, lse_out)?;
         // Tensors larger than one storage binding: merged in parts over batch items, heads
         // and rows, as attention calls are split.
@@ -728,7 +829,9 @@ impl Context {
         // f32 accumulators for folds of more than two parts, sized for the largest tile.
         let rows = tiles.iter().map(|t| t.nb * t.nh * t.nr).max().unwrap_or(1);
         let mut fold = merge::Fold::new(self, if parts.len() > 2 { rows } else { 1 }, dv)?;
-        self.submit_scoped("merging partial results", |ctx, enc| {
+        let buffers: Vec<(&wgpu::Buffer, TensorRole)> =
+            views.iter().map(|&(v, role)| (&v.buffer, role)).collect();
+        self.submit_scoped("merging partial results", &buffers, |ctx, enc| {
             for t in &tiles {
                 let narrowed: Vec<(TensorView, TensorView)> = parts
                     .iter()
@@ -772,7 +875,8 @@ impl Context {
     /// Computes the block summary of a boolean mask (and submits), for reuse across
     /// calls with [`crate::Mask::bool_mask_with_summary`].
     pub fn block_mask(&self, mask: &TensorView) -> Result<BlockMask> {
-        self.submit_scoped("computing a block mask", |ctx, enc| {
+        let buffers = [(&mask.buffer, TensorRole::BoolMask)];
+        self.submit_scoped("computing a block mask", &buffers, |ctx, enc| {
             blockmask::create(ctx, enc, mask)
         })
     }
@@ -781,8 +885,10 @@ impl Context {
     fn submit_scoped<T>(
         &self,
         what: &str,
+        buffers: &[(&wgpu::Buffer, TensorRole)],
         f: impl FnOnce(&Self, &mut wgpu::CommandEncoder) -> Result<T>,
     ) -> Result<T> {
+        let _held = self.hold();
         let device = self.device();
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -797,7 +903,7 @@ impl Context {
         let merr = pollster::block_on(oom.pop());
         let out = res?;
         if let Some(e) = verr.or(merr) {
-            return Err(Error::device_msg(what.to_string(), chain(&e)));
+            return Err(self.device_error(what, &e, buffers));
         }
         Ok(out)
     }
@@ -814,6 +920,7 @@ impl Context {
         } else {
             bytes
         };
+        let _held = self.hold();
         self.device()
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -846,7 +953,17 @@ impl Context {
     }
 
     fn check_host_len(shape: [usize; 4], got: usize) -> Result<()> {
-        let expected: usize = shape.iter().product();
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                Error::invalid(
+                    TensorRole::HostData,
+                    InputProblem::TooLarge {
+                        what: format!("the shape {shape:?}, whose element count overflows,"),
+                    },
+                )
+            })?;
         if expected != got {
             return Err(Error::invalid(
                 TensorRole::HostData,
@@ -860,34 +977,45 @@ impl Context {
     pub fn upload_f32(&self, data: &[f32], shape: [usize; 4]) -> Result<Tensor> {
         Self::check_host_len(shape, data.len())?;
         let b = self.buffer_from_f32(data);
-        Ok(Tensor::from_view(TensorView::bhsd(b, DType::F32, shape)))
+        Ok(self.tensor(TensorView::bhsd(b, DType::F32, shape)))
     }
 
     /// Uploads a contiguous BHSD f16 tensor.
     pub fn upload_f16(&self, data: &[half::f16], shape: [usize; 4]) -> Result<Tensor> {
         Self::check_host_len(shape, data.len())?;
         let b = self.buffer_from_f16(data);
-        Ok(Tensor::from_view(TensorView::bhsd(b, DType::F16, shape)))
+        Ok(self.tensor(TensorView::bhsd(b, DType::F16, shape)))
     }
 
     /// Uploads a contiguous BHSD bf16 tensor.
     pub fn upload_bf16(&self, data: &[half::bf16], shape: [usize; 4]) -> Result<Tensor> {
         Self::check_host_len(shape, data.len())?;
         let b = self.buffer_from_bf16(data);
-        Ok(Tensor::from_view(TensorView::bhsd(b, DType::BF16, shape)))
+        Ok(self.tensor(TensorView::bhsd(b, DType::BF16, shape)))
     }
 
     /// Uploads a contiguous bool mask of shape `[B|1, H|1, Sq, Sk]` (true = attend).
     pub fn upload_bool(&self, data: &[bool], shape: [usize; 4]) -> Result<Tensor> {
         Self::check_host_len(shape, data.len())?;
         let b = self.buffer_from_bool(data);
-        Ok(Tensor::from_view(TensorView::bhsd(b, DType::Bool, shape)))
+        Ok(self.tensor(TensorView::bhsd(b, DType::Bool, shape)))
     }
 
     /// A new contiguous tensor (contents unspecified: zeros on most backends).
     pub fn empty(&self, shape: [usize; 4], dtype: DType) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let bytes = (n as u64 * dtype.size()).div_ceil(4).max(1) * 4;
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size(), |n, &d| n.checked_mul(d as u64))
+            .and_then(|b| b.checked_next_multiple_of(4))
+            .ok_or_else(|| {
+                Error::invalid(
+                    TensorRole::NewTensor,
+                    InputProblem::TooLarge {
+                        what: format!("the byte size of shape {shape:?} ({dtype})"),
+                    },
+                )
+            })?
+            .max(4);
         if bytes > self.caps().max_buffer_size {
             return Err(Error::limit(
                 "max_buffer_size",
@@ -895,6 +1023,7 @@ impl Context {
                 self.caps().max_buffer_size,
             ));
         }
+        let _held = self.hold();
         let b = self.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-attention tensor"),
             size: bytes,
@@ -903,34 +1032,53 @@ impl Context {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor::from_view(TensorView::bhsd(b, dtype, shape)))
+        Ok(self.tensor(TensorView::bhsd(b, dtype, shape)))
     }
 
     /// Reads the bytes a view spans (from the word holding its first element to the word
     /// holding its last) and returns them, with the view's first element at byte
     /// `view.offset % 4`.
     async fn read_bytes(&self, view: &TensorView) -> Result<Vec<u8>> {
-        view.check_memory(TensorRole::HostData, wgpu::BufferUsages::COPY_SRC)?;
+        view.check_memory(TensorRole::Download, wgpu::BufferUsages::COPY_SRC)?;
         let start = view.offset / 4 * 4;
         let end = view.end_byte().unwrap_or(u64::MAX).div_ceil(4) * 4;
         let size = end - start;
-        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-attention download"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device().create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&view.buffer, start, &staging, 0, size);
-        self.queue().submit([enc.finish()]);
-        let (tx, rx) = futures::channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        // The guard is not held across the await: the future stays `Send`.
+        let (staging, rx) = {
+            let _held = self.hold();
+            let scope = self
+                .device()
+                .push_error_scope(wgpu::ErrorFilter::Validation);
+            let staging = Gated::new(
+                self.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-attention download"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                self.gate().cloned(),
+            );
+            let mut enc = self.device().create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&view.buffer, start, &staging, 0, size);
+            self.queue().submit([enc.finish()]);
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(self.device_error(
+                    "downloading a tensor",
+                    &e,
+                    &[(&view.buffer, TensorRole::Download)],
+                ));
+            }
+            let (tx, rx) = futures::channel::oneshot::channel();
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            (staging, rx)
+        };
         self.wait()?;
         rx.await
             .map_err(|e| Error::device("waiting for a buffer mapping", e))?
             .map_err(|e| Error::device("mapping a download buffer", e))?;
+        let _held = self.hold();
         let bytes = staging
             .get_mapped_range(..)
             .map_err(|e| Error::device("reading a mapped buffer", e))?
@@ -939,12 +1087,77 @@ impl Context {
         Ok(bytes)
     }
 
+    /// The error for a wgpu validation error `e` raised while working on `buffers`: a buffer
+    /// of another device (another context) among them is the caller's input error, named;
+    /// anything else is a device error.
+    pub(crate) fn device_error(
+        &self,
+        what: &str,
+        e: &wgpu::Error,
+        buffers: &[(&wgpu::Buffer, TensorRole)],
+    ) -> Error {
+        for &(buffer, role) in buffers {
+            if self.is_foreign(buffer) {
+                return Error::invalid(role, InputProblem::ForeignBuffer);
+            }
+        }
+        Error::device_msg(what.to_string(), chain(e))
+    }
+
+    /// Whether wgpu says `buffer` belongs to another device (of this context's instance):
+    /// wgpu's `DeviceMismatch`, recognised by its message (wgpu-core's error types are not
+    /// part of wgpu's API).
+    fn is_foreign(&self, buffer: &wgpu::Buffer) -> bool {
+        let device = self.device();
+        if buffer.size() < 4 {
+            return false;
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        if buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wgpu-attention ownership probe"),
+                entries: &[wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: true },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }],
+            });
+            let _probe = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-attention ownership probe"),
+                layout: &layout,
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(4),
+                    }),
+                }],
+            });
+        } else if buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            let mut enc = device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(buffer, 0, &self.inner.probe_dst, 0, 4);
+            drop(enc.finish());
+        } else {
+            drop(scope);
+            return false;
+        }
+        // Only wgpu's device-mismatch error says this; a destroyed buffer fails the probe too.
+        pollster::block_on(scope.pop()).is_some_and(|e| chain(&e).contains("doesn't match"))
+    }
+
     fn read_bytes_blocking(&self, view: &TensorView) -> Result<Vec<u8>> {
         pollster::block_on(self.read_bytes(view))
     }
 
     /// Waits until the device has finished all submitted work.
     pub fn wait(&self) -> Result<()> {
+        let _held = self.hold();
         self.device()
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::device("waiting for the GPU", e))?;
@@ -1031,4 +1244,36 @@ impl Context {
     pub fn download_bf16_blocking(&self, view: &TensorView) -> Result<Vec<half::bf16>> {
         pollster::block_on(self.download_bf16(view))
     }
+}
+
+/// Every buffer an attention call reads or writes, with the tensor it holds.
+fn call_buffers<'a>(
+    q: &'a TensorView,
+    k: &'a TensorView,
+    v: &'a TensorView,
+    out: Option<&'a TensorView>,
+    opts: &'a AttentionOptions,
+) -> Vec<(&'a wgpu::Buffer, TensorRole)> {
+    let m = &opts.mask;
+    let mut b = vec![
+        (&q.buffer, TensorRole::Query),
+        (&k.buffer, TensorRole::Key),
+        (&v.buffer, TensorRole::Value),
+    ];
+    b.extend(out.map(|o| (&o.buffer, TensorRole::Output)));
+    if let Some(bm) = &m.bool_mask {
+        b.push((&bm.view.buffer, TensorRole::BoolMask));
+        b.extend(
+            bm.summary
+                .as_ref()
+                .map(|s| (s.buffer(), TensorRole::BoolMask)),
+        );
+    }
+    b.extend(m.bias.as_ref().map(|x| (&x.buffer, TensorRole::Bias)));
+    b.extend(
+        opts.lse_output
+            .as_ref()
+            .map(|x| (&x.buffer, TensorRole::Lse)),
+    );
+    b
 }

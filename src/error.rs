@@ -39,10 +39,18 @@ pub enum TensorRole {
     Options,
     /// The log-sum-exp output (or a merge input's log-sum-exp).
     Lse,
-    /// The cumulative sequence offsets of a packed variable-length batch.
-    CuSeqlens,
+    /// The cumulative query sequence ends of a packed variable-length batch
+    /// ([`crate::Varlen::cu_seqlens_q`]).
+    CuSeqlensQ,
+    /// The cumulative key sequence ends of a packed variable-length batch
+    /// ([`crate::Varlen::cu_seqlens_k`]).
+    CuSeqlensK,
     /// A key/value cache.
     KvCache,
+    /// The view given to a download.
+    Download,
+    /// A tensor the caller asked to be allocated ([`crate::Context::empty`]).
+    NewTensor,
 }
 
 impl fmt::Display for TensorRole {
@@ -60,8 +68,11 @@ impl fmt::Display for TensorRole {
             TensorRole::HostData => "host data",
             TensorRole::Options => "options",
             TensorRole::Lse => "log-sum-exp",
-            TensorRole::CuSeqlens => "cu_seqlens",
+            TensorRole::CuSeqlensQ => "cu_seqlens_q",
+            TensorRole::CuSeqlensK => "cu_seqlens_k",
             TensorRole::KvCache => "kv cache",
+            TensorRole::Download => "downloaded view",
+            TensorRole::NewTensor => "new tensor",
         };
         f.write_str(s)
     }
@@ -153,12 +164,22 @@ pub enum InputProblem {
         /// The input it aliases.
         input: TensorRole,
     },
-    /// A per-batch length list has the wrong number of entries.
+    /// A list has the wrong number of entries.
     WrongCount {
         /// Entries expected.
         expected: usize,
         /// Entries given.
         got: usize,
+        /// What the count is (`"one per batch item"`, `"one per query head"`, ...).
+        per: &'static str,
+    },
+    /// The last cumulative sequence end of a packed variable-length batch is not the number
+    /// of rows of the packed tensor (rows past it would be left unwritten or unread).
+    CumulativeEnd {
+        /// The last entry.
+        end: u32,
+        /// The packed tensor's rows.
+        rows: usize,
     },
     /// A per-batch length exceeds the sequence it describes.
     LengthTooLong {
@@ -188,6 +209,9 @@ pub enum InputProblem {
         /// What overflowed.
         what: String,
     },
+    /// The tensor's buffer belongs to another device than the context's (for instance,
+    /// one made by another [`crate::Context`]).
+    ForeignBuffer,
     /// Anything else, described in words.
     Other(String),
 }
@@ -223,9 +247,13 @@ impl fmt::Display for InputProblem {
                 f,
                 "the output buffer is the {input} buffer; write the output to a separate buffer"
             ),
-            InputProblem::WrongCount { expected, got } => {
-                write!(f, "has {got} entries, expected {expected} (one per batch)")
+            InputProblem::WrongCount { expected, got, per } => {
+                write!(f, "has {got} entries, expected {expected} ({per})")
             }
+            InputProblem::CumulativeEnd { end, rows } => write!(
+                f,
+                "the last entry is {end}, but the packed tensor has {rows} rows; the last cumulative end must equal the number of rows"
+            ),
             InputProblem::LengthTooLong { batch, len, max } => {
                 write!(
                     f,
@@ -242,6 +270,9 @@ impl fmt::Display for InputProblem {
                 )
             }
             InputProblem::TooLarge { what } => write!(f, "{what} exceeds 32-bit indexing"),
+            InputProblem::ForeignBuffer => f.write_str(
+                "its buffer belongs to another device than this context's (made by another Context?); use buffers of this context's device",
+            ),
             InputProblem::Other(s) => f.write_str(s),
         }
     }
@@ -305,29 +336,66 @@ pub struct Unsupported {
 }
 
 /// wgpu or the driver reported a failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
+///
+/// Its message is this crate's context followed by the inner error's whole message, once;
+/// the inner error itself is kept in [`DeviceError::source`] (for downcasting) rather than
+/// returned again by `std::error::Error::source`, so that printing the error's chain does
+/// not print wgpu's text twice.
+#[derive(Debug)]
 pub struct DeviceError {
     /// What this crate was doing.
     pub context: String,
     /// The inner error, never dropped.
-    #[source]
     pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.context,
+            crate::pipeline::chain(self.source.as_ref())
+        )
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
 /// The error type of this crate. See the [module docs](self) for what to do about each.
+///
+/// Its message says everything once: the variant's payload is part of the message, not a
+/// separate `source`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The caller's input is invalid.
     #[error("invalid input: {0}")]
-    InvalidInput(#[from] InvalidInput),
+    InvalidInput(InvalidInput),
     /// Valid, but not runnable on this adapter or with this forced backend.
     #[error("unsupported on this adapter: {0}")]
-    Unsupported(#[from] Unsupported),
+    Unsupported(Unsupported),
     /// wgpu or the driver failed.
     #[error("device error: {0}")]
-    Device(#[from] DeviceError),
+    Device(DeviceError),
+}
+
+impl From<InvalidInput> for Error {
+    fn from(e: InvalidInput) -> Self {
+        Error::InvalidInput(e)
+    }
+}
+
+impl From<Unsupported> for Error {
+    fn from(e: Unsupported) -> Self {
+        Error::Unsupported(e)
+    }
+}
+
+impl From<DeviceError> for Error {
+    fn from(e: DeviceError) -> Self {
+        Error::Device(e)
+    }
 }
 
 impl Error {

@@ -25,7 +25,7 @@ pub(crate) fn record(
         }
     }
     let key = ModuleKey::Attention(variant);
-    let compiled = ctx.cache().get(ctx.device(), key, "main")?;
+    let compiled = ctx.pipeline(key, "main")?;
     let n_qt = (p.seq_q as u64).div_ceil(variant.block_q as u64);
     let n = p.batch as u64 * p.heads_q as u64 * n_qt;
     let chunks = launch::split_grid(n, ctx.caps().max_workgroups_per_dim)?;

@@ -248,7 +248,7 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
             w!(
                 s,
                 "            var s_{r}_{k} = (a_{r}_{k}.x + a_{r}_{k}.y) + (a_{r}_{k}.z + a_{r}_{k}.w);
-            var vis_{r}_{k} = j + {k}u >= rg_{r}.x && j + {k}u < rg_{r}.y;"
+            var vis_{r}_{k} = j + {k}u >= rg_{r}.x && j + {k}u < rg_{r}.y && finite_logit(s_{r}_{k});"
             );
             if terms.bool_mask || terms.bias.is_some() || terms.alibi {
                 w!(s, "            if (vis_{r}_{k}) {{");

@@ -3,6 +3,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::gate::Gated;
 use crate::mask::{CausalAlignment, Mask};
 use crate::tensor::{DType, TensorView};
 
@@ -35,8 +36,8 @@ use crate::tensor::{DType, TensorView};
 /// ```
 #[derive(Debug)]
 pub struct KvCache {
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
+    k: Gated<wgpu::Buffer>,
+    v: Gated<wgpu::Buffer>,
     batch: usize,
     heads: usize,
     capacity: usize,
@@ -65,9 +66,11 @@ impl KvCache {
                 },
             ));
         }
-        if !(head_dim as u64 * dtype.size()).is_multiple_of(4)
-            || batch * heads_kv * capacity * head_dim == 0
-        {
+        let elements = [batch, heads_kv, capacity, head_dim]
+            .iter()
+            .try_fold(1u64, |n, &x| n.checked_mul(x as u64));
+        let bytes = elements.and_then(|n| n.checked_mul(dtype.size()));
+        if !(head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
             return Err(Error::invalid(
                 TensorRole::KvCache,
                 InputProblem::Other(format!(
@@ -76,7 +79,7 @@ impl KvCache {
                 )),
             ));
         }
-        let bytes = (batch * heads_kv * capacity * head_dim) as u64 * dtype.size();
+        let bytes = bytes.unwrap_or(u64::MAX);
         if bytes > ctx.caps().max_buffer_size {
             return Err(Error::limit(
                 "max_buffer_size",
@@ -84,15 +87,19 @@ impl KvCache {
                 ctx.caps().max_buffer_size,
             ));
         }
+        let _held = ctx.hold();
         let make = |label| {
-            ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
+            Gated::new(
+                ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                ctx.gate().cloned(),
+            )
         };
         Ok(KvCache {
             k: make("wgpu-attention kv cache keys"),
@@ -119,7 +126,7 @@ impl KvCache {
     /// The whole key buffer as a `[batch, heads_kv, capacity, head_dim]` view.
     pub fn keys(&self) -> TensorView {
         TensorView::bhsd(
-            self.k.clone(),
+            (*self.k).clone(),
             self.dtype,
             [self.batch, self.heads, self.capacity, self.head_dim],
         )
@@ -128,7 +135,7 @@ impl KvCache {
     /// The whole value buffer as a `[batch, heads_kv, capacity, head_dim]` view.
     pub fn values(&self) -> TensorView {
         TensorView::bhsd(
-            self.v.clone(),
+            (*self.v).clone(),
             self.dtype,
             [self.batch, self.heads, self.capacity, self.head_dim],
         )
@@ -237,13 +244,33 @@ impl KvCache {
 
     /// [`KvCache::record_append`] in its own submission.
     pub fn append(&mut self, ctx: &Context, new_k: &TensorView, new_v: &TensorView) -> Result<()> {
+        let _held = ctx.hold();
+        let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = ctx
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu-attention kv append"),
             });
-        self.record_append(&mut enc, new_k, new_v)?;
-        ctx.queue().submit([enc.finish()]);
+        let lengths = self.lengths.clone();
+        let res = self.record_append(&mut enc, new_k, new_v);
+        if res.is_ok() {
+            ctx.queue().submit([enc.finish()]);
+        }
+        let err = pollster::block_on(scope.pop());
+        res?;
+        if let Some(e) = err {
+            // Nothing was appended.
+            self.lengths = lengths;
+            return Err(ctx.device_error(
+                "appending to a kv cache",
+                &e,
+                &[
+                    (&new_k.buffer, TensorRole::KvCache),
+                    (&new_v.buffer, TensorRole::KvCache),
+                    (&self.k, TensorRole::KvCache),
+                ],
+            ));
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod error;
 mod flash;
 mod flash_unrolled;
+mod gate;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 pub mod kvcache;
@@ -30,6 +31,7 @@ pub use blockmask::BlockMask;
 pub use context::{Context, OPTIONAL_FEATURES};
 pub use dispatch::{DeviceCaps, Plan, ShaderVariant};
 pub use error::{Error, Result};
+pub use gate::DeviceGuard;
 pub use kvcache::KvCache;
 pub use mask::{CausalAlignment, Mask, Window};
 pub use options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};

@@ -38,7 +38,7 @@ fn dispatch(
     splits: u32,
 ) -> Result<()> {
     let key = ModuleKey::Attention(variant);
-    let compiled = ctx.cache().get(ctx.device(), key, "main")?;
+    let compiled = ctx.pipeline(key, "main")?;
     let n = p.batch as u64 * p.heads_q as u64 * p.seq_q as u64 * splits as u64;
     let chunks = launch::split_grid(n, ctx.caps().max_workgroups_per_dim)?;
     let wanted = entry_bindings(&key, "main");

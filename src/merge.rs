@@ -182,7 +182,7 @@ pub(crate) fn record(
             MAX_PARTS as u64,
         ));
     }
-    let compiled = ctx.cache().get(ctx.device(), ModuleKey::Merge, "main")?;
+    let compiled = ctx.pipeline(ModuleKey::Merge, "main")?;
     let n = (batch * heads * seq * dv) as u64;
     for c in launch::split_grid(n.div_ceil(64), ctx.caps().max_workgroups_per_dim)? {
         if c.start != 0 {
@@ -243,6 +243,7 @@ pub(crate) fn validate(
             InputProblem::WrongCount {
                 expected: 1,
                 got: 0,
+                per: "at least one partial result",
             },
         ));
     }

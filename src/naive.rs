@@ -51,7 +51,7 @@ pub(crate) fn record(
     let passes = ["scores", "softmax", "pv"];
     let compiled: Vec<_> = passes
         .iter()
-        .map(|e| ctx.cache().get(ctx.device(), key, e))
+        .map(|e| ctx.pipeline(key, e))
         .collect::<Result<_>>()?;
     let mut row = 0u64;
     while row < total_rows {

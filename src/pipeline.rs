@@ -205,25 +205,33 @@ pub(crate) struct PipelineCache {
     map: Mutex<HashMap<(ModuleKey, &'static str), Arc<Compiled>>>,
     /// The runtime checks wgpu injects into the shaders (`None`: all of them).
     checks: Option<wgpu::ShaderRuntimeChecks>,
+    /// Run each new pipeline once, so that a driver that compiles on first dispatch
+    /// (llvmpipe under GL) compiles here rather than inside a caller's submit.
+    warm_up: bool,
 }
 
-/// Formats an error with its whole source chain.
+/// Formats an error with its whole source chain, each text once: wgpu's errors already
+/// print their causes, which their `source` returns again.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(text.trim()) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
 }
 
 impl PipelineCache {
-    pub(crate) fn new(checks: Option<wgpu::ShaderRuntimeChecks>) -> Self {
+    pub(crate) fn new(checks: Option<wgpu::ShaderRuntimeChecks>, warm_up: bool) -> Self {
         PipelineCache {
             map: Mutex::default(),
             checks,
+            warm_up,
         }
     }
 
@@ -235,6 +243,7 @@ impl PipelineCache {
     pub(crate) fn get(
         &self,
         device: &wgpu::Device,
+        queue: &wgpu::Queue,
         key: ModuleKey,
         entry: &'static str,
     ) -> Result<Arc<Compiled>> {
@@ -253,6 +262,9 @@ impl PipelineCache {
             return Ok(c.clone());
         }
         let compiled = Arc::new(compile(device, &key, entry, checks)?);
+        if self.warm_up {
+            warm_up(device, queue, &key, entry, &compiled)?;
+        }
         let mut map = self.map.lock().map_err(|_| {
             Error::device_msg(
                 "pipeline cache",
@@ -340,4 +352,115 @@ fn compile(
         return Err(Error::device_msg(format!("compiling {label}"), chain(&e)));
     }
     Ok(Compiled { pipeline, layout })
+}
+
+/// Runs `compiled` once on one workgroup of a one-element problem (every size 1, no mask,
+/// scratch bindings of its own), so that a driver that compiles a pipeline on its first
+/// dispatch does so now. llvmpipe under GL does: a flash variant takes tens of seconds
+/// there, and inside a caller's submit that would hold wgpu's GL context lock long enough
+/// for another thread waiting on it to panic (see [`crate::gate`]).
+fn warm_up(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    key: &ModuleKey,
+    entry: &'static str,
+    compiled: &Compiled,
+) -> Result<()> {
+    use crate::params::{AttnParams, MergeParams, SummaryParams};
+    use wgpu::util::DeviceExt;
+    let params: Vec<u8> = match key {
+        ModuleKey::Attention(_) => bytemuck::bytes_of(&AttnParams {
+            batch: 1,
+            heads_q: 1,
+            heads_kv: 1,
+            seq_q: 1,
+            seq_k: 1,
+            dk: 1,
+            dv: 1,
+            scale: 1.0,
+            group: 1,
+            row_count: 1,
+            wg_x: 1,
+            scratch_stride: 1,
+            n_splits: 1,
+            split_len: u32::MAX,
+            ..Default::default()
+        })
+        .to_vec(),
+        ModuleKey::Merge => bytemuck::bytes_of(&MergeParams {
+            batch: 1,
+            heads: 1,
+            seq: 1,
+            dv: 1,
+            n_a: 1,
+            n_b: 1,
+            wg_x: 1,
+            ..Default::default()
+        })
+        .to_vec(),
+        ModuleKey::Summary => bytemuck::bytes_of(&SummaryParams {
+            mb: 1,
+            mh: 1,
+            seq_q: 1,
+            seq_k: 1,
+            nqb: 1,
+            nkb: 1,
+            wg_x: 1,
+            n_blocks: 1,
+            ..Default::default()
+        })
+        .to_vec(),
+    };
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("wgpu-attention warm-up params"),
+        contents: &params,
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let slots = entry_bindings(key, entry);
+    // One small zeroed buffer per storage slot: the bindings never alias.
+    let buffers: Vec<wgpu::Buffer> = slots
+        .iter()
+        .map(|_| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-attention warm-up binding"),
+                size: 64,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+    let entries: Vec<wgpu::BindGroupEntry> = slots
+        .iter()
+        .zip(&buffers)
+        .map(|(&(binding, slot), buffer)| wgpu::BindGroupEntry {
+            binding,
+            resource: match slot {
+                Slot::Uniform => uniform.as_entire_binding(),
+                Slot::Read | Slot::Write => buffer.as_entire_binding(),
+            },
+        })
+        .collect();
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("wgpu-attention warm-up"),
+        layout: &compiled.layout,
+        entries: &entries,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    queue.submit([encoder.finish()]);
+    let polled = device.poll(wgpu::PollType::wait_indefinitely());
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::device_msg(
+            format!("warming up {key:?} {entry}"),
+            chain(&e),
+        ));
+    }
+    polled.map_err(|e| Error::device(format!("warming up {key:?} {entry}"), e))?;
+    Ok(())
 }

@@ -163,7 +163,9 @@ pub fn attention_with_lse(
                     if let Some(s) = m.alibi {
                         l -= s[ih] * ((j as i64 - (i as i64 + off)).abs() as f32);
                     }
-                    if l == f32::NEG_INFINITY || l.is_nan() {
+                    // A logit that is not finite (NaN or ±inf, from Q·K, the bias or both)
+                    // takes no part in the softmax, as in every kernel.
+                    if !l.is_finite() {
                         vis[j] = false;
                         continue;
                     }

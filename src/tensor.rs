@@ -12,7 +12,10 @@
 //!                         v = offset 2*H*D, same strides
 //! ```
 
+use std::sync::Arc;
+
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+use crate::gate::{Gate, Gated};
 
 /// Element type of a tensor in GPU memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -282,15 +285,27 @@ pub(crate) fn end_byte(
 
 /// A tensor that owns its buffer (returned by the upload helpers and by
 /// [`crate::Context::attention`]).
+///
+/// A tensor made by a [`crate::Context`] drops its buffer under the context's device lock
+/// ([`crate::Context::lock_device`]), so on GL it may be dropped on any thread while the
+/// context works on another.
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    view: TensorView,
+    view: Gated<TensorView>,
 }
 
 impl Tensor {
     /// Wraps a view whose buffer this tensor now stands for.
     pub fn from_view(view: TensorView) -> Self {
-        Tensor { view }
+        Tensor {
+            view: Gated::new(view, None),
+        }
+    }
+
+    pub(crate) fn gated(view: TensorView, gate: Option<Arc<Gate>>) -> Self {
+        Tensor {
+            view: Gated::new(view, gate),
+        }
     }
 
     /// The tensor's view.
@@ -311,6 +326,31 @@ impl Tensor {
     /// The element type.
     pub fn dtype(&self) -> DType {
         self.view.dtype
+    }
+
+    /// A view of `shape` and `strides` at byte `offset` of this tensor's buffer, owning the
+    /// buffer as this tensor does (for laying out test or model data in any layout).
+    pub fn reshaped(
+        &self,
+        dtype: DType,
+        shape: [usize; 4],
+        strides: [usize; 4],
+        offset: u64,
+    ) -> Tensor {
+        Tensor {
+            view: Gated::new(
+                TensorView::new(self.buffer().clone(), dtype, shape, strides, offset),
+                self.view.gate().cloned(),
+            ),
+        }
+    }
+}
+
+/// A tensor is used wherever its view is: `&tensor` passes as a `&TensorView`.
+impl std::ops::Deref for Tensor {
+    type Target = TensorView;
+    fn deref(&self) -> &TensorView {
+        &self.view
     }
 }
 

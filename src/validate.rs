@@ -185,6 +185,7 @@ fn check_lengths(lens: &[u32], role: TensorRole, b: usize, max: usize) -> Result
             InputProblem::WrongCount {
                 expected: b,
                 got: lens.len(),
+                per: "one per batch item",
             },
         ));
     }
@@ -222,31 +223,43 @@ fn check_varlen(
         }
     }
     let n = vl.cu_seqlens_q.len();
-    if n < 2 || vl.cu_seqlens_k.len() != n {
+    if n < 2 {
         return Err(Error::invalid(
-            CuSeqlens,
+            CuSeqlensQ,
             InputProblem::WrongCount {
-                expected: n.max(2),
-                got: if n < 2 { n } else { vl.cu_seqlens_k.len() },
+                expected: 2,
+                got: n,
+                per: "at least 2: 0, then the end of each sequence",
             },
         ));
     }
-    for (cu, rows) in [(&vl.cu_seqlens_q, rows_q), (&vl.cu_seqlens_k, rows_k)] {
+    if vl.cu_seqlens_k.len() != n {
+        return Err(Error::invalid(
+            CuSeqlensK,
+            InputProblem::WrongCount {
+                expected: n,
+                got: vl.cu_seqlens_k.len(),
+                per: "as many as cu_seqlens_q: 0, then the end of each sequence",
+            },
+        ));
+    }
+    for (cu, rows, role) in [
+        (&vl.cu_seqlens_q, rows_q, CuSeqlensQ),
+        (&vl.cu_seqlens_k, rows_k, CuSeqlensK),
+    ] {
         if cu[0] != 0 || cu.windows(2).any(|w| w[1] < w[0]) {
             return Err(Error::invalid(
-                CuSeqlens,
-                InputProblem::Other(format!("{cu:?} must start at 0 and never decrease")),
+                role,
+                InputProblem::Other(format!(
+                    "{cu:?} must start at 0 and never decrease (cumulative sequence ends)"
+                )),
             ));
         }
-        let last = cu[n - 1];
-        if last as usize > rows {
+        let end = cu[n - 1];
+        if end as usize != rows {
             return Err(Error::invalid(
-                CuSeqlens,
-                InputProblem::LengthTooLong {
-                    batch: n - 2,
-                    len: last,
-                    max: rows,
-                },
+                role,
+                InputProblem::CumulativeEnd { end, rows },
             ));
         }
     }
@@ -267,6 +280,26 @@ fn check_varlen(
             .max(1) as usize
     };
     Ok((n - 1, longest(&vl.cu_seqlens_q), longest(&vl.cu_seqlens_k)))
+}
+
+/// Checks that the product of `dims` fits a u32 (the shaders' index width).
+pub(crate) fn check_count(role: TensorRole, dims: &[usize]) -> Result<()> {
+    let n = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    match n {
+        Some(n) if n <= u32::MAX as u64 => Ok(()),
+        _ => Err(Error::invalid(
+            role,
+            InputProblem::TooLarge {
+                what: format!(
+                    "{} elements ({dims:?} multiplied)",
+                    dims.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" x ")
+                ),
+            },
+        )),
+    }
 }
 
 /// Validates a call. `out` is the caller's output view, if any.
@@ -324,6 +357,13 @@ pub(crate) fn validate(
     if kd != dk {
         return Err(mismatch(Key, Dim::HeadDim, dk, kd));
     }
+    // Every grid and index of the shaders is 32-bit: the rows of each tensor, and the
+    // output's elements, must be countable in a u32 (wrapping counts would also make the
+    // planner tile a problem of 2^64 parts).
+    check_count(Query, &[b, hq, sq])?;
+    check_count(Key, &[kb, hkv, sk])?;
+    let out_role = if out.is_some() { Output } else { Query };
+    check_count(out_role, &[b, hq, sq, dv])?;
     let storage = wgpu::BufferUsages::STORAGE;
     q.check_memory(Query, storage)?;
     k.check_memory(Key, storage)?;
@@ -408,6 +448,7 @@ pub(crate) fn validate(
                 InputProblem::WrongCount {
                     expected: hq,
                     got: s.len(),
+                    per: "one per query head",
                 },
             ));
         }
@@ -439,8 +480,21 @@ pub(crate) fn validate(
         }
         l.check_memory(Lse, storage)?;
         l.check_no_overlap(Lse)?;
-        for (view, role) in [(q, Query), (k, Key), (v, Value)] {
-            if view.buffer == l.buffer {
+        let inputs = [
+            (Some(&q.buffer), Query),
+            (Some(&k.buffer), Key),
+            (Some(&v.buffer), Value),
+            (m.bool_mask.as_ref().map(|x| &x.view.buffer), BoolMask),
+            (
+                m.bool_mask
+                    .as_ref()
+                    .and_then(|x| x.summary.as_ref().map(|s| s.buffer())),
+                BoolMask,
+            ),
+            (m.bias.as_ref().map(|x| &x.buffer), Bias),
+        ];
+        for (buffer, role) in inputs {
+            if buffer == Some(&l.buffer) {
                 return Err(Error::invalid(
                     Lse,
                     InputProblem::OutputAliasesInput { input: role },
@@ -462,6 +516,16 @@ pub(crate) fn validate(
             (m.bool_mask.as_ref().map(|x| &x.view), BoolMask),
             (m.bias.as_ref(), Bias),
         ];
+        let summary = m
+            .bool_mask
+            .as_ref()
+            .and_then(|x| x.summary.as_ref().map(|s| s.buffer()));
+        if summary == Some(&o.buffer) {
+            return Err(Error::invalid(
+                Output,
+                InputProblem::OutputAliasesInput { input: BoolMask },
+            ));
+        }
         for (view, role) in inputs {
             if let Some(view) = view
                 && view.buffer == o.buffer

@@ -5,22 +5,31 @@ mod common;
 
 use common::*;
 use wgpu_attention::error::{Dim, InputProblem, InvalidInput, TensorRole, UnsupportedReason};
-use wgpu_attention::{AttentionOptions, Backend, Context, DType, Error, Mask, TensorView};
+use wgpu_attention::{
+    AttentionOptions, Backend, Context, DType, Error, Mask, Tensor, TensorView, Varlen,
+};
 
+/// Tensors, not bare views: on GL a buffer must not be destroyed outside the context's
+/// lock while another test thread compiles (see `Context::lock_device`).
 struct Qkv {
-    q: TensorView,
-    k: TensorView,
-    v: TensorView,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
 }
 
 fn qkv(ctx: &Context, b: usize, h: usize, s: usize, d: usize) -> Qkv {
     let shape = [b, h, s, d];
     let n = b * h * s * d;
     Qkv {
-        q: ctx.upload_f32(&random(n, 1), shape).unwrap().view().clone(),
-        k: ctx.upload_f32(&random(n, 2), shape).unwrap().view().clone(),
-        v: ctx.upload_f32(&random(n, 3), shape).unwrap().view().clone(),
+        q: ctx.upload_f32(&random(n, 1), shape).unwrap(),
+        k: ctx.upload_f32(&random(n, 2), shape).unwrap(),
+        v: ctx.upload_f32(&random(n, 3), shape).unwrap(),
     }
+}
+
+/// `t` seen as `dtype`, `shape` (contiguous) at byte `offset`.
+fn as_view(t: &Tensor, dtype: DType, shape: [usize; 4], offset: u64) -> Tensor {
+    t.reshaped(dtype, shape, bhsd_strides(shape), offset)
 }
 
 fn invalid(err: Error) -> InvalidInput {
@@ -41,9 +50,7 @@ fn key_head_dim_mismatch() {
     let mut t = qkv(ctx, 1, 2, 8, 16);
     t.k = ctx
         .upload_f32(&random(2 * 8 * 12, 4), [1, 2, 8, 12])
-        .unwrap()
-        .view()
-        .clone();
+        .unwrap();
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
     assert!(
@@ -62,9 +69,7 @@ fn batch_mismatch_value() {
     let mut t = qkv(ctx, 2, 2, 8, 16);
     t.v = ctx
         .upload_f32(&random(2 * 8 * 16, 4), [1, 2, 8, 16])
-        .unwrap()
-        .view()
-        .clone();
+        .unwrap();
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Value);
     assert!(matches!(
@@ -84,8 +89,8 @@ fn heads_not_a_divisor() {
     let kv = ctx
         .upload_f32(&random(3 * 8 * 16, 4), [1, 3, 8, 16])
         .unwrap();
-    t.k = kv.view().clone();
-    t.v = kv.view().clone();
+    t.k = kv.clone();
+    t.v = kv;
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
     assert!(matches!(
@@ -102,7 +107,7 @@ fn heads_not_a_divisor() {
 fn zero_head_dim() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 1, 4, 4);
-    t.q = TensorView::bhsd(t.q.buffer.clone(), DType::F32, [1, 1, 4, 0]);
+    t.q = as_view(&t.q, DType::F32, [1, 1, 4, 0], 0);
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Query);
     assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::HeadDim });
@@ -112,7 +117,7 @@ fn zero_head_dim() {
 fn view_out_of_bounds() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 1, 4, 4);
-    t.k = t.k.clone().with_offset(8);
+    t.k = as_view(&t.k, DType::F32, [1, 1, 4, 4], 8);
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
     assert!(
@@ -131,8 +136,8 @@ fn view_out_of_bounds() {
 fn misaligned_offset() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 1, 4, 4);
-    t.v = TensorView::bhsd(t.v.buffer.clone(), DType::F32, [1, 1, 2, 4]).with_offset(6);
-    t.k = TensorView::bhsd(t.k.buffer.clone(), DType::F32, [1, 1, 2, 4]);
+    t.v = as_view(&t.v, DType::F32, [1, 1, 2, 4], 6);
+    t.k = as_view(&t.k, DType::F32, [1, 1, 2, 4], 0);
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Value);
     assert_eq!(
@@ -154,7 +159,7 @@ fn missing_storage_usage() {
         usage: wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    t.q = TensorView::bhsd(buf, DType::F32, [1, 1, 4, 4]);
+    t.q = Tensor::from_view(TensorView::bhsd(buf, DType::F32, [1, 1, 4, 4]));
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Query);
     assert!(matches!(e.problem, InputProblem::MissingUsage { .. }));
@@ -164,7 +169,7 @@ fn missing_storage_usage() {
 fn bool_dtype_for_query() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 1, 4, 4);
-    t.q = TensorView::bhsd(t.q.buffer.clone(), DType::Bool, [1, 1, 4, 4]);
+    t.q = as_view(&t.q, DType::Bool, [1, 1, 4, 4], 0);
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Query);
     assert!(matches!(e.problem, InputProblem::WrongDType { .. }));
@@ -218,7 +223,8 @@ fn query_lengths_wrong_count() {
         e.problem,
         InputProblem::WrongCount {
             expected: 2,
-            got: 1
+            got: 1,
+            per: "one per batch item"
         }
     );
 }
@@ -288,9 +294,11 @@ fn alibi_wrong_count_and_nan() {
         e.problem,
         InputProblem::WrongCount {
             expected: 2,
-            got: 1
+            got: 1,
+            per: "one per query head"
         }
     );
+    assert!(!e.to_string().contains("batch"), "{e}");
     let e = invalid(run(
         ctx,
         &t,
@@ -320,13 +328,7 @@ fn output_shape_overlap_and_alias() {
     ));
 
     let out = nan_output(ctx, [1, 2, 8, 4], DType::F32);
-    let overlapping = TensorView::new(
-        out.buffer.clone(),
-        DType::F32,
-        [1, 2, 8, 4],
-        [64, 0, 4, 1],
-        0,
-    );
+    let overlapping = out.reshaped(DType::F32, [1, 2, 8, 4], [64, 0, 4, 1], 0);
     let e = invalid(
         ctx.attention_into(&t.q, &t.k, &t.v, &overlapping, &opts)
             .unwrap_err(),
@@ -416,10 +418,11 @@ fn device_survives_bad_input() {
 fn sequence_beyond_the_shader_limit() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 1, 4, 4);
-    t.k = TensorView::bhsd(
-        t.k.buffer.clone(),
+    t.k = t.k.reshaped(
         DType::F32,
         [1, 1, wgpu_attention::validate::MAX_SEQ, 4],
+        [0, 0, 1, 1],
+        0,
     );
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Key);
@@ -430,12 +433,553 @@ fn sequence_beyond_the_shader_limit() {
 fn zero_sized_block_mask_and_merge() {
     let ctx = ctx();
     let m = ctx.upload_bool(&[true; 4], [1, 1, 2, 2]).unwrap();
-    let empty = TensorView::bhsd(m.buffer().clone(), DType::Bool, [1, 1, 0, 2]);
+    let empty = as_view(&m, DType::Bool, [1, 1, 0, 2], 0);
     let e = invalid(ctx.block_mask(&empty).unwrap_err());
     assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::Seq });
     let o = ctx.upload_f32(&[1.0; 4], [1, 1, 1, 4]).unwrap();
     let l = ctx.upload_f32(&[0.0], [1, 1, 1, 1]).unwrap();
-    let out = TensorView::bhsd(ctx.buffer_from_f32(&[0.0; 4]), DType::F32, [1, 1, 1, 0]);
+    let out = as_view(&o, DType::F32, [1, 1, 1, 0], 0);
     let e = invalid(ctx.merge(&[(o.view(), l.view())], &out, None).unwrap_err());
     assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::HeadDim });
+}
+
+// ------------------------------------------------------------------ every check, rejected
+//
+// One rejection per check of `validate`, each naming the tensor and the problem: deleting or
+// weakening a check fails one of these (most would otherwise let bad input through as `Ok`).
+
+/// A valid call of b=2, h=2, s=8, d=4 with every optional tensor, to break one piece at a time.
+struct Full {
+    t: Qkv,
+    out: Tensor,
+    lse: Tensor,
+    bools: Tensor,
+    bias: Tensor,
+}
+
+fn full(ctx: &Context) -> Full {
+    Full {
+        t: qkv(ctx, 2, 2, 8, 4),
+        out: nan_output(ctx, [2, 2, 8, 4], DType::F32),
+        lse: nan_output(ctx, [2, 2, 8, 1], DType::F32),
+        bools: ctx
+            .upload_bool(&[true; 2 * 2 * 8 * 8], [2, 2, 8, 8])
+            .unwrap(),
+        bias: ctx
+            .upload_f32(&random(2 * 2 * 8 * 8, 9), [2, 2, 8, 8])
+            .unwrap(),
+    }
+}
+
+/// Runs `attention_into` with these views and expects `role` to be named.
+#[allow(clippy::too_many_arguments)]
+fn rejected(
+    ctx: &Context,
+    [q, k, v, out]: [&TensorView; 4],
+    opts: &AttentionOptions,
+    role: TensorRole,
+    what: &str,
+) -> InputProblem {
+    match ctx.attention_into(q, k, v, out, opts) {
+        Err(Error::InvalidInput(e)) => {
+            assert_eq!(e.tensor, role, "{what}: {e}");
+            e.problem
+        }
+        other => panic!("{what}: expected InvalidInput naming the {role}, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_shape_check_names_its_tensor() {
+    let ctx = ctx();
+    let f = full(ctx);
+    let (q, k, v, o) = (&f.t.q, &f.t.k, &f.t.v, &f.out);
+    let d = AttentionOptions::default();
+    let shaped = |t: &Tensor, shape| as_view(t, DType::F32, shape, 0);
+    use Dim::*;
+    use TensorRole::*;
+    let cases: Vec<(&str, [Tensor; 4], TensorRole, Dim)> = vec![
+        (
+            "K batch",
+            [q.clone(), shaped(k, [1, 2, 8, 4]), v.clone(), o.clone()],
+            Key,
+            Batch,
+        ),
+        (
+            "V batch",
+            [q.clone(), k.clone(), shaped(v, [1, 2, 8, 4]), o.clone()],
+            Value,
+            Batch,
+        ),
+        (
+            "V heads",
+            [q.clone(), k.clone(), shaped(v, [2, 1, 8, 4]), o.clone()],
+            Value,
+            Heads,
+        ),
+        (
+            "V seq",
+            [q.clone(), k.clone(), shaped(v, [2, 2, 7, 4]), o.clone()],
+            Value,
+            Seq,
+        ),
+        (
+            "K head dim",
+            [q.clone(), shaped(k, [2, 2, 8, 3]), v.clone(), o.clone()],
+            Key,
+            HeadDim,
+        ),
+        (
+            "out batch",
+            [q.clone(), k.clone(), v.clone(), shaped(o, [1, 2, 8, 4])],
+            Output,
+            Batch,
+        ),
+        (
+            "out heads",
+            [q.clone(), k.clone(), v.clone(), shaped(o, [2, 1, 8, 4])],
+            Output,
+            Heads,
+        ),
+        (
+            "out seq",
+            [q.clone(), k.clone(), v.clone(), shaped(o, [2, 2, 7, 4])],
+            Output,
+            Seq,
+        ),
+        (
+            "out dv",
+            [q.clone(), k.clone(), v.clone(), shaped(o, [2, 2, 8, 3])],
+            Output,
+            HeadDim,
+        ),
+    ];
+    for (what, [q, k, v, o], role, dim) in &cases {
+        let p = rejected(ctx, [q, k, v, o], &d, *role, what);
+        assert!(
+            matches!(p, InputProblem::ShapeMismatch { dim: x, .. } if x == *dim),
+            "{what}: {p:?}"
+        );
+    }
+    // Zero sizes and non-float dtypes of K and V.
+    for (what, k2, v2, role) in [
+        ("K zero", shaped(k, [2, 2, 0, 4]), v.clone(), Key),
+        ("V zero", k.clone(), shaped(v, [2, 2, 8, 0]), Value),
+    ] {
+        let p = rejected(ctx, [q, &k2, &v2, o], &d, role, what);
+        assert!(matches!(p, InputProblem::ZeroDim { .. }), "{what}: {p:?}");
+    }
+    for (what, k2, v2, o2, role) in [
+        (
+            "K bool",
+            as_view(k, DType::Bool, [2, 2, 8, 4], 0),
+            v.clone(),
+            o.clone(),
+            Key,
+        ),
+        (
+            "V bool",
+            k.clone(),
+            as_view(v, DType::Bool, [2, 2, 8, 4], 0),
+            o.clone(),
+            Value,
+        ),
+        (
+            "out bool",
+            k.clone(),
+            v.clone(),
+            as_view(o, DType::Bool, [2, 2, 8, 4], 0),
+            Output,
+        ),
+    ] {
+        let p = rejected(ctx, [q, &k2, &v2, &o2], &d, role, what);
+        assert!(
+            matches!(p, InputProblem::WrongDType { .. }),
+            "{what}: {p:?}"
+        );
+    }
+    // A query sequence past the shader limit (stride 0: no memory needed).
+    let long = q.reshaped(
+        DType::F32,
+        [2, 2, wgpu_attention::validate::MAX_SEQ, 4],
+        [0, 0, 0, 1],
+        0,
+    );
+    let lo = o.reshaped(
+        DType::F32,
+        [2, 2, wgpu_attention::validate::MAX_SEQ, 4],
+        [0, 0, 0, 1],
+        0,
+    );
+    let p = rejected(ctx, [&long, k, v, &lo], &d, Query, "Q too long");
+    assert!(matches!(p, InputProblem::TooLarge { .. }), "{p:?}");
+    // An output dtype that is not a float, asked for with `attention`.
+    let e = invalid(
+        ctx.attention(
+            q,
+            k,
+            v,
+            &AttentionOptions {
+                output_dtype: Some(DType::Bool),
+                ..d.clone()
+            },
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.tensor, Options);
+    assert!(matches!(e.problem, InputProblem::WrongDType { .. }), "{e}");
+    // Output memory: past the end of its buffer.
+    let p = rejected(
+        ctx,
+        [q, k, v, &as_view(o, DType::F32, [2, 2, 8, 4], 4)],
+        &d,
+        Output,
+        "out OOB",
+    );
+    assert!(matches!(p, InputProblem::OutOfBounds { .. }), "{p:?}");
+}
+
+#[test]
+fn every_mask_check_names_its_tensor() {
+    let ctx = ctx();
+    let f = full(ctx);
+    let views = [&*f.t.q, &*f.t.k, &*f.t.v, &*f.out];
+    use Dim::*;
+    use TensorRole::*;
+    let with = |m: Mask| AttentionOptions::with_mask(m);
+    // Bool mask and bias: each broadcast dimension, then dtype and memory.
+    for dim in [Batch, Heads, Seq, HeadDim] {
+        let mut shape = [2, 2, 8, 8];
+        shape[dim as usize] = 3;
+        let bm = as_view(&f.bools, DType::Bool, shape, 0);
+        let p = rejected(
+            ctx,
+            views,
+            &with(Mask::none().bool_mask(bm.view().clone())),
+            BoolMask,
+            "bool shape",
+        );
+        assert!(
+            matches!(p, InputProblem::ShapeMismatch { dim: x, .. } if x == dim),
+            "{dim:?}: {p:?}"
+        );
+        let bias = as_view(&f.bias, DType::F32, shape, 0);
+        let p = rejected(
+            ctx,
+            views,
+            &with(Mask::none().bias(bias.view().clone())),
+            Bias,
+            "bias shape",
+        );
+        assert!(
+            matches!(p, InputProblem::ShapeMismatch { dim: x, .. } if x == dim),
+            "{dim:?}: {p:?}"
+        );
+    }
+    let as_bias = as_view(&f.bools, DType::Bool, [2, 2, 8, 8], 0);
+    let p = rejected(
+        ctx,
+        views,
+        &with(Mask::none().bias(as_bias.view().clone())),
+        Bias,
+        "bool bias",
+    );
+    assert!(matches!(p, InputProblem::WrongDType { .. }), "{p:?}");
+    let past = as_view(&f.bools, DType::Bool, [2, 2, 8, 8], 4);
+    let p = rejected(
+        ctx,
+        views,
+        &with(Mask::none().bool_mask(past.view().clone())),
+        BoolMask,
+        "bool OOB",
+    );
+    assert!(matches!(p, InputProblem::OutOfBounds { .. }), "{p:?}");
+    let past = as_view(&f.bias, DType::F32, [2, 2, 8, 8], 8);
+    let p = rejected(
+        ctx,
+        views,
+        &with(Mask::none().bias(past.view().clone())),
+        Bias,
+        "bias OOB",
+    );
+    assert!(matches!(p, InputProblem::OutOfBounds { .. }), "{p:?}");
+    // Query lengths above the sequence.
+    let p = rejected(
+        ctx,
+        views,
+        &with(Mask::none().query_lengths(vec![8, 9])),
+        QueryLengths,
+        "qlen",
+    );
+    assert_eq!(
+        p,
+        InputProblem::LengthTooLong {
+            batch: 1,
+            len: 9,
+            max: 8
+        }
+    );
+    let p = rejected(
+        ctx,
+        views,
+        &with(Mask::none().key_lengths(vec![8])),
+        KeyLengths,
+        "klen count",
+    );
+    assert!(
+        matches!(
+            p,
+            InputProblem::WrongCount {
+                expected: 2,
+                got: 1,
+                ..
+            }
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn every_lse_and_aliasing_check_names_its_tensor() {
+    let ctx = ctx();
+    let f = full(ctx);
+    let views = [&*f.t.q, &*f.t.k, &*f.t.v, &*f.out];
+    use TensorRole::*;
+    let lse = |l: &Tensor, m: Mask| AttentionOptions {
+        lse_output: Some(l.view().clone()),
+        ..AttentionOptions::with_mask(m)
+    };
+    let f16 = as_view(&f.lse, DType::F16, [2, 2, 8, 1], 0);
+    let p = rejected(ctx, views, &lse(&f16, Mask::none()), Lse, "lse f16");
+    assert!(matches!(p, InputProblem::WrongDType { .. }), "{p:?}");
+    for (i, shape) in [[1, 2, 8, 1], [2, 1, 8, 1], [2, 2, 7, 1], [2, 2, 8, 2]]
+        .into_iter()
+        .enumerate()
+    {
+        let l = f.lse.reshaped(DType::F32, shape, [0, 0, 0, 0], 0);
+        let p = rejected(ctx, views, &lse(&l, Mask::none()), Lse, "lse shape");
+        assert!(
+            matches!(p, InputProblem::ShapeMismatch { dim, .. } if dim == Dim::ALL[i]),
+            "{shape:?}: {p:?}"
+        );
+    }
+    let overlap = f.lse.reshaped(DType::F32, [2, 2, 8, 1], [8, 0, 1, 1], 0);
+    let p = rejected(ctx, views, &lse(&overlap, Mask::none()), Lse, "lse overlap");
+    assert!(matches!(p, InputProblem::OverlappingOutput { .. }), "{p:?}");
+    let past = as_view(&f.lse, DType::F32, [2, 2, 8, 1], 4);
+    let p = rejected(ctx, views, &lse(&past, Mask::none()), Lse, "lse OOB");
+    assert!(matches!(p, InputProblem::OutOfBounds { .. }), "{p:?}");
+    // The lse output may not share a buffer with any input or the output: each is named.
+    let bias_as_lse = f
+        .bias
+        .reshaped(DType::F32, [2, 2, 8, 1], bhsd_strides([2, 2, 8, 1]), 0);
+    let bools_as_lse = f
+        .bools
+        .reshaped(DType::F32, [2, 2, 8, 1], bhsd_strides([2, 2, 8, 1]), 0);
+    let out_as_lse = f
+        .out
+        .reshaped(DType::F32, [2, 2, 8, 1], bhsd_strides([2, 2, 8, 1]), 0);
+    let q_as_lse =
+        f.t.q
+            .reshaped(DType::F32, [2, 2, 8, 1], bhsd_strides([2, 2, 8, 1]), 0);
+    let v_as_lse =
+        f.t.v
+            .reshaped(DType::F32, [2, 2, 8, 1], bhsd_strides([2, 2, 8, 1]), 0);
+    let masked = Mask::none()
+        .bool_mask(f.bools.view().clone())
+        .bias(f.bias.view().clone());
+    for (l, input) in [
+        (&bias_as_lse, Bias),
+        (&bools_as_lse, BoolMask),
+        (&out_as_lse, Output),
+        (&q_as_lse, Query),
+        (&v_as_lse, Value),
+    ] {
+        let p = rejected(ctx, views, &lse(l, masked.clone()), Lse, "lse alias");
+        assert_eq!(p, InputProblem::OutputAliasesInput { input }, "{input}");
+    }
+    // The output may not share a buffer with any input.
+    // A bool mask in a buffer large enough to hold an f32 output as well.
+    let big = ctx
+        .upload_bool(&[true; 2 * 2 * 8 * 32], [2, 2, 8, 32])
+        .unwrap();
+    let bools = big.reshaped(DType::Bool, [2, 2, 8, 8], bhsd_strides([2, 2, 8, 8]), 0);
+    let opts = AttentionOptions::with_mask(
+        Mask::none()
+            .bool_mask(bools.view().clone())
+            .bias(f.bias.view().clone()),
+    );
+    for (t, input) in [
+        (&f.t.q, Query),
+        (&f.t.v, Value),
+        (&f.bias, Bias),
+        (&big, BoolMask),
+    ] {
+        let o = t.reshaped(DType::F32, [2, 2, 8, 4], bhsd_strides([2, 2, 8, 4]), 0);
+        let p = rejected(
+            ctx,
+            [views[0], views[1], views[2], &o],
+            &opts,
+            Output,
+            "out alias",
+        );
+        assert_eq!(p, InputProblem::OutputAliasesInput { input }, "{input}");
+    }
+}
+
+#[test]
+fn varlen_checks_name_their_tensor() {
+    let ctx = ctx();
+    let t = packed_varlen(ctx, &vec![0.5; 10 * 2 * 8], 10, 2, 8);
+    let vl = Varlen::from_lengths(&[4, 6], &[4, 6]);
+    // A packed tensor has batch 1.
+    for (i, role) in [TensorRole::Query, TensorRole::Key, TensorRole::Value]
+        .into_iter()
+        .enumerate()
+    {
+        let two = t.reshaped(DType::F32, [2, 2, 10, 8], [0, 8, 16, 1], 0);
+        let mut views = [&*t, &*t, &*t];
+        views[i] = &two;
+        let e = invalid(
+            ctx.attention(
+                views[0],
+                views[1],
+                views[2],
+                &AttentionOptions {
+                    varlen: Some(vl.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(e.tensor, role, "{e}");
+    }
+    // Lengths come from cu_seqlens: key or query lengths as well are refused.
+    for mask in [
+        Mask::none().key_lengths(vec![4, 6]),
+        Mask::none().query_lengths(vec![4, 6]),
+    ] {
+        let opts = AttentionOptions {
+            varlen: Some(vl.clone()),
+            ..AttentionOptions::with_mask(mask)
+        };
+        let e = invalid(ctx.attention(&t, &t, &t, &opts).unwrap_err());
+        assert_eq!(e.tensor, TensorRole::Options, "{e}");
+    }
+}
+
+/// Shapes whose element counts overflow are typed errors naming the tensor, at once (no
+/// planning of 2^64 parts, no 4-byte buffer for 2^62 elements).
+#[test]
+fn overflowing_sizes_are_typed_errors() {
+    let ctx = ctx();
+    let t = qkv(ctx, 1, 1, 4, 4);
+    let huge = 1usize << 32;
+    let q =
+        t.q.reshaped(DType::F32, [huge, huge, 4, 4], [0, 0, 4, 1], 0);
+    let k =
+        t.k.reshaped(DType::F32, [huge, huge, 4, 4], [0, 0, 4, 1], 0);
+    let started = std::time::Instant::now();
+    let e = invalid(
+        ctx.plan(&q, &k, &k, &AttentionOptions::default())
+            .unwrap_err(),
+    );
+    assert_eq!(e.tensor, TensorRole::Query, "{e}");
+    assert!(matches!(e.problem, InputProblem::TooLarge { .. }), "{e}");
+    // The output attention would allocate is Q's shape: Q is named, not an output the caller
+    // never passed.
+    let wide =
+        t.q.reshaped(DType::F32, [1 << 20, 1 << 10, 4, 4], [0, 0, 4, 1], 0);
+    let wk =
+        t.k.reshaped(DType::F32, [1 << 20, 1 << 10, 4, 4], [0, 0, 4, 1], 0);
+    let e = invalid(
+        ctx.attention(&wide, &wk, &wk, &AttentionOptions::default())
+            .unwrap_err(),
+    );
+    assert_eq!(e.tensor, TensorRole::Query, "{e}");
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    let e = invalid(
+        ctx.empty([1 << 31, 1 << 31, 1 << 31, 4], DType::F32)
+            .unwrap_err(),
+    );
+    assert_eq!(e.tensor, TensorRole::NewTensor, "{e}");
+    let e = invalid(
+        ctx.upload_f32(&[1.0; 4], [1 << 62, 1 << 2, 1, 1])
+            .unwrap_err(),
+    );
+    assert_eq!(e.tensor, TensorRole::HostData, "{e}");
+    assert!(matches!(e.problem, InputProblem::TooLarge { .. }), "{e}");
+}
+
+/// A buffer of another context's device is an input error naming the tensor, never a panic
+/// or a computation on some other buffer.
+#[test]
+fn buffers_of_another_context_are_named() {
+    let ctx = ctx();
+    let other = Context::new_blocking().expect("a second context");
+    let t = qkv(ctx, 1, 2, 8, 16);
+    let foreign = qkv(&other, 1, 2, 8, 16);
+    let out = nan_output(ctx, [1, 2, 8, 16], DType::F32);
+    let foreign_out = nan_output(&other, [1, 2, 8, 16], DType::F32);
+    let d = AttentionOptions::default();
+    for (views, role) in [
+        ([&*foreign.q, &*t.k, &*t.v, &*out], TensorRole::Query),
+        ([&*t.q, &*foreign.k, &*t.v, &*out], TensorRole::Key),
+        ([&*t.q, &*t.k, &*foreign.v, &*out], TensorRole::Value),
+        ([&*t.q, &*t.k, &*t.v, &*foreign_out], TensorRole::Output),
+    ] {
+        let p = rejected(ctx, views, &d, role, "foreign");
+        assert_eq!(p, InputProblem::ForeignBuffer);
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let e = invalid(
+            ctx.record_attention(&mut enc, views[0], views[1], views[2], views[3], &d)
+                .unwrap_err(),
+        );
+        assert_eq!((e.tensor, e.problem), (role, InputProblem::ForeignBuffer));
+    }
+    let e = invalid(ctx.download_f32_blocking(&foreign_out).unwrap_err());
+    assert_eq!(
+        (e.tensor, e.problem),
+        (TensorRole::Download, InputProblem::ForeignBuffer)
+    );
+    // Both contexts still work.
+    ctx.attention_into(&t.q, &t.k, &t.v, &out, &d).unwrap();
+    other
+        .attention_into(&foreign.q, &foreign.k, &foreign.v, &foreign_out, &d)
+        .unwrap();
+    let a = ctx.download_f32_blocking(&out).unwrap();
+    assert!(a.iter().all(|x| x.is_finite()));
+}
+
+/// A device error's message carries wgpu's text once, and its context.
+#[test]
+fn device_errors_say_it_once() {
+    let ctx = ctx();
+    let t = qkv(ctx, 1, 1, 8, 8);
+    let out = nan_output(ctx, [1, 1, 8, 8], DType::F32);
+    t.k.buffer().destroy();
+    let e = ctx
+        .attention_into(&t.q, &t.k, &t.v, &out, &AttentionOptions::default())
+        .expect_err("a destroyed buffer");
+    let Error::Device(d) = &e else {
+        panic!("expected a device error, got {e:?}")
+    };
+    let msg = e.to_string();
+    let inner = d.source.to_string();
+    let line = inner
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() > 10)
+        .last()
+        .unwrap_or(&inner)
+        .to_string();
+    assert!(
+        msg.contains("attention") && msg.contains("destroyed"),
+        "{msg}"
+    );
+    assert_eq!(msg.matches(line.as_str()).count(), 1, "{msg}");
+    assert!(
+        std::error::Error::source(&e).is_none(),
+        "the message is whole: no chain to repeat it"
+    );
 }

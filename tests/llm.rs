@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, DType, Mask, TensorView, Varlen, Window,
+    AttentionOptions, Backend, CausalAlignment, DType, Mask, Tensor, TensorView, Varlen, Window,
 };
 
 fn decode_masks(b: usize, h: usize, sq: usize, sk: usize) -> Vec<MaskSpec> {
@@ -104,7 +104,7 @@ fn partials(
     shape: (usize, usize, usize, usize),
     ranges: &[(usize, DType)],
     seed: u64,
-) -> (Vec<(TensorView, TensorView)>, [Vec<f32>; 3], usize) {
+) -> (Vec<(Tensor, Tensor)>, [Vec<f32>; 3], usize) {
     let ctx = ctx();
     let (b, h, sq, d) = shape;
     let total: usize = ranges.iter().map(|r| r.0).sum();
@@ -112,21 +112,25 @@ fn partials(
     let kh = random(b * h * total * d, seed + 1);
     let vh = random(b * h * total * d, seed + 2);
     let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
-    let (kb, vb) = (ctx.buffer_from_f32(&kh), ctx.buffer_from_f32(&vh));
+    let (kb, vb) = (
+        buffer_of(ctx, &kh, DType::F32),
+        buffer_of(ctx, &vh, DType::F32),
+    );
     let strides = [h * total * d, total * d, d, 1];
     let mut parts = Vec::new();
     let mut start = 0;
     for &(n, out_dtype) in ranges {
         let off = (start * d * 4) as u64;
-        let k = TensorView::new(kb.clone(), DType::F32, [b, h, n, d], strides, off);
-        let v = TensorView::new(vb.clone(), DType::F32, [b, h, n, d], strides, off);
+        let k = kb.reshaped(DType::F32, [b, h, n, d], strides, off);
+        let v = vb.reshaped(DType::F32, [b, h, n, d], strides, off);
         let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
         let out = nan_output(ctx, [b, h, sq, d], out_dtype);
         let opts = AttentionOptions {
-            lse_output: Some(lse.clone()),
+            lse_output: Some(lse.view().clone()),
             ..Default::default()
         };
-        ctx.attention_into(q.view(), &k, &v, &out, &opts).unwrap();
+        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &opts)
+            .unwrap();
         parts.push((out, lse));
         start += n;
     }
@@ -170,18 +174,20 @@ fn merge_three_partials() {
     let (b, h, sq, d) = shape;
     let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
     let merged_lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
-    let pairs: Vec<(&TensorView, &TensorView)> = parts.iter().map(|(o, l)| (o, l)).collect();
-    ctx.merge(&pairs, &merged, Some(&merged_lse)).unwrap();
+    let pairs: Vec<(&TensorView, &TensorView)> =
+        parts.iter().map(|(o, l)| (o.view(), l.view())).collect();
+    ctx.merge(&pairs, merged.view(), Some(merged_lse.view()))
+        .unwrap();
     let (want, want_lse) = full_reference(shape, &host, total);
     // One part was stored in f16: the merged result carries its rounding.
     assert_close(
-        &ctx.download_f32_blocking(&merged).unwrap(),
+        &ctx.download_f32_blocking(merged.view()).unwrap(),
         &want,
         DType::F16,
         "merge of three partials",
     );
     assert_close(
-        &ctx.download_f32_blocking(&merged_lse).unwrap(),
+        &ctx.download_f32_blocking(merged_lse.view()).unwrap(),
         &want_lse,
         DType::F32,
         "merged lse",
@@ -200,11 +206,12 @@ fn merge_exactly_three_f32_partials_within_f32_tolerance() {
     );
     let (b, h, sq, d) = shape;
     let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
-    let pairs: Vec<(&TensorView, &TensorView)> = parts.iter().map(|(o, l)| (o, l)).collect();
-    ctx.merge(&pairs, &merged, None).unwrap();
+    let pairs: Vec<(&TensorView, &TensorView)> =
+        parts.iter().map(|(o, l)| (o.view(), l.view())).collect();
+    ctx.merge(&pairs, merged.view(), None).unwrap();
     let (want, _) = full_reference(shape, &host, total);
     assert_close(
-        &ctx.download_f32_blocking(&merged).unwrap(),
+        &ctx.download_f32_blocking(merged.view()).unwrap(),
         &want,
         DType::F32,
         "merge of three f32 partials",
@@ -254,16 +261,10 @@ fn varlen_matches_per_sequence_reference() {
             let qh = random(tq * h * d, 1); // packed [total, heads, dim]
             let kh = random(tk * hkv * d, 2);
             let vh = random(tk * hkv * d, 3);
-            let q = TensorView::packed_varlen(ctx.buffer_from_f32(&qh), DType::F32, tq, h, d);
-            let k = TensorView::packed_varlen(ctx.buffer_from_f32(&kh), DType::F32, tk, hkv, d);
-            let v = TensorView::packed_varlen(ctx.buffer_from_f32(&vh), DType::F32, tk, hkv, d);
-            let out = TensorView::packed_varlen(
-                ctx.buffer_from_f32(&vec![f32::NAN; tq * h * d]),
-                DType::F32,
-                tq,
-                h,
-                d,
-            );
+            let q = packed_varlen(ctx, &qh, tq, h, d);
+            let k = packed_varlen(ctx, &kh, tk, hkv, d);
+            let v = packed_varlen(ctx, &vh, tk, hkv, d);
+            let out = packed_varlen(ctx, &vec![f32::NAN; tq * h * d], tq, h, d);
             let mut mask = Mask::none();
             if causal {
                 mask = mask.causal(CausalAlignment::BottomRight);
@@ -298,38 +299,41 @@ fn varlen_matches_per_sequence_reference() {
 #[test]
 fn varlen_validation() {
     let ctx = ctx();
-    let t = TensorView::packed_varlen(
-        ctx.buffer_from_f32(&vec![0.5; 10 * 2 * 8]),
-        DType::F32,
-        10,
-        2,
-        8,
-    );
+    let t = packed_varlen(ctx, &vec![0.5; 10 * 2 * 8], 10, 2, 8);
+    use wgpu_attention::error::{InputProblem, TensorRole};
+    let vl = |q: &[u32], k: &[u32]| Varlen {
+        cu_seqlens_q: q.to_vec(),
+        cu_seqlens_k: k.to_vec(),
+    };
     let bad = [
-        Varlen {
-            cu_seqlens_q: vec![0, 4, 11],
-            cu_seqlens_k: vec![0, 4, 10],
-        },
-        Varlen {
-            cu_seqlens_q: vec![0, 6, 4],
-            cu_seqlens_k: vec![0, 4, 10],
-        },
-        Varlen {
-            cu_seqlens_q: vec![0, 4],
-            cu_seqlens_k: vec![0, 4, 10],
-        },
+        // Past the packed rows.
+        (vl(&[0, 4, 11], &[0, 4, 10]), TensorRole::CuSeqlensQ),
+        // Short of them: rows 8 and 9 would be left unwritten.
+        (vl(&[0, 4, 8], &[0, 4, 10]), TensorRole::CuSeqlensQ),
+        (vl(&[0, 4, 10], &[0, 4, 9]), TensorRole::CuSeqlensK),
+        (vl(&[0, 6, 4], &[0, 4, 10]), TensorRole::CuSeqlensQ),
+        (vl(&[1, 4, 10], &[0, 4, 10]), TensorRole::CuSeqlensQ),
+        (vl(&[0, 4, 10], &[0, 5, 4]), TensorRole::CuSeqlensK),
+        (vl(&[0, 10], &[0, 4, 10]), TensorRole::CuSeqlensK),
+        (vl(&[10], &[10]), TensorRole::CuSeqlensQ),
+        (vl(&[], &[]), TensorRole::CuSeqlensQ),
     ];
-    for vl in bad {
+    for (vl, role) in bad {
         let opts = AttentionOptions {
             varlen: Some(vl.clone()),
             ..Default::default()
         };
         match ctx.attention(&t, &t, &t, &opts) {
-            Err(wgpu_attention::Error::InvalidInput(e)) => assert_eq!(
-                e.tensor,
-                wgpu_attention::error::TensorRole::CuSeqlens,
-                "{vl:?}: {e}"
-            ),
+            Err(wgpu_attention::Error::InvalidInput(e)) => {
+                assert_eq!(e.tensor, role, "{vl:?}: {e}");
+                let msg = e.to_string();
+                assert!(!msg.contains("one per batch"), "{msg}");
+                if let InputProblem::CumulativeEnd { end, rows } = e.problem {
+                    assert_eq!(rows, 10, "{msg}");
+                    assert_ne!(end, 10, "{msg}");
+                    assert!(msg.contains("last"), "{msg}");
+                }
+            }
             other => panic!("{vl:?}: {other:?}"),
         }
     }
@@ -357,8 +361,8 @@ fn kv_cache_chunks_match_reference() {
             cache
                 .append(
                     ctx,
-                    &upload(ctx, &kh, kv_shape, dtype, Layout::Bhsd),
-                    &upload(ctx, &vh, kv_shape, dtype, Layout::Bhsd),
+                    upload(ctx, &kh, kv_shape, dtype, Layout::Bhsd).view(),
+                    upload(ctx, &vh, kv_shape, dtype, Layout::Bhsd).view(),
                 )
                 .unwrap();
             let q = upload(ctx, &qh, [b, hq, n, d], dtype, Layout::Bhsd);
@@ -367,7 +371,7 @@ fn kv_cache_chunks_match_reference() {
                 output_dtype: Some(DType::F32),
                 ..AttentionOptions::with_mask(cache.mask())
             };
-            ctx.attention_into(&q, &cache.keys(), &cache.values(), &out, &opts)
+            ctx.attention_into(q.view(), &cache.keys(), &cache.values(), out.view(), &opts)
                 .unwrap();
             let len = cache.lengths()[0] as usize;
             let (kf, vf) = (k_all.concat(), v_all.concat());
@@ -392,7 +396,7 @@ fn kv_cache_chunks_match_reference() {
                 },
             );
             assert_close(
-                &ctx.download_f32_blocking(&out).unwrap(),
+                &ctx.download_f32_blocking(out.view()).unwrap(),
                 &want,
                 DType::F32,
                 &format!("{dtype} chunk {step}"),
@@ -407,7 +411,7 @@ fn kv_cache_chunks_match_reference() {
             dtype,
             Layout::Bhsd,
         );
-        match cache.append(ctx, &big, &big) {
+        match cache.append(ctx, big.view(), big.view()) {
             Err(wgpu_attention::Error::InvalidInput(e)) => {
                 assert_eq!(e.tensor, wgpu_attention::error::TensorRole::KvCache);
                 assert!(

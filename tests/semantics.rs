@@ -243,8 +243,9 @@ fn packed_qkv_layout() {
     let ctx = ctx();
     let (b, s, h, d) = (2, 19, 3, 16);
     let packed = random(b * s * 3 * h * d, 11);
-    let buf = ctx.buffer_from_f32(&packed);
-    let [q, k, v] = TensorView::packed_qkv(buf, DType::F32, b, s, h, d);
+    let buf = buffer_of(ctx, &packed, DType::F32);
+    let [q, k, v] = TensorView::packed_qkv(buf.buffer().clone(), DType::F32, b, s, h, d)
+        .map(|x| buf.reshaped(DType::F32, x.shape, x.strides, x.offset));
     let unpack = |which: usize| {
         let mut t = vec![0.0; b * h * s * d];
         for ib in 0..b {

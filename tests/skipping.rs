@@ -5,15 +5,13 @@
 mod common;
 
 use common::*;
-use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView,
-};
+use wgpu_attention::{AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Tensor};
 
 struct Setup {
-    q: TensorView,
-    k: TensorView,
-    v: TensorView,
-    out: TensorView,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
     sq: usize,
     sk: usize,
     block_k: u32,
@@ -21,21 +19,9 @@ struct Setup {
 
 fn setup(ctx: &Context, sq: usize, sk: usize) -> Setup {
     let d = 64;
-    let q = ctx
-        .upload_f32(&random(sq * d, 1), [1, 1, sq, d])
-        .unwrap()
-        .view()
-        .clone();
-    let k = ctx
-        .upload_f32(&random(sk * d, 2), [1, 1, sk, d])
-        .unwrap()
-        .view()
-        .clone();
-    let v = ctx
-        .upload_f32(&random(sk * d, 3), [1, 1, sk, d])
-        .unwrap()
-        .view()
-        .clone();
+    let q = ctx.upload_f32(&random(sq * d, 1), [1, 1, sq, d]).unwrap();
+    let k = ctx.upload_f32(&random(sk * d, 2), [1, 1, sk, d]).unwrap();
+    let v = ctx.upload_f32(&random(sk * d, 3), [1, 1, sk, d]).unwrap();
     let out = nan_output(ctx, [1, 1, sq, d], DType::F32);
     let plan = ctx
         .plan(

@@ -159,16 +159,9 @@ fn split_varlen_calls_match_the_reference() {
         random(tk * h * d, 2),
         random(tk * h * d, 3),
     );
-    let view =
-        |data: &[f32], t| TensorView::packed_varlen(ctx.buffer_from_f32(data), DType::F32, t, h, d);
+    let view = |data: &[f32], t| packed_varlen(&ctx, data, t, h, d);
     let (q, k, v) = (view(&qh, tq), view(&kh, tk), view(&vh, tk));
-    let out = TensorView::packed_varlen(
-        buffer_of(&ctx, &vec![f32::NAN; tq * h * d], DType::F32),
-        DType::F32,
-        tq,
-        h,
-        d,
-    );
+    let out = view(&vec![f32::NAN; tq * h * d], tq);
     let opts = AttentionOptions {
         mask: wgpu_attention::Mask::none().causal(CausalAlignment::BottomRight),
         varlen: Some(vl.clone()),
@@ -195,9 +188,9 @@ fn unsplittable_calls_name_the_tensor() {
     let (sk, d) = (1000, 16);
     let q = ctx.upload_f32(&random(4 * d, 1), [1, 1, 4, d]).unwrap();
     let v = ctx.upload_f32(&random(sk * d, 2), [1, 1, sk, d]).unwrap();
-    let k_buf = ctx.buffer_from_f32(&random(sk * d, 3));
+    let k_buf = buffer_of(&ctx, &random(sk * d, 3), DType::F32);
     // Element (key j, dim e) at j + 1000 e: one key spans 15 * 1000 + 1 elements.
-    let k = TensorView::new(k_buf, DType::F32, [1, 1, sk, d], [sk * d, sk * d, 1, sk], 0);
+    let k = k_buf.reshaped(DType::F32, [1, 1, sk, d], [sk * d, sk * d, 1, sk], 0);
     let opts = AttentionOptions::default();
     for result in [
         ctx.plan(q.view(), &k, v.view(), &opts).map(|_| ()),
@@ -284,7 +277,7 @@ fn merge_of_large_partials_splits() {
         let o = nan_output(&ctx, [b, h, sq, d], DType::F32);
         let lse = nan_output(&ctx, [b, h, sq, 1], DType::F32);
         let opts = AttentionOptions {
-            lse_output: Some(lse.clone()),
+            lse_output: Some(lse.view().clone()),
             ..Default::default()
         };
         ctx.attention_into(
@@ -299,7 +292,7 @@ fn merge_of_large_partials_splits() {
     }
     let merged = nan_output(&ctx, [b, h, sq, d], DType::F32);
     let merged_lse = nan_output(&ctx, [b, h, sq, 1], DType::F32);
-    let pairs: Vec<_> = partials.iter().map(|(o, l)| (o, l)).collect();
+    let pairs: Vec<_> = partials.iter().map(|(o, l)| (o.view(), l.view())).collect();
     ctx.merge(&pairs, &merged, Some(&merged_lse)).unwrap();
     let t = |data, n| wgpu_attention::reference::HostTensor {
         data,

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use half::f16;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, TensorView,
-    Tuning, Window,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, Tensor,
+    TensorView, Tuning, Window,
 };
 
 /// Tolerances: |gpu - ref| <= ATOL + RTOL * |ref|.
@@ -89,19 +89,21 @@ pub enum Layout {
     Offset,
 }
 
-/// Uploads a logical BHSD host tensor in `layout`, returning its view.
+/// Uploads a logical BHSD host tensor in `layout`. The tensor owns its buffer and drops it
+/// under the context's device lock (on GL a raw buffer dropped while another test thread
+/// compiles would make wgpu panic), so tests keep tensors and lend out their views.
 pub fn upload(
     ctx: &Context,
     data: &[f32],
     shape: [usize; 4],
     dtype: DType,
     layout: Layout,
-) -> TensorView {
+) -> Tensor {
     let [b, h, s, d] = shape;
-    let (mem, view_of): (Vec<f32>, Box<dyn Fn(wgpu::Buffer) -> TensorView>) = match layout {
+    let (mem, view_of): (Vec<f32>, Box<dyn Fn(&Tensor) -> Tensor>) = match layout {
         Layout::Bhsd => (
             data.to_vec(),
-            Box::new(move |buf| TensorView::bhsd(buf, dtype, shape)),
+            Box::new(move |t| t.reshaped(dtype, shape, bhsd_strides(shape), 0)),
         ),
         Layout::Bshd => {
             let mut m = vec![0.0; data.len()];
@@ -117,7 +119,10 @@ pub fn upload(
             }
             (
                 m,
-                Box::new(move |buf| TensorView::bshd(buf, dtype, [b, s, h, d])),
+                Box::new(move |t| {
+                    let v = TensorView::bshd(t.buffer().clone(), dtype, [b, s, h, d]);
+                    t.reshaped(dtype, v.shape, v.strides, 0)
+                }),
             )
         }
         Layout::Offset => {
@@ -128,33 +133,50 @@ pub fn upload(
             let off = pad as u64 * dtype.size();
             (
                 m,
-                Box::new(move |buf| TensorView::bhsd(buf, dtype, shape).with_offset(off)),
+                Box::new(move |t| t.reshaped(dtype, shape, bhsd_strides(shape), off)),
             )
         }
     };
-    view_of(buffer_of(ctx, &mem, dtype))
+    view_of(&buffer_of(ctx, &mem, dtype))
 }
 
-/// A buffer holding `data` in `dtype`.
-pub fn buffer_of(ctx: &Context, data: &[f32], dtype: DType) -> wgpu::Buffer {
+/// Contiguous BHSD strides of `shape`.
+pub fn bhsd_strides([_, h, s, d]: [usize; 4]) -> [usize; 4] {
+    [h * s * d, s * d, d, 1]
+}
+
+/// A flat tensor `[1, 1, 1, n]` holding `data` in `dtype`.
+pub fn buffer_of(ctx: &Context, data: &[f32], dtype: DType) -> Tensor {
+    let shape = [1, 1, 1, data.len()];
     match dtype {
-        DType::F16 => {
-            ctx.buffer_from_f16(&data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>())
-        }
-        DType::BF16 => ctx.buffer_from_bf16(
+        DType::F16 => ctx.upload_f16(
+            &data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>(),
+            shape,
+        ),
+        DType::BF16 => ctx.upload_bf16(
             &data
                 .iter()
                 .map(|&x| half::bf16::from_f32(x))
                 .collect::<Vec<_>>(),
+            shape,
         ),
-        _ => ctx.buffer_from_f32(data),
+        _ => ctx.upload_f32(data, shape),
     }
+    .expect("upload")
+}
+
+/// A packed variable-length f32 tensor `[total, heads, d]` as the `[1, heads, total, d]`
+/// view varlen calls take.
+pub fn packed_varlen(ctx: &Context, data: &[f32], total: usize, heads: usize, d: usize) -> Tensor {
+    let t = buffer_of(ctx, data, DType::F32);
+    let v = TensorView::packed_varlen(t.buffer().clone(), DType::F32, total, heads, d);
+    t.reshaped(DType::F32, v.shape, v.strides, 0)
 }
 
 /// A NaN-filled output tensor, so an unwritten element cannot pass.
-pub fn nan_output(ctx: &Context, shape: [usize; 4], dtype: DType) -> TensorView {
+pub fn nan_output(ctx: &Context, shape: [usize; 4], dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
-    TensorView::bhsd(buffer_of(ctx, &vec![f32::NAN; n], dtype), dtype, shape)
+    buffer_of(ctx, &vec![f32::NAN; n], dtype).reshaped(dtype, shape, bhsd_strides(shape), 0)
 }
 
 /// Mask kinds of a test case, as host data.
@@ -316,6 +338,22 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
     let q = upload(ctx, &qh, qs, c.dtype, c.layout);
     let k = upload(ctx, &kh, ks, c.dtype, c.layout);
     let v = upload(ctx, &vh, vs, c.dtype, c.layout);
+    let bias_rounded = c
+        .mask
+        .bias
+        .as_ref()
+        .map(|(data, shape, dt)| (round_to(*dt, data), *shape, *dt));
+    // Tensors first: they outlive the views the mask and options hold.
+    let bias = bias_rounded
+        .as_ref()
+        .map(|(data, shape, dt)| upload(ctx, data, *shape, *dt, Layout::Bhsd));
+    let bools = c
+        .mask
+        .bool_mask
+        .as_ref()
+        .map(|(data, shape)| ctx.upload_bool(data, *shape).expect("upload bool"));
+    let lse_out = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
+    let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);
 
     let m = &c.mask;
     let mut mask = Mask::none().alignment(m.alignment);
@@ -331,8 +369,7 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
     if let Some(w) = m.window {
         mask = mask.window(w.left, w.right);
     }
-    if let Some((data, shape)) = &m.bool_mask {
-        let t = ctx.upload_bool(data, *shape).expect("upload bool");
+    if let Some(t) = &bools {
         mask = if m.summary {
             let s = ctx.block_mask(t.view()).expect("block mask");
             mask.bool_mask_with_summary(t.view().clone(), s)
@@ -340,12 +377,8 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
             mask.bool_mask(t.view().clone())
         };
     }
-    let bias_rounded = m
-        .bias
-        .as_ref()
-        .map(|(data, shape, dt)| (round_to(*dt, data), *shape, *dt));
-    if let Some((data, shape, dt)) = &bias_rounded {
-        mask = mask.bias(upload(ctx, data, *shape, *dt, Layout::Bhsd));
+    if let Some(t) = &bias {
+        mask = mask.bias(t.view().clone());
     }
     if let Some(s) = &m.alibi {
         mask = mask.alibi(s.clone());
@@ -354,18 +387,16 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
     opts.subgroups = c.subgroups;
     opts.tuning = c.tuning;
     opts.scale = c.scale;
-    let lse_out = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
     if c.lse {
-        opts.lse_output = Some(lse_out.clone());
+        opts.lse_output = Some(lse_out.view().clone());
     }
-    let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);
     let plan = ctx
-        .attention_into(&q, &k, &v, &out, &opts)
+        .attention_into(q.view(), k.view(), v.view(), out.view(), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", c.label()));
     if c.backend != Backend::Auto {
         assert_eq!(plan.backend, c.backend, "{}", c.label());
     }
-    let got = ctx.download_f32_blocking(&out).expect("download");
+    let got = ctx.download_f32_blocking(out.view()).expect("download");
 
     let host_mask = HostMask {
         causal: m.causal.is_some(),
@@ -380,7 +411,8 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
         alibi: m.alibi.as_deref(),
     };
     let got_lse = if c.lse {
-        ctx.download_f32_blocking(&lse_out).expect("download lse")
+        ctx.download_f32_blocking(lse_out.view())
+            .expect("download lse")
     } else {
         Vec::new()
     };
