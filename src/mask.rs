@@ -35,8 +35,10 @@
 //! **Fully masked rows** (no visible key) give **zeros**, never NaN; PyTorch gives NaN.
 //! **Finite sentinels** in the bias (WeNet's `-1e10`, transformers' `finfo.min`) are not masks:
 //! a row whose every logit is such a sentinel gives the mean of V over its visible keys,
-//! exactly as in PyTorch. A bias of `-inf` masks that element like `false` in a bool mask, and
-//! so does a NaN (PyTorch would give NaN).
+//! exactly as in PyTorch. A bias of `-inf` masks that element like `false` in a bool mask.
+//! More generally **every non-finite logit is masked**: NaN or ±inf, whether it comes from Q·K
+//! (a NaN or infinity in Q or K), from the bias (`-inf`, `+inf`, NaN) or from their sum, takes
+//! no part in the softmax (PyTorch would give NaN).
 
 use crate::tensor::TensorView;
 

@@ -969,8 +969,7 @@ fn device_errors_say_it_once() {
     let line = inner
         .lines()
         .map(str::trim)
-        .filter(|l| l.len() > 10)
-        .last()
+        .rfind(|l| l.len() > 10)
         .unwrap_or(&inner)
         .to_string();
     assert!(

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
     AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView,
 };
@@ -461,5 +462,79 @@ fn unchecked_shaders_match_reference() {
             &fast,
             &Case::new(2, 2, 37, 50, 64).backend(backend).mask(mask),
         );
+    }
+}
+
+/// The one rule for non-finite inputs, on every backend and the decode path: a logit that
+/// is not finite (NaN or ±inf from Q·K, the bias, or their sum) takes no part in the softmax,
+/// so a NaN or infinite query row gives zeros and a NaN or infinite key is skipped by every
+/// row. The reference applies the same rule; the outputs stay finite.
+#[test]
+fn non_finite_logits_are_masked_on_every_backend() {
+    let ctx = ctx();
+    // (sq, sk): a prefill shape for every backend, and a decode shape (split keys).
+    for (sq, sk, backends) in [
+        (9, 23, &BACKENDS[..]),
+        (1, 1030, &[Backend::Auto, Backend::MemoryEfficient][..]),
+    ] {
+        let (h, d) = (2, 16);
+        let mut qh = random(h * sq * d, 1);
+        let mut kh = random(h * sk * d, 2);
+        let vh = random(h * sk * d, 3);
+        let mut bias = random(h * sq * sk, 4);
+        qh[3] = f32::NAN; // head 0, row 0
+        if sq > 1 {
+            qh[(sq + 2) * d + 5] = f32::INFINITY; // head 1, row 2
+        }
+        kh[4 * d + 1] = f32::NAN; // head 0, key 4
+        kh[(sk + 7) * d] = f32::INFINITY; // head 1, key 7
+        kh[(sk + 9) * d + 2] = f32::NEG_INFINITY; // head 1, key 9
+        bias[5] = f32::INFINITY; // head 0, row 0, key 5
+        bias[sq * sk + 3] = f32::NEG_INFINITY;
+        let q = ctx.upload_f32(&qh, [1, h, sq, d]).unwrap();
+        let k = ctx.upload_f32(&kh, [1, h, sk, d]).unwrap();
+        let v = ctx.upload_f32(&vh, [1, h, sk, d]).unwrap();
+        let b = ctx.upload_f32(&bias, [1, h, sq, sk]).unwrap();
+        for with_bias in [false, true] {
+            let host_bias = HostTensor {
+                data: &bias,
+                shape: [1, h, sq, sk],
+            };
+            let want = reference::attention(
+                &HostTensor {
+                    data: &qh,
+                    shape: [1, h, sq, d],
+                },
+                &HostTensor {
+                    data: &kh,
+                    shape: [1, h, sk, d],
+                },
+                &HostTensor {
+                    data: &vh,
+                    shape: [1, h, sk, d],
+                },
+                1.0 / (d as f64).sqrt(),
+                &HostMask {
+                    bias: with_bias.then_some(host_bias),
+                    ..Default::default()
+                },
+            );
+            assert!(want.iter().all(|x| x.is_finite()));
+            // The NaN query row gives zeros.
+            assert!(want[..d].iter().all(|&x| x == 0.0));
+            let mask = if with_bias {
+                Mask::none().bias(b.view().clone())
+            } else {
+                Mask::none()
+            };
+            for &backend in backends {
+                let out = nan_output(ctx, [1, h, sq, d], DType::F32);
+                let opts = AttentionOptions::with_mask(mask.clone()).backend(backend);
+                let plan = ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
+                let got = ctx.download_f32_blocking(&out).unwrap();
+                let label = format!("sq {sq} sk {sk} bias {with_bias} {}", plan.reason);
+                assert_close(&got, &want, DType::F32, &label);
+            }
+        }
     }
 }

@@ -100,7 +100,8 @@ pub fn upload(
     layout: Layout,
 ) -> Tensor {
     let [b, h, s, d] = shape;
-    let (mem, view_of): (Vec<f32>, Box<dyn Fn(&Tensor) -> Tensor>) = match layout {
+    type ViewOf = Box<dyn Fn(&Tensor) -> Tensor>;
+    let (mem, view_of): (Vec<f32>, ViewOf) = match layout {
         Layout::Bhsd => (
             data.to_vec(),
             Box::new(move |t| t.reshaped(dtype, shape, bhsd_strides(shape), 0)),
