@@ -99,10 +99,20 @@ impl Context {
         checks: Option<wgpu::ShaderRuntimeChecks>,
     ) -> Result<Self> {
         let (instance, gate) = gate::shared_instance(backends);
+        // The instance's GL adapters share one EGL context: creating one makes that context
+        // current on this thread, which must not happen while another context of this
+        // instance works on it. wgpu does this work when each call is made (the futures come
+        // back ready), so the gate is held for the calls and released before each await.
+        let held = || gate::hold(Some(&gate));
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(name) => {
                 let name = name.to_lowercase();
-                let adapters = instance.enumerate_adapters(backends).await;
+                let adapters = {
+                    let _held = held();
+                    instance.enumerate_adapters(backends)
+                }
+                .await;
+                let _held = held();
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
                 adapters
                     .into_iter()
@@ -114,16 +124,16 @@ impl Context {
                         )
                     })?
             }
-            Err(_) => instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
+            Err(_) => {
+                let _held = held();
+                instance.request_adapter(&wgpu::RequestAdapterOptions {
                     power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
                     compatible_surface: None,
                     ..Default::default()
                 })
-                .await
-                .map_err(|e| {
-                    Error::device(format!("requesting a wgpu adapter on {backends:?}"), e)
-                })?,
+            }
+            .await
+            .map_err(|e| Error::device(format!("requesting a wgpu adapter on {backends:?}"), e))?,
         };
         let mut features = adapter.features() & OPTIONAL_FEATURES;
         let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -135,8 +145,9 @@ impl Context {
         if experimental && adapter.features().contains(coop) && tiles_16 {
             features |= coop;
         }
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        let (device, queue) = {
+            let _held = held();
+            adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-attention"),
                 required_features: features,
                 required_limits: adapter.limits(),
@@ -149,11 +160,15 @@ impl Context {
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
-            .await
-            .map_err(|e| Error::device("requesting a wgpu device", e))?;
+        }
+        .await
+        .map_err(|e| Error::device("requesting a wgpu device", e))?;
+        let _held = held();
         let info = adapter.get_info();
-        let gate = (info.backend == wgpu::Backend::Gl).then_some(gate);
-        Ok(Self::build(device, queue, &info, checks, gate))
+        let ctx_gate = (info.backend == wgpu::Backend::Gl).then(|| gate.clone());
+        let ctx = Self::build(device, queue, &info, checks, ctx_gate);
+        drop(adapter);
+        Ok(ctx)
     }
 
     /// [`Context::with_backends`], blocking.

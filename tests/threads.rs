@@ -84,3 +84,18 @@ fn eight_threads_share_a_gl_context() {
         }
     }
 }
+
+/// The async entry points stay `Send` (the GL lock is never held across an await), so they
+/// can be spawned on a multi-threaded executor.
+#[test]
+fn async_entry_points_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let ctx = ctx();
+    let opening = Context::new();
+    send(&opening);
+    drop(opening);
+    let t = ctx.upload_f32(&[1.0; 4], [1, 1, 1, 4]).unwrap();
+    let download = ctx.download_f32(&t);
+    send(&download);
+    assert_eq!(pollster::block_on(download).unwrap(), vec![1.0; 4]);
+}

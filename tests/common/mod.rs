@@ -27,6 +27,14 @@ pub fn ctx() -> &'static Context {
         Ok(c) => {
             let i = c.adapter_info();
             eprintln!("testing on {} ({:?}, {})", i.name, i.backend, i.driver_info);
+            // CI's GL pass must not run on another backend unnoticed.
+            if let Ok(want) = std::env::var("WGPU_ATTENTION_EXPECT_BACKEND") {
+                assert_eq!(
+                    format!("{:?}", i.backend).to_lowercase(),
+                    want.to_lowercase(),
+                    "WGPU_ATTENTION_EXPECT_BACKEND"
+                );
+            }
             // CI's second lavapipe run must not fall back to the system driver unnoticed.
             if let Ok(min) = std::env::var("WGPU_ATTENTION_EXPECT_MESA") {
                 let min: u32 = min
