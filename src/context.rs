@@ -145,7 +145,7 @@ impl Context {
         if experimental && adapter.features().contains(coop) && tiles_16 {
             features |= coop;
         }
-        let (device, queue) = {
+        let requested = {
             let _held = held();
             adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-attention"),
@@ -161,9 +161,15 @@ impl Context {
                 trace: wgpu::Trace::Off,
             })
         }
-        .await
-        .map_err(|e| Error::device("requesting a wgpu device", e))?;
+        .await;
         let _held = held();
+        let (device, queue) = match requested {
+            Ok(x) => x,
+            Err(e) => {
+                drop(adapter); // under the gate, like every GL object
+                return Err(Error::device("requesting a wgpu device", e));
+            }
+        };
         let info = adapter.get_info();
         let ctx_gate = (info.backend == wgpu::Backend::Gl).then(|| gate.clone());
         let ctx = Self::build(device, queue, &info, checks, ctx_gate);
@@ -183,12 +189,13 @@ impl Context {
     /// [`Context::lock_device`]); a device shared with other code should then be used
     /// through one context, or under its guard.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
-        Self::build(device, queue, info, None, Self::own_gate(info))
+        let gate = Self::own_gate(&device, info);
+        Self::build(device, queue, info, None, gate)
     }
 
-    /// A gate of its own for a device the caller brought (GL only).
-    fn own_gate(info: &wgpu::AdapterInfo) -> Option<Arc<Gate>> {
-        (info.backend == wgpu::Backend::Gl).then(|| Arc::new(Gate::default()))
+    /// The gate of a device the caller brought (GL only), shared by every context over it.
+    fn own_gate(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Option<Arc<Gate>> {
+        (info.backend == wgpu::Backend::Gl).then(|| gate::device_gate(device))
     }
 
     /// [`Context::from_device`], but the shaders are compiled without the bounds checks
@@ -210,12 +217,13 @@ impl Context {
         queue: wgpu::Queue,
         info: &wgpu::AdapterInfo,
     ) -> Self {
+        let gate = Self::own_gate(&device, info);
         Self::build(
             device,
             queue,
             info,
             Some(wgpu::ShaderRuntimeChecks::unchecked()),
-            Self::own_gate(info),
+            gate,
         )
     }
 
@@ -438,6 +446,10 @@ impl Context {
 
     /// Records attention into your command encoder, writing `out`. Nothing is submitted.
     /// Returns the plan that ran.
+    ///
+    /// After an error that wgpu raised while recording (a buffer of another device, a
+    /// destroyed buffer), the encoder may hold invalid commands: discard it rather than
+    /// finishing it.
     ///
     /// Validation happens before anything is recorded. Pipeline compilation errors are
     /// caught here; errors wgpu reports when the encoder is finished or submitted are yours
@@ -1183,7 +1195,7 @@ impl Context {
     pub async fn download_f32(&self, view: &TensorView) -> Result<Vec<f32>> {
         if !view.dtype.is_float() {
             return Err(Error::invalid(
-                TensorRole::HostData,
+                TensorRole::Download,
                 InputProblem::WrongDType {
                     expected: "f32, f16 or bf16".into(),
                     got: view.dtype.to_string(),

@@ -173,8 +173,9 @@ pub enum InputProblem {
         /// What the count is (`"one per batch item"`, `"one per query head"`, ...).
         per: &'static str,
     },
-    /// The last cumulative sequence end of a packed variable-length batch is not the number
-    /// of rows of the packed tensor (rows past it would be left unwritten or unread).
+    /// The last cumulative sequence end of a packed variable-length batch does not fit the
+    /// packed tensor: `cu_seqlens_q` must end at its query rows (rows past the end would be
+    /// left unwritten), `cu_seqlens_k` at most at its key rows.
     CumulativeEnd {
         /// The last entry.
         end: u32,
@@ -252,7 +253,7 @@ impl fmt::Display for InputProblem {
             }
             InputProblem::CumulativeEnd { end, rows } => write!(
                 f,
-                "the last entry is {end}, but the packed tensor has {rows} rows; the last cumulative end must equal the number of rows"
+                "the last entry is {end}, but the packed tensor has {rows} rows (cu_seqlens_q must end at the query rows, cu_seqlens_k at most at the key rows)"
             ),
             InputProblem::LengthTooLong { batch, len, max } => {
                 write!(

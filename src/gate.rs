@@ -92,6 +92,30 @@ impl<T> Drop for Gated<T> {
     }
 }
 
+/// The gate of a device a caller brought ([`crate::Context::from_device`]): one per device,
+/// so that several contexts over one GL device are serialised against each other too.
+/// Keyed by the device's hash (its id); a collision would only serialise two devices.
+pub(crate) fn device_gate(device: &wgpu::Device) -> Arc<Gate> {
+    use std::hash::{Hash, Hasher};
+    static GATES: Mutex<Vec<(u64, std::sync::Weak<Gate>)>> = Mutex::new(Vec::new());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    device.hash(&mut h);
+    let key = h.finish();
+    let mut gates = GATES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    gates.retain(|(_, g)| g.strong_count() > 0);
+    if let Some(g) = gates
+        .iter()
+        .find_map(|(k, g)| (*k == key).then(|| g.upgrade()).flatten())
+    {
+        return g;
+    }
+    let gate = Arc::new(Gate::default());
+    gates.push((key, Arc::downgrade(&gate)));
+    gate
+}
+
 /// The instance every [`crate::Context`] opened on `backends` shares, and its gate.
 ///
 /// One instance per process lets wgpu itself tell a buffer of one context's device from

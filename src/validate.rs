@@ -255,8 +255,15 @@ fn check_varlen(
                 )),
             ));
         }
+        // Query rows past the last end would be left unwritten: Q must end exactly at its
+        // rows. Keys past it are never read: a packed K/V buffer may have spare rows.
         let end = cu[n - 1];
-        if end as usize != rows {
+        let bad = if role == CuSeqlensQ {
+            end as usize != rows
+        } else {
+            end as usize > rows
+        };
+        if bad {
             return Err(Error::invalid(
                 role,
                 InputProblem::CumulativeEnd { end, rows },
@@ -362,7 +369,8 @@ pub(crate) fn validate(
     // planner tile a problem of 2^64 parts).
     check_count(Query, &[b, hq, sq])?;
     check_count(Key, &[kb, hkv, sk])?;
-    let out_role = if out.is_some() { Output } else { Query };
+    // Q's rows fit (checked above), so an output that does not comes from V's head dim.
+    let out_role = if out.is_some() { Output } else { Value };
     check_count(out_role, &[b, hq, sq, dv])?;
     let storage = wgpu::BufferUsages::STORAGE;
     q.check_memory(Query, storage)?;

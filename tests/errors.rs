@@ -153,6 +153,9 @@ fn misaligned_offset() {
 fn missing_storage_usage() {
     let ctx = ctx();
     let mut t = qkv(ctx, 1, 1, 4, 4);
+    // A buffer of our own, made and dropped under the device lock (GL: see
+    // `Context::lock_device`).
+    let held = ctx.lock_device();
     let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 64,
@@ -163,6 +166,8 @@ fn missing_storage_usage() {
     let e = invalid(run(ctx, &t, &AttentionOptions::default()));
     assert_eq!(e.tensor, TensorRole::Query);
     assert!(matches!(e.problem, InputProblem::MissingUsage { .. }));
+    drop(t);
+    drop(held);
 }
 
 #[test]
@@ -957,7 +962,10 @@ fn device_errors_say_it_once() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 8);
     let out = nan_output(ctx, [1, 1, 8, 8], DType::F32);
-    t.k.buffer().destroy();
+    {
+        let _held = ctx.lock_device(); // our own use of the device (see `lock_device`)
+        t.k.buffer().destroy();
+    }
     let e = ctx
         .attention_into(&t.q, &t.k, &t.v, &out, &AttentionOptions::default())
         .expect_err("a destroyed buffer");

@@ -310,7 +310,7 @@ fn varlen_validation() {
         (vl(&[0, 4, 11], &[0, 4, 10]), TensorRole::CuSeqlensQ),
         // Short of them: rows 8 and 9 would be left unwritten.
         (vl(&[0, 4, 8], &[0, 4, 10]), TensorRole::CuSeqlensQ),
-        (vl(&[0, 4, 10], &[0, 4, 9]), TensorRole::CuSeqlensK),
+        (vl(&[0, 4, 10], &[0, 4, 11]), TensorRole::CuSeqlensK),
         (vl(&[0, 6, 4], &[0, 4, 10]), TensorRole::CuSeqlensQ),
         (vl(&[1, 4, 10], &[0, 4, 10]), TensorRole::CuSeqlensQ),
         (vl(&[0, 4, 10], &[0, 5, 4]), TensorRole::CuSeqlensK),
@@ -337,6 +337,13 @@ fn varlen_validation() {
             other => panic!("{vl:?}: {other:?}"),
         }
     }
+    // Key rows past cu_seqlens_k's end are spare room, never read: allowed.
+    let spare = AttentionOptions {
+        varlen: Some(vl(&[0, 4, 10], &[0, 4, 9])),
+        ..Default::default()
+    };
+    ctx.attention(&t, &t, &t, &spare)
+        .expect("K/V rows past cu_seqlens_k's end are spare");
 }
 
 /// A KV cache filled in chunks on the GPU: each chunk of new queries attends over the cache

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, TensorView, Tuning,
 };
 
 const BACKENDS: [Backend; 3] = [Backend::Flash, Backend::MemoryEfficient, Backend::Naive];
@@ -353,6 +353,9 @@ fn record_into_own_encoder() {
     let o1 = nan_output(ctx, shape, DType::F32);
     let o2 = nan_output(ctx, shape, DType::F32);
     let causal = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::TopLeft));
+    // Our own use of the device: under its lock (a no-op except on GL, where another test
+    // thread may be compiling for longer than wgpu-hal waits for the GL context).
+    let held = ctx.lock_device();
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     let p1 = ctx
         .record_attention(
@@ -369,6 +372,7 @@ fn record_into_own_encoder() {
         .unwrap();
     assert_eq!(p1.backend, p2.backend, "a mask never changes the backend");
     ctx.queue().submit([enc.finish()]);
+    drop(held);
     let a = ctx.download_f32_blocking(&o1).unwrap();
     let b = ctx.download_f32_blocking(&o2).unwrap();
     let want_a = run_simple(
@@ -489,8 +493,8 @@ fn non_finite_logits_are_masked_on_every_backend() {
         kh[4 * d + 1] = f32::NAN; // head 0, key 4
         kh[(sk + 7) * d] = f32::INFINITY; // head 1, key 7
         kh[(sk + 9) * d + 2] = f32::NEG_INFINITY; // head 1, key 9
-        bias[5] = f32::INFINITY; // head 0, row 0, key 5
-        bias[sq * sk + 3] = f32::NEG_INFINITY;
+        bias[sq * sk + 5] = f32::INFINITY; // head 1, row 0 (a live row), key 5
+        bias[sq * sk + 3] = f32::NEG_INFINITY; // head 1, row 0, key 3
         let q = ctx.upload_f32(&qh, [1, h, sq, d]).unwrap();
         let k = ctx.upload_f32(&kh, [1, h, sk, d]).unwrap();
         let v = ctx.upload_f32(&vh, [1, h, sk, d]).unwrap();
@@ -527,9 +531,22 @@ fn non_finite_logits_are_masked_on_every_backend() {
             } else {
                 Mask::none()
             };
-            for &backend in backends {
+            // Each backend as dispatched here, and the unrolled flash kernel (the default only on
+            // CPU adapters) forced.
+            let unrolled = AttentionOptions {
+                tuning: Tuning {
+                    flash_rows_per_thread: Some(8),
+                    flash_threads_per_row: Some(1),
+                    flash_block_k: None,
+                },
+                ..AttentionOptions::with_mask(mask.clone()).backend(Backend::Flash)
+            };
+            let runs = backends
+                .iter()
+                .map(|&b| AttentionOptions::with_mask(mask.clone()).backend(b))
+                .chain((sq > 1).then_some(unrolled));
+            for opts in runs {
                 let out = nan_output(ctx, [1, h, sq, d], DType::F32);
-                let opts = AttentionOptions::with_mask(mask.clone()).backend(backend);
                 let plan = ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
                 let got = ctx.download_f32_blocking(&out).unwrap();
                 let label = format!("sq {sq} sk {sk} bias {with_bias} {}", plan.reason);

@@ -58,9 +58,11 @@ fn cases() -> Vec<Case> {
     out
 }
 
-fn eight_threads(ctx: &Context) {
+/// Thread `t` uses context `t % contexts.len()`.
+fn eight_threads(contexts: &[&Context]) {
     std::thread::scope(|s| {
-        for c in cases() {
+        for (t, c) in cases().into_iter().enumerate() {
+            let ctx = contexts[t % contexts.len()];
             s.spawn(move || check(ctx, &c));
         }
     });
@@ -68,7 +70,7 @@ fn eight_threads(ctx: &Context) {
 
 #[test]
 fn eight_threads_share_the_default_context() {
-    eight_threads(ctx());
+    eight_threads(&[ctx()]);
 }
 
 #[test]
@@ -76,7 +78,7 @@ fn eight_threads_share_a_gl_context() {
     match Context::with_backends_blocking(wgpu::Backends::GL) {
         Ok(gl) => {
             assert_eq!(gl.adapter_info().backend, wgpu::Backend::Gl);
-            eight_threads(&gl);
+            eight_threads(&[&gl]);
         }
         Err(e) => {
             if std::env::var("WGPU_ATTENTION_REQUIRE_GL").is_ok_and(|v| v == "1") {
@@ -100,4 +102,34 @@ fn async_entry_points_are_send() {
     let download = ctx.download_f32(&t);
     send(&download);
     assert_eq!(pollster::block_on(download).unwrap(), vec![1.0; 4]);
+}
+
+/// Two contexts over one GL device of the caller's (`from_device`) share its lock too.
+#[test]
+fn two_contexts_over_one_gl_device() {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::GL;
+    let instance = wgpu::Instance::new(desc);
+    let adapter = match pollster::block_on(instance.request_adapter(&Default::default())) {
+        Ok(a) => a,
+        Err(e) => {
+            if std::env::var("WGPU_ATTENTION_REQUIRE_GL").is_ok_and(|v| v == "1") {
+                panic!("WGPU_ATTENTION_REQUIRE_GL=1 but no GL adapter: {e}");
+            }
+            eprintln!("no GL adapter ({e}); this test did not run");
+            return;
+        }
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("a GL device");
+    let info = adapter.get_info();
+    let a = Context::from_device(device.clone(), queue.clone(), &info);
+    let b = Context::from_device(device, queue, &info);
+    eight_threads(&[&a, &b]);
+    drop((a, b));
+    // The caller's adapter is the caller's to drop: no context is at work any more.
+    drop(adapter);
 }
