@@ -483,7 +483,40 @@ impl Context {
         let scope = self
             .device()
             .push_error_scope(wgpu::ErrorFilter::Validation);
-        let res = self.record_views(encoder, q, k, v, out, opts, counter);
+        let res = (|| -> Result<Plan> {
+            let p = validate::validate(q, k, v, Some(out), opts)?;
+            let mut plan = self.plan_tuned(&p, opts)?;
+            if counter.is_some() {
+                if plan.backend != Backend::Flash {
+                    return Err(Error::backend("tile counting needs the flash backend"));
+                }
+                plan.variant.count_tiles = true;
+            }
+            let layout = Layout::new(&p, [q, k, v], Some(out), opts).for_plan(&plan);
+            let split = self.split(&layout, &mut plan)?;
+            log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
+            let views = [q, k, v, out];
+            match split {
+                None => self.record_part(encoder, &p, &plan, views, opts, counter, None)?,
+                Some(split) if split.keys.len() == 1 => {
+                    for part in &split.parts {
+                        let c = layout.part_call(&p, views, opts, part);
+                        self.record_part(
+                            encoder,
+                            &c.problem,
+                            &plan,
+                            [&c.q, &c.k, &c.v, &c.o],
+                            &c.opts,
+                            counter,
+                            c.rows.as_ref(),
+                        )?;
+                    }
+                }
+                Some(split) => self
+                    .record_key_chunks(encoder, &p, &plan, &layout, &split, views, opts, counter)?,
+            }
+            Ok(plan)
+        })();
         let err = pollster::block_on(scope.pop());
         let plan = res?;
         match err {
@@ -494,52 +527,6 @@ impl Context {
             )),
             None => Ok(plan),
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record_views(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        q: &TensorView,
-        k: &TensorView,
-        v: &TensorView,
-        out: &TensorView,
-        opts: &AttentionOptions,
-        counter: Option<&wgpu::Buffer>,
-    ) -> Result<Plan> {
-        let p = validate::validate(q, k, v, Some(out), opts)?;
-        let mut plan = self.plan_tuned(&p, opts)?;
-        if counter.is_some() {
-            if plan.backend != Backend::Flash {
-                return Err(Error::backend("tile counting needs the flash backend"));
-            }
-            plan.variant.count_tiles = true;
-        }
-        let layout = Layout::new(&p, [q, k, v], Some(out), opts).for_plan(&plan);
-        let split = self.split(&layout, &mut plan)?;
-        log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
-        let views = [q, k, v, out];
-        match split {
-            None => self.record_part(encoder, &p, &plan, views, opts, counter, None)?,
-            Some(split) if split.keys.len() == 1 => {
-                for part in &split.parts {
-                    let c = layout.part_call(&p, views, opts, part);
-                    self.record_part(
-                        encoder,
-                        &c.problem,
-                        &plan,
-                        [&c.q, &c.k, &c.v, &c.o],
-                        &c.opts,
-                        counter,
-                        c.rows.as_ref(),
-                    )?;
-                }
-            }
-            Some(split) => {
-                self.record_key_chunks(encoder, &p, &plan, &layout, &split, views, opts, counter)?
-            }
-        }
-        Ok(plan)
     }
 
     /// Records a call split over keys too: each part runs once per chunk of keys into f32
@@ -694,8 +681,8 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<Plan> {
-        let buffers = call_buffers(q, k, v, Some(out), opts);
-        self.submit_scoped("running attention", &buffers, |ctx, enc| {
+        let buffers = || call_buffers(q, k, v, Some(out), opts);
+        self.submit_scoped("running attention", buffers, |ctx, enc| {
             ctx.record_attention(enc, q, k, v, out, opts)
         })
     }
@@ -748,8 +735,8 @@ impl Context {
                 contents: bytemuck::cast_slice(&[0u32; 4]),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             });
-        let buffers = call_buffers(q, k, v, Some(out), opts);
-        self.submit_scoped("counting tiles", &buffers, |ctx, enc| {
+        let buffers = || call_buffers(q, k, v, Some(out), opts);
+        self.submit_scoped("counting tiles", buffers, |ctx, enc| {
             ctx.record_inner(enc, q, k, v, out, opts, Some(&counter))
         })?;
         let view = TensorView::new(counter, DType::F32, [1, 1, 1, 2], [2, 2, 2, 1], 0);
@@ -856,9 +843,8 @@ impl Context {
         // f32 accumulators for folds of more than two parts, sized for the largest tile.
         let rows = tiles.iter().map(|t| t.nb * t.nh * t.nr).max().unwrap_or(1);
         let mut fold = merge::Fold::new(self, if parts.len() > 2 { rows } else { 1 }, dv)?;
-        let buffers: Vec<(&wgpu::Buffer, TensorRole)> =
-            views.iter().map(|&(v, role)| (&v.buffer, role)).collect();
-        self.submit_scoped("merging partial results", &buffers, |ctx, enc| {
+        let buffers = || views.iter().map(|&(v, role)| (&v.buffer, role)).collect();
+        self.submit_scoped("merging partial results", buffers, |ctx, enc| {
             for t in &tiles {
                 let narrowed: Vec<(TensorView, TensorView)> = parts
                     .iter()
@@ -902,17 +888,17 @@ impl Context {
     /// Computes the block summary of a boolean mask (and submits), for reuse across
     /// calls with [`crate::Mask::bool_mask_with_summary`].
     pub fn block_mask(&self, mask: &TensorView) -> Result<BlockMask> {
-        let buffers = [(&mask.buffer, TensorRole::BoolMask)];
-        self.submit_scoped("computing a block mask", &buffers, |ctx, enc| {
+        let buffers = || vec![(&mask.buffer, TensorRole::BoolMask)];
+        self.submit_scoped("computing a block mask", buffers, |ctx, enc| {
             blockmask::create(ctx, enc, mask)
         })
     }
 
     /// Records into a fresh encoder under an error scope, then submits.
-    fn submit_scoped<T>(
+    fn submit_scoped<'a, T>(
         &self,
         what: &str,
-        buffers: &[(&wgpu::Buffer, TensorRole)],
+        buffers: impl FnOnce() -> Vec<(&'a wgpu::Buffer, TensorRole)>,
         f: impl FnOnce(&Self, &mut wgpu::CommandEncoder) -> Result<T>,
     ) -> Result<T> {
         let _held = self.hold();
@@ -930,7 +916,7 @@ impl Context {
         let merr = pollster::block_on(oom.pop());
         let out = res?;
         if let Some(e) = verr.or(merr) {
-            return Err(self.device_error(what, &e, buffers));
+            return Err(self.device_error(what, &e, &buffers()));
         }
         Ok(out)
     }
@@ -980,9 +966,8 @@ impl Context {
     }
 
     fn check_host_len(shape: [usize; 4], got: usize) -> Result<()> {
-        let expected = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
+        let expected = crate::tensor::checked_product(&shape)
+            .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| {
                 Error::invalid(
                     TensorRole::HostData,
@@ -1030,9 +1015,8 @@ impl Context {
 
     /// A new contiguous tensor (contents unspecified: zeros on most backends).
     pub fn empty(&self, shape: [usize; 4], dtype: DType) -> Result<Tensor> {
-        let bytes = shape
-            .iter()
-            .try_fold(dtype.size(), |n, &d| n.checked_mul(d as u64))
+        let bytes = crate::tensor::checked_product(&shape)
+            .and_then(|n| n.checked_mul(dtype.size()))
             .and_then(|b| b.checked_next_multiple_of(4))
             .ok_or_else(|| {
                 Error::invalid(

@@ -66,9 +66,7 @@ impl KvCache {
                 },
             ));
         }
-        let elements = [batch, heads_kv, capacity, head_dim]
-            .iter()
-            .try_fold(1u64, |n, &x| n.checked_mul(x as u64));
+        let elements = crate::tensor::checked_product(&[batch, heads_kv, capacity, head_dim]);
         let bytes = elements.and_then(|n| n.checked_mul(dtype.size()));
         if !(head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
             return Err(Error::invalid(

@@ -264,6 +264,11 @@ impl TensorView {
     }
 }
 
+/// The product of `dims`, or `None` where it overflows a u64.
+pub(crate) fn checked_product(dims: &[usize]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+}
+
 /// Bytes from a buffer's start to just past the last element of a tensor at byte `offset`
 /// with `elem`-byte elements, or `None` on overflow.
 pub(crate) fn end_byte(
@@ -297,9 +302,7 @@ pub struct Tensor {
 impl Tensor {
     /// Wraps a view whose buffer this tensor now stands for.
     pub fn from_view(view: TensorView) -> Self {
-        Tensor {
-            view: Gated::new(view, None),
-        }
+        Self::gated(view, None)
     }
 
     pub(crate) fn gated(view: TensorView, gate: Option<Arc<Gate>>) -> Self {
@@ -337,12 +340,10 @@ impl Tensor {
         strides: [usize; 4],
         offset: u64,
     ) -> Tensor {
-        Tensor {
-            view: Gated::new(
-                TensorView::new(self.buffer().clone(), dtype, shape, strides, offset),
-                self.view.gate().cloned(),
-            ),
-        }
+        Self::gated(
+            TensorView::new(self.buffer().clone(), dtype, shape, strides, offset),
+            self.view.gate().cloned(),
+        )
     }
 }
 

@@ -291,7 +291,7 @@ fn check_varlen(
 
 /// Checks that the product of `dims` fits a u32 (the shaders' index width).
 pub(crate) fn check_count(role: TensorRole, dims: &[usize]) -> Result<()> {
-    let n = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let n = crate::tensor::checked_product(dims);
     match n {
         Some(n) if n <= u32::MAX as u64 => Ok(()),
         _ => Err(Error::invalid(
