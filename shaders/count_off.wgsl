@@ -1,3 +1,6 @@
-// Tile counting disabled (the normal build).
+// Counting disabled (the normal build).
 fn count_tile(state: u32) {
+}
+
+fn count_rescale() {
 }

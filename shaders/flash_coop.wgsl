@@ -1,177 +1,287 @@
-// Flash attention on cooperative matrices (tensor cores): the same algorithm, masks and
-// tile skipping as flash.wgsl, with Q·Kᵀ and P·V as 16×16×16 f16 multiply-adds into f32.
-// A workgroup holds NSG subgroups of 32; subgroup g owns query rows 16g..16g+16 of the
-// workgroup's BR = 16·NSG rows. Q, the K/V tile and P sit in workgroup memory as f16; the
-// scores of a tile come back to workgroup memory as f32 for the masked online softmax; the
-// output accumulates in registers, two threads per row, 8 columns of every 16 each.
+// Flash attention on cooperative matrices (tensor cores), structured like FlashAttention-2,
+// for FR×FR fragments (FR = 8 or 16; the host aliases CA, CB, CC to the A, B and C
+// fragment types) and subgroups of SGS lanes.
 //
-// The module starts with `enable f16; enable wgpu_cooperative_matrix;` (added by the host).
-// Needs from the prelude: DKB, DVB, BR, BC (= 16), WG (= 32·NSG), SUM_BK, count_tile().
+// - A workgroup owns BR query rows, NSG = BR / FR subgroups of FR rows each. A subgroup
+//   keeps its rows' Q fragments in registers for the whole key loop, so every K/V byte the
+//   workgroup stages serves BR rows.
+// - Key tiles of BC keys are staged in workgroup memory as f16 (16-bit inputs eight
+//   elements, four words, per load). O accumulates in DVB / FR C fragments that stay in
+//   registers across all key tiles.
+// - Two workgroup barriers per tile, software-pipelined: S = Q·Kᵀ of tile t goes to the
+//   subgroup's scratch; barrier 1 makes it readable (and agrees on the next tile, whose K
+//   then loads, and V of tile t, which loads while the lanes run the masked online softmax,
+//   shaders/online_softmax.wgsl, and write P as f16); barrier 2 makes P, V and the next K
+//   readable; then O += P·V. (WGSL has no subgroup-scoped barrier that orders workgroup
+//   memory: naga's subgroupBarrier orders none, so the lanes reading what a cooperative
+//   store wrote need a workgroup barrier.)
+// - Rescaling an accumulator row needs the fragment in memory. With lazy rescaling (slack
+//   8) the workgroup round-trips its accumulators through the scratch only when some row's
+//   max grows by more than 8 (count_rescale() counts those in debug builds): on typical
+//   inputs a few of a row block's first tiles, at most.
+//
+// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, CA, CB, CC, SUM_BK, count_tile(),
+// count_rescale(), and `enable f16; enable wgpu_cooperative_matrix;` (added by the host).
 
-const NSG: u32 = WG / 32u;
-const DK16: u32 = DKB / 16u;
-const DV16: u32 = DVB / 16u;
+const NSG: u32 = BR / FR;
+const DKF: u32 = DKB / FR;
+const DVF: u32 = DVB / FR;
+const BCF: u32 = BC / FR;
+// The softmax's lanes: LPR lanes per row, each holding KPL of a tile's keys and CPL of an
+// accumulator fragment's columns; a lane owns RPL rows, RPP apart.
+const LPR: u32 = max(SGS / FR, 1u);
+const RPP: u32 = SGS / LPR;
+const RPL: u32 = FR / RPP;
+const KPL: u32 = BC / LPR;
+const CPL: u32 = FR / LPR;
+const SLACK: f32 = 8.0;
+// K's tile at 0, V's at VS; Q is staged through the same memory before the key loop.
+const VS: u32 = BC * DKB;
+const KV_LEN: u32 = max(BR * DKB, BC * (DKB + DVB));
 
-var<workgroup> qs: array<f16, BR * DKB>;
-var<workgroup> ks: array<f16, BC * DKB>;
-var<workgroup> vs: array<f16, BC * DVB>;
+var<workgroup> kv: array<f16, KV_LEN>;
 var<workgroup> ss: array<f32, BR * BC>;
 var<workgroup> ps: array<f16, BR * BC>;
-var<workgroup> ot: array<f32, NSG * 256u>;
 var<workgroup> sh_range: vec2<u32>;
-var<workgroup> sh_state: u32;
+var<workgroup> sh_next: vec2<u32>;
+// Whether some row of the workgroup moved its reference in the tile (two, by tile parity:
+// one is cleared while the other is read).
+var<workgroup> sh_moved: array<atomic<u32>, 2>;
+
+// Stages rows [0, n) × dims [0, dd) of a K or V tile (or of Q) as f16 at kv[dst..], row
+// width W, from element base + row·rs (+ d·sd): eight 16-bit elements, four words, per
+// load where the host found whole words (F_KV_PAIRS), else one element at a time. Zero
+// past the rows and dims that exist.
+fn stage(lid: u32, which: u32, dst: u32, W: u32, n: u32, rows: u32, dd: u32, base: u32, rs: u32, sd: u32) {
+    let dt = dtype_of(select(select(DT_Q, DT_K, which == 1u), DT_V, which == 2u));
+    if (which != 0u && has(F_KV_PAIRS)) {
+        for (var e = lid * 8u; e < rows * W; e += WG * 8u) {
+            let j = e / W;
+            let d = e % W;
+            var x: array<f32, 8>;
+            for (var c = 0u; c < 8u; c++) { x[c] = 0.0; }
+            if (j < n) {
+                let w0 = (base + j * rs + d) >> 1u;
+                if (d + 8u <= dd) {
+                    let w = vec4<u32>(kv_word(which, w0), kv_word(which, w0 + 1u), kv_word(which, w0 + 2u), kv_word(which, w0 + 3u));
+                    for (var c = 0u; c < 4u; c++) {
+                        let p = unpack2x16float(w[c]);
+                        x[2u * c] = p.x;
+                        x[2u * c + 1u] = p.y;
+                    }
+                } else {
+                    for (var c = 0u; c < 8u; c += 2u) {
+                        if (d + c < dd) {
+                            let p = unpack2x16float(kv_word(which, w0 + c / 2u));
+                            x[c] = p.x;
+                            if (d + c + 1u < dd) { x[c + 1u] = p.y; }
+                        }
+                    }
+                }
+            }
+            for (var c = 0u; c < 8u; c++) { kv[dst + e + c] = f16(x[c]); }
+        }
+        return;
+    }
+    for (var e = lid; e < rows * W; e += WG) {
+        let j = e / W;
+        let d = e % W;
+        var x = 0.0;
+        if (j < n && d < dd) {
+            let el = base + j * rs + d * sd;
+            x = decode(kv_word(which, word_index(el, dt)), el, dt);
+        }
+        kv[dst + e] = f16(x);
+    }
+}
+
+// Word w of Q (which 0), K (1) or V (2).
+fn kv_word(which: u32, w: u32) -> u32 {
+    if (which == 0u) { return q_buf[w]; }
+    if (which == 1u) { return k_buf[w]; }
+    return v_buf[w];
+}
+
+// The first key tile at or after j that the block summary does not mask entirely, and its
+// state (1 all visible, 2 mixed); (end, 0) if none.
+fn next_tile(b: u32, h: u32, qt: u32, j: u32, end: u32) -> vec2<u32> {
+    for (var t = j; t < end; t += BC) {
+        let state = tile_state(b, h, qt, t);
+        if (state != 0u) { return vec2<u32>(t, state); }
+    }
+    return vec2<u32>(end, 0u);
+}
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+fn main(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
     let tile = query_tile(wid);
     let qt = tile.qt;
     let b = tile.b;
     let h = tile.h;
-    let hk = tile.hk;
-    let sg = lid / 32u;          // this thread's subgroup
-    let t = lid % 32u;
-    let r = t / 2u;              // row within the subgroup's 16
-    let half_ = t % 2u;          // which 8 of every 16 columns
-    let row = sg * 16u + r;      // row within the workgroup's BR
-    let i = qt * BR + row;
     let rc = row_ctx(b);
-    let range = key_range(i, rc);
+    let part = sl % LPR;
+    let sbase = sg * FR * BC;
 
-    if (lid == 0u) { sh_range = tile_keys(tile, rc); }
-    // Q tile, unscaled f16 (the scale is applied to the f32 scores).
-    for (var e = lid; e < BR * DKB; e += WG) {
-        let qi = qt * BR + e / DKB;
-        let d = e % DKB;
-        var x = 0.0;
-        if (qi < P.seq_q && b < P.batch && d < P.dk) { x = load_q(q_index(b, h, qi, d)); }
-        qs[e] = f16(x);
+    if (lid == 0u) {
+        sh_range = tile_keys(tile, rc);
+        atomicStore(&sh_moved[0], 0u);
+        atomicStore(&sh_moved[1], 0u);
     }
+    // Q, unscaled (the scale is applied to the f32 scores).
+    var qrows = 0u;
+    if (b < P.batch) { qrows = min(BR, P.seq_q - min(P.seq_q, qt * BR)); }
+    stage(lid, 0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd);
     let tiles = workgroupUniformLoad(&sh_range);
-    // This subgroup's Q fragments stay in registers for the whole key loop.
-    var qf: array<coop_mat16x16<f16, A>, DK16>;
-    for (var dc = 0u; dc < DK16; dc++) {
-        qf[dc] = coopLoadT<coop_mat16x16<f16, A>>(&qs[sg * 16u * DKB + dc * 16u], DKB);
+    var qf: array<CA, DKF>;
+    for (var dc = 0u; dc < DKF; dc++) {
+        qf[dc] = coopLoadT<CA>(&kv[sg * FR * DKB + dc * FR], DKB);
     }
+    if (lid == 0u) { sh_next = next_tile(b, h, qt, tiles.x, tiles.y); }
+    // (Also: every subgroup has its Q fragments, so K may overwrite them.)
+    var cur = workgroupUniformLoad(&sh_next);
 
-    var o: array<f32, DVB / 2u>;
-    for (var c = 0u; c < DVB / 2u; c++) { o[c] = 0.0; }
-    var m = LOWEST;
-    var l = 0.0;
-    let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
-    let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
+    var acc: array<CC, DVF>;
+    for (var vc = 0u; vc < DVF; vc++) { acc[vc] = CC(); }
+    var st: array<Online, RPL>;
+    var ranges: array<vec2<u32>, RPL>;
+    for (var k = 0u; k < RPL; k++) {
+        st[k] = online_init();
+        ranges[k] = key_range(qt * BR + sg * FR + sl / LPR + k * RPP, rc);
+    }
+    let kbase = P.k_off + k_batch(b) + tile.hk * P.k_sh;
+    let vbase = P.v_off + v_batch(b) + tile.hk * P.v_sh;
+    if (cur.x < tiles.y) {
+        stage(lid, 1u, 0u, DKB, min(BC, P.seq_k - cur.x), BC, P.dk, kbase + cur.x * P.k_ss, P.k_ss, P.k_sd);
+    }
+    workgroupBarrier();
 
-    for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
-        if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
-        let state = workgroupUniformLoad(&sh_state);
-        if (state == 0u) { continue; }
+    var par = 0u;
+    while (cur.x < tiles.y) {
+        let j0 = cur.x;
+        let state = cur.y;
         if (lid == 0u) { count_tile(state); }
-        if (has(F_KV_PAIRS)) {
-            // f16 K/V with unit head-dim stride at even offsets: one 32-bit word per two
-            // elements (the host checked the alignment; head dims are even).
-            for (var e = lid * 2u; e < BC * DKB; e += WG * 2u) {
-                let j = j0 + e / DKB;
-                let d = e % DKB;
-                var x = vec2<f32>(0.0);
-                if (j < P.seq_k && d < P.dk) { x = unpack2x16float(k_buf[(kbase + j * P.k_ss + d) >> 1u]); }
-                ks[e] = f16(x.x);
-                ks[e + 1u] = f16(x.y);
+
+        // S = Q·Kᵀ: A = Q (row-major), B = Kᵀ (K read column-major).
+        for (var kc = 0u; kc < BCF; kc++) {
+            var s = CC();
+            for (var dc = 0u; dc < DKF; dc++) {
+                s = coopMultiplyAdd(qf[dc], coopLoad<CB>(&kv[kc * FR * DKB + dc * FR], DKB), s);
             }
-            for (var e = lid * 2u; e < BC * DVB; e += WG * 2u) {
-                let j = j0 + e / DVB;
-                let d = e % DVB;
-                var x = vec2<f32>(0.0);
-                if (j < P.seq_k && d < P.dv) { x = unpack2x16float(v_buf[(vbase + j * P.v_ss + d) >> 1u]); }
-                vs[e] = f16(x.x);
-                vs[e + 1u] = f16(x.y);
-            }
-        } else {
-            for (var e = lid; e < BC * DKB; e += WG) {
-                let j = j0 + e / DKB;
-                let d = e % DKB;
-                var x = 0.0;
-                if (j < P.seq_k && d < P.dk) { x = load_k(kbase + j * P.k_ss + d * P.k_sd); }
-                ks[e] = f16(x);
-            }
-            for (var e = lid; e < BC * DVB; e += WG) {
-                let j = j0 + e / DVB;
-                let d = e % DVB;
-                var x = 0.0;
-                if (j < P.seq_k && d < P.dv) { x = load_v(vbase + j * P.v_ss + d * P.v_sd); }
-                vs[e] = f16(x);
-            }
+            coopStoreT(s, &ss[sbase + kc * FR], BC);
         }
+        if (lid == 0u) { sh_next = next_tile(b, h, qt, j0 + BC, tiles.y); }
+        // Barrier 1: S is readable, K and the previous V are read, the next tile is agreed.
+        let nxt = workgroupUniformLoad(&sh_next);
+        stage(lid, 2u, VS, DVB, min(BC, P.seq_k - j0), BC, P.dv, vbase + j0 * P.v_ss, P.v_ss, P.v_sd);
+        if (nxt.x < tiles.y) {
+            stage(lid, 1u, 0u, DKB, min(BC, P.seq_k - nxt.x), BC, P.dk, kbase + nxt.x * P.k_ss, P.k_ss, P.k_sd);
+        }
+        if (lid == 0u) { atomicStore(&sh_moved[1u - par], 0u); }
+
+        // The masked online softmax, LPR lanes per row.
+        var alpha: array<f32, RPL>;
+        var moved = false;
+        for (var k = 0u; k < RPL; k++) {
+            let rr = sl / LPR + k * RPP;
+            let i = qt * BR + sg * FR + rr;
+            var sv: array<f32, KPL>;
+            var bits = 0u;
+            var tmax = LOWEST;
+            for (var c = 0u; c < KPL; c++) {
+                let jj = part * KPL + c;
+                let j = j0 + jj;
+                var s = ss[sbase + rr * BC + jj] * P.scale;
+                var vis = j >= ranges[k].x && j < ranges[k].y;
+                if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
+                if (vis) {
+                    s += logit_extra(b, h, i, j, rc);
+                    vis = finite_logit(s);
+                }
+                sv[c] = s;
+                if (vis) {
+                    bits |= 1u << c;
+                    tmax = max(tmax, s);
+                }
+            }
+            for (var x = 1u; x < LPR; x <<= 1u) { tmax = max(tmax, subgroupShuffleXor(tmax, x)); }
+            let before = st[k];
+            st[k] = online_fold(before, tmax, SLACK);
+            alpha[k] = st[k].alpha;
+            moved = moved || online_moved(before, st[k]);
+            var lsum = 0.0;
+            for (var c = 0u; c < KPL; c++) {
+                let p = online_weight(sv[c], (bits & (1u << c)) != 0u, st[k]);
+                lsum += p;
+                ps[sbase + rr * BC + part * KPL + c] = f16(p);
+            }
+            for (var x = 1u; x < LPR; x <<= 1u) { lsum += subgroupShuffleXor(lsum, x); }
+            st[k].l += lsum;
+        }
+        if (moved) { atomicOr(&sh_moved[par], 1u); }
+        // Barrier 2: P, this tile's V and the next tile's K are readable; the scores are read.
         workgroupBarrier();
 
-        // S = Q Kᵀ for this subgroup's 16 rows: A = Q (row-major), B = Kᵀ (K column-major).
-        var acc = coop_mat16x16<f32, C>();
-        for (var dc = 0u; dc < DK16; dc++) {
-            let kb = coopLoad<coop_mat16x16<f16, B>>(&ks[dc * 16u], DKB);
-            acc = coopMultiplyAdd(qf[dc], kb, acc);
+        // Lazy rescaling: when some row's reference moved, every subgroup's accumulators make
+        // a round trip through its scratch (two halves of FR columns, alternating, so a
+        // fragment's store never overtakes the previous one's load). The condition is the
+        // same for the whole workgroup: it was set before barrier 2 and is cleared after the
+        // next barrier 1.
+        if (atomicLoad(&sh_moved[par]) != 0u) {
+            if (lid == 0u) { count_rescale(); }
+            for (var vc = 0u; vc < DVF; vc++) {
+                let off = sbase + (vc % 2u) * FR;
+                coopStoreT(acc[vc], &ss[off], BC);
+                workgroupBarrier();
+                for (var k = 0u; k < RPL; k++) {
+                    let rr = sl / LPR + k * RPP;
+                    for (var c = 0u; c < CPL; c++) {
+                        ss[off + rr * BC + part * CPL + c] *= alpha[k];
+                    }
+                }
+                workgroupBarrier();
+                acc[vc] = coopLoadT<CC>(&ss[off], BC);
+            }
         }
-        coopStoreT(acc, &ss[sg * 16u * BC], BC);
-        workgroupBarrier();
 
-        // Masked online softmax: two threads per row, 8 scores each.
-        var sv: array<f32, 8>;
-        var local_max = LOWEST;
-        var vis_bits = 0u;
-        for (var c = 0u; c < 8u; c++) {
-            let jj = half_ * 8u + c;
-            let j = j0 + jj;
-            var s = ss[row * BC + jj] * P.scale;
-            var vis = j >= range.x && j < range.y;
-            if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
-            if (vis) {
-                s += logit_extra(b, h, i, j, rc);
-                vis = finite_logit(s);
+        // O += P·V: A = P (row-major), B = V (row-major).
+        var pa: array<CA, BCF>;
+        for (var kc = 0u; kc < BCF; kc++) { pa[kc] = coopLoadT<CA>(&ps[sbase + kc * FR], BC); }
+        for (var vc = 0u; vc < DVF; vc++) {
+            var a = acc[vc];
+            for (var kc = 0u; kc < BCF; kc++) {
+                a = coopMultiplyAdd(pa[kc], coopLoadT<CB>(&kv[VS + kc * FR * DVB + vc * FR], DVB), a);
             }
-            sv[c] = s;
-            if (vis) {
-                vis_bits |= 1u << c;
-                local_max = max(local_max, s);
-            }
+            acc[vc] = a;
         }
-        let any_row = (vis_bits | subgroupShuffleXor(vis_bits, 1u)) != 0u;
-        let tmax = max(m, max(local_max, subgroupShuffleXor(local_max, 1u)));
-        var alpha = 1.0;
-        var lsum = 0.0;
-        if (any_row) {
-            alpha = exp(m - tmax);
-            m = tmax;
-        }
-        for (var c = 0u; c < 8u; c++) {
-            var p = 0.0;
-            if ((vis_bits & (1u << c)) != 0u) { p = exp(sv[c] - m); }
-            lsum += p;
-            ps[row * BC + half_ * 8u + c] = f16(p);
-        }
-        l = l * alpha + lsum + subgroupShuffleXor(lsum, 1u);
-        for (var c = 0u; c < DVB / 2u; c++) { o[c] *= alpha; }
-        workgroupBarrier();
-
-        // O += P V, 16 output columns at a time through a 16x16 scratch per subgroup.
-        let pa = coopLoadT<coop_mat16x16<f16, A>>(&ps[sg * 16u * BC], BC);
-        for (var vc = 0u; vc < DV16; vc++) {
-            let vb = coopLoadT<coop_mat16x16<f16, B>>(&vs[vc * 16u], DVB);
-            let pv = coopMultiplyAdd(pa, vb, coop_mat16x16<f32, C>());
-            coopStoreT(pv, &ot[sg * 256u], 16u);
-            workgroupBarrier();
-            for (var c = 0u; c < 8u; c++) {
-                o[vc * 8u + c] += ot[sg * 256u + r * 16u + half_ * 8u + c];
-            }
-            workgroupBarrier();
-        }
+        cur = nxt;
+        par = 1u - par;
     }
 
-    if (row_stored(b, i, rc)) {
-        var inv = 0.0;
-        if (l > 0.0) { inv = 1.0 / l; }
-        for (var vc = 0u; vc < DV16; vc++) {
-            for (var c = 0u; c < 8u; c++) {
-                let d = vc * 16u + half_ * 8u + c;
-                if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), o[vc * 8u + c] * inv); }
+    // The output: each fragment through the scratch, divided by l.
+    for (var vc = 0u; vc < DVF; vc++) {
+        let off = sbase + (vc % 2u) * FR;
+        workgroupBarrier();
+        coopStoreT(acc[vc], &ss[off], BC);
+        workgroupBarrier();
+        for (var k = 0u; k < RPL; k++) {
+            let rr = sl / LPR + k * RPP;
+            let i = qt * BR + sg * FR + rr;
+            if (row_stored(b, i, rc)) {
+                let inv = online_inv(st[k]);
+                for (var c = 0u; c < CPL; c++) {
+                    let d = vc * FR + part * CPL + c;
+                    if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), ss[off + rr * BC + part * CPL + c] * inv); }
+                }
             }
         }
-        if (half_ == 0u) { store_lse(b, h, i, 0u, m, l); }
+    }
+    for (var k = 0u; k < RPL; k++) {
+        let i = qt * BR + sg * FR + sl / LPR + k * RPP;
+        if (part == 0u && row_stored(b, i, rc)) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }
     }
 }

@@ -43,6 +43,19 @@ pub struct Context {
     inner: Arc<Gated<Inner>>,
 }
 
+/// What a flash kernel counted in a debug run ([`Context::debug_kernel_counts`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounts {
+    /// Key tiles the workgroups loaded (one per workgroup and tile).
+    pub key_tiles: u32,
+    /// Of those, tiles that needed per-element bool-mask loads.
+    pub mixed_tiles: u32,
+    /// Cooperative-matrix kernel: round trips of a subgroup's accumulators through
+    /// workgroup memory to rescale them (lazy rescaling); one per workgroup and tile that needed it.
+    pub rescales: u32,
+}
+
 /// Optional features this crate uses when the adapter has them.
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::SHADER_F16)
@@ -137,12 +150,11 @@ impl Context {
         };
         let mut features = adapter.features() & OPTIONAL_FEATURES;
         let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-        let tiles_16 = adapter.cooperative_matrix_properties().iter().any(|p| {
-            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-                && p.ab_type == wgpu::CooperativeScalarType::F16
-                && p.cr_type == wgpu::CooperativeScalarType::F32
-        });
-        if experimental && adapter.features().contains(coop) && tiles_16 {
+        let coop_props = adapter.cooperative_matrix_properties();
+        let fragment = DeviceCaps::webgpu_default()
+            .with_cooperative_matrices(&coop_props)
+            .coop_fragment;
+        if experimental && adapter.features().contains(coop) && fragment > 0 {
             features |= coop;
         }
         let requested = {
@@ -172,7 +184,7 @@ impl Context {
         };
         let info = adapter.get_info();
         let ctx_gate = (info.backend == wgpu::Backend::Gl).then(|| gate.clone());
-        let ctx = Self::build(device, queue, &info, checks, ctx_gate);
+        let ctx = Self::build(device, queue, &info, checks, ctx_gate, &coop_props);
         drop(adapter);
         Ok(ctx)
     }
@@ -190,7 +202,7 @@ impl Context {
     /// through one context, or under its guard.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
         let gate = Self::own_gate(&device, info);
-        Self::build(device, queue, info, None, gate)
+        Self::build(device, queue, info, None, gate, &[])
     }
 
     /// The gate of a device the caller brought (GL only), shared by every context over it.
@@ -224,6 +236,7 @@ impl Context {
             info,
             Some(wgpu::ShaderRuntimeChecks::unchecked()),
             gate,
+            &[],
         )
     }
 
@@ -248,11 +261,13 @@ impl Context {
         info: &wgpu::AdapterInfo,
         checks: Option<wgpu::ShaderRuntimeChecks>,
         gate: Option<Arc<Gate>>,
+        coop: &[wgpu::CooperativeMatrixProperties],
     ) -> Self {
         let _held = gate::hold(gate.as_ref());
         let limits = device.limits();
         let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size)
-            .with_adapter_info(info);
+            .with_adapter_info(info)
+            .with_cooperative_matrices(coop);
         // On CPU adapters wgpu's bounds checks stay on even where the caller turned them off:
         // without them lavapipe's compiler unrolls the flash loops into a shader that takes
         // minutes to compile (116 s for one variant, measured), for about 10% speed.
@@ -727,6 +742,21 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<(u32, u32)> {
+        let c = self.debug_kernel_counts(q, k, v, out, opts)?;
+        Ok((c.key_tiles, c.mixed_tiles))
+    }
+
+    /// Debug aid and test evidence: runs the call's flash kernel with counters on and
+    /// returns what it counted.
+    #[doc(hidden)]
+    pub fn debug_kernel_counts(
+        &self,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        out: &TensorView,
+        opts: &AttentionOptions,
+    ) -> Result<KernelCounts> {
         let _held = self.hold();
         let counter = self
             .device()
@@ -739,13 +769,17 @@ impl Context {
         self.submit_scoped("counting tiles", buffers, |ctx, enc| {
             ctx.record_inner(enc, q, k, v, out, opts, Some(&counter))
         })?;
-        let view = TensorView::new(counter, DType::F32, [1, 1, 1, 2], [2, 2, 2, 1], 0);
+        let view = TensorView::new(counter, DType::F32, [1, 1, 1, 4], [4, 4, 4, 1], 0);
         let words = self.read_bytes_blocking(&view)?;
         let w: Vec<u32> = words
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok((w[0], w[1]))
+        Ok(KernelCounts {
+            key_tiles: w[0],
+            mixed_tiles: w[1],
+            rescales: w[2],
+        })
     }
 
     /// Combines partial results computed over **disjoint key sets** into the exact result,

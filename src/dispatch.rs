@@ -83,11 +83,18 @@ pub struct DeviceCaps {
     pub subgroup: bool,
     /// Smallest subgroup size the adapter may use.
     pub subgroup_min_size: u32,
+    /// Largest subgroup size the adapter may use (set by [`DeviceCaps::with_adapter_info`];
+    /// `from_limits` assumes the smallest).
+    pub subgroup_max_size: u32,
+
     /// The device has `Features::SHADER_F16`.
     pub shader_f16: bool,
-    /// The device has `EXPERIMENTAL_COOPERATIVE_MATRIX` with 16×16×16 f16 → f32 tiles,
-    /// `SHADER_F16`, and subgroups of 32.
+    /// The device has `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16`.
     pub coop_matrix: bool,
+    /// The cooperative-matrix fragment the kernel uses: 16 where the adapter multiplies
+    /// 16×16×16 f16 into f32, else 8 for 8×8×8, else 0 (set by
+    /// [`DeviceCaps::with_cooperative_matrices`]).
+    pub coop_fragment: u32,
     /// The device has `Features::TIMESTAMP_QUERY` and `TIMESTAMP_QUERY_INSIDE_ENCODERS`.
     pub timestamp_query: bool,
     /// The adapter is a CPU implementation (`wgpu::DeviceType::Cpu`: lavapipe, WARP,
@@ -121,12 +128,12 @@ impl DeviceCaps {
             max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size,
+            subgroup_max_size: subgroup_min_size,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             coop_matrix: features.contains(
-                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
-                    | wgpu::Features::SHADER_F16
-                    | wgpu::Features::SUBGROUP,
-            ) && subgroup_min_size == 32,
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16,
+            ),
+            coop_fragment: 0,
             timestamp_query: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             ),
@@ -143,9 +150,30 @@ impl DeviceCaps {
     /// [`DeviceCaps::cpu_serial_loads`] is set for those CPU adapters whose driver reports
     /// Mesa 22 or older (measured on 22.3.6, against 25.0.7; BENCHMARKS.md).
     pub fn with_adapter_info(mut self, info: &wgpu::AdapterInfo) -> Self {
+        self.subgroup_max_size = info.subgroup_max_size.max(self.subgroup_min_size);
         self.cpu = info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl;
         self.cpu_serial_loads =
             self.cpu && mesa_major(&info.driver_info).is_some_and(|v| v <= MESA_SERIAL_LOADS_UP_TO);
+        self
+    }
+}
+
+impl DeviceCaps {
+    /// The same caps with the cooperative-matrix fragment chosen from the adapter's
+    /// configurations (`wgpu::Adapter::cooperative_matrix_properties`): 16 where it has
+    /// 16×16×16 f16 × f16 → f32, else 8 for 8×8×8, else none.
+    pub fn with_cooperative_matrices(
+        mut self,
+        props: &[wgpu::CooperativeMatrixProperties],
+    ) -> Self {
+        let has = |n: u32| {
+            props.iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (n, n, n)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            })
+        };
+        self.coop_fragment = [16, 8].into_iter().find(|&n| has(n)).unwrap_or(0);
         self
     }
 }
@@ -221,6 +249,12 @@ pub struct ShaderVariant {
     /// faster (a written-out divergent load is a branchy loop over the lanes there). `false`
     /// for the other families.
     pub serial_loads: bool,
+    /// The cooperative-matrix kernel's fragment size (8 or 16: FR×FR×FR f16 products into
+    /// f32); 0 for the other families.
+    pub fragment: u32,
+    /// The subgroup size the cooperative-matrix kernel is built for (the adapter's, which
+    /// must be fixed); 0 for the other families.
+    pub subgroup_size: u32,
 }
 
 impl ShaderVariant {
@@ -230,7 +264,7 @@ impl ShaderVariant {
             Family::Flash | Family::FlashUnrolled => {
                 self.block_q / self.rows_per_thread * self.threads_per_row
             }
-            Family::FlashCoop => self.block_q / 16 * 32,
+            Family::FlashCoop => self.block_q / self.fragment.max(1) * self.subgroup_size,
             Family::MemoryEfficient => MEMEFF_THREADS,
             Family::Naive => 64,
         }
@@ -243,16 +277,68 @@ impl ShaderVariant {
                 self.block_k * (self.head_dim_qk + self.head_dim_v) * 4 + 16
             }
             Family::FlashCoop => {
+                // f16 K/V tile (Q staged there first), f32 scores and f16 weights per row.
                 let (br, bc) = (self.block_q, self.block_k);
-                br * self.head_dim_qk * 2
-                    + bc * (self.head_dim_qk + self.head_dim_v) * 2
-                    + br * bc * 6
-                    + br / 16 * 1024
-                    + 16
+                let kv = (br * self.head_dim_qk).max(bc * (self.head_dim_qk + self.head_dim_v));
+                kv * 2 + br * bc * 6 + 16
             }
             Family::MemoryEfficient => (self.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
             Family::Naive => 64 * 4 * 2,
         }
+    }
+}
+
+impl ShaderVariant {
+    /// What one workgroup of this variant costs per key tile: the figures that decide its
+    /// speed on a GPU (bytes of K/V staged per row served, barriers, workgroup memory).
+    pub fn cost(&self) -> Cost {
+        let (name, barriers) = match self.family {
+            Family::Flash if self.subgroups => ("flash_simt_subgroup", 2),
+            Family::Flash => ("flash_simt", 2),
+            Family::FlashUnrolled => ("flash_unrolled_cpu", 2),
+            Family::FlashCoop if self.fragment == 8 => ("flash_coop_8x8", 2),
+            Family::FlashCoop => ("flash_coop_16x16", 2),
+            // A block of 64 keys: scores, their max, the weights, the accumulation.
+            Family::MemoryEfficient => ("memeff", 4),
+            Family::Naive => ("naive", 0),
+        };
+        Cost {
+            variant: name,
+            rows_per_workgroup: self.block_q,
+            keys_per_tile: self.block_k,
+            barriers_per_tile: barriers,
+            workgroup_bytes: self.workgroup_storage(),
+        }
+    }
+}
+
+/// The cost line of a [`ShaderVariant`] (see [`ShaderVariant::cost`]). Its `Display` is one
+/// line of JSON fields, as the benchmark harness prints them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// The variant's name (`flash_coop_8x8`, `flash_simt`, ...).
+    pub variant: &'static str,
+    /// Query rows a workgroup owns: every K/V byte it stages serves this many rows.
+    pub rows_per_workgroup: u32,
+    /// Keys per tile staged in workgroup memory (memory-efficient: per block).
+    pub keys_per_tile: u32,
+    /// Workgroup barriers per key tile.
+    pub barriers_per_tile: u32,
+    /// Workgroup memory, in bytes.
+    pub workgroup_bytes: u32,
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\"variant\":\"{}\",\"rows_per_workgroup\":{},\"keys_per_tile\":{},\"barriers_per_tile\":{},\"workgroup_bytes\":{}",
+            self.variant,
+            self.rows_per_workgroup,
+            self.keys_per_tile,
+            self.barriers_per_tile,
+            self.workgroup_bytes
+        )
     }
 }
 
@@ -279,7 +365,7 @@ impl std::fmt::Display for Plan {
         let v = &self.variant;
         write!(
             f,
-            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}, key splits {}, parts {}): {}",
+            "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}, key splits {}, parts {}; cost {{{}}}): {}",
             self.backend,
             v.head_dim_qk,
             v.head_dim_v,
@@ -289,6 +375,7 @@ impl std::fmt::Display for Plan {
             if v.subgroups { "on" } else { "off" },
             self.key_splits,
             self.parts,
+            v.cost(),
             self.reason
         )
     }
@@ -439,36 +526,53 @@ pub fn flash_variant(
         alibi: family == Family::FlashUnrolled && p.mask.alibi,
         bool_mask: family == Family::FlashUnrolled && p.mask.bool_mask,
         serial_loads: family == Family::FlashUnrolled && caps.cpu_serial_loads,
+        fragment: 0,
+        subgroup_size: 0,
     })
 }
 
+/// Query rows per workgroup of the cooperative-matrix kernel.
+pub const COOP_BLOCK_Q: u32 = 64;
+/// Keys per tile of the cooperative-matrix kernel.
+pub const COOP_BLOCK_K: u32 = 32;
+/// Largest head dim of the cooperative-matrix kernel (its accumulators stay in registers).
+pub const COOP_MAX_HEAD_DIM: u32 = 128;
+
 /// The cooperative-matrix flash variant, or why there is none: it needs the adapter's
-/// 16×16×16 f16 → f32 cooperative matrices, f16 Q/K/V (its products are f16 × f16), and head
-/// dims up to 128.
+/// FR×FR×FR f16 → f32 cooperative matrices (FR 16 or 8, [`DeviceCaps::coop_fragment`]) with
+/// subgroups of one fixed size, 16-bit Q/K/V (f16, or bf16 converted to
+/// f16 on load), and head dims up to [`COOP_MAX_HEAD_DIM`].
 pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, String> {
-    if !caps.coop_matrix {
-        return Err("the device has no 16x16x16 f16 cooperative matrices".into());
+    if !caps.coop_matrix || caps.coop_fragment == 0 {
+        return Err("the device has no f16 cooperative matrices with f32 accumulation (Context::new_experimental enables them where the adapter has them)".into());
     }
-    if [p.dtype_q, p.dtype_k, p.dtype_v]
-        .iter()
-        .any(|&d| d != DType::F16)
+    if !caps.subgroup {
+        return Err("the cooperative-matrix kernel needs subgroups".into());
+    }
+    if caps.subgroup_min_size != caps.subgroup_max_size || !caps.subgroup_min_size.is_power_of_two()
     {
-        return Err("cooperative matrices multiply f16: Q, K and V must be f16".into());
+        return Err(format!(
+            "the cooperative-matrix kernel is built for one subgroup size; the adapter's vary from {} to {}",
+            caps.subgroup_min_size, caps.subgroup_max_size
+        ));
     }
-    let dk = bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).filter(|&d| d <= 128);
-    let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).filter(|&d| d <= 128);
+    if [p.dtype_q, p.dtype_k, p.dtype_v].contains(&DType::F32) {
+        return Err("cooperative matrices multiply f16: Q, K and V must be f16 or bf16".into());
+    }
+    let dk = bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).filter(|&d| d <= COOP_MAX_HEAD_DIM);
+    let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).filter(|&d| d <= COOP_MAX_HEAD_DIM);
     let (Some(dk), Some(dv)) = (dk, dv) else {
-        return Err("the cooperative-matrix variant holds head dims up to 128".into());
+        return Err(format!(
+            "the cooperative-matrix kernel holds head dims up to {COOP_MAX_HEAD_DIM}"
+        ));
     };
-    // 64 query rows (4 subgroups of 16) by 16-key tiles: measured faster on an H100 than
-    // 32-key tiles with a whole-row output scratch (BENCHMARKS.md).
     let v = ShaderVariant {
         family: Family::FlashCoop,
         head_dim_qk: dk,
         head_dim_v: dv,
-        block_q: FLASH_BLOCK_Q,
-        block_k: 16,
-        threads_per_row: 2,
+        block_q: COOP_BLOCK_Q,
+        block_k: COOP_BLOCK_K,
+        threads_per_row: (caps.subgroup_min_size / caps.coop_fragment).max(1),
         rows_per_thread: 1,
         subgroups: true,
         count_tiles: false,
@@ -476,12 +580,14 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         alibi: false,
         bool_mask: false,
         serial_loads: false,
+        fragment: caps.coop_fragment,
+        subgroup_size: caps.subgroup_min_size,
     };
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
     {
         return Err(format!(
-            "the cooperative-matrix variant needs {} bytes of workgroup memory and {} invocations",
+            "the cooperative-matrix kernel needs {} bytes of workgroup memory and {} invocations",
             v.workgroup_storage(),
             v.workgroup_size()
         ));
@@ -518,6 +624,8 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         alibi: false,
         bool_mask: false,
         serial_loads: false,
+        fragment: 0,
+        subgroup_size: 0,
     };
     if v.workgroup_storage() > caps.max_workgroup_storage {
         return Err(format!(
@@ -551,6 +659,8 @@ pub fn naive_variant() -> ShaderVariant {
         alibi: false,
         bool_mask: false,
         serial_loads: false,
+        fragment: 0,
+        subgroup_size: 0,
     }
 }
 
@@ -563,6 +673,14 @@ pub fn split_count(seq_k: usize) -> u32 {
 pub fn decode_splits(p: &Problem) -> Option<u32> {
     (p.seq_q <= DECODE_MAX_QUERIES && p.seq_k >= DECODE_MIN_KEYS && !p.varlen)
         .then(|| split_count(p.seq_k))
+}
+
+fn coop_reason(p: &Problem, caps: &DeviceCaps, mask_note: &str) -> String {
+    let fr = caps.coop_fragment;
+    format!(
+        "flash on cooperative matrices: 16-bit inputs, head dims {}/{}, {fr}x{fr}x{fr} f16 fragments with f32 accumulation, subgroups of {}.{mask_note}",
+        p.head_dim_qk, p.head_dim_v, caps.subgroup_min_size
+    )
 }
 
 /// Decides which backend and variant run `problem` on a device with `caps`.
@@ -624,6 +742,22 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 ),
             )
         }
+        Backend::Flash
+            if opts.tuning == Default::default()
+                && opts.subgroups == Subgroups::Auto
+                && coop_variant(problem, caps).is_ok() =>
+        {
+            Plan {
+                backend: Backend::Flash,
+                variant: coop_variant(problem, caps).map_err(Error::backend)?,
+                key_splits: 1,
+                parts: 1,
+                reason: format!(
+                    "flash was forced; {}",
+                    coop_reason(problem, caps, mask_note)
+                ),
+            }
+        }
         Backend::Flash => {
             let v = flash_variant(problem, caps, opts)
                 .map_err(|r| Error::backend(format!("flash cannot run: {r}")))?;
@@ -654,17 +788,16 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             reason: "naive was forced (exact reference: scores, softmax, P.V).".into(),
         },
         Backend::Auto
-            if opts.tuning == Default::default() && coop_variant(problem, caps).is_ok() =>
+            if opts.tuning == Default::default()
+                && opts.subgroups == Subgroups::Auto
+                && coop_variant(problem, caps).is_ok() =>
         {
             Plan {
                 backend: Backend::Flash,
                 variant: coop_variant(problem, caps).map_err(Error::backend)?,
                 key_splits: 1,
                 parts: 1,
-                reason: format!(
-                    "flash on cooperative matrices: f16 inputs, head dims {}/{}, 16x16x16 f16 tiles with f32 accumulation.{mask_note}",
-                    problem.head_dim_qk, problem.head_dim_v
-                ),
+                reason: coop_reason(problem, caps, mask_note),
             }
         }
         Backend::Auto => match flash_variant(problem, caps, opts) {

@@ -28,8 +28,8 @@ pub mod tuning;
 pub mod validate;
 
 pub use blockmask::BlockMask;
-pub use context::{Context, OPTIONAL_FEATURES};
-pub use dispatch::{DeviceCaps, Plan, ShaderVariant};
+pub use context::{Context, KernelCounts, OPTIONAL_FEATURES};
+pub use dispatch::{Cost, DeviceCaps, Plan, ShaderVariant};
 pub use error::{Error, Result};
 pub use gate::DeviceGuard;
 pub use kvcache::KvCache;

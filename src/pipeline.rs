@@ -25,6 +25,8 @@ pub mod sources {
     pub const FLASH_TILES: &str = include_str!("../shaders/flash_tiles.wgsl");
     /// The flash family on cooperative matrices.
     pub const FLASH_COOP: &str = include_str!("../shaders/flash_coop.wgsl");
+    /// The masked online softmax, shared by the flash families and memory-efficient.
+    pub const ONLINE_SOFTMAX: &str = include_str!("../shaders/online_softmax.wgsl");
     /// The memory-efficient family.
     pub const MEMEFF: &str = include_str!("../shaders/memeff.wgsl");
     /// The naive family.
@@ -49,12 +51,23 @@ pub(crate) enum ModuleKey {
     Merge,
 }
 
-/// The typed `const` lines of a variant.
+/// The typed `const` lines of a variant (and, on cooperative matrices, the aliases of its
+/// fragment types).
 fn const_lines(v: &ShaderVariant) -> String {
     let wg = v.workgroup_size();
+    let fr = v.fragment.max(1);
+    let aliases = if v.family == Family::FlashCoop {
+        format!(
+            "alias CA = coop_mat{fr}x{fr}<f16, A>;\nalias CB = coop_mat{fr}x{fr}<f16, B>;\nalias CC = coop_mat{fr}x{fr}<f32, C>;\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
+        "{aliases}const FR: u32 = {fr}u;\nconst SGS: u32 = {}u;\n\
+         const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
          const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
+        v.subgroup_size.max(1),
         v.head_dim_qk.max(1),
         v.head_dim_v.max(1),
         v.block_q,
@@ -77,6 +90,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                 sources::COUNT_OFF
             };
             let generated;
+            let softmax = sources::ONLINE_SOFTMAX;
             let snippets = match v.family {
                 Family::Flash => [
                     if v.subgroups {
@@ -85,20 +99,26 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                         sources::REDUCE_PLAIN
                     },
                     count,
+                    softmax,
                     sources::FLASH_TILES,
                     sources::FLASH,
                 ],
                 Family::FlashUnrolled => {
                     generated = crate::flash_unrolled::main_source(v);
-                    ["", count, sources::FLASH_TILES, generated.as_str()]
+                    ["", count, softmax, sources::FLASH_TILES, generated.as_str()]
                 }
-                Family::FlashCoop => ["", count, "", sources::FLASH_COOP],
-                Family::MemoryEfficient => ["", "", "", sources::MEMEFF],
-                Family::Naive => ["", "", "", sources::NAIVE],
+                Family::FlashCoop => ["", count, softmax, "", sources::FLASH_COOP],
+                Family::MemoryEfficient => ["", "", softmax, "", sources::MEMEFF],
+                Family::Naive => ["", "", "", "", sources::NAIVE],
             };
             // Enable directives must precede every declaration.
+            // The cooperative-matrix kernel rescales its accumulators under a condition that is
+            // uniform across the workgroup by construction (a workgroup atomic read by every
+            // invocation after the barrier that follows its last write); naga's uniformity
+            // analysis counts every atomic load as non-uniform, and files its check of
+            // cooperative operations under this rule.
             let enables = if v.family == Family::FlashCoop {
-                "enable f16;\nenable wgpu_cooperative_matrix;\n"
+                "enable f16;\nenable wgpu_cooperative_matrix;\ndiagnostic(off, derivative_uniformity);\n"
             } else {
                 ""
             };

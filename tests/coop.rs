@@ -1,30 +1,82 @@
-//! Flash on cooperative matrices (tensor cores). On an adapter with 16x16x16 f16 → f32
-//! cooperative matrices the dispatcher must pick that variant for f16 inputs and it must
-//! match the reference over masks and shapes; on any other adapter (lavapipe, GL) it must
-//! fall back to the plain flash variant, which must then be right.
+//! Flash on cooperative matrices (tensor cores), FlashAttention-2 style.
+//!
+//! On an adapter with f16 cooperative matrices (lavapipe from Mesa 26: 8×8×8; NVIDIA:
+//! 16×16×16) the dispatcher must pick the cooperative-matrix kernel for 16-bit inputs, and it
+//! must match the f64 reference over masks × shapes × dtypes × GQA × layouts, with outputs
+//! poisoned with NaN. With `WGPU_ATTENTION_REQUIRE_COOP=<fragment>` (CI's Mesa 26 pass) an
+//! adapter without them fails the suite; elsewhere the same cases check that flash falls
+//! back cleanly. The variant's rescale counter is tested here too.
 
 mod common;
 
+use std::sync::OnceLock;
+
 use common::*;
 use wgpu_attention::dispatch::Family;
-use wgpu_attention::{Backend, CausalAlignment, Context, DType, Problem, Window};
+use wgpu_attention::reference::HostMask;
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Problem, TensorView, Varlen,
+    Window,
+};
+
+/// The experimental context of this binary (cooperative matrices where the adapter has them).
+fn coop_ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        // SAFETY: the test accepts wgpu's experimental features.
+        let c = unsafe { Context::new_experimental_blocking() }.expect("adapter");
+        let i = c.adapter_info();
+        eprintln!(
+            "testing on {} ({:?}, {}): cooperative matrices {}, fragment {}",
+            i.name,
+            i.backend,
+            i.driver_info,
+            c.caps().coop_matrix,
+            c.caps().coop_fragment
+        );
+        if let Ok(want) = std::env::var("WGPU_ATTENTION_REQUIRE_COOP") {
+            let want: u32 = want
+                .parse()
+                .expect("WGPU_ATTENTION_REQUIRE_COOP: a fragment size");
+            assert_eq!(
+                c.caps().coop_fragment,
+                want,
+                "the adapter ({}, {}) must offer {want}x{want}x{want} f16 cooperative matrices here",
+                i.name,
+                i.driver_info
+            );
+        }
+        c
+    })
+}
+
+fn has_coop(ctx: &Context) -> bool {
+    let p = Problem {
+        dtype_q: DType::F16,
+        dtype_k: DType::F16,
+        dtype_v: DType::F16,
+        dtype_o: DType::F16,
+        ..Problem::new(1, 1, 64, 64, 64)
+    };
+    let plan = ctx.plan_problem(&p, &Default::default()).unwrap();
+    plan.variant.family == Family::FlashCoop
+}
 
 #[test]
-fn cooperative_matrix_flash_or_clean_fallback() {
-    // SAFETY: the test accepts wgpu's experimental features.
-    let ctx = unsafe { Context::new_experimental_blocking() }.expect("adapter");
+fn the_dispatcher_picks_cooperative_matrices_for_16_bit_inputs() {
+    let ctx = coop_ctx();
     let f16_problem = Problem {
         dtype_q: DType::F16,
         dtype_k: DType::F16,
         dtype_v: DType::F16,
         dtype_o: DType::F16,
-        ..Problem::new(1, 8, 512, 512, 64)
+        ..Problem::new(1, 8, 512, 512, 128)
     };
     let plan = ctx.plan_problem(&f16_problem, &Default::default()).unwrap();
     let f32_plan = ctx
-        .plan_problem(&Problem::new(1, 8, 512, 512, 64), &Default::default())
+        .plan_problem(&Problem::new(1, 8, 512, 512, 128), &Default::default())
         .unwrap();
-    // f32 inputs never use f16 tensor cores (CPU adapters run the unrolled SIMT kernel).
+    // f32 inputs never use f16 tensor cores.
     assert!(
         matches!(
             f32_plan.variant.family,
@@ -33,25 +85,43 @@ fn cooperative_matrix_flash_or_clean_fallback() {
         "{}",
         f32_plan.reason
     );
-    let expected = if ctx.caps().coop_matrix {
-        Family::FlashCoop
+    let caps = ctx.caps();
+    if caps.coop_fragment > 0 && caps.subgroup_min_size == caps.subgroup_max_size {
+        assert_eq!(plan.variant.family, Family::FlashCoop, "{}", plan.reason);
+        // The FlashAttention-2 structure, as its cost line states it, at d=128.
+        let cost = plan.variant.cost();
+        assert!(cost.rows_per_workgroup >= 64, "{cost}");
+        assert!(cost.keys_per_tile >= 32, "{cost}");
+        assert!(cost.barriers_per_tile <= 2, "{cost}");
+        assert!(cost.workgroup_bytes <= caps.max_workgroup_storage, "{cost}");
+        assert!(plan.to_string().contains(&cost.to_string()), "{plan}");
+        eprintln!("{plan}");
     } else {
-        f32_plan.variant.family
-    };
-    assert_eq!(plan.variant.family, expected, "{}", plan.reason);
-    eprintln!(
-        "cooperative matrices: {} ({})",
-        ctx.caps().coop_matrix,
-        plan.reason
-    );
+        assert_eq!(
+            plan.variant.family, f32_plan.variant.family,
+            "{}",
+            plan.reason
+        );
+    }
+}
 
-    let shapes: [(usize, usize, usize, usize, usize, usize); 4] = [
-        (1, 2, 1, 70, 33, 64),
-        (2, 4, 2, 64, 128, 128),
-        (1, 2, 2, 113, 59, 40),
-        (2, 2, 1, 7, 300, 16),
+/// Masks × shapes × dtypes × GQA × layouts against the f64 reference.
+#[test]
+fn cooperative_matrix_flash_matches_the_reference() {
+    let ctx = coop_ctx();
+    let coop = has_coop(ctx);
+    // (batch, query heads, KV heads, Sq, Sk, Dk, Dv)
+    let shapes: [(usize, usize, usize, usize, usize, usize, usize); 7] = [
+        (1, 2, 1, 70, 33, 64, 64),
+        (2, 4, 2, 64, 128, 128, 128),
+        (1, 2, 2, 113, 59, 40, 40),
+        (2, 2, 1, 7, 300, 16, 16),
+        (1, 1, 1, 1, 1, 32, 32),
+        (1, 4, 1, 1023, 129, 64, 32),
+        (2, 3, 3, 59, 113, 96, 128),
     ];
-    for (si, &(b, hq, hkv, sq, sk, d)) in shapes.iter().enumerate() {
+    let mut n = 0;
+    for (si, &(b, hq, hkv, sq, sk, dk, dv)) in shapes.iter().enumerate() {
         let masks = [
             MaskSpec::default(),
             MaskSpec {
@@ -70,22 +140,170 @@ fn cooperative_matrix_flash_or_clean_fallback() {
                 alibi: Some((0..hq).map(|i| 0.1 * (i + 1) as f32).collect()),
                 ..Default::default()
             },
+            MaskSpec {
+                causal: Some(CausalAlignment::TopLeft),
+                query_lengths: Some((0..b).map(|i| [sq, sq / 2 + 1][i % 2] as u32).collect()),
+                bool_mask: Some((random_bool(b * hq * sq * sk, 9, 0.5), [b, hq, sq, sk])),
+                bias: Some((random(b * sq * sk, 10), [b, 1, sq, sk], DType::BF16)),
+                ..Default::default()
+            },
         ];
         for (mi, mask) in masks.into_iter().enumerate() {
-            let mut c = Case::new(b, hq, sq, sk, d)
-                .dtype(DType::F16)
-                .backend(Backend::Flash)
-                .mask(mask);
-            c.hkv = hkv;
-            c.seed = (si * 10 + mi) as u64;
-            c.lse = mi == 1;
-            // Odd element offsets take the general K/V load path, aligned ones the paired one.
-            c.layout = if (si + mi) % 2 == 0 {
-                Layout::Bhsd
-            } else {
-                Layout::Offset
-            };
-            check(&ctx, &c);
+            for (di, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
+                let mut c = Case::new(b, hq, sq, sk, dk)
+                    .dtype(dtype)
+                    .backend(Backend::Flash)
+                    .mask(mask.clone());
+                c.hkv = hkv;
+                c.dv = dv;
+                c.seed = (si * 100 + mi * 10 + di) as u64;
+                c.lse = mi % 2 == 1;
+                // Aligned BHSD takes the eight-element K/V loads; an odd element offset and
+                // the BSHD layout the element-wise ones.
+                c.layout = [Layout::Bhsd, Layout::Offset, Layout::Bshd][(si + mi + di) % 3];
+                if di == 1 {
+                    c.out_dtype = DType::F32;
+                }
+                let (got, want, plan) = run_plan(ctx, &c);
+                assert_eq!(
+                    plan.variant.family == Family::FlashCoop,
+                    coop,
+                    "{}",
+                    plan.reason
+                );
+                assert_close(&got, &want, c.out_dtype.max_tolerance(c.dtype), &c.label());
+                n += 1;
+            }
         }
     }
+    eprintln!("{n} cases, cooperative matrices: {coop}");
+}
+
+trait Tol {
+    fn max_tolerance(self, input: DType) -> DType;
+}
+
+impl Tol for DType {
+    /// The looser of the output's and the input's tolerances (the kernel multiplies in f16).
+    fn max_tolerance(self, input: DType) -> DType {
+        if self == DType::BF16 || input == DType::BF16 {
+            DType::BF16
+        } else if self == DType::F16 || input == DType::F16 {
+            DType::F16
+        } else {
+            DType::F32
+        }
+    }
+}
+
+/// WeNet masks with a finite sentinel (-1e10) in a float bias: a row whose keys are all
+/// masked that way still gets the mean of V, as in PyTorch, so the kernel must take the
+/// row's own max, not a fragment's.
+#[test]
+fn rows_masked_by_a_finite_sentinel_get_the_mean_of_v() {
+    let ctx = coop_ctx();
+    let (b, h, sq, sk, d) = (1, 2, 80, 70, 64);
+    let mut bias = random(b * sq * sk, 31);
+    for i in 0..sq {
+        for j in 0..sk {
+            // Rows 3, 17 and 64..: every key at the sentinel; other rows: keys past 50.
+            if i == 3 || i == 17 || i >= 64 || j >= 50 {
+                bias[i * sk + j] = -1e10;
+            }
+        }
+    }
+    let mut c = Case::new(b, h, sq, sk, d)
+        .dtype(DType::F16)
+        .backend(Backend::Flash)
+        .mask(MaskSpec {
+            bias: Some((bias, [b, 1, sq, sk], DType::F32)),
+            ..Default::default()
+        });
+    c.out_dtype = DType::F32;
+    c.lse = true;
+    let (got, want, plan) = run_plan(ctx, &c);
+    assert_eq!(plan.variant.family == Family::FlashCoop, has_coop(ctx));
+    assert_close(&got, &want, DType::F16, &c.label());
+}
+
+/// The lazy-rescaling counter: never on a row whose max stays within the slack, on every
+/// tile after the first when a bias ramps up by more than the slack per tile, and on a
+/// small fraction of tiles for random inputs.
+#[test]
+fn rescale_round_trips_are_counted() {
+    let ctx = coop_ctx();
+    if !has_coop(ctx) {
+        eprintln!("no cooperative matrices on this adapter: the counter is the coop kernel's");
+        assert!(std::env::var("WGPU_ATTENTION_REQUIRE_COOP").is_err());
+        return;
+    }
+    let (b, h, sq, sk, d) = (1, 1, 64, 256, 64);
+    let f16 = |data: &[f32], shape: [usize; 4]| upload(ctx, data, shape, DType::F16, Layout::Bhsd);
+    let q = f16(&random(b * h * sq * d, 1), [b, h, sq, d]);
+    let k = f16(&random(b * h * sk * d, 2), [b, h, sk, d]);
+    let v = f16(&random(b * h * sk * d, 3), [b, h, sk, d]);
+    let out = nan_output(ctx, [b, h, sq, d], DType::F32);
+    let counts = |mask: Mask| {
+        let opts = AttentionOptions::with_mask(mask);
+        ctx.debug_kernel_counts(q.view(), k.view(), v.view(), out.view(), &opts)
+            .expect("counts")
+    };
+    let tiles = (sk / 32) as u32;
+    // Random inputs at this scale: logits within a few units, so the first tile's max
+    // holds: no round trip.
+    let plain = counts(Mask::none());
+    assert_eq!(plain.key_tiles, tiles);
+    assert_eq!(plain.rescales, 0, "{plain:?}");
+    // A bias rising by 1 per key: every tile's max exceeds the last by 32 > 8.
+    let ramp: Vec<f32> = (0..sq * sk).map(|e| (e % sk) as f32).collect();
+    let ramp = upload(ctx, &ramp, [1, 1, sq, sk], DType::F32, Layout::Bhsd);
+    let rising = counts(Mask::none().bias(ramp.view().clone()));
+    assert_eq!(rising.rescales, tiles - 1, "{rising:?}");
+    // Causal (top-left): 64 rows see the first 64 keys, two tiles, and no round trip.
+    let causal = counts(Mask::none().causal(CausalAlignment::TopLeft));
+    assert_eq!(causal.key_tiles, 2, "{causal:?}");
+    assert_eq!(causal.rescales, 0, "{causal:?}");
+}
+
+/// Packed variable-length batches with GQA run on the cooperative-matrix kernel too.
+#[test]
+fn packed_variable_length_batches() {
+    let ctx = coop_ctx();
+    let (h, hkv, d) = (4, 2, 64);
+    let vl = Varlen::from_lengths(&[37, 1, 0, 100], &[50, 7, 3, 129]);
+    let tq = *vl.cu_seqlens_q.last().unwrap() as usize;
+    let tk = *vl.cu_seqlens_k.last().unwrap() as usize;
+    let qh = round_to(DType::F16, &random(tq * h * d, 41));
+    let kh = round_to(DType::F16, &random(tk * hkv * d, 42));
+    let vh = round_to(DType::F16, &random(tk * hkv * d, 43));
+    let packed = |data: &[f32], total: usize, heads: usize| {
+        let t = buffer_of(ctx, data, DType::F16);
+        let v = TensorView::packed_varlen(t.buffer().clone(), DType::F16, total, heads, d);
+        t.reshaped(DType::F16, v.shape, v.strides, 0)
+    };
+    let (q, k, v) = (
+        packed(&qh, tq, h),
+        packed(&kh, tk, hkv),
+        packed(&vh, tk, hkv),
+    );
+    let out = packed_varlen(ctx, &vec![f32::NAN; tq * h * d], tq, h, d);
+    let opts = AttentionOptions {
+        varlen: Some(vl.clone()),
+        ..AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight))
+    };
+    let plan = ctx.attention_into(&q, &k, &v, &out, &opts).expect("varlen");
+    assert_eq!(
+        plan.variant.family == Family::FlashCoop,
+        has_coop(ctx),
+        "{}",
+        plan.reason
+    );
+    let got = ctx.download_f32_blocking(&out).unwrap();
+    let mask = HostMask {
+        causal: true,
+        alignment: CausalAlignment::BottomRight,
+        ..Default::default()
+    };
+    let want = varlen_reference(&vl, (h, hkv, d), [&qh, &kh, &vh], &mask);
+    assert_close(&got, &want, DType::F16, "coop varlen");
 }

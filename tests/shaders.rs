@@ -1,12 +1,64 @@
 //! CPU-only: every shader variant the crate can build parses and validates with naga, so
 //! a shader error shows up in `cargo test`, not at a user's runtime.
 
-use wgpu_attention::DType;
 use wgpu_attention::dispatch::{
-    FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, ShaderVariant,
-    UNROLLED_MAX_HEAD_DIM, UNROLLED_ROWS_PER_THREAD, naive_variant,
+    COOP_MAX_HEAD_DIM, DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS,
+    SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_MAX_HEAD_DIM, UNROLLED_ROWS_PER_THREAD,
+    coop_variant, naive_variant,
 };
 use wgpu_attention::pipeline::all_sources_for;
+use wgpu_attention::{DType, Problem};
+
+/// Every cooperative-matrix variant `coop_variant` can return (with tile counting on and
+/// off), over fragment sizes, subgroup sizes, head dims and dtypes.
+pub fn coop_variants() -> Vec<ShaderVariant> {
+    let mut out = Vec::new();
+    for fragment in [8, 16] {
+        for sgs in [8, 32, 64] {
+            let mut caps = DeviceCaps::from_limits(
+                &wgpu::Limits {
+                    max_compute_workgroup_storage_size: 49152,
+                    max_compute_invocations_per_workgroup: 1024,
+                    ..Default::default()
+                },
+                wgpu::Features::SUBGROUP
+                    | wgpu::Features::SHADER_F16
+                    | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+                sgs,
+            );
+            caps.coop_fragment = fragment;
+            for &dk in FLASH_HEAD_DIMS.iter().filter(|&&d| d <= COOP_MAX_HEAD_DIM) {
+                for dv in [32, dk] {
+                    for dt in [DType::F16, DType::BF16] {
+                        let p = Problem {
+                            dtype_q: dt,
+                            dtype_k: dt,
+                            dtype_v: dt,
+                            dtype_o: dt,
+                            ..Problem::new(1, 1, 64, 64, dk as usize)
+                        };
+                        let p = Problem {
+                            head_dim_v: dv as usize,
+                            ..p
+                        };
+                        let v = coop_variant(&p, &caps)
+                            .unwrap_or_else(|e| panic!("{fragment} {sgs} {dk}/{dv}: {e}"));
+                        for count in [false, true] {
+                            let v = ShaderVariant {
+                                count_tiles: count,
+                                ..v
+                            };
+                            if !out.contains(&v) {
+                                out.push(v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
 
 fn variants() -> Vec<ShaderVariant> {
     let mut v = vec![naive_variant()];
@@ -29,31 +81,17 @@ fn variants() -> Vec<ShaderVariant> {
                             alibi: false,
                             bool_mask: false,
                             serial_loads: false,
+                            fragment: 0,
+                            subgroup_size: 0,
                         });
                     }
                 }
             }
         }
     }
-    for &dk in &FLASH_HEAD_DIMS[..4] {
-        for count in [false, true] {
-            v.push(ShaderVariant {
-                family: Family::FlashCoop,
-                head_dim_qk: dk,
-                head_dim_v: dk,
-                block_q: 64,
-                block_k: 16,
-                threads_per_row: 2,
-                rows_per_thread: 1,
-                subgroups: true,
-                count_tiles: count,
-                bias: None,
-                alibi: false,
-                bool_mask: false,
-                serial_loads: false,
-            });
-        }
-    }
+    // The cooperative-matrix kernel as the dispatcher builds it, for both fragment sizes
+    // and the subgroup sizes of lavapipe (8), NVIDIA and Apple (32) and AMD's wave64.
+    v.extend(coop_variants());
     // The unrolled flash kernel, generated per variant.
     for &dk in FLASH_HEAD_DIMS
         .iter()
@@ -87,6 +125,8 @@ fn variants() -> Vec<ShaderVariant> {
                         alibi,
                         bool_mask,
                         serial_loads,
+                        fragment: 0,
+                        subgroup_size: 0,
                     });
                 }
             }
@@ -108,6 +148,8 @@ fn variants() -> Vec<ShaderVariant> {
                 alibi: false,
                 bool_mask: false,
                 serial_loads: false,
+                fragment: 0,
+                subgroup_size: 0,
             });
         }
     }
