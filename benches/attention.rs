@@ -7,7 +7,11 @@
 //! wgpu's injected bounds checks: `Context::from_device_unchecked`), `--experimental`
 //! (wgpu's cooperative matrices where the adapter has them: `Context::new_experimental`),
 //! `--max-binding BYTES` (a device whose storage bindings hold at most that many bytes, as
-//! `wgpu::Limits::default()`'s 128 MiB: calls with larger tensors run split, see `"parts"`).
+//! `wgpu::Limits::default()`'s 128 MiB: calls with larger tensors run split, see `"parts"`),
+//! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
+//! cooperative-matrix kernel's rescale round trips).
+//! Each line carries the variant's cost line (`variant`, `rows_per_workgroup`,
+//! `keys_per_tile`, `barriers_per_tile`, `workgroup_bytes`; see `ShaderVariant::cost`).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
 //! completed submission; one warm-up run first; the median of `iters` runs is reported.
@@ -33,6 +37,8 @@ struct Case {
     rpt: Option<u32>,
     bk: Option<u32>,
     tpr: Option<u32>,
+    /// Q's inputs are uniform in [-gain, gain) (`--gain`; K and V in [-1, 1)).
+    gain: f32,
 }
 
 use wgpu_attention::reference::random_uniform as random;
@@ -68,7 +74,11 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     };
     let qs = [c.b, c.h, c.sq, c.d];
     let ks = [c.b, c.h, c.sk, c.d];
-    let q = upload(ctx, &random(qs.iter().product(), 1), qs, &c.dtype)?;
+    let qh: Vec<f32> = random(qs.iter().product(), 1)
+        .iter()
+        .map(|x| x * c.gain)
+        .collect();
+    let q = upload(ctx, &qh, qs, &c.dtype)?;
     let k = upload(ctx, &random(ks.iter().product(), 2), ks, &c.dtype)?;
     let v = upload(ctx, &random(ks.iter().product(), 3), ks, &c.dtype)?;
     let mask = match c.mask.as_str() {
@@ -151,11 +161,21 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
             times.push(ms);
         }
     }
+    // `--counts`: what the flash kernel counted in one more run (tiles loaded, and the
+    // cooperative-matrix kernel's rescale round trips).
+    let counts = if std::env::args().any(|a| a == "--counts") {
+        let k = ctx
+            .debug_kernel_counts(&q, &k, &v, out.view(), &opts)
+            .map_err(|e| e.to_string())?;
+        format!(",\"key_tiles\":{},\"rescales\":{}", k.key_tiles, k.rescales)
+    } else {
+        String::new()
+    };
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"parts\":{},\"variant\":\"bk{} rpt{} tpr{}{}\"}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{}{}}}",
         c.backend,
         c.mask,
         c.dtype,
@@ -171,11 +191,8 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         plan.variant.block_k,
         plan.variant.rows_per_thread,
         plan.variant.threads_per_row,
-        if plan.variant.family == wgpu_attention::dispatch::Family::FlashCoop {
-            " coop"
-        } else {
-            ""
-        }
+        plan.variant.cost(),
+        counts
     ))
 }
 
@@ -222,7 +239,7 @@ fn main() {
         .filter(|a| {
             !matches!(
                 a.as_str(),
-                "--bench" | "--unchecked" | "--experimental" | "--checks" | "bounds"
+                "--bench" | "--unchecked" | "--experimental" | "--checks" | "bounds" | "--counts"
             )
         })
         .cloned()
@@ -241,6 +258,7 @@ fn main() {
         rpt: None,
         bk: None,
         tpr: None,
+        gain: 1.0,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -268,6 +286,11 @@ fn main() {
             "--bk" => base.bk = Some(num() as u32),
             "--tpr" => base.tpr = Some(num() as u32),
             "--max-binding" => max_binding = Some(num() as u64),
+            "--gain" => {
+                base.gain = val
+                    .parse()
+                    .unwrap_or_else(|_| panic!("--gain needs a number, got {val:?}"))
+            }
             other => panic!("unknown flag {other}"),
         }
         if !matches!(

@@ -7,8 +7,8 @@
 // window) are never visited; with a block summary of the bool mask, fully masked tiles
 // are skipped and fully visible tiles skip the per-element mask loads.
 //
-// Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, SUM_BK, row_reduce(), count_tile() and
-// the K/V tiles of shaders/flash_tiles.wgsl.
+// Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, SUM_BK, row_reduce(), count_tile(), the
+// online softmax (shaders/online_softmax.wgsl) and the K/V tiles of shaders/flash_tiles.wgsl.
 
 const DPK: u32 = DKB / TPR;   // Q/K dims per thread
 const ROW_STRIDE: u32 = BR / RPT; // distance between a thread's rows
@@ -35,8 +35,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var q: array<array<vec4<f32>, PK4>, RPT>;
     var acc: array<array<vec4<f32>, PV4>, RPT>;
     var sc: array<array<f32, BC>, RPT>;
-    var m: array<f32, RPT>;
-    var l: array<f32, RPT>;
+    var st: array<Online, RPT>;
     for (var k = 0u; k < RPT; k++) {
         let i = qt * BR + lid / TPR + k * ROW_STRIDE;
         rows[k] = i;
@@ -51,8 +50,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             q[k][t] = x;
         }
         for (var t = 0u; t < PV4; t++) { acc[k][t] = vec4<f32>(0.0); }
-        m[k] = LOWEST;
-        l[k] = 0.0;
+        st[k] = online_init();
     }
 
     let bases = kv_bases(b, tile.hk);
@@ -93,7 +91,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         var vis_bits: array<u32, RPT>;
         for (var k = 0u; k < RPT; k++) {
             let i = rows[k];
-            var tmax = m[k];
+            var tmax = LOWEST;
             var bits = 0u;
             for (var jj = 0u; jj < BC; jj++) {
                 let j = j0 + jj;
@@ -111,18 +109,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             vis_bits[k] = bits;
             if (bits != 0u) {
-                let alpha = exp(m[k] - tmax);
-                m[k] = tmax;
-                l[k] *= alpha;
-                for (var t = 0u; t < PV4; t++) { acc[k][t] *= alpha; }
+                st[k] = online_fold(st[k], tmax, 0.0);
+                for (var t = 0u; t < PV4; t++) { acc[k][t] *= st[k].alpha; }
                 var lsum = 0.0;
                 for (var jj = 0u; jj < BC; jj++) {
-                    var p = 0.0;
-                    if ((bits & (1u << jj)) != 0u) { p = exp(sc[k][jj] - tmax); }
+                    let p = online_weight(sc[k][jj], (bits & (1u << jj)) != 0u, st[k]);
                     sc[k][jj] = p;
                     lsum += p;
                 }
-                l[k] += lsum;
+                st[k].l += lsum;
             }
         }
         // P·V: each V vector loaded from workgroup memory serves RPT rows.
@@ -140,15 +135,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var k = 0u; k < RPT; k++) {
         let i = rows[k];
         if (row_stored(b, i, rc)) {
-            var inv = 0.0;
-            if (l[k] > 0.0) { inv = 1.0 / l[k]; }
+            let inv = online_inv(st[k]);
             for (var t = 0u; t < PV4; t++) {
                 for (var c = 0u; c < 4u; c++) {
                     let d = sub * DPV + t * 4u + c;
                     if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), acc[k][t][c] * inv); }
                 }
             }
-            if (sub == 0u) { store_lse(b, h, i, 0u, m[k], l[k]); }
+            if (sub == 0u) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }
         }
     }
 }

@@ -6,7 +6,7 @@
 // each row's keys are split across workgroups, whose partial outputs and log-sum-exps go
 // to scratch buffers for merge.wgsl to combine.
 //
-// Needs from the prelude: DKB, DVB, WG.
+// Needs from the prelude: DKB, DVB, WG and the online softmax (shaders/online_softmax.wgsl).
 
 const CPT: u32 = DVB / WG;   // output columns per thread (at least 1)
 const NCOL: u32 = max(CPT, 1u);
@@ -48,8 +48,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var acc: array<f32, NCOL>;
     for (var c = 0u; c < NCOL; c++) { acc[c] = 0.0; }
-    var m = LOWEST;
-    var l = 0.0;
+    var st = online_init();
     let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
 
@@ -67,23 +66,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         ps[lid] = s;
         vis_w[lid] = select(0u, 1u, vis);
         workgroupBarrier();
-        var bmax = m;
+        var bmax = LOWEST;
         var any = false;
         for (var t = 0u; t < WG; t++) {
             if (vis_w[t] != 0u) { bmax = max(bmax, ps[t]); any = true; }
         }
         workgroupBarrier();
-        if (vis) { ps[lid] = exp(s - bmax); } else { ps[lid] = 0.0; }
+        // Every thread folds the same block max into its copy of the row's state.
+        let next = online_fold(st, bmax, 0.0);
+        ps[lid] = online_weight(s, vis, next);
         workgroupBarrier();
         if (any) {
-            let alpha = exp(m - bmax);
-            m = bmax;
-            l *= alpha;
-            for (var c = 0u; c < NCOL; c++) { acc[c] *= alpha; }
+            st = next;
+            for (var c = 0u; c < NCOL; c++) { acc[c] *= st.alpha; }
             let nk = min(WG, keys.y - j0);
             for (var t = 0u; t < nk; t++) {
                 let p = ps[t];
-                l += p;
+                st.l += p;
                 if (p != 0.0) {
                     let vr = vbase + (j0 + t) * P.v_ss;
                     for (var c = 0u; c < NCOL; c++) {
@@ -97,12 +96,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 
     if (row_stored(b, i, rc)) {
-        var inv = 0.0;
-        if (l > 0.0) { inv = 1.0 / l; }
+        let inv = online_inv(st);
         for (var c = 0u; c < NCOL; c++) {
             let d = lid + c * WG;
             if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc[c] * inv); }
         }
-        if (lid == 0u) { store_lse(b, h, i, split, m, l); }
+        if (lid == 0u) { store_lse(b, h, i, split, st.m, st.l); }
     }
 }

@@ -77,8 +77,7 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
             // Row r's diagonal: ALiBi's term of key j is -slope * |j - ac_r|.
             w!(s, "    let ac_{r} = i32(i_{r}) + rc.off;");
         }
-        w!(s, "    var m_{r} = LOWEST;");
-        w!(s, "    var l_{r} = 0.0;");
+        w!(s, "    var st_{r} = online_init();");
         for t in 0..dv4 {
             w!(s, "    var acc_{r}_{t} = vec4<f32>(0.0);");
         }
@@ -151,8 +150,7 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
         for g in 0..o_groups {
             let r = pass * o_groups + g;
             w!(s, "    {{");
-            w!(s, "        var inv = 0.0;");
-            w!(s, "        if (l_{r} > 0.0) {{ inv = 1.0 / l_{r}; }}");
+            w!(s, "        let inv = online_inv(st_{r});");
             for t in 0..dv4 {
                 if v.serial_loads {
                     w!(
@@ -169,7 +167,7 @@ pub(crate) fn main_source(v: &ShaderVariant) -> String {
             }
             w!(
                 s,
-                "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, m_{r}, l_{r}); }}"
+                "        if (row_stored(b, i_{r}, rc)) {{ store_lse(b, h, i_{r}, 0u, st_{r}.m, st_{r}.l); }}"
             );
             w!(s, "    }}");
         }
@@ -243,7 +241,7 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
         }
     }
     for r in 0..rows {
-        w!(s, "            var mx_{r} = m_{r};");
+        w!(s, "            var mx_{r} = LOWEST;");
         for k in 0..g {
             w!(
                 s,
@@ -281,20 +279,16 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
                 "            if (vis_{r}_{k}) {{ mx_{r} = max(mx_{r}, s_{r}_{k}); }}"
             );
         }
-        w!(s, "            let al_{r} = exp(m_{r} - mx_{r});");
-        w!(s, "            m_{r} = mx_{r};");
+        w!(s, "            st_{r} = online_fold(st_{r}, mx_{r}, 0.0);");
+        w!(s, "            let al_{r} = st_{r}.alpha;");
         for k in 0..g {
             w!(
                 s,
-                "            let p_{r}_{k} = select(0.0, exp(s_{r}_{k} - mx_{r}), vis_{r}_{k});"
+                "            let p_{r}_{k} = online_weight(s_{r}_{k}, vis_{r}_{k}, st_{r});"
             );
         }
         let sum: Vec<String> = (0..g).map(|k| format!("p_{r}_{k}")).collect();
-        w!(
-            s,
-            "            l_{r} = l_{r} * al_{r} + ({});",
-            sum.join(" + ")
-        );
+        w!(s, "            st_{r}.l += {};", sum.join(" + "));
     }
     for t in 0..dv4 {
         for k in 0..g {

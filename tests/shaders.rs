@@ -187,3 +187,111 @@ fn plain_variants_need_only_core_capabilities() {
             .unwrap_or_else(|e| panic!("{name} needs a capability: {}", e.emit_to_string(&src)));
     }
 }
+
+/// The buffer bindings of a module's globals, as wgpu's pipeline layout would map them.
+fn bindings(module: &naga::Module) -> Vec<naga::ResourceBinding> {
+    module
+        .global_variables
+        .iter()
+        .filter_map(|(_, g)| g.binding)
+        .collect()
+}
+
+/// Metal and DX12 cannot run here, so every variant goes through naga's MSL and HLSL
+/// backends with the options wgpu 30 gives them (explicit binding maps, no faked bindings,
+/// bounds checks on): a shader either backend would reject fails `cargo test`. The
+/// cooperative-matrix variants go to MSL only (simdgroup matrices, MSL 2.3 and later);
+/// wgpu 30 has no cooperative matrices on DX12, where the dispatcher cannot pick them.
+#[test]
+fn every_variant_translates_to_msl_and_hlsl() {
+    use naga::back::{hlsl, msl};
+    let all = variants();
+    let mut n_msl = 0;
+    let mut n_hlsl = 0;
+    for (v, (name, src)) in std::iter::once(None)
+        .chain(all.iter().map(Some))
+        .zip(all_sources_for(&all))
+    {
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let coop = v.is_some_and(|v| v.family == Family::FlashCoop);
+        let validate = |caps| {
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)))
+        };
+        let restrict = naga::proc::BoundsCheckPolicies {
+            index: naga::proc::BoundsCheckPolicy::Restrict,
+            buffer: naga::proc::BoundsCheckPolicy::Restrict,
+            image_load: naga::proc::BoundsCheckPolicy::Restrict,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        };
+
+        // Metal: one buffer slot per binding, plus the sizes buffer for runtime arrays.
+        let info = validate(msl::supported_capabilities());
+        let resources = msl::EntryPointResources {
+            resources: bindings(&module)
+                .into_iter()
+                .map(|rb| {
+                    let target = msl::BindTarget {
+                        buffer: Some(rb.binding as u8),
+                        mutable: true,
+                        ..Default::default()
+                    };
+                    (rb, target)
+                })
+                .collect(),
+            immediates_buffer: None,
+            sizes_buffer: Some(24),
+        };
+        let options = msl::Options {
+            lang_version: (2, 4),
+            per_entry_point_map: module
+                .entry_points
+                .iter()
+                .map(|ep| (ep.name.clone(), resources.clone()))
+                .collect(),
+            fake_missing_bindings: false,
+            bounds_check_policies: restrict,
+            zero_initialize_workgroup_memory: false,
+            force_loop_bounding: false,
+            emit_int_div_checks: false,
+            ..Default::default()
+        };
+        msl::write_string(&module, &info, &options, &msl::PipelineOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
+        n_msl += 1;
+        if coop {
+            continue;
+        }
+
+        // DX12: shader model 6 (wave intrinsics), register n in space 0 per binding.
+        let info = validate(hlsl::supported_capabilities());
+        let options = hlsl::Options {
+            shader_model: hlsl::ShaderModel::V6_0,
+            binding_map: bindings(&module)
+                .into_iter()
+                .map(|rb| {
+                    let target = hlsl::BindTarget {
+                        space: 0,
+                        register: rb.binding,
+                        ..Default::default()
+                    };
+                    (rb, target)
+                })
+                .collect(),
+            fake_missing_bindings: false,
+            zero_initialize_workgroup_memory: false,
+            restrict_indexing: true,
+            force_loop_bounding: false,
+            ..Default::default()
+        };
+        let mut out = String::new();
+        hlsl::Writer::new(&mut out, &options, &hlsl::PipelineOptions::default())
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{name}: HLSL: {e:?}"));
+        n_hlsl += 1;
+    }
+    let n_coop = all.iter().filter(|v| v.family == Family::FlashCoop).count();
+    assert!(n_coop >= 16, "{n_coop} cooperative-matrix variants");
+    eprintln!("{n_msl} modules to MSL ({n_coop} cooperative-matrix), {n_hlsl} to HLSL");
+}
