@@ -174,8 +174,13 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
+    // The least traffic a call needs (Q, K, V read once, O written once): what decode is
+    // bound by.
+    let elem = if c.dtype == "f16" { 2.0 } else { 4.0 };
+    let bytes = 2.0 * (c.b * c.h * (c.sq + c.sk) * c.d) as f64 * elem;
+    let gbps = bytes / (median * 1e-3) / 1e9;
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{}{}}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{}{}}}",
         c.backend,
         c.mask,
         c.dtype,
@@ -186,6 +191,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         c.d,
         median,
         gflops,
+        gbps,
         plan.backend.name(),
         plan.parts,
         plan.variant.block_k,

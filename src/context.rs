@@ -205,6 +205,21 @@ impl Context {
         Self::build(device, queue, info, None, gate, &[])
     }
 
+    /// [`Context::from_device`] for a device of `adapter`, whose cooperative-matrix
+    /// configurations it reads too: a device created with
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` (and `SHADER_F16`, `SUBGROUP`) then runs 16-bit
+    /// flash on the tensor cores, as [`Context::new_experimental`] does.
+    pub fn from_adapter_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Self {
+        let info = adapter.get_info();
+        let gate = Self::own_gate(&device, &info);
+        let coop = adapter.cooperative_matrix_properties();
+        Self::build(device, queue, &info, None, gate, &coop)
+    }
+
     /// The gate of a device the caller brought (GL only), shared by every context over it.
     fn own_gate(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Option<Arc<Gate>> {
         (info.backend == wgpu::Backend::Gl).then(|| gate::device_gate(device))
