@@ -9,7 +9,6 @@ const DV4: u32 = DVB / 4u;
 const VS0: u32 = BC * DK4;
 var<workgroup> kvs: array<vec4<f32>, BC * (DK4 + DV4)>;
 var<workgroup> sh_range: vec2<u32>;
-var<workgroup> sh_state: u32;
 
 fn kv_word(is_v: bool, w: u32) -> u32 {
     if (is_v) { return v_buf[w]; }
@@ -39,12 +38,13 @@ fn kv_vec4(is_v: bool, base: u32, j: u32, d0: u32) -> vec4<f32> {
     return x;
 }
 
-// Starts the key tile at j0: returns its state (0 all masked: skip it, 1 all visible,
-// 2 mixed), agreed by the workgroup, after the barrier that ends every read of the previous
-// tile; unless it is skipped, its K and V are loaded (bases from kv_bases) and readable.
+// Starts the key tile at j0 with two barriers: the first ends every read of the previous
+// tile; then each thread works out the tile's state (0 all masked: skip it, 1 all visible,
+// 2 mixed) for itself, the same for all (no third barrier to agree on it), and unless it is
+// skipped the workgroup loads its K and V (bases from kv_bases), readable after the second.
 fn next_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec2<u32>) -> u32 {
-    if (lid == 0u) { sh_state = tile_state(b, h, qt, j0); }
-    let state = workgroupUniformLoad(&sh_state);
+    workgroupBarrier();
+    let state = tile_state(b, h, qt, j0);
     if (state != 0u) {
         if (lid == 0u) { count_tile(state); }
         load_kv_tile(lid, j0, bases);

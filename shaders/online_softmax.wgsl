@@ -28,7 +28,8 @@ fn online_init() -> Online {
 // branch.
 fn online_fold(st: Online, tile_max: f32, slack: f32) -> Online {
     var r: Online;
-    r.m = select(st.m, tile_max, tile_max > st.m + slack);
+    // (The difference, not st.m + slack, which rounds away the slack where |m| is large.)
+    r.m = select(st.m, tile_max, tile_max - st.m > slack);
     r.alpha = exp(st.m - r.m);
     r.l = st.l * r.alpha;
     return r;

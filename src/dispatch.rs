@@ -151,6 +151,11 @@ impl DeviceCaps {
     /// Mesa 22 or older (measured on 22.3.6, against 25.0.7; BENCHMARKS.md).
     pub fn with_adapter_info(mut self, info: &wgpu::AdapterInfo) -> Self {
         self.subgroup_max_size = info.subgroup_max_size.max(self.subgroup_min_size);
+        // wgpu reports Metal's possible SIMD widths (4..64); an Apple GPU's are always 32.
+        if info.backend == wgpu::Backend::Metal && info.name.starts_with("Apple") {
+            self.subgroup_min_size = 32;
+            self.subgroup_max_size = 32;
+        }
         self.cpu = info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl;
         self.cpu_serial_loads =
             self.cpu && mesa_major(&info.driver_info).is_some_and(|v| v <= MESA_SERIAL_LOADS_UP_TO);
@@ -280,7 +285,7 @@ impl ShaderVariant {
                 // f16 K/V tile (Q staged there first), f32 scores and f16 weights per row.
                 let (br, bc) = (self.block_q, self.block_k);
                 let kv = (br * self.head_dim_qk).max(bc * (self.head_dim_qk + self.head_dim_v));
-                kv * 2 + br * bc * 6 + 16
+                kv * 2 + br * bc * 6 + 32
             }
             Family::MemoryEfficient => (self.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
             Family::Naive => 64 * 4 * 2,
@@ -293,6 +298,8 @@ impl ShaderVariant {
     /// speed on a GPU (bytes of K/V staged per row served, barriers, workgroup memory).
     pub fn cost(&self) -> Cost {
         let (name, barriers) = match self.family {
+            // Barrier 1 ends the previous tile's reads, barrier 2 the load (tile_state is
+            // worked out by every thread, not agreed through a third).
             Family::Flash if self.subgroups => ("flash_simt_subgroup", 2),
             Family::Flash => ("flash_simt", 2),
             Family::FlashUnrolled => ("flash_unrolled_cpu", 2),
@@ -549,10 +556,14 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
     if !caps.subgroup {
         return Err("the cooperative-matrix kernel needs subgroups".into());
     }
-    if caps.subgroup_min_size != caps.subgroup_max_size || !caps.subgroup_min_size.is_power_of_two()
+    // Lanes per row (subgroup size / fragment) must not exceed the fragment, or a lane would
+    // hold no column of it.
+    if caps.subgroup_min_size != caps.subgroup_max_size
+        || !caps.subgroup_min_size.is_power_of_two()
+        || caps.subgroup_min_size > caps.coop_fragment * caps.coop_fragment
     {
         return Err(format!(
-            "the cooperative-matrix kernel is built for one subgroup size; the adapter's vary from {} to {}",
+            "the cooperative-matrix kernel is built for one subgroup size of at most the fragment's square; the adapter's vary from {} to {}",
             caps.subgroup_min_size, caps.subgroup_max_size
         ));
     }

@@ -112,13 +112,8 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                 Family::Naive => ["", "", "", "", sources::NAIVE],
             };
             // Enable directives must precede every declaration.
-            // The cooperative-matrix kernel rescales its accumulators under a condition that is
-            // uniform across the workgroup by construction (a workgroup atomic read by every
-            // invocation after the barrier that follows its last write); naga's uniformity
-            // analysis counts every atomic load as non-uniform, and files its check of
-            // cooperative operations under this rule.
             let enables = if v.family == Family::FlashCoop {
-                "enable f16;\nenable wgpu_cooperative_matrix;\ndiagnostic(off, derivative_uniformity);\n"
+                "enable f16;\nenable wgpu_cooperative_matrix;\n"
             } else {
                 ""
             };
