@@ -307,3 +307,60 @@ fn packed_variable_length_batches() {
     let want = varlen_reference(&vl, (h, hkv, d), [&qh, &kh, &vh], &mask);
     assert_close(&got, &want, DType::F16, "coop varlen");
 }
+
+/// A call larger than one storage binding runs split (batch items, heads, query rows) on the
+/// cooperative-matrix kernel too, on a device of the caller's (`Context::from_adapter_device`)
+/// with small bindings; causal and window masks depend on a row's index, which each part
+/// must keep.
+#[test]
+fn split_calls_on_a_callers_device() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let features = adapter.features() & (wgpu_attention::OPTIONAL_FEATURES | coop);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: features,
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: 6 * 1024,
+            ..adapter.limits()
+        },
+        // SAFETY: the test accepts wgpu's experimental features.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+        ..Default::default()
+    }))
+    .expect("device");
+    let ctx = Context::from_adapter_device(&adapter, device, queue);
+    let expect_coop = has_coop(coop_ctx());
+    let (b, hq, hkv, sq, sk, d) = (2, 4, 2, 77, 23, 16);
+    let masks = [
+        MaskSpec::default(),
+        MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            window: Some(Window {
+                left: Some(9),
+                right: None,
+            }),
+            key_lengths: Some(vec![23, 14]),
+            ..Default::default()
+        },
+    ];
+    for (mi, mask) in masks.into_iter().enumerate() {
+        let mut c = Case::new(b, hq, sq, sk, d)
+            .dtype(DType::F16)
+            .backend(Backend::Flash)
+            .mask(mask);
+        c.hkv = hkv;
+        c.lse = mi == 1;
+        let (got, want, plan) = run_plan(&ctx, &c);
+        assert!(plan.parts > 1, "not split: {plan}");
+        assert_eq!(
+            plan.variant.family == Family::FlashCoop,
+            expect_coop,
+            "{plan}"
+        );
+        assert_close(&got, &want, DType::F16, &c.label());
+    }
+}
