@@ -151,10 +151,10 @@ impl Context {
         let mut features = adapter.features() & OPTIONAL_FEATURES;
         let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         let coop_props = adapter.cooperative_matrix_properties();
-        let fragment = DeviceCaps::webgpu_default()
-            .with_cooperative_matrices(&coop_props)
-            .coop_fragment;
-        if experimental && adapter.features().contains(coop) && fragment > 0 {
+        if experimental
+            && adapter.features().contains(coop)
+            && dispatch::coop_fragment(&coop_props) > 0
+        {
             features |= coop;
         }
         let requested = {

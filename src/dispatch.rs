@@ -171,16 +171,22 @@ impl DeviceCaps {
         mut self,
         props: &[wgpu::CooperativeMatrixProperties],
     ) -> Self {
-        let has = |n: u32| {
-            props.iter().any(|p| {
-                (p.m_size, p.n_size, p.k_size) == (n, n, n)
-                    && p.ab_type == wgpu::CooperativeScalarType::F16
-                    && p.cr_type == wgpu::CooperativeScalarType::F32
-            })
-        };
-        self.coop_fragment = [16, 8].into_iter().find(|&n| has(n)).unwrap_or(0);
+        self.coop_fragment = coop_fragment(props);
         self
     }
+}
+
+/// The cooperative-matrix fragment the kernel would use among an adapter's configurations:
+/// 16 for 16×16×16 f16 × f16 → f32, else 8 for 8×8×8, else 0.
+pub fn coop_fragment(props: &[wgpu::CooperativeMatrixProperties]) -> u32 {
+    let has = |n: u32| {
+        props.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (n, n, n)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    };
+    [16, 8].into_iter().find(|&n| has(n)).unwrap_or(0)
 }
 
 /// The newest Mesa major version whose lavapipe loads memory one lane at a time in a loop
@@ -686,14 +692,6 @@ pub fn decode_splits(p: &Problem) -> Option<u32> {
         .then(|| split_count(p.seq_k))
 }
 
-fn coop_reason(p: &Problem, caps: &DeviceCaps, mask_note: &str) -> String {
-    let fr = caps.coop_fragment;
-    format!(
-        "flash on cooperative matrices: 16-bit inputs, head dims {}/{}, {fr}x{fr}x{fr} f16 fragments with f32 accumulation, subgroups of {}.{mask_note}",
-        p.head_dim_qk, p.head_dim_v, caps.subgroup_min_size
-    )
-}
-
 /// Decides which backend and variant run `problem` on a device with `caps`.
 ///
 /// `Auto` picks the decode path for at most [`DECODE_MAX_QUERIES`] query rows over at least
@@ -719,6 +717,9 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
     } else {
         ""
     };
+    let coop = (opts.tuning == Default::default() && opts.subgroups == Subgroups::Auto)
+        .then(|| coop_variant(problem, caps).ok())
+        .flatten();
     let splits = decode_splits(problem);
     let decode_plan = |v: ShaderVariant, splits: u32, why: &str| Plan {
         backend: Backend::Decode,
@@ -753,19 +754,25 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 ),
             )
         }
-        Backend::Flash
-            if opts.tuning == Default::default()
-                && opts.subgroups == Subgroups::Auto
-                && coop_variant(problem, caps).is_ok() =>
-        {
+        // Flash, forced or chosen, runs on cooperative matrices where it can (and the
+        // caller did not tune the SIMT tiles or turn subgroups off).
+        Backend::Flash | Backend::Auto if coop.is_some() => {
+            let fr = caps.coop_fragment;
             Plan {
                 backend: Backend::Flash,
-                variant: coop_variant(problem, caps).map_err(Error::backend)?,
+                variant: coop.unwrap_or_else(naive_variant),
                 key_splits: 1,
                 parts: 1,
                 reason: format!(
-                    "flash was forced; {}",
-                    coop_reason(problem, caps, mask_note)
+                    "{}flash on cooperative matrices: 16-bit inputs, head dims {}/{}, {fr}x{fr}x{fr} f16 fragments with f32 accumulation, subgroups of {}.{mask_note}",
+                    if opts.backend == Backend::Flash {
+                        "flash was forced; "
+                    } else {
+                        ""
+                    },
+                    problem.head_dim_qk,
+                    problem.head_dim_v,
+                    caps.subgroup_min_size
                 ),
             }
         }
@@ -798,19 +805,6 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             parts: 1,
             reason: "naive was forced (exact reference: scores, softmax, P.V).".into(),
         },
-        Backend::Auto
-            if opts.tuning == Default::default()
-                && opts.subgroups == Subgroups::Auto
-                && coop_variant(problem, caps).is_ok() =>
-        {
-            Plan {
-                backend: Backend::Flash,
-                variant: coop_variant(problem, caps).map_err(Error::backend)?,
-                key_splits: 1,
-                parts: 1,
-                reason: coop_reason(problem, caps, mask_note),
-            }
-        }
         Backend::Auto => match flash_variant(problem, caps, opts) {
             Ok(v) => {
                 let cpu_note = match (caps.cpu, v.family) {

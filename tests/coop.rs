@@ -50,29 +50,30 @@ fn coop_ctx() -> &'static Context {
     })
 }
 
-fn has_coop(ctx: &Context) -> bool {
-    let p = Problem {
+/// An f16 problem of one batch item.
+fn f16_problem(h: usize, s: usize, d: usize) -> Problem {
+    Problem {
         dtype_q: DType::F16,
         dtype_k: DType::F16,
         dtype_v: DType::F16,
         dtype_o: DType::F16,
-        ..Problem::new(1, 1, 64, 64, 64)
-    };
-    let plan = ctx.plan_problem(&p, &Default::default()).unwrap();
+        ..Problem::new(1, h, s, s, d)
+    }
+}
+
+fn has_coop(ctx: &Context) -> bool {
+    let plan = ctx
+        .plan_problem(&f16_problem(1, 64, 64), &Default::default())
+        .unwrap();
     plan.variant.family == Family::FlashCoop
 }
 
 #[test]
 fn the_dispatcher_picks_cooperative_matrices_for_16_bit_inputs() {
     let ctx = coop_ctx();
-    let f16_problem = Problem {
-        dtype_q: DType::F16,
-        dtype_k: DType::F16,
-        dtype_v: DType::F16,
-        dtype_o: DType::F16,
-        ..Problem::new(1, 8, 512, 512, 128)
-    };
-    let plan = ctx.plan_problem(&f16_problem, &Default::default()).unwrap();
+    let plan = ctx
+        .plan_problem(&f16_problem(8, 512, 128), &Default::default())
+        .unwrap();
     let f32_plan = ctx
         .plan_problem(&Problem::new(1, 8, 512, 512, 128), &Default::default())
         .unwrap();

@@ -97,28 +97,13 @@ fn random_case(r: &mut Rng, seed: u64) -> Case {
 
 /// One way to break a valid problem, and the tensor the error must name.
 fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, TensorRole, Error) {
-    let shape = |s: [usize; 4]| s;
-    let q = upload(
-        ctx,
-        &random(c.b * c.hq * c.sq * c.dk, 1),
-        shape([c.b, c.hq, c.sq, c.dk]),
-        DType::F32,
-        Layout::Bhsd,
-    );
-    let k = upload(
-        ctx,
-        &random(c.b * c.hkv * c.sk * c.dk, 2),
-        [c.b, c.hkv, c.sk, c.dk],
-        DType::F32,
-        Layout::Bhsd,
-    );
-    let v = upload(
-        ctx,
-        &random(c.b * c.hkv * c.sk * c.dv, 3),
-        [c.b, c.hkv, c.sk, c.dv],
-        DType::F32,
-        Layout::Bhsd,
-    );
+    let seeded = |shape: [usize; 4], seed| {
+        let data = random(shape.iter().product(), seed);
+        upload(ctx, &data, shape, DType::F32, Layout::Bhsd)
+    };
+    let q = seeded([c.b, c.hq, c.sq, c.dk], 1);
+    let k = seeded([c.b, c.hkv, c.sk, c.dk], 2);
+    let v = seeded([c.b, c.hkv, c.sk, c.dv], 3);
     let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], DType::F32);
     let mut opts = AttentionOptions::default().backend(c.backend);
     let grown = |t: &Tensor, dim: usize, by: usize| {
