@@ -95,7 +95,9 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
             let t = ctx
                 .upload_bool(&m, [1, 1, c.sq, c.sk])
                 .map_err(|e| e.to_string())?;
-            let summary = ctx.block_mask(t.view()).map_err(|e| e.to_string())?;
+            let summary = ctx
+                .block_mask_blocking(t.view())
+                .map_err(|e| e.to_string())?;
             Mask::none().bool_mask_with_summary(t.view().clone(), summary)
         }
         "bias" => {
@@ -141,7 +143,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         }
         let t0 = Instant::now();
         ctx.queue().submit([enc.finish()]);
-        ctx.wait().map_err(|e| e.to_string())?;
+        ctx.wait_blocking().map_err(|e| e.to_string())?;
         let wall = t0.elapsed().as_secs_f64() * 1e3;
         let ms = match &timer.resolve {
             Some(res) => {
@@ -194,9 +196,9 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         gbps,
         plan.backend.name(),
         plan.parts,
-        plan.variant.block_k,
-        plan.variant.rows_per_thread,
-        plan.variant.threads_per_row,
+        plan.variant.block_k(),
+        plan.variant.rows_per_thread(),
+        plan.variant.threads_per_row(),
         plan.variant.cost(),
         counts
     ))

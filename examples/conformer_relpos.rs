@@ -76,9 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .key_lengths(lengths.to_vec());
     let opts = AttentionOptions::with_mask(mask).backend(backend);
     let plan = ctx.plan(qg.view(), kg.view(), vg.view(), &opts)?;
-    let out = ctx.attention(qg.view(), kg.view(), vg.view(), &opts)?;
+    let out = ctx.attention_blocking(qg.view(), kg.view(), vg.view(), &opts)?;
     let got = ctx.download_f32_blocking(out.view())?;
-    let naive = ctx.attention(
+    let naive = ctx.attention_blocking(
         qg.view(),
         kg.view(),
         vg.view(),

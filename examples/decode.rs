@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &opts,
         )?;
         ctx.queue().submit([enc.finish()]);
-        ctx.wait()?;
+        ctx.wait_blocking()?;
         attention_time += t0.elapsed().as_secs_f64();
         last_backend = format!("{} ({} key splits)", plan.backend, plan.key_splits);
 

@@ -68,11 +68,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let opts = AttentionOptions::with_mask(mask);
         let plan = ctx.plan(q.view(), k.view(), v.view(), &opts)?;
         // Warm-up (compiles the pipeline), then time one run.
-        let out = ctx.attention(q.view(), k.view(), v.view(), &opts)?;
-        ctx.wait()?;
+        let out = ctx.attention_blocking(q.view(), k.view(), v.view(), &opts)?;
+        ctx.wait_blocking()?;
         let t0 = Instant::now();
-        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &opts)?;
-        ctx.wait()?;
+        ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)?;
+        ctx.wait_blocking()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let got = ctx.download_f32_blocking(out.view())?;
         let want = reference::attention(

@@ -30,12 +30,12 @@ fn time_ms(
     f: impl Fn() -> Result<(), wgpu_attention::Error>,
 ) -> Result<f64, wgpu_attention::Error> {
     f()?; // warm-up: compiles the pipeline
-    ctx.wait()?;
+    ctx.wait_blocking()?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t0 = Instant::now();
         f()?;
-        ctx.wait()?;
+        ctx.wait_blocking()?;
         best = best.min(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok(best)
@@ -58,17 +58,17 @@ fn run(ctx: &Context, w: &Workload) -> Result<(), Box<dyn std::error::Error>> {
     let plan_plain = ctx.plan(q.view(), k.view(), v.view(), &plain)?;
     let plan_masked = ctx.plan(q.view(), k.view(), v.view(), &masked)?;
     let t_plain = time_ms(ctx, || {
-        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &plain)
+        ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &plain)
             .map(|_| ())
     })?;
     let t_masked = time_ms(ctx, || {
-        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &masked)
+        ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &masked)
             .map(|_| ())
     })?;
 
     // Check the masked result against the naive backend.
     let got = ctx.download_f32_blocking(out.view())?;
-    let reference = ctx.attention(
+    let reference = ctx.attention_blocking(
         q.view(),
         k.view(),
         v.view(),

@@ -246,7 +246,7 @@ impl fmt::Display for InputProblem {
             ),
             InputProblem::OutputAliasesInput { input } => write!(
                 f,
-                "the output buffer is the {input} buffer; write the output to a separate buffer"
+                "overlaps the {input} (one buffer, overlapping byte ranges); an output may share a buffer with an input only at disjoint bytes"
             ),
             InputProblem::WrongCount { expected, got, per } => {
                 write!(f, "has {got} entries, expected {expected} ({per})")
@@ -356,7 +356,7 @@ impl fmt::Display for DeviceError {
             f,
             "{}: {}",
             self.context,
-            crate::pipeline::chain(self.source.as_ref())
+            crate::runtime::pipeline::chain(self.source.as_ref())
         )
     }
 }

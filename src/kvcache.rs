@@ -1,11 +1,12 @@
 //! A key/value cache for autoregressive decoding: preallocated K and V buffers of a fixed
-//! capacity, per-batch lengths, and an on-GPU append, so a decode step reallocates nothing.
+//! capacity, per-batch lengths, and an on-GPU append: a decode step (append, then a
+//! recorded attention call) creates no buffer and no bind group once warm.
 
 use crate::context::Context;
+use crate::data::mask::{CausalAlignment, Mask};
+use crate::data::tensor::{DType, TensorView};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::gate::Gated;
-use crate::mask::{CausalAlignment, Mask};
-use crate::tensor::{DType, TensorView};
 
 /// Preallocated K/V storage `[batch, heads_kv, capacity, head_dim]` with per-batch lengths.
 ///
@@ -22,10 +23,10 @@ use crate::tensor::{DType, TensorView};
 /// for step in 0..3 {
 ///     let k = ctx.upload_f32(&vec![0.1 * step as f32; b * h * d], [b, h, 1, d])?;
 ///     let v = ctx.upload_f32(&vec![1.0 + step as f32; b * h * d], [b, h, 1, d])?;
-///     cache.append(&ctx, k.view(), v.view())?;
+///     cache.append_blocking(&ctx, k.view(), v.view())?;
 ///     let q = ctx.upload_f32(&vec![0.0; b * h * d], [b, h, 1, d])?;
 ///     let opts = AttentionOptions::with_mask(cache.mask());
-///     let out = ctx.attention(q.view(), &cache.keys(), &cache.values(), &opts)?;
+///     let out = ctx.attention_blocking(q.view(), &cache.keys(), &cache.values(), &opts)?;
 ///     let o = ctx.download_f32_blocking(out.view())?;
 ///     // Q = 0: the mean of the values so far, 1 .. step + 1.
 ///     assert!((o[0] - (2.0 + step as f32) / 2.0).abs() < 1e-6);
@@ -66,7 +67,7 @@ impl KvCache {
                 },
             ));
         }
-        let elements = crate::tensor::checked_product(&[batch, heads_kv, capacity, head_dim]);
+        let elements = crate::data::tensor::checked_product(&[batch, heads_kv, capacity, head_dim]);
         let bytes = elements.and_then(|n| n.checked_mul(dtype.size()));
         if !(head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
             return Err(Error::invalid(
@@ -85,10 +86,11 @@ impl KvCache {
                 ctx.caps().max_buffer_size,
             ));
         }
-        let _held = ctx.hold();
+        let rt = ctx.rt();
+        let _held = rt.hold();
         let make = |label| {
             Gated::new(
-                ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                rt.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size: bytes,
                     usage: wgpu::BufferUsages::STORAGE
@@ -96,7 +98,7 @@ impl KvCache {
                         | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 }),
-                ctx.gate().cloned(),
+                rt.gate().cloned(),
             )
         };
         Ok(KvCache {
@@ -240,35 +242,41 @@ impl KvCache {
         Ok(())
     }
 
-    /// [`KvCache::record_append`] in its own submission.
-    pub fn append(&mut self, ctx: &Context, new_k: &TensorView, new_v: &TensorView) -> Result<()> {
-        let _held = ctx.hold();
-        let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgpu-attention kv append"),
-            });
+    /// [`KvCache::record_append`] in its own submission. If wgpu refuses it (a buffer of
+    /// another device, a destroyed buffer), nothing is appended.
+    pub async fn append(
+        &mut self,
+        ctx: &Context,
+        new_k: &TensorView,
+        new_v: &TensorView,
+    ) -> Result<()> {
         let lengths = self.lengths.clone();
-        let res = self.record_append(&mut enc, new_k, new_v);
-        if res.is_ok() {
-            ctx.queue().submit([enc.finish()]);
-        }
-        let err = pollster::block_on(scope.pop());
-        res?;
-        if let Some(e) = err {
-            // Nothing was appended.
+        let buffers = || {
+            vec![
+                (&new_k.buffer, TensorRole::KvCache),
+                (&new_v.buffer, TensorRole::KvCache),
+            ]
+        };
+        let res = ctx
+            .rt()
+            .submit_scoped("appending to a kv cache", buffers, |_, enc| {
+                self.record_append(enc, new_k, new_v)
+            })
+            .await;
+        if res.is_err() {
             self.lengths = lengths;
-            return Err(ctx.device_error(
-                "appending to a kv cache",
-                &e,
-                &[
-                    (&new_k.buffer, TensorRole::KvCache),
-                    (&new_v.buffer, TensorRole::KvCache),
-                    (&self.k, TensorRole::KvCache),
-                ],
-            ));
         }
-        Ok(())
+        res
+    }
+
+    /// [`KvCache::append`], blocking (on the submission's error scopes only).
+    #[cfg(all(feature = "blocking", not(target_arch = "wasm32")))]
+    pub fn append_blocking(
+        &mut self,
+        ctx: &Context,
+        new_k: &TensorView,
+        new_v: &TensorView,
+    ) -> Result<()> {
+        pollster::block_on(self.append(ctx, new_k, new_v))
     }
 }

@@ -1,40 +1,81 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod blockmask;
+// The layers, from the bottom: `error` and `gate` (no dependencies), plain data (`data`),
+// the pure planning layer (`plan`), the runtime (`runtime`: device handle, pipeline cache,
+// ring, submission), the kernels (`kernels`, one folder per family), the operations that
+// record a call through them (`ops`), and the facade (`context`, `kvcache`). Each imports
+// only from the layers below it (`tests/layers.rs` checks).
+
 mod context;
-pub mod dispatch;
+pub(crate) mod data;
 pub mod error;
-mod flash;
-mod flash_unrolled;
 mod gate;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
+pub(crate) mod kernels;
 pub mod kvcache;
-mod launch;
-pub mod mask;
-mod memeff;
-mod merge;
-mod naive;
-pub mod options;
-mod params;
-#[doc(hidden)]
-pub use params::param_block_sizes;
-pub mod pipeline;
+mod ops;
+pub(crate) mod plan;
 pub mod reference;
-mod split;
-pub mod tensor;
-pub mod tuning;
-pub mod validate;
+pub(crate) mod runtime;
 
-pub use blockmask::BlockMask;
-pub use context::{Context, KernelCounts, OPTIONAL_FEATURES};
-pub use dispatch::{Cost, DeviceCaps, Plan, ShaderVariant};
+/// The crate's wgpu, re-exported: build your device and buffers with this one.
+pub use wgpu;
+
+/// The dispatcher: a pure function from (problem, device capabilities, options) to (backend,
+/// shader variant, reason).
+pub mod dispatch {
+    pub use crate::plan::dispatch::*;
+}
+/// Validation of a call into a [`Problem`](crate::Problem).
+pub mod validate {
+    pub use crate::data::problem::{MAX_SEQ, MaskKinds, Problem};
+}
+/// Per-adapter tuning of the flash tiles.
+pub mod tuning {
+    pub use crate::plan::tuning::{ShapeBucket, TuneReport};
+}
+/// Typed views of a caller's `wgpu::Buffer`.
+pub mod tensor {
+    pub use crate::data::tensor::*;
+}
+/// Masks.
+pub mod mask {
+    pub use crate::data::mask::*;
+}
+/// Per-call options.
+pub mod options {
+    pub use crate::data::options::*;
+}
+/// Block summaries of boolean masks.
+pub mod blockmask {
+    pub use crate::data::block_mask::BlockMask;
+}
+
+pub use context::Context;
+#[cfg(all(feature = "test-hooks", not(target_arch = "wasm32")))]
+pub use context::KernelCounts;
+pub use data::block_mask::BlockMask;
+pub use data::mask::{CausalAlignment, Mask, Window};
+pub use data::options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
+pub use data::problem::Problem;
+pub use data::tensor::{DType, Tensor, TensorView};
 pub use error::{Error, Result};
 pub use gate::DeviceGuard;
 pub use kvcache::KvCache;
-pub use mask::{CausalAlignment, Mask, Window};
-pub use options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
-pub use tensor::{DType, Tensor, TensorView};
-pub use tuning::{ShapeBucket, TuneReport};
-pub use validate::Problem;
+pub use plan::dispatch::{Cost, DeviceCaps, Plan, ShaderVariant};
+pub use plan::tuning::{ShapeBucket, TuneReport};
+pub use runtime::ResourceCounts;
+pub use runtime::arena::{BIND_GROUPS_KEPT, RING_CALLS};
+pub use runtime::open::OPTIONAL_FEATURES;
+
+/// Test hooks (feature `test-hooks`): shader sources, binding and parameter tables for the
+/// naga checks. Not part of the public API.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks {
+    pub use crate::kernels::attention::params::param_layouts;
+    pub use crate::kernels::{all_sources_for, binding_table};
+}

@@ -4,7 +4,7 @@
 //! as every GPU backend (and PyTorch in f32) computes them: this is what makes a row of
 //! finite sentinels (`-1e10`) come out as the mean of V, exactly as in PyTorch.
 
-use crate::mask::{CausalAlignment, Window};
+use crate::data::mask::{CausalAlignment, Window};
 
 /// `n` seeded pseudo-random values, uniform in `[-1, 1)` and never all zero (xorshift64): the
 /// inputs of the tests, examples and benchmarks.

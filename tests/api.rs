@@ -11,21 +11,21 @@ use wgpu_attention::{CausalAlignment, DType, Mask, Window};
 fn mask_accessors_and_description() {
     let none = Mask::none();
     assert!(none.is_empty() && !none.is_causal());
-    assert_eq!(none.get_alignment(), CausalAlignment::TopLeft);
+    assert_eq!(none.alignment(), CausalAlignment::TopLeft);
     assert_eq!(none.describe(), "none");
 
     let causal = Mask::none().causal(CausalAlignment::BottomRight);
     assert!(causal.is_causal() && !causal.is_empty());
-    assert_eq!(causal.get_alignment(), CausalAlignment::BottomRight);
+    assert_eq!(causal.alignment(), CausalAlignment::BottomRight);
     assert_eq!(causal.describe(), "causal(bottom-right)");
     assert_eq!(
         Mask::none().causal(CausalAlignment::TopLeft).describe(),
         "causal(top-left)"
     );
     // An alignment alone is not a mask.
-    let aligned = Mask::none().alignment(CausalAlignment::BottomRight);
+    let aligned = Mask::none().with_alignment(CausalAlignment::BottomRight);
     assert!(aligned.is_empty() && !aligned.is_causal());
-    assert_eq!(aligned.get_alignment(), CausalAlignment::BottomRight);
+    assert_eq!(aligned.alignment(), CausalAlignment::BottomRight);
 
     let ctx = ctx();
     let bools = ctx.upload_bool(&[true; 4], [1, 1, 2, 2]).unwrap();

@@ -65,7 +65,7 @@ fn has_coop(ctx: &Context) -> bool {
     let plan = ctx
         .plan_problem(&f16_problem(1, 64, 64), &Default::default())
         .unwrap();
-    plan.variant.family == Family::FlashCoop
+    plan.variant.family() == Family::FlashCoop
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn the_dispatcher_picks_cooperative_matrices_for_16_bit_inputs() {
     // f32 inputs never use f16 tensor cores.
     assert!(
         matches!(
-            f32_plan.variant.family,
+            f32_plan.variant.family(),
             Family::Flash | Family::FlashUnrolled
         ),
         "{}",
@@ -88,7 +88,7 @@ fn the_dispatcher_picks_cooperative_matrices_for_16_bit_inputs() {
     );
     let caps = ctx.caps();
     if caps.coop_fragment > 0 && caps.subgroup_min_size == caps.subgroup_max_size {
-        assert_eq!(plan.variant.family, Family::FlashCoop, "{}", plan.reason);
+        assert_eq!(plan.variant.family(), Family::FlashCoop, "{}", plan.reason);
         // The FlashAttention-2 structure, as its cost line states it, at d=128.
         let cost = plan.variant.cost();
         assert!(cost.rows_per_workgroup >= 64, "{cost}");
@@ -99,7 +99,8 @@ fn the_dispatcher_picks_cooperative_matrices_for_16_bit_inputs() {
         eprintln!("{plan}");
     } else {
         assert_eq!(
-            plan.variant.family, f32_plan.variant.family,
+            plan.variant.family(),
+            f32_plan.variant.family(),
             "{}",
             plan.reason
         );
@@ -167,7 +168,7 @@ fn cooperative_matrix_flash_matches_the_reference() {
                 }
                 let (got, want, plan) = run_plan(ctx, &c);
                 assert_eq!(
-                    plan.variant.family == Family::FlashCoop,
+                    plan.variant.family() == Family::FlashCoop,
                     coop,
                     "{}",
                     plan.reason
@@ -223,7 +224,7 @@ fn rows_masked_by_a_finite_sentinel_get_the_mean_of_v() {
     c.out_dtype = DType::F32;
     c.lse = true;
     let (got, want, plan) = run_plan(ctx, &c);
-    assert_eq!(plan.variant.family == Family::FlashCoop, has_coop(ctx));
+    assert_eq!(plan.variant.family() == Family::FlashCoop, has_coop(ctx));
     assert_close(&got, &want, DType::F16, &c.label());
 }
 
@@ -288,13 +289,13 @@ fn packed_variable_length_batches() {
         packed(&vh, tk, hkv),
     );
     let out = packed_varlen(ctx, &vec![f32::NAN; tq * h * d], tq, h, d);
-    let opts = AttentionOptions {
-        varlen: Some(vl.clone()),
-        ..AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight))
-    };
-    let plan = ctx.attention_into(&q, &k, &v, &out, &opts).expect("varlen");
+    let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight))
+        .varlen(vl.clone());
+    let plan = ctx
+        .attention_into_blocking(&q, &k, &v, &out, &opts)
+        .expect("varlen");
     assert_eq!(
-        plan.variant.family == Family::FlashCoop,
+        plan.variant.family() == Family::FlashCoop,
         has_coop(ctx),
         "{}",
         plan.reason
@@ -358,7 +359,7 @@ fn split_calls_on_a_callers_device() {
         let (got, want, plan) = run_plan(&ctx, &c);
         assert!(plan.parts > 1, "not split: {plan}");
         assert_eq!(
-            plan.variant.family == Family::FlashCoop,
+            plan.variant.family() == Family::FlashCoop,
             expect_coop,
             "{plan}"
         );

@@ -185,14 +185,9 @@ fn flash_variants() {
             // Without subgroups a row cannot be split across threads: forcing it is a
             // typed error, not a silent fallback.
             let p = wgpu_attention::Problem::new(b, h, sq, sk, 64);
-            let opts = AttentionOptions {
-                tuning: Tuning {
-                    flash_threads_per_row: Some(tpr),
-                    flash_rows_per_thread: Some(rpt),
-                    flash_block_k: Some(bk),
-                },
-                ..AttentionOptions::default().backend(Backend::Flash)
-            };
+            let opts = AttentionOptions::default()
+                .backend(Backend::Flash)
+                .tuning(Tuning::new(Some(rpt), Some(bk), Some(tpr)));
             let e = ctx.plan_problem(&p, &opts).expect_err("no subgroups");
             assert!(matches!(e, wgpu_attention::Error::Unsupported(_)), "{e}");
             continue;
@@ -201,11 +196,7 @@ fn flash_variants() {
             let mut c = Case::new(b, h, sq, sk, 64)
                 .backend(Backend::Flash)
                 .mask(mask);
-            c.tuning = Tuning {
-                flash_threads_per_row: Some(tpr),
-                flash_rows_per_thread: Some(rpt),
-                flash_block_k: Some(bk),
-            };
+            c.tuning = Tuning::new(Some(rpt), Some(bk), Some(tpr));
             c.seed = mi as u64;
             check(ctx, &c);
         }

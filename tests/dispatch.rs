@@ -2,7 +2,7 @@
 
 use wgpu_attention::dispatch::{
     CPU_BLOCK_K, CPU_ROWS_PER_THREAD, DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS,
-    SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, plan,
+    SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_ROWS_PER_THREAD, UnrolledTile, plan,
 };
 use wgpu_attention::validate::MaskKinds;
 use wgpu_attention::{AttentionOptions, Backend, DType, Error, Problem, Subgroups, Tuning, Window};
@@ -33,7 +33,7 @@ fn auto_prefers_flash_for_every_flash_head_dim() {
             .copied()
             .find(|&b| b as usize >= d)
             .unwrap();
-        assert_eq!(p.variant.head_dim_qk, bucket);
+        assert_eq!(p.variant.head_dim_qk(), bucket);
         assert!(p.variant.workgroup_storage() <= caps.max_workgroup_storage);
     }
 }
@@ -168,16 +168,15 @@ fn lavapipe_runs_the_unrolled_kernel() {
     // through written-out loads only where the driver loads one lane at a time.
     for (caps, serial) in [(lavapipe(), true), (lavapipe_new(), false)] {
         let pl = plan(&p, &caps, &opts).unwrap();
-        let v = pl.variant;
-        assert_eq!(v.family, Family::FlashUnrolled);
+        let t = unrolled(pl.variant);
         assert_eq!(
             (
-                v.threads_per_row,
-                v.rows_per_thread,
-                v.block_k,
-                v.subgroups,
-                v.serial_loads,
-                v.bias.is_some() || v.alibi || v.bool_mask
+                pl.variant.threads_per_row(),
+                t.rows_per_thread,
+                t.block_k,
+                pl.variant.subgroups(),
+                t.serial_loads,
+                t.bias.is_some() || t.alibi || t.bool_mask
             ),
             (
                 1,
@@ -192,13 +191,13 @@ fn lavapipe_runs_the_unrolled_kernel() {
     }
     // A GPU with the same limits keeps the subgroup variant.
     let gpu = plan(&p, &subgroup_gpu(), &opts).unwrap();
-    assert_eq!(gpu.variant.family, Family::Flash);
-    assert!(gpu.variant.subgroups && gpu.variant.threads_per_row > 1);
-    assert!(!gpu.variant.serial_loads);
+    assert_eq!(gpu.variant.family(), Family::Flash);
+    assert!(gpu.variant.subgroups() && gpu.variant.threads_per_row() > 1);
+    assert!(matches!(gpu.variant, ShaderVariant::Flash(_)));
     // d=128: 32-key tiles do not fit 32 KiB, so the tile halves.
     let big = plan(&Problem::new(1, 8, 1024, 1024, 128), &lavapipe(), &opts).unwrap();
-    assert_eq!(big.variant.family, Family::FlashUnrolled);
-    assert_eq!(big.variant.block_k, CPU_BLOCK_K / 2);
+    assert_eq!(big.variant.family(), Family::FlashUnrolled);
+    assert_eq!(big.variant.block_k(), CPU_BLOCK_K / 2);
     assert!(big.variant.workgroup_storage() <= 32768);
 }
 
@@ -237,8 +236,7 @@ fn only_per_key_mask_terms_get_the_unrolled_kernel_that_reads_them() {
     ];
     for caps in [lavapipe(), lavapipe_new()] {
         for (p, bias, alibi, bool_mask) in &cases {
-            let v = plan(p, &caps, &opts).unwrap().variant;
-            assert_eq!(v.family, Family::FlashUnrolled);
+            let v = unrolled(plan(p, &caps, &opts).unwrap().variant);
             assert_eq!(
                 (v.bias, v.alibi, v.bool_mask),
                 (*bias, *alibi, *bool_mask),
@@ -248,9 +246,11 @@ fn only_per_key_mask_terms_get_the_unrolled_kernel_that_reads_them() {
         }
     }
     // The rolled kernel reads the mask flags at run time: one variant for every mask.
+    let first = plan(&cases[0].0, &subgroup_gpu(), &opts).unwrap().variant;
+    assert!(matches!(first, ShaderVariant::Flash(_)));
     for (p, ..) in &cases {
         let v = plan(p, &subgroup_gpu(), &opts).unwrap().variant;
-        assert!(v.bias.is_none() && !v.alibi && !v.bool_mask, "{:?}", p.mask);
+        assert_eq!(v, first, "{:?}", p.mask);
     }
 }
 
@@ -260,18 +260,22 @@ fn cpu_adapters_above_the_unrolled_head_dims_get_wide_rows() {
     let p = Problem::new(1, 8, 1024, 1024, 256);
     // Mesa 22 loads one lane at a time: one thread per row.
     let old = plan(&p, &lavapipe(), &opts).unwrap().variant;
-    assert_eq!(old.family, Family::Flash);
+    assert_eq!(old.family(), Family::Flash);
     assert_eq!(
-        (old.threads_per_row, old.rows_per_thread, old.subgroups),
+        (
+            old.threads_per_row(),
+            old.rows_per_thread(),
+            old.subgroups()
+        ),
         (1, CPU_ROWS_PER_THREAD, false)
     );
     // Newer lavapipe keeps the subgroup split.
     let new = plan(&p, &lavapipe_new(), &opts).unwrap();
     assert_eq!(
         (
-            new.variant.threads_per_row,
-            new.variant.rows_per_thread,
-            new.variant.subgroups
+            new.variant.threads_per_row(),
+            new.variant.rows_per_thread(),
+            new.variant.subgroups()
         ),
         (SUBGROUP_THREADS_PER_ROW, CPU_ROWS_PER_THREAD, true)
     );
@@ -280,14 +284,7 @@ fn cpu_adapters_above_the_unrolled_head_dims_get_wide_rows() {
 
 #[test]
 fn unrolled_kernel_on_request_and_its_limits() {
-    let with = |rpt, tpr, bk| AttentionOptions {
-        tuning: Tuning {
-            flash_rows_per_thread: Some(rpt),
-            flash_threads_per_row: tpr,
-            flash_block_k: bk,
-        },
-        ..Default::default()
-    };
+    let with = |rpt, tpr, bk| AttentionOptions::default().tuning(Tuning::new(Some(rpt), bk, tpr));
     let p = Problem::new(1, 8, 256, 256, 64);
     // Asked for on a GPU, with one thread per row.
     let v = plan(
@@ -297,7 +294,7 @@ fn unrolled_kernel_on_request_and_its_limits() {
     )
     .unwrap()
     .variant;
-    assert_eq!(v.family, Family::FlashUnrolled);
+    assert_eq!(v.family(), Family::FlashUnrolled);
     // It needs one thread per row, head dims it is generated for, and 8-key tiles or wider.
     for (opts, words) in [
         (
@@ -337,20 +334,14 @@ fn unrolled_kernel_on_request_and_its_limits() {
 #[test]
 fn threads_per_row_override() {
     let p = Problem::new(1, 8, 256, 256, 64);
-    let with = |tpr| AttentionOptions {
-        tuning: Tuning {
-            flash_threads_per_row: Some(tpr),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let with = |tpr| AttentionOptions::default().tuning(Tuning::new(None, None, Some(tpr)));
     // The subgroup split can be asked for on a CPU adapter, and declined on a GPU.
     let sg = plan(&p, &lavapipe(), &with(SUBGROUP_THREADS_PER_ROW)).unwrap();
-    assert_eq!(sg.variant.threads_per_row, SUBGROUP_THREADS_PER_ROW);
-    assert!(sg.variant.subgroups);
+    assert_eq!(sg.variant.threads_per_row(), SUBGROUP_THREADS_PER_ROW);
+    assert!(sg.variant.subgroups());
     let one = plan(&p, &subgroup_gpu(), &with(1)).unwrap();
-    assert_eq!(one.variant.threads_per_row, 1);
-    assert!(!one.variant.subgroups);
+    assert_eq!(one.variant.threads_per_row(), 1);
+    assert!(!one.variant.subgroups());
     // Without subgroups, or with a count the shader does not have: Unsupported, saying why.
     match plan(
         &p,
@@ -370,21 +361,18 @@ fn threads_per_row_override() {
 fn subgroup_variant_only_with_subgroups() {
     let p = Problem::new(1, 8, 128, 128, 64);
     let with = plan(&p, &subgroup_gpu(), &AttentionOptions::default()).unwrap();
-    assert!(with.variant.subgroups && with.variant.threads_per_row > 1);
+    assert!(with.variant.subgroups() && with.variant.threads_per_row() > 1);
     assert!(with.reason.contains("subgroup"));
-    let off = AttentionOptions {
-        subgroups: Subgroups::Off,
-        ..Default::default()
-    };
+    let off = AttentionOptions::default().subgroups(Subgroups::Off);
     let without = plan(&p, &subgroup_gpu(), &off).unwrap();
-    assert!(!without.variant.subgroups && without.variant.threads_per_row == 1);
+    assert!(!without.variant.subgroups() && without.variant.threads_per_row() == 1);
     let plain = plan(
         &p,
         &DeviceCaps::webgpu_default(),
         &AttentionOptions::default(),
     )
     .unwrap();
-    assert!(!plain.variant.subgroups);
+    assert!(!plain.variant.subgroups());
     let tiny_sg = DeviceCaps {
         subgroup_min_size: 2,
         ..subgroup_gpu()
@@ -393,7 +381,7 @@ fn subgroup_variant_only_with_subgroups() {
         !plan(&p, &tiny_sg, &AttentionOptions::default())
             .unwrap()
             .variant
-            .subgroups
+            .subgroups()
     );
 }
 
@@ -408,7 +396,7 @@ fn forced_backends_are_honoured() {
     ] {
         let pl = plan(&p, &caps, &AttentionOptions::default().backend(b)).unwrap();
         assert_eq!(pl.backend, b);
-        assert_eq!(pl.variant.family, fam);
+        assert_eq!(pl.variant.family(), fam);
         assert!(pl.reason.contains("forced"), "{}", pl.reason);
     }
 }
@@ -431,9 +419,9 @@ fn key_tile_grows_with_workgroup_memory() {
         &AttentionOptions::default(),
     )
     .unwrap();
-    assert!(big.variant.block_k > small.variant.block_k);
+    assert!(big.variant.block_k() > small.variant.block_k());
     assert_eq!(
-        big.variant.block_k,
+        big.variant.block_k(),
         wgpu_attention::dispatch::FLASH_DEFAULT_BLOCK_K
     );
 }
@@ -457,4 +445,12 @@ fn plan_display_is_informative() {
 fn flops_count() {
     let p = Problem::new(1, 8, 1024, 1024, 64);
     assert_eq!(p.flops(), 4.0 * 8.0 * 1024.0 * 1024.0 * 64.0);
+}
+
+/// The unrolled kernel's configuration of a variant that must be one.
+fn unrolled(v: ShaderVariant) -> UnrolledTile {
+    match v {
+        ShaderVariant::FlashUnrolled(t) => t,
+        other => panic!("expected the unrolled kernel, got {other:?}"),
+    }
 }

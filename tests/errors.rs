@@ -40,7 +40,7 @@ fn invalid(err: Error) -> InvalidInput {
 }
 
 fn run(ctx: &Context, t: &Qkv, opts: &AttentionOptions) -> Error {
-    ctx.attention(&t.q, &t.k, &t.v, opts)
+    ctx.attention_blocking(&t.q, &t.k, &t.v, opts)
         .expect_err("bad input must be rejected")
 }
 
@@ -319,7 +319,7 @@ fn output_shape_overlap_and_alias() {
     let opts = AttentionOptions::default();
     let out = nan_output(ctx, [1, 2, 8, 5], DType::F32);
     let e = invalid(
-        ctx.attention_into(&t.q, &t.k, &t.v, &out, &opts)
+        ctx.attention_into_blocking(&t.q, &t.k, &t.v, &out, &opts)
             .unwrap_err(),
     );
     assert_eq!(e.tensor, TensorRole::Output);
@@ -335,7 +335,7 @@ fn output_shape_overlap_and_alias() {
     let out = nan_output(ctx, [1, 2, 8, 4], DType::F32);
     let overlapping = out.reshaped(DType::F32, [1, 2, 8, 4], [64, 0, 4, 1], 0);
     let e = invalid(
-        ctx.attention_into(&t.q, &t.k, &t.v, &overlapping, &opts)
+        ctx.attention_into_blocking(&t.q, &t.k, &t.v, &overlapping, &opts)
             .unwrap_err(),
     );
     assert_eq!(
@@ -344,7 +344,7 @@ fn output_shape_overlap_and_alias() {
     );
 
     let e = invalid(
-        ctx.attention_into(&t.q, &t.k, &t.v, &t.k, &opts)
+        ctx.attention_into_blocking(&t.q, &t.k, &t.v, &t.k, &opts)
             .unwrap_err(),
     );
     assert_eq!(
@@ -386,7 +386,7 @@ fn forced_backend_that_cannot_run() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
     // Auto still runs it.
-    ctx.attention(&t.q, &t.k, &t.v, &AttentionOptions::default())
+    ctx.attention_blocking(&t.q, &t.k, &t.v, &AttentionOptions::default())
         .unwrap();
 }
 
@@ -396,7 +396,7 @@ fn block_summary_for_another_shape() {
     let t = qkv(ctx, 1, 1, 8, 4);
     let m1 = ctx.upload_bool(&[true; 64], [1, 1, 8, 8]).unwrap();
     let m2 = ctx.upload_bool(&[true; 128], [1, 2, 8, 8]).unwrap();
-    let s = ctx.block_mask(m2.view()).unwrap();
+    let s = ctx.block_mask_blocking(m2.view()).unwrap();
     let e = invalid(run(
         ctx,
         &t,
@@ -410,7 +410,7 @@ fn block_summary_for_another_shape() {
 fn device_survives_bad_input() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 4);
-    let _ = ctx.attention(
+    let _ = ctx.attention_blocking(
         &t.q,
         &t.k,
         &t.v,
@@ -439,12 +439,15 @@ fn zero_sized_block_mask_and_merge() {
     let ctx = ctx();
     let m = ctx.upload_bool(&[true; 4], [1, 1, 2, 2]).unwrap();
     let empty = as_view(&m, DType::Bool, [1, 1, 0, 2], 0);
-    let e = invalid(ctx.block_mask(&empty).unwrap_err());
+    let e = invalid(ctx.block_mask_blocking(&empty).unwrap_err());
     assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::Seq });
     let o = ctx.upload_f32(&[1.0; 4], [1, 1, 1, 4]).unwrap();
     let l = ctx.upload_f32(&[0.0], [1, 1, 1, 1]).unwrap();
     let out = as_view(&o, DType::F32, [1, 1, 1, 0], 0);
-    let e = invalid(ctx.merge(&[(o.view(), l.view())], &out, None).unwrap_err());
+    let e = invalid(
+        ctx.merge_blocking(&[(o.view(), l.view())], &out, None)
+            .unwrap_err(),
+    );
     assert_eq!(e.problem, InputProblem::ZeroDim { dim: Dim::HeadDim });
 }
 
@@ -485,7 +488,7 @@ fn rejected(
     role: TensorRole,
     what: &str,
 ) -> InputProblem {
-    match ctx.attention_into(q, k, v, out, opts) {
+    match ctx.attention_into_blocking(q, k, v, out, opts) {
         Err(Error::InvalidInput(e)) => {
             assert_eq!(e.tensor, role, "{what}: {e}");
             e.problem
@@ -620,16 +623,8 @@ fn every_shape_check_names_its_tensor() {
     assert!(matches!(p, InputProblem::TooLarge { .. }), "{p:?}");
     // An output dtype that is not a float, asked for with `attention`.
     let e = invalid(
-        ctx.attention(
-            q,
-            k,
-            v,
-            &AttentionOptions {
-                output_dtype: Some(DType::Bool),
-                ..d.clone()
-            },
-        )
-        .unwrap_err(),
+        ctx.attention_blocking(q, k, v, &d.clone().output_dtype(DType::Bool))
+            .unwrap_err(),
     );
     assert_eq!(e.tensor, Options);
     assert!(matches!(e.problem, InputProblem::WrongDType { .. }), "{e}");
@@ -750,10 +745,7 @@ fn every_lse_and_aliasing_check_names_its_tensor() {
     let f = full(ctx);
     let views = [&*f.t.q, &*f.t.k, &*f.t.v, &*f.out];
     use TensorRole::*;
-    let lse = |l: &Tensor, m: Mask| AttentionOptions {
-        lse_output: Some(l.view().clone()),
-        ..AttentionOptions::with_mask(m)
-    };
+    let lse = |l: &Tensor, m: Mask| AttentionOptions::with_mask(m).lse_output(l.view().clone());
     let f16 = as_view(&f.lse, DType::F16, [2, 2, 8, 1], 0);
     let p = rejected(ctx, views, &lse(&f16, Mask::none()), Lse, "lse f16");
     assert!(matches!(p, InputProblem::WrongDType { .. }), "{p:?}");
@@ -846,14 +838,11 @@ fn varlen_checks_name_their_tensor() {
         let mut views = [&*t, &*t, &*t];
         views[i] = &two;
         let e = invalid(
-            ctx.attention(
+            ctx.attention_blocking(
                 views[0],
                 views[1],
                 views[2],
-                &AttentionOptions {
-                    varlen: Some(vl.clone()),
-                    ..Default::default()
-                },
+                &AttentionOptions::default().varlen(vl.clone()),
             )
             .unwrap_err(),
         );
@@ -864,11 +853,8 @@ fn varlen_checks_name_their_tensor() {
         Mask::none().key_lengths(vec![4, 6]),
         Mask::none().query_lengths(vec![4, 6]),
     ] {
-        let opts = AttentionOptions {
-            varlen: Some(vl.clone()),
-            ..AttentionOptions::with_mask(mask)
-        };
-        let e = invalid(ctx.attention(&t, &t, &t, &opts).unwrap_err());
+        let opts = AttentionOptions::with_mask(mask).varlen(vl.clone());
+        let e = invalid(ctx.attention_blocking(&t, &t, &t, &opts).unwrap_err());
         assert_eq!(e.tensor, TensorRole::Options, "{e}");
     }
 }
@@ -898,7 +884,7 @@ fn overflowing_sizes_are_typed_errors() {
     let wk =
         t.k.reshaped(DType::F32, [1 << 20, 1 << 10, 4, 4], [0, 0, 4, 1], 0);
     let e = invalid(
-        ctx.attention(&wide, &wk, &wk, &AttentionOptions::default())
+        ctx.attention_blocking(&wide, &wk, &wk, &AttentionOptions::default())
             .unwrap_err(),
     );
     assert_eq!(e.tensor, TensorRole::Query, "{e}");
@@ -948,9 +934,10 @@ fn buffers_of_another_context_are_named() {
         (TensorRole::Download, InputProblem::ForeignBuffer)
     );
     // Both contexts still work.
-    ctx.attention_into(&t.q, &t.k, &t.v, &out, &d).unwrap();
+    ctx.attention_into_blocking(&t.q, &t.k, &t.v, &out, &d)
+        .unwrap();
     other
-        .attention_into(&foreign.q, &foreign.k, &foreign.v, &foreign_out, &d)
+        .attention_into_blocking(&foreign.q, &foreign.k, &foreign.v, &foreign_out, &d)
         .unwrap();
     let a = ctx.download_f32_blocking(&out).unwrap();
     assert!(a.iter().all(|x| x.is_finite()));
@@ -967,7 +954,7 @@ fn device_errors_say_it_once() {
         t.k.buffer().destroy();
     }
     let e = ctx
-        .attention_into(&t.q, &t.k, &t.v, &out, &AttentionOptions::default())
+        .attention_into_blocking(&t.q, &t.k, &t.v, &out, &AttentionOptions::default())
         .expect_err("a destroyed buffer");
     let Error::Device(d) = &e else {
         panic!("expected a device error, got {e:?}")

@@ -63,7 +63,7 @@ fn gl_auto_uses_plain_flash() {
         )
         .unwrap();
     assert_eq!(p.backend, Backend::Flash);
-    assert!(!p.variant.subgroups);
+    assert!(!p.variant.subgroups());
     // llvmpipe is a CPU, but on GL the wide CPU variant takes minutes to compile: the GPU
     // defaults stay.
     assert!(!ctx.caps().cpu);

@@ -125,11 +125,8 @@ fn partials(
         let v = vb.reshaped(DType::F32, [b, h, n, d], strides, off);
         let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
         let out = nan_output(ctx, [b, h, sq, d], out_dtype);
-        let opts = AttentionOptions {
-            lse_output: Some(lse.view().clone()),
-            ..Default::default()
-        };
-        ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &opts)
+        let opts = AttentionOptions::default().lse_output(lse.view().clone());
+        ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)
             .unwrap();
         parts.push((out, lse));
         start += n;
@@ -176,7 +173,7 @@ fn merge_three_partials() {
     let merged_lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
     let pairs: Vec<(&TensorView, &TensorView)> =
         parts.iter().map(|(o, l)| (o.view(), l.view())).collect();
-    ctx.merge(&pairs, merged.view(), Some(merged_lse.view()))
+    ctx.merge_blocking(&pairs, merged.view(), Some(merged_lse.view()))
         .unwrap();
     let (want, want_lse) = full_reference(shape, &host, total);
     // One part was stored in f16: the merged result carries its rounding.
@@ -208,7 +205,7 @@ fn merge_exactly_three_f32_partials_within_f32_tolerance() {
     let merged = nan_output(ctx, [b, h, sq, d], DType::F32);
     let pairs: Vec<(&TensorView, &TensorView)> =
         parts.iter().map(|(o, l)| (o.view(), l.view())).collect();
-    ctx.merge(&pairs, merged.view(), None).unwrap();
+    ctx.merge_blocking(&pairs, merged.view(), None).unwrap();
     let (want, _) = full_reference(shape, &host, total);
     assert_close(
         &ctx.download_f32_blocking(merged.view()).unwrap(),
@@ -272,11 +269,11 @@ fn varlen_matches_per_sequence_reference() {
             if let Some(w) = window {
                 mask = mask.window(w.left, w.right);
             }
-            let opts = AttentionOptions {
-                varlen: Some(vl.clone()),
-                ..AttentionOptions::with_mask(mask).backend(backend)
-            };
-            ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
+            let opts = AttentionOptions::with_mask(mask)
+                .backend(backend)
+                .varlen(vl.clone());
+            ctx.attention_into_blocking(&q, &k, &v, &out, &opts)
+                .unwrap();
             let got = ctx.download_f32_blocking(&out).unwrap(); // logical [1, h, tq, d]
             let mask = HostMask {
                 causal,
@@ -301,10 +298,7 @@ fn varlen_validation() {
     let ctx = ctx();
     let t = packed_varlen(ctx, &vec![0.5; 10 * 2 * 8], 10, 2, 8);
     use wgpu_attention::error::{InputProblem, TensorRole};
-    let vl = |q: &[u32], k: &[u32]| Varlen {
-        cu_seqlens_q: q.to_vec(),
-        cu_seqlens_k: k.to_vec(),
-    };
+    let vl = |q: &[u32], k: &[u32]| Varlen::new(q.to_vec(), k.to_vec());
     let bad = [
         // Past the packed rows.
         (vl(&[0, 4, 11], &[0, 4, 10]), TensorRole::CuSeqlensQ),
@@ -319,11 +313,8 @@ fn varlen_validation() {
         (vl(&[], &[]), TensorRole::CuSeqlensQ),
     ];
     for (vl, role) in bad {
-        let opts = AttentionOptions {
-            varlen: Some(vl.clone()),
-            ..Default::default()
-        };
-        match ctx.attention(&t, &t, &t, &opts) {
+        let opts = AttentionOptions::default().varlen(vl.clone());
+        match ctx.attention_blocking(&t, &t, &t, &opts) {
             Err(wgpu_attention::Error::InvalidInput(e)) => {
                 assert_eq!(e.tensor, role, "{vl:?}: {e}");
                 let msg = e.to_string();
@@ -338,11 +329,8 @@ fn varlen_validation() {
         }
     }
     // Key rows past cu_seqlens_k's end are spare room, never read: allowed.
-    let spare = AttentionOptions {
-        varlen: Some(vl(&[0, 4, 10], &[0, 4, 9])),
-        ..Default::default()
-    };
-    ctx.attention(&t, &t, &t, &spare)
+    let spare = AttentionOptions::default().varlen(vl(&[0, 4, 10], &[0, 4, 9]));
+    ctx.attention_blocking(&t, &t, &t, &spare)
         .expect("K/V rows past cu_seqlens_k's end are spare");
 }
 
@@ -366,7 +354,7 @@ fn kv_cache_chunks_match_reference() {
             }
             let kv_shape = [b, hkv, n, d];
             cache
-                .append(
+                .append_blocking(
                     ctx,
                     upload(ctx, &kh, kv_shape, dtype, Layout::Bhsd).view(),
                     upload(ctx, &vh, kv_shape, dtype, Layout::Bhsd).view(),
@@ -374,12 +362,15 @@ fn kv_cache_chunks_match_reference() {
                 .unwrap();
             let q = upload(ctx, &qh, [b, hq, n, d], dtype, Layout::Bhsd);
             let out = nan_output(ctx, [b, hq, n, d], DType::F32);
-            let opts = AttentionOptions {
-                output_dtype: Some(DType::F32),
-                ..AttentionOptions::with_mask(cache.mask())
-            };
-            ctx.attention_into(q.view(), &cache.keys(), &cache.values(), out.view(), &opts)
-                .unwrap();
+            let opts = AttentionOptions::with_mask(cache.mask()).output_dtype(DType::F32);
+            ctx.attention_into_blocking(
+                q.view(),
+                &cache.keys(),
+                &cache.values(),
+                out.view(),
+                &opts,
+            )
+            .unwrap();
             let len = cache.lengths()[0] as usize;
             let (kf, vf) = (k_all.concat(), v_all.concat());
             let want = reference::attention(
@@ -418,7 +409,7 @@ fn kv_cache_chunks_match_reference() {
             dtype,
             Layout::Bhsd,
         );
-        match cache.append(ctx, big.view(), big.view()) {
+        match cache.append_blocking(ctx, big.view(), big.view()) {
             Err(wgpu_attention::Error::InvalidInput(e)) => {
                 assert_eq!(e.tensor, wgpu_attention::error::TensorRole::KvCache);
                 assert!(

@@ -115,34 +115,34 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
         0 => (
             "K batch",
             TensorRole::Key,
-            ctx.attention_into(&q, &grown(&k, 0, 1), &v, &out, &opts),
+            ctx.attention_into_blocking(&q, &grown(&k, 0, 1), &v, &out, &opts),
         ),
         1 => (
             "V heads",
             TensorRole::Value,
-            ctx.attention_into(&q, &k, &grown(&v, 1, 1), &out, &opts),
+            ctx.attention_into_blocking(&q, &k, &grown(&v, 1, 1), &out, &opts),
         ),
         2 => (
             "V seq",
             TensorRole::Value,
-            ctx.attention_into(&q, &k, &grown(&v, 2, 1), &out, &opts),
+            ctx.attention_into_blocking(&q, &k, &grown(&v, 2, 1), &out, &opts),
         ),
         3 => (
             "K head dim",
             TensorRole::Key,
-            ctx.attention_into(&q, &grown(&k, 3, 1), &v, &out, &opts),
+            ctx.attention_into_blocking(&q, &grown(&k, 3, 1), &v, &out, &opts),
         ),
         4 => (
             "out seq",
             TensorRole::Output,
-            ctx.attention_into(&q, &k, &v, &grown(&out, 2, 1), &opts),
+            ctx.attention_into_blocking(&q, &k, &v, &grown(&out, 2, 1), &opts),
         ),
         5 => {
             let off = q.reshaped(DType::F32, q.shape(), q.strides, 2);
             (
                 "Q misaligned",
                 TensorRole::Query,
-                ctx.attention_into(&off, &k, &v, &out, &opts),
+                ctx.attention_into_blocking(&off, &k, &v, &out, &opts),
             )
         }
         6 => {
@@ -150,7 +150,7 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
             (
                 "K past its buffer",
                 TensorRole::Key,
-                ctx.attention_into(&q, &past, &v, &out, &opts),
+                ctx.attention_into_blocking(&q, &past, &v, &out, &opts),
             )
         }
         7 => {
@@ -158,7 +158,7 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
             (
                 "key length",
                 TensorRole::KeyLengths,
-                ctx.attention_into(&q, &k, &v, &out, &opts),
+                ctx.attention_into_blocking(&q, &k, &v, &out, &opts),
             )
         }
         8 => {
@@ -166,7 +166,7 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
             (
                 "alibi count",
                 TensorRole::AlibiSlopes,
-                ctx.attention_into(&q, &k, &v, &out, &opts),
+                ctx.attention_into_blocking(&q, &k, &v, &out, &opts),
             )
         }
         9 => {
@@ -175,7 +175,7 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
             (
                 "bias keys",
                 TensorRole::Bias,
-                ctx.attention_into(&q, &k, &v, &out, &opts),
+                ctx.attention_into_blocking(&q, &k, &v, &out, &opts),
             )
         }
         10 => {
@@ -184,7 +184,7 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
             (
                 "lse rows",
                 TensorRole::Lse,
-                ctx.attention_into(&q, &k, &v, &out, &opts),
+                ctx.attention_into_blocking(&q, &k, &v, &out, &opts),
             )
         }
         _ => {
@@ -192,7 +192,7 @@ fn break_case(r: &mut Rng, ctx: &wgpu_attention::Context, c: &Case) -> (String, 
             (
                 "scale",
                 TensorRole::Options,
-                ctx.attention_into(&q, &k, &v, &out, &opts),
+                ctx.attention_into_blocking(&q, &k, &v, &out, &opts),
             )
         }
     };

@@ -28,7 +28,7 @@ fn run_simple(
         .upload_f32(vh, [shape_kv[0], shape_kv[1], shape_kv[2], dv])
         .unwrap();
     let out = nan_output(ctx, [shape_q[0], shape_q[1], shape_q[2], dv], DType::F32);
-    ctx.attention_into(q.view(), k.view(), v.view(), &out, opts)
+    ctx.attention_into_blocking(q.view(), k.view(), v.view(), &out, opts)
         .unwrap();
     ctx.download_f32_blocking(&out).unwrap()
 }
@@ -266,7 +266,7 @@ fn packed_qkv_layout() {
     let want = run_simple(ctx, &qh, &kh, &vh, [b, h, s, d], [b, h, s, d], d, &opts);
     for backend in BACKENDS {
         let out = nan_output(ctx, [b, h, s, d], DType::F32);
-        ctx.attention_into(&q, &k, &v, &out, &opts.clone().backend(backend))
+        ctx.attention_into_blocking(&q, &k, &v, &out, &opts.clone().backend(backend))
             .unwrap();
         let got = ctx.download_f32_blocking(&out).unwrap();
         let worst = got
@@ -533,21 +533,18 @@ fn non_finite_logits_are_masked_on_every_backend() {
             };
             // Each backend as dispatched here, and the unrolled flash kernel (the default only on
             // CPU adapters) forced.
-            let unrolled = AttentionOptions {
-                tuning: Tuning {
-                    flash_rows_per_thread: Some(8),
-                    flash_threads_per_row: Some(1),
-                    flash_block_k: None,
-                },
-                ..AttentionOptions::with_mask(mask.clone()).backend(Backend::Flash)
-            };
+            let unrolled = AttentionOptions::with_mask(mask.clone())
+                .backend(Backend::Flash)
+                .tuning(Tuning::new(Some(8), None, Some(1)));
             let runs = backends
                 .iter()
                 .map(|&b| AttentionOptions::with_mask(mask.clone()).backend(b))
                 .chain((sq > 1).then_some(unrolled));
             for opts in runs {
                 let out = nan_output(ctx, [1, h, sq, d], DType::F32);
-                let plan = ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
+                let plan = ctx
+                    .attention_into_blocking(&q, &k, &v, &out, &opts)
+                    .unwrap();
                 let got = ctx.download_f32_blocking(&out).unwrap();
                 let label = format!("sq {sq} sk {sk} bias {with_bias} {}", plan.reason);
                 assert_close(&got, &want, DType::F32, &label);

@@ -2,16 +2,19 @@
 //! a shader error shows up in `cargo test`, not at a user's runtime.
 
 use wgpu_attention::dispatch::{
-    COOP_MAX_HEAD_DIM, DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS,
-    SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_MAX_HEAD_DIM, UNROLLED_ROWS_PER_THREAD,
-    coop_variant, naive_variant,
+    COOP_MAX_HEAD_DIM, DeviceCaps, FLASH_HEAD_DIMS, Family, FlashTile, MEMEFF_HEAD_DIMS,
+    MemEffConfig, SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_MAX_HEAD_DIM,
+    UNROLLED_ROWS_PER_THREAD, UnrolledTile, coop_variant, naive_variant,
 };
-use wgpu_attention::pipeline::all_sources_for;
+use wgpu_attention::test_hooks::all_sources_for;
 use wgpu_attention::{DType, Problem};
+
+/// A variant and whether it is built with the debug counters.
+type Built = (ShaderVariant, bool);
 
 /// Every cooperative-matrix variant `coop_variant` can return (with tile counting on and
 /// off), over fragment sizes, subgroup sizes, head dims and dtypes.
-pub fn coop_variants() -> Vec<ShaderVariant> {
+pub fn coop_variants() -> Vec<Built> {
     let mut out = Vec::new();
     for fragment in [8, 16] {
         for sgs in [8, 32, 64] {
@@ -44,12 +47,8 @@ pub fn coop_variants() -> Vec<ShaderVariant> {
                         let v = coop_variant(&p, &caps)
                             .unwrap_or_else(|e| panic!("{fragment} {sgs} {dk}/{dv}: {e}"));
                         for count in [false, true] {
-                            let v = ShaderVariant {
-                                count_tiles: count,
-                                ..v
-                            };
-                            if !out.contains(&v) {
-                                out.push(v);
+                            if !out.contains(&(v, count)) {
+                                out.push((v, count));
                             }
                         }
                     }
@@ -60,15 +59,14 @@ pub fn coop_variants() -> Vec<ShaderVariant> {
     out
 }
 
-fn variants() -> Vec<ShaderVariant> {
-    let mut v = vec![naive_variant()];
+fn variants() -> Vec<Built> {
+    let mut v = vec![(naive_variant(), false)];
     for &dk in &FLASH_HEAD_DIMS {
         for &dv in &[32, dk] {
             for (tpr, sg) in [(1, false), (SUBGROUP_THREADS_PER_ROW, true)] {
                 for (bk, rpt) in [(4, 1), (8, 2), (16, 4), (32, 1), (32, 4)] {
                     for count in [false, true] {
-                        v.push(ShaderVariant {
-                            family: Family::Flash,
+                        let tile = FlashTile {
                             head_dim_qk: dk,
                             head_dim_v: dv,
                             block_q: 64,
@@ -76,14 +74,8 @@ fn variants() -> Vec<ShaderVariant> {
                             threads_per_row: tpr,
                             rows_per_thread: rpt,
                             subgroups: sg,
-                            count_tiles: count,
-                            bias: None,
-                            alibi: false,
-                            bool_mask: false,
-                            serial_loads: false,
-                            fragment: 0,
-                            subgroup_size: 0,
-                        });
+                        };
+                        v.push((ShaderVariant::Flash(tile), count));
                     }
                 }
             }
@@ -111,46 +103,29 @@ fn variants() -> Vec<ShaderVariant> {
                     (false, f32, true, true, false),
                     (false, None, false, true, false),
                 ] {
-                    v.push(ShaderVariant {
-                        family: Family::FlashUnrolled,
+                    let tile = UnrolledTile {
                         head_dim_qk: dk,
                         head_dim_v: dv,
                         block_q: 64,
                         block_k: bk,
-                        threads_per_row: 1,
                         rows_per_thread: UNROLLED_ROWS_PER_THREAD,
-                        subgroups: false,
-                        count_tiles: count,
                         bias,
                         alibi,
                         bool_mask,
                         serial_loads,
-                        fragment: 0,
-                        subgroup_size: 0,
-                    });
+                    };
+                    v.push((ShaderVariant::FlashUnrolled(tile), count));
                 }
             }
         }
     }
     for &dk in &MEMEFF_HEAD_DIMS {
         for &dv in &MEMEFF_HEAD_DIMS {
-            v.push(ShaderVariant {
-                family: Family::MemoryEfficient,
+            let config = MemEffConfig {
                 head_dim_qk: dk,
                 head_dim_v: dv,
-                block_q: 1,
-                block_k: 64,
-                threads_per_row: 64,
-                rows_per_thread: 1,
-                subgroups: false,
-                count_tiles: false,
-                bias: None,
-                alibi: false,
-                bool_mask: false,
-                serial_loads: false,
-                fragment: 0,
-                subgroup_size: 0,
-            });
+            };
+            v.push((ShaderVariant::MemoryEfficient(config), false));
         }
     }
     v
@@ -176,7 +151,7 @@ fn every_variant_validates_with_naga() {
 fn plain_variants_need_only_core_capabilities() {
     let plain: Vec<_> = variants()
         .into_iter()
-        .filter(|v| !v.subgroups && v.family != Family::FlashCoop)
+        .filter(|(v, _)| !v.subgroups() && v.family() != Family::FlashCoop)
         .collect();
     for (name, src) in all_sources_for(&plain) {
         let module = naga::front::wgsl::parse_str(&src).unwrap();
@@ -208,12 +183,13 @@ fn every_variant_translates_to_msl_and_hlsl() {
     let all = variants();
     let mut n_msl = 0;
     let mut n_hlsl = 0;
-    for (v, (name, src)) in std::iter::once(None)
+    for (v, (name, src)) in [None, None]
+        .into_iter()
         .chain(all.iter().map(Some))
         .zip(all_sources_for(&all))
     {
         let module = naga::front::wgsl::parse_str(&src).unwrap();
-        let coop = v.is_some_and(|v| v.family == Family::FlashCoop);
+        let coop = v.is_some_and(|(v, _)| v.family() == Family::FlashCoop);
         let validate = |caps| {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .validate(&module)
@@ -291,7 +267,141 @@ fn every_variant_translates_to_msl_and_hlsl() {
             .unwrap_or_else(|e| panic!("{name}: HLSL: {e:?}"));
         n_hlsl += 1;
     }
-    let n_coop = all.iter().filter(|v| v.family == Family::FlashCoop).count();
+    let n_coop = all
+        .iter()
+        .filter(|(v, _)| v.family() == Family::FlashCoop)
+        .count();
     assert!(n_coop >= 16, "{n_coop} cooperative-matrix variants");
     eprintln!("{n_msl} modules to MSL ({n_coop} cooperative-matrix), {n_hlsl} to HLSL");
+}
+
+/// The module with this label among `all_sources_for`'s, parsed and validated.
+fn module_named(
+    sources: &[(String, String)],
+    label: &str,
+) -> (naga::Module, naga::valid::ModuleInfo) {
+    let (_, src) = sources
+        .iter()
+        .find(|(name, _)| name.starts_with(label))
+        .unwrap_or_else(|| panic!("no module {label}"));
+    let module = naga::front::wgsl::parse_str(src).unwrap();
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap();
+    (module, info)
+}
+
+/// Every Rust parameter block matches its WGSL struct field by field: the same names, in
+/// the same order, at the same byte offsets, and the same size (naga's layout).
+#[test]
+fn params_structs_match_the_wgsl_field_by_field() {
+    use wgpu_attention::test_hooks::param_layouts;
+    let sources = all_sources_for(&[(naive_variant(), false)]);
+    for (name, size, fields) in param_layouts() {
+        let label = match name {
+            "Params" => "Attention",
+            "SummaryParams" => "block_summary",
+            _ => "merge",
+        };
+        let (module, _) = module_named(&sources, label);
+        let ty = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .map(|(_, t)| t)
+            .unwrap_or_else(|| panic!("{name} not in the WGSL"));
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{name} is not a struct");
+        };
+        let wgsl: Vec<(String, usize)> = members
+            .iter()
+            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+            .collect();
+        assert_eq!(wgsl, fields, "{name}: WGSL (left) against Rust (right)");
+        assert_eq!(*span as usize, size, "{name}: size");
+    }
+}
+
+/// The binding table (`kernels::bindings`) names each binding as the WGSL declares it, with
+/// the same access, and covers every binding each entry point uses.
+#[test]
+fn binding_table_matches_the_wgsl() {
+    use wgpu_attention::test_hooks::binding_table;
+    let flash = ShaderVariant::Flash(FlashTile {
+        head_dim_qk: 64,
+        head_dim_v: 64,
+        block_q: 64,
+        block_k: 16,
+        threads_per_row: 1,
+        rows_per_thread: 4,
+        subgroups: false,
+    });
+    let memeff = ShaderVariant::MemoryEfficient(MemEffConfig {
+        head_dim_qk: 64,
+        head_dim_v: 64,
+    });
+    let sources = all_sources_for(&[
+        (flash, false),
+        (flash, true),
+        (memeff, false),
+        (naive_variant(), false),
+    ]);
+    let label = |v: ShaderVariant, counters: bool| {
+        format!("Attention {{ variant: {v:?}, counters: {counters} }}")
+    };
+    let mut checked = 0;
+    for (kind, entry, table) in binding_table() {
+        let labels = match kind {
+            "attention" => vec![label(flash, false), label(memeff, false)],
+            "attention+counters" => vec![label(flash, true)],
+            "naive" => vec![label(naive_variant(), false)],
+            "summary" => vec!["block_summary".to_string()],
+            _ => vec!["merge".to_string()],
+        };
+        for l in labels {
+            let (module, info) = module_named(&sources, &l);
+            let ep = module
+                .entry_points
+                .iter()
+                .position(|e| e.name == entry)
+                .unwrap_or_else(|| panic!("{l}: no entry point {entry}"));
+            let uses = info.get_entry_point(ep);
+            for (handle, g) in module.global_variables.iter() {
+                let Some(rb) = g.binding else { continue };
+                let name = g.name.clone().unwrap_or_default();
+                let row = table.iter().find(|(n, ..)| *n == rb.binding);
+                if !uses[handle].is_empty() {
+                    assert!(
+                        row.is_some(),
+                        "{l} {entry}: {name} (binding {}) is not in the table",
+                        rb.binding
+                    );
+                }
+                if let Some((_, table_name, writes)) = row {
+                    assert_eq!(*table_name, name, "{l} {entry}: binding {}", rb.binding);
+                    let writable = matches!(
+                        g.space,
+                        naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE)
+                    );
+                    assert_eq!(*writes, writable, "{l} {entry}: {name}'s access");
+                    checked += 1;
+                }
+            }
+            // Every table row is declared by the module.
+            for (n, table_name, _) in &table {
+                assert!(
+                    module
+                        .global_variables
+                        .iter()
+                        .any(|(_, g)| g.binding.is_some_and(|b| b.binding == *n)
+                            && g.name.as_deref() == Some(*table_name)),
+                    "{l} {entry}: table binding {n} ({table_name}) is not declared"
+                );
+            }
+        }
+    }
+    assert!(checked > 40, "{checked}");
 }

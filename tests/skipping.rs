@@ -38,7 +38,7 @@ fn setup(ctx: &Context, sq: usize, sk: usize) -> Setup {
         out,
         sq,
         sk,
-        block_k: plan.variant.block_k,
+        block_k: plan.variant.block_k(),
     }
 }
 
@@ -106,7 +106,7 @@ fn block_summary_skips_masked_tiles_and_mask_loads() {
     // The last half of every row's keys masked.
     let half: Vec<bool> = (0..s.sq * s.sk).map(|e| e % s.sk < s.sk / 2).collect();
     let m = ctx.upload_bool(&half, [1, 1, s.sq, s.sk]).unwrap();
-    let summary = ctx.block_mask(m.view()).unwrap();
+    let summary = ctx.block_mask_blocking(m.view()).unwrap();
     let with = counts(
         ctx,
         &s,
@@ -125,7 +125,7 @@ fn block_summary_skips_masked_tiles_and_mask_loads() {
     // And the result is right.
     let got = ctx.download_f32_blocking(&s.out).unwrap();
     let out2 = nan_output(ctx, [1, 1, s.sq, 64], DType::F32);
-    ctx.attention_into(
+    ctx.attention_into_blocking(
         &s.q,
         &s.k,
         &s.v,

@@ -162,12 +162,12 @@ fn split_varlen_calls_match_the_reference() {
     let view = |data: &[f32], t| packed_varlen(&ctx, data, t, h, d);
     let (q, k, v) = (view(&qh, tq), view(&kh, tk), view(&vh, tk));
     let out = view(&vec![f32::NAN; tq * h * d], tq);
-    let opts = AttentionOptions {
-        mask: wgpu_attention::Mask::none().causal(CausalAlignment::BottomRight),
-        varlen: Some(vl.clone()),
-        ..Default::default()
-    };
-    let plan = ctx.attention_into(&q, &k, &v, &out, &opts).unwrap();
+    let opts = AttentionOptions::default()
+        .mask(wgpu_attention::Mask::none().causal(CausalAlignment::BottomRight))
+        .varlen(vl.clone());
+    let plan = ctx
+        .attention_into_blocking(&q, &k, &v, &out, &opts)
+        .unwrap();
     assert!(plan.parts > 1, "{plan}");
     let got = ctx.download_f32_blocking(&out).unwrap();
     let mask = wgpu_attention::reference::HostMask {
@@ -194,7 +194,8 @@ fn unsplittable_calls_name_the_tensor() {
     let opts = AttentionOptions::default();
     for result in [
         ctx.plan(q.view(), &k, v.view(), &opts).map(|_| ()),
-        ctx.attention(q.view(), &k, v.view(), &opts).map(|_| ()),
+        ctx.attention_blocking(q.view(), &k, v.view(), &opts)
+            .map(|_| ()),
     ] {
         match result {
             Err(Error::Unsupported(u)) => assert_eq!(
@@ -228,7 +229,7 @@ fn block_mask_of_a_large_mask_splits() {
         .collect();
     let summary = |ctx: &Context| {
         let mask = ctx.upload_bool(&data, shape).unwrap();
-        let s = ctx.block_mask(mask.view()).unwrap();
+        let s = ctx.block_mask_blocking(mask.view()).unwrap();
         let n = s.buffer().size() as usize / 4;
         let view = TensorView::new(
             s.buffer().clone(),
@@ -276,11 +277,8 @@ fn merge_of_large_partials_splits() {
     for (k0, n) in [(0, 20), (20, 25), (45, 15)] {
         let o = nan_output(&ctx, [b, h, sq, d], DType::F32);
         let lse = nan_output(&ctx, [b, h, sq, 1], DType::F32);
-        let opts = AttentionOptions {
-            lse_output: Some(lse.view().clone()),
-            ..Default::default()
-        };
-        ctx.attention_into(
+        let opts = AttentionOptions::default().lse_output(lse.view().clone());
+        ctx.attention_into_blocking(
             q.view(),
             &keys(k.view(), k0, n),
             &keys(v.view(), k0, n),
@@ -293,7 +291,8 @@ fn merge_of_large_partials_splits() {
     let merged = nan_output(&ctx, [b, h, sq, d], DType::F32);
     let merged_lse = nan_output(&ctx, [b, h, sq, 1], DType::F32);
     let pairs: Vec<_> = partials.iter().map(|(o, l)| (o.view(), l.view())).collect();
-    ctx.merge(&pairs, &merged, Some(&merged_lse)).unwrap();
+    ctx.merge_blocking(&pairs, &merged, Some(&merged_lse))
+        .unwrap();
     let t = |data, n| wgpu_attention::reference::HostTensor {
         data,
         shape: [b, h, n, d],

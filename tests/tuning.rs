@@ -16,14 +16,13 @@ fn tune_remember_save_load() {
     let q = ctx.upload_f32(&random(n, 1), shape).unwrap();
     let k = ctx.upload_f32(&random(n, 2), shape).unwrap();
     let v = ctx.upload_f32(&random(n, 3), shape).unwrap();
-    let opts = AttentionOptions {
-        subgroups: Subgroups::Off,
-        ..Default::default()
-    };
+    let opts = AttentionOptions::default().subgroups(Subgroups::Off);
     let before = ctx.plan(q.view(), k.view(), v.view(), &opts).unwrap();
     assert!(!before.reason.contains("tuned"));
 
-    let report = ctx.tune(q.view(), k.view(), v.view(), &opts, 1).unwrap();
+    let report = ctx
+        .tune_blocking(q.view(), k.view(), v.view(), &opts, 1)
+        .unwrap();
     assert!(report.results.len() >= 4, "{report:?}");
     let fastest = report
         .results
@@ -40,13 +39,13 @@ fn tune_remember_save_load() {
     let after = ctx.plan(q.view(), k.view(), v.view(), &opts).unwrap();
     assert_eq!(after.backend, Backend::Flash);
     assert!(after.reason.contains("tuned"), "{}", after.reason);
-    assert_eq!(Some(after.variant.block_k), report.best.flash_block_k);
+    assert_eq!(Some(after.variant.block_k()), report.best.flash_block_k);
     assert_eq!(
-        Some(after.variant.rows_per_thread),
+        Some(after.variant.rows_per_thread()),
         report.best.flash_rows_per_thread
     );
     assert_eq!(
-        Some(after.variant.threads_per_row),
+        Some(after.variant.threads_per_row()),
         report.best.flash_threads_per_row
     );
 
@@ -70,12 +69,16 @@ fn tune_remember_save_load() {
     // picks the threads per row).
     let legacy = format!(
         "{} {} 7 7 f32 8 1\n",
-        after.variant.head_dim_qk, after.variant.head_dim_v
+        after.variant.head_dim_qk(),
+        after.variant.head_dim_v()
     );
     std::fs::write(&path, legacy).unwrap();
     assert_eq!(fresh.load_tuning(&path).unwrap(), 1);
     let old = fresh.plan(q.view(), k.view(), v.view(), &opts).unwrap();
-    assert_eq!((old.variant.block_k, old.variant.rows_per_thread), (8, 1));
+    assert_eq!(
+        (old.variant.block_k(), old.variant.rows_per_thread()),
+        (8, 1)
+    );
 
     // A malformed file is a typed error naming the line.
     std::fs::write(&path, "64 64 7 7 f32 16\n").unwrap();

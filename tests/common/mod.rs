@@ -365,7 +365,7 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
     let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);
 
     let m = &c.mask;
-    let mut mask = Mask::none().alignment(m.alignment);
+    let mut mask = Mask::none().with_alignment(m.alignment);
     if let Some(a) = m.causal {
         mask = mask.causal(a);
     }
@@ -380,7 +380,7 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
     }
     if let Some(t) = &bools {
         mask = if m.summary {
-            let s = ctx.block_mask(t.view()).expect("block mask");
+            let s = ctx.block_mask_blocking(t.view()).expect("block mask");
             mask.bool_mask_with_summary(t.view().clone(), s)
         } else {
             mask.bool_mask(t.view().clone())
@@ -400,7 +400,7 @@ pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention:
         opts.lse_output = Some(lse_out.view().clone());
     }
     let plan = ctx
-        .attention_into(q.view(), k.view(), v.view(), out.view(), &opts)
+        .attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", c.label()));
     if c.backend != Backend::Auto {
         assert_eq!(plan.backend, c.backend, "{}", c.label());

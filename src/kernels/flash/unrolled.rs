@@ -33,8 +33,8 @@
 
 use std::fmt::Write;
 
-use crate::dispatch::ShaderVariant;
-use crate::tensor::DType;
+use crate::data::tensor::DType;
+use crate::plan::variant::UnrolledTile;
 
 /// Appends one line of WGSL (writing to a `String` cannot fail).
 macro_rules! w {
@@ -45,7 +45,7 @@ macro_rules! w {
 
 /// The WGSL `main` of an unrolled flash variant (appended after the const lines, the dtype
 /// helpers, the prelude, the tile-count snippet and `shaders/flash_tiles.wgsl`).
-pub(crate) fn main_source(v: &ShaderVariant) -> String {
+pub(crate) fn main_source(v: &UnrolledTile) -> String {
     let rows = v.rows_per_thread.max(1);
     let dk4 = (v.head_dim_qk / 4).max(1);
     let dv4 = (v.head_dim_v / 4).max(1);
@@ -311,7 +311,7 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
 /// Row groups (of `ROW_STRIDE` rows, one per thread) per staging pass of Q or O: the most,
 /// a power of two dividing `rows`, whose `vec4s` per row fit the K/V tile array.
 fn groups_per_pass(tile_vec4s: u32, vec4s: u32, rows: u32) -> u32 {
-    let stride = super::dispatch::FLASH_BLOCK_Q / rows.max(1);
+    let stride = crate::plan::dispatch::FLASH_BLOCK_Q / rows.max(1);
     let mut g = rows.max(1);
     while g > 1 && g * stride * vec4s > tile_vec4s {
         g /= 2;

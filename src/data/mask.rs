@@ -40,10 +40,11 @@
 //! (a NaN or infinity in Q or K), from the bias (`-inf`, `+inf`, NaN) or from their sum, takes
 //! no part in the softmax (PyTorch would give NaN).
 
-use crate::tensor::TensorView;
+use crate::data::tensor::TensorView;
 
 /// Where the causal diagonal (and the window and ALiBi centre) lies when `Sq != Sk`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CausalAlignment {
     /// Query `i` sees keys `0..=i` (PyTorch's `is_causal`).
     #[default]
@@ -71,7 +72,7 @@ pub struct BoolMask {
     /// A summary computed earlier with [`crate::Context::block_mask`] for this mask's
     /// current contents. Without one, the flash backend computes it on the fly (one small
     /// extra dispatch per call).
-    pub summary: Option<crate::BlockMask>,
+    pub summary: Option<crate::data::block_mask::BlockMask>,
 }
 
 /// Any combination of mask kinds. Build it with the chained methods:
@@ -110,7 +111,7 @@ impl Mask {
     }
 
     /// Sets the diagonal's alignment without making the mask causal (for windows and ALiBi).
-    pub fn alignment(mut self, alignment: CausalAlignment) -> Self {
+    pub fn with_alignment(mut self, alignment: CausalAlignment) -> Self {
         self.alignment = alignment;
         self
     }
@@ -143,7 +144,11 @@ impl Mask {
     }
 
     /// A boolean mask tensor with a block summary computed earlier for it.
-    pub fn bool_mask_with_summary(mut self, view: TensorView, summary: crate::BlockMask) -> Self {
+    pub fn bool_mask_with_summary(
+        mut self,
+        view: TensorView,
+        summary: crate::data::block_mask::BlockMask,
+    ) -> Self {
         self.bool_mask = Some(BoolMask {
             view,
             summary: Some(summary),
@@ -169,7 +174,7 @@ impl Mask {
     }
 
     /// The diagonal's alignment.
-    pub fn get_alignment(&self) -> CausalAlignment {
+    pub fn alignment(&self) -> CausalAlignment {
         self.alignment
     }
 

@@ -1,12 +1,12 @@
 //! Host side of the naive shader (`shaders/naive.wgsl`): scores, softmax, P·V, over
 //! chunks of query rows sized so the score scratch fits the storage binding limit.
 
-use crate::context::Context;
-use crate::dispatch::ShaderVariant;
+use crate::data::problem::Problem;
 use crate::error::{Error, Result};
-use crate::launch::{self, Bound};
-use crate::pipeline::{ModuleKey, entry_bindings};
-use crate::validate::Problem;
+use crate::kernels::attention::{self, Bound};
+use crate::kernels::spec;
+use crate::plan::variant::{ModuleKey, ShaderVariant};
+use crate::runtime::Runtime;
 
 /// Upper bound on the score scratch of one chunk, whatever the adapter allows.
 pub const NAIVE_SCRATCH_MAX: u64 = 256 << 20;
@@ -14,13 +14,13 @@ const WG: u64 = 64;
 
 /// Records the three naive passes for every chunk of rows.
 pub(crate) fn record(
-    ctx: &Context,
+    rt: &Runtime,
     encoder: &mut wgpu::CommandEncoder,
     p: &Problem,
     variant: ShaderVariant,
     bound: &Bound,
 ) -> Result<()> {
-    let caps = ctx.caps();
+    let caps = rt.caps();
     let limit = NAIVE_SCRATCH_MAX
         .min(caps.max_storage_binding)
         .min(caps.max_buffer_size);
@@ -41,17 +41,16 @@ pub(crate) fn record(
         .min(max_dim * max_dim)
         .min(total_rows)
         .max(1);
-    let scratch = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("wgpu-attention naive scores"),
-        size: rows_per_chunk * row_bytes,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let key = ModuleKey::Attention(variant);
+    let bytes = rows_per_chunk * row_bytes;
+    let scratch = rt.scratch("wgpu-attention naive scores", bytes)?;
+    let key = ModuleKey::Attention {
+        variant,
+        counters: false,
+    };
     let passes = ["scores", "softmax", "pv"];
     let compiled: Vec<_> = passes
         .iter()
-        .map(|e| ctx.pipeline(key, e))
+        .map(|e| rt.pipeline(key, e, || spec(&key, e)))
         .collect::<Result<_>>()?;
     let mut row = 0u64;
     while row < total_rows {
@@ -61,8 +60,8 @@ pub(crate) fn record(
             rows,
             (rows * p.head_dim_v as u64).div_ceil(WG),
         ];
-        for ((entry, comp), n) in passes.iter().zip(&compiled).zip(grids) {
-            let g = launch::split_grid(n, caps.max_workgroups_per_dim)?;
+        for (comp, n) in compiled.iter().zip(grids) {
+            let g = attention::split_grid(n, caps.max_workgroups_per_dim)?;
             // rows_per_chunk keeps every grid within one dispatch.
             let c = g[0];
             let mut params = bound.params;
@@ -70,11 +69,18 @@ pub(crate) fn record(
             params.row_count = rows as u32;
             params.wg_x = c.x;
             params.scratch_stride = p.seq_k as u32;
-            let ub = launch::uniform(ctx, &params);
-            let mut slots = launch::common_slots(ctx, bound, &ub);
-            slots.push((8, scratch.as_entire_binding()));
-            let bg = launch::bind_group(ctx, comp, &slots, entry_bindings(&key, entry));
-            launch::dispatch(encoder, "wgpu-attention naive", comp, &bg, c.x, c.y);
+            let (ring, off) = attention::write_params(rt, &params)?;
+            let s = Some((scratch.clone(), 0, bytes));
+            let bg = attention::bind_group(rt, comp, bound, &ring, s)?;
+            attention::dispatch(
+                encoder,
+                "wgpu-attention naive",
+                comp,
+                &bg,
+                &[off, bound.aux.offset],
+                c.x,
+                c.y,
+            );
         }
         row += rows;
     }

@@ -1,121 +1,10 @@
 //! Validation of a call before anything is dispatched, producing a [`Problem`]:
 //! the plain-data description the dispatcher and the backends work from.
 
+use crate::data::options::AttentionOptions;
+pub use crate::data::problem::{MAX_SEQ, MaskKinds, Problem};
+use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
-use crate::mask::{CausalAlignment, Window};
-use crate::options::AttentionOptions;
-use crate::tensor::{DType, TensorView};
-
-/// The mask kinds of a call, as plain data (no buffers).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MaskKinds {
-    /// Causal masking.
-    pub causal: bool,
-    /// Diagonal alignment.
-    pub alignment: CausalAlignment,
-    /// Per-batch key lengths are given.
-    pub key_lengths: bool,
-    /// Per-batch query lengths are given.
-    pub query_lengths: bool,
-    /// A sliding window.
-    pub window: Option<Window>,
-    /// A boolean mask tensor is given.
-    pub bool_mask: bool,
-    /// The dtype of the additive bias, if any.
-    pub bias: Option<DType>,
-    /// ALiBi slopes are given.
-    pub alibi: bool,
-}
-
-impl MaskKinds {
-    /// Whether any kind is set.
-    pub fn any(&self) -> bool {
-        self.causal
-            || self.key_lengths
-            || self.query_lengths
-            || self.window.is_some()
-            || self.bool_mask
-            || self.bias.is_some()
-            || self.alibi
-    }
-
-    /// Whether a kind adds a term read at run time to every visible score (an additive bias,
-    /// ALiBi), as opposed to kinds that bound each row's key range or hide single keys.
-    pub fn score_terms(&self) -> bool {
-        self.bias.is_some() || self.alibi
-    }
-}
-
-/// A validated attention problem: shapes, dtypes, scale and mask kinds.
-///
-/// This is what the dispatcher ([`crate::dispatch::plan`]) decides from; it can be
-/// built by hand to ask what would run without any GPU.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Problem {
-    /// Batch size.
-    pub batch: usize,
-    /// Query heads.
-    pub heads_q: usize,
-    /// Key/value heads (a divisor of `heads_q`: GQA/MQA).
-    pub heads_kv: usize,
-    /// Query sequence length.
-    pub seq_q: usize,
-    /// Key/value sequence length.
-    pub seq_k: usize,
-    /// Head dim of Q and K.
-    pub head_dim_qk: usize,
-    /// Head dim of V and the output.
-    pub head_dim_v: usize,
-    /// Dtype of Q.
-    pub dtype_q: DType,
-    /// Dtype of K.
-    pub dtype_k: DType,
-    /// Dtype of V.
-    pub dtype_v: DType,
-    /// Dtype of the output.
-    pub dtype_o: DType,
-    /// The softmax scale in use.
-    pub scale: f32,
-    /// The mask kinds.
-    pub mask: MaskKinds,
-    /// A packed variable-length batch (`seq_q`/`seq_k` are then the longest sequences).
-    pub varlen: bool,
-    /// A log-sum-exp output is requested.
-    pub lse: bool,
-}
-
-impl Problem {
-    /// A problem with these shapes, f32 everywhere, no mask, default scale.
-    pub fn new(batch: usize, heads: usize, seq_q: usize, seq_k: usize, head_dim: usize) -> Self {
-        Problem {
-            batch,
-            heads_q: heads,
-            heads_kv: heads,
-            seq_q,
-            seq_k,
-            head_dim_qk: head_dim,
-            head_dim_v: head_dim,
-            dtype_q: DType::F32,
-            dtype_k: DType::F32,
-            dtype_v: DType::F32,
-            dtype_o: DType::F32,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            mask: MaskKinds::default(),
-            varlen: false,
-            lse: false,
-        }
-    }
-
-    /// Floating-point operations counted as `4 * b * h * sq * sk * d` (masked or not).
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.heads_q * self.seq_q * self.seq_k) as f64
-            * (self.head_dim_qk + self.head_dim_v) as f64
-    }
-}
-
-/// The longest sequence a call may have (keeps every shader loop counter and diagonal
-/// offset far from 32-bit overflow).
-pub const MAX_SEQ: usize = 1 << 30;
 
 fn mismatch(role: TensorRole, dim: Dim, expected: impl ToString, got: usize) -> Error {
     Error::invalid(
@@ -203,13 +92,13 @@ fn check_lengths(lens: &[u32], role: TensorRole, b: usize, max: usize) -> Result
 /// Checks a varlen description against the views; returns (sequences, longest query,
 /// longest key sequence).
 fn check_varlen(
-    vl: &crate::options::Varlen,
+    vl: &crate::data::options::Varlen,
     q: &TensorView,
     k: &TensorView,
     v: &TensorView,
     rows_q: usize,
     rows_k: usize,
-    mask: &crate::mask::Mask,
+    mask: &crate::data::mask::Mask,
 ) -> Result<(usize, usize, usize)> {
     use TensorRole::*;
     for (view, role) in [(q, Query), (k, Key), (v, Value)] {
@@ -280,7 +169,7 @@ fn check_varlen(
         ));
     }
     let longest = |cu: &[u32]| {
-        crate::options::Varlen::lengths(cu)
+        crate::data::options::Varlen::lengths(cu)
             .into_iter()
             .max()
             .unwrap_or(0)
@@ -291,7 +180,7 @@ fn check_varlen(
 
 /// Checks that the product of `dims` fits a u32 (the shaders' index width).
 pub(crate) fn check_count(role: TensorRole, dims: &[usize]) -> Result<()> {
-    let n = crate::tensor::checked_product(dims);
+    let n = crate::data::tensor::checked_product(dims);
     match n {
         Some(n) if n <= u32::MAX as u64 => Ok(()),
         _ => Err(Error::invalid(
@@ -488,58 +377,36 @@ pub(crate) fn validate(
         }
         l.check_memory(Lse, storage)?;
         l.check_no_overlap(Lse)?;
-        let inputs = [
-            (Some(&q.buffer), Query),
-            (Some(&k.buffer), Key),
-            (Some(&v.buffer), Value),
-            (m.bool_mask.as_ref().map(|x| &x.view.buffer), BoolMask),
-            (
-                m.bool_mask
-                    .as_ref()
-                    .and_then(|x| x.summary.as_ref().map(|s| s.buffer())),
-                BoolMask,
-            ),
-            (m.bias.as_ref().map(|x| &x.buffer), Bias),
-        ];
-        for (buffer, role) in inputs {
-            if buffer == Some(&l.buffer) {
-                return Err(Error::invalid(
-                    Lse,
-                    InputProblem::OutputAliasesInput { input: role },
-                ));
-            }
-        }
-        if out.is_some_and(|o| o.buffer == l.buffer) {
+        if out.is_some_and(|o| o.overlaps(l)) {
             return Err(Error::invalid(
                 Lse,
                 InputProblem::OutputAliasesInput { input: Output },
             ));
         }
     }
-    if let Some(o) = out {
-        let inputs = [
-            (Some(q), Query),
-            (Some(k), Key),
-            (Some(v), Value),
-            (m.bool_mask.as_ref().map(|x| &x.view), BoolMask),
-            (m.bias.as_ref(), Bias),
-        ];
-        let summary = m
-            .bool_mask
-            .as_ref()
-            .and_then(|x| x.summary.as_ref().map(|s| s.buffer()));
-        if summary == Some(&o.buffer) {
+    // Outputs may share a buffer with the inputs (tensors sub-allocated from one page, as
+    // Burn and cubecl do) at byte ranges that do not overlap them.
+    let summary = m.bool_mask.as_ref().and_then(|x| x.summary.as_ref());
+    let inputs = [
+        (Some(q), Query),
+        (Some(k), Key),
+        (Some(v), Value),
+        (m.bool_mask.as_ref().map(|x| &x.view), BoolMask),
+        (m.bias.as_ref(), Bias),
+    ];
+    let outputs = [(out, Output), (opts.lse_output.as_ref(), Lse)];
+    for (written, out_role) in outputs {
+        let Some(w) = written else { continue };
+        if summary.is_some_and(|s| s.buffer() == &w.buffer) {
             return Err(Error::invalid(
-                Output,
+                out_role,
                 InputProblem::OutputAliasesInput { input: BoolMask },
             ));
         }
         for (view, role) in inputs {
-            if let Some(view) = view
-                && view.buffer == o.buffer
-            {
+            if view.is_some_and(|x| x.overlaps(w)) {
                 return Err(Error::invalid(
-                    Output,
+                    out_role,
                     InputProblem::OutputAliasesInput { input: role },
                 ));
             }

@@ -1,19 +1,17 @@
-//! Per-adapter tuning of the flash tiles: time a few tile configurations on the caller's own
-//! inputs, remember the winner for the shape's bucket for the life of the [`Context`], and
-//! optionally save the table to a file the caller names.
+//! Per-adapter tuning of the flash tiles, as data: the shape buckets, the table a context
+//! keeps, the tile configurations worth timing, and the table's text form. The timing runs
+//! live in `ops::tune`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
 
-use crate::context::Context;
-use crate::dispatch::{
-    FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, bucket, flash_variant,
-};
+use crate::data::options::Tuning;
+use crate::data::problem::Problem;
+use crate::data::tensor::DType;
 use crate::error::{Error, InputProblem, Result, TensorRole};
-use crate::options::{AttentionOptions, Backend, Tuning};
-use crate::tensor::{DType, TensorView};
-use crate::validate::Problem;
+use crate::plan::dispatch::{
+    FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, bucket,
+};
 
 /// The shapes that share a tuned configuration: head-dim buckets, sequence lengths rounded
 /// up to powers of two, and the storage dtype of Q.
@@ -67,13 +65,13 @@ impl TuningTable {
         self.map.lock().ok()?.get(bucket).copied()
     }
 
-    fn set(&self, bucket: ShapeBucket, t: Tuning) {
+    pub(crate) fn set(&self, bucket: ShapeBucket, t: Tuning) {
         if let Ok(mut m) = self.map.lock() {
             m.insert(bucket, t);
         }
     }
 
-    fn entries(&self) -> Vec<(ShapeBucket, Tuning)> {
+    pub(crate) fn entries(&self) -> Vec<(ShapeBucket, Tuning)> {
         self.map
             .lock()
             .map(|m| m.iter().map(|(b, t)| (*b, *t)).collect())
@@ -94,89 +92,34 @@ fn parse_dtype(s: &str) -> Option<DType> {
     }
 }
 
-fn bad_file(path: &std::path::Path, what: String) -> Error {
+fn bad_table(what: String) -> Error {
     Error::invalid(
         TensorRole::Options,
-        InputProblem::Other(format!("tuning file {}: {what}", path.display())),
+        InputProblem::Other(format!("tuning table: {what}")),
     )
 }
 
-impl Context {
-    /// Times the flash tile configurations that fit this adapter on these inputs (random
-    /// data of the caller's shapes, outputs discarded), remembers the fastest for the
-    /// problem's [`ShapeBucket`] for the life of this context, and reports what it measured.
-    /// Later calls of that bucket (and [`Context::plan`]) use the tuned tiles unless the
-    /// call sets [`AttentionOptions::tuning`] itself.
-    pub fn tune(
-        &self,
-        q: &TensorView,
-        k: &TensorView,
-        v: &TensorView,
-        opts: &AttentionOptions,
-        iters: usize,
-    ) -> Result<TuneReport> {
-        let p = crate::validate::validate(q, k, v, None, opts)?;
-        let bucket = ShapeBucket::of(&p);
-        let out = self.empty([p.batch, p.heads_q, p.seq_q, p.head_dim_v], p.dtype_o)?;
-        let mut results = Vec::new();
-        let configs = [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
-            [8, 16, 32]
-                .into_iter()
-                .flat_map(move |bk| [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| (tpr, bk, rpt)))
-        });
-        for (tpr, bk, rpt) in configs {
-            let tuning = Tuning {
+/// The tile configurations a tuning run times (those that do not fit an adapter are
+/// skipped by the dispatcher's checks).
+pub(crate) fn candidates() -> impl Iterator<Item = Tuning> {
+    [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
+        [8, 16, 32].into_iter().flat_map(move |bk| {
+            [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| Tuning {
                 flash_rows_per_thread: Some(rpt),
                 flash_block_k: Some(bk),
                 flash_threads_per_row: Some(tpr),
-            };
-            let trial = AttentionOptions {
-                tuning,
-                backend: Backend::Flash,
-                lse_output: None,
-                ..opts.clone()
-            };
-            if flash_variant(&p, self.caps(), &trial).is_err() {
-                continue; // does not fit this adapter
-            }
-            let mut times = Vec::new();
-            for i in 0..=iters.max(1) {
-                let t0 = Instant::now();
-                self.attention_into(q, k, v, out.view(), &trial)?;
-                self.wait()?;
-                if i > 0 {
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            results.push((tuning, times[times.len() / 2]));
-        }
-        let best = results
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|r| r.0)
-            .ok_or_else(|| Error::backend("no flash tile configuration fits this adapter"))?;
-        self.tuning_table().set(bucket, best);
-        log::debug!("tuned {bucket:?}: {best:?} from {results:?}");
-        Ok(TuneReport {
-            bucket,
-            results,
-            best,
+            })
         })
-    }
+    })
+}
 
-    /// The tuned tiles for a problem's bucket, if any.
-    pub fn tuned(&self, problem: &Problem) -> Option<Tuning> {
-        self.tuning_table().get(&ShapeBucket::of(problem))
-    }
-
-    /// Writes the tuned table to `path` (one line per bucket).
-    pub fn save_tuning(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        let path = path.as_ref();
+impl TuningTable {
+    /// The table as text, one line per bucket.
+    pub(crate) fn to_text(&self) -> String {
         let mut text = String::from(
             "# wgpu-attention tuning: dk dv log2(sq) log2(sk) dtype block_k rows_per_thread threads_per_row\n",
         );
-        for (b, t) in self.tuning_table().entries() {
+        for (b, t) in self.entries() {
             text.push_str(&format!(
                 "{} {} {} {} {} {} {} {}\n",
                 b.head_dim_qk,
@@ -189,15 +132,12 @@ impl Context {
                 t.flash_threads_per_row.unwrap_or(0)
             ));
         }
-        std::fs::write(path, text).map_err(|e| bad_file(path, e.to_string()))
+        text
     }
 
-    /// Reads a table written by [`Context::save_tuning`] into this context; returns how many
-    /// buckets it held. A table from another adapter loads, but a tile that does not fit
-    /// this adapter makes its calls fail with [`Error::Unsupported`]: tune per adapter.
-    pub fn load_tuning(&self, path: impl AsRef<std::path::Path>) -> Result<usize> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| bad_file(path, e.to_string()))?;
+    /// Reads a table written by [`TuningTable::to_text`] into this one; returns how many
+    /// buckets it held.
+    pub(crate) fn load_text(&self, text: &str) -> Result<usize> {
         let mut n = 0;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -230,14 +170,14 @@ impl Context {
             })();
             match parsed {
                 Some((b, t)) => {
-                    self.tuning_table().set(b, t);
+                    self.set(b, t);
                     n += 1;
                 }
                 _ => {
-                    return Err(bad_file(
-                        path,
-                        format!("line {}: expected 8 fields (or 7), got {line:?}", i + 1),
-                    ));
+                    return Err(bad_table(format!(
+                        "line {}: expected 8 fields (or 7), got {line:?}",
+                        i + 1
+                    )));
                 }
             }
         }

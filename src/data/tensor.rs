@@ -167,8 +167,9 @@ impl TensorView {
         self
     }
 
-    /// The view of `count` indices of dimension `dim` from `start` on.
-    pub(crate) fn narrowed(&self, dim: usize, start: usize, count: usize) -> TensorView {
+    /// The view of `count` indices of dimension `dim` (0..4, BHSD) from `start` on, like
+    /// PyTorch's `narrow`; validated where it is used, as every view is.
+    pub fn narrowed(&self, dim: usize, start: usize, count: usize) -> TensorView {
         let mut v = self.clone();
         v.offset += (start * self.strides[dim]) as u64 * self.dtype.size();
         v.shape[dim] = count;
@@ -246,6 +247,18 @@ impl TensorView {
     }
 
     /// Checks that no two elements of the view share memory (for outputs).
+    /// The bytes `offset..end` from this view's first element to just past its last.
+    pub fn byte_range(&self) -> std::ops::Range<u64> {
+        self.offset..self.end_byte().unwrap_or(u64::MAX)
+    }
+
+    /// Whether this view and `other` lie in one buffer at byte ranges that overlap (the
+    /// rule for outputs: they may share a buffer with inputs, never bytes).
+    pub fn overlaps(&self, other: &TensorView) -> bool {
+        let (a, b) = (self.byte_range(), other.byte_range());
+        self.buffer == other.buffer && a.start < b.end && b.start < a.end
+    }
+
     pub(crate) fn check_no_overlap(&self, role: TensorRole) -> Result<()> {
         // Sort dimensions by stride; each stride must exceed the extent of all smaller ones.
         let mut dims: Vec<usize> = (0..4).filter(|&i| self.shape[i] > 1).collect();

@@ -1,10 +1,11 @@
 //! Per-call options.
 
-use crate::mask::Mask;
-use crate::tensor::{DType, TensorView};
+use crate::data::mask::Mask;
+use crate::data::tensor::{DType, TensorView};
 
 /// Which shader family runs a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// Let the dispatcher choose (see [`crate::Context::plan`]).
     #[default]
@@ -42,6 +43,7 @@ impl std::fmt::Display for Backend {
 
 /// Whether shaders may use subgroup operations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Subgroups {
     /// Use them when the device has `SUBGROUP` and the variant benefits.
     #[default]
@@ -54,10 +56,11 @@ pub enum Subgroups {
 /// `None` keeps the dispatcher's choice; a value that cannot run makes `plan` return
 /// [`crate::Error::Unsupported`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Tuning {
     /// Query rows per flash thread: 1, 2 or 4, or 8 for the unrolled kernel that CPU
     /// adapters run by default (one thread per row, head dims up to 128, key tiles of 8 or
-    /// more; see [`crate::dispatch::Family::FlashUnrolled`]).
+    /// more; see [`crate::plan::dispatch::Family::FlashUnrolled`]).
     pub flash_rows_per_thread: Option<u32>,
     /// Keys per flash tile (4, 8, 16 or 32).
     pub flash_block_k: Option<u32>,
@@ -66,8 +69,18 @@ pub struct Tuning {
     pub flash_threads_per_row: Option<u32>,
 }
 
-/// Options of one attention call.
+/// Options of one attention call. Build them with the chained methods:
+///
+/// ```
+/// use wgpu_attention::{AttentionOptions, Backend, CausalAlignment, DType, Mask};
+/// let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::TopLeft))
+///     .backend(Backend::Flash)
+///     .scale(0.125)
+///     .output_dtype(DType::F32);
+/// assert_eq!(opts.scale, Some(0.125));
+/// ```
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct AttentionOptions {
     /// Softmax scale; `None` means `1 / sqrt(head_dim)` (of Q/K).
     pub scale: Option<f32>,
@@ -95,6 +108,7 @@ pub struct AttentionOptions {
 /// `cu_seqlens[b]..cu_seqlens[b + 1]`. No padding is computed; causal, window and ALiBi apply
 /// per sequence. A bool mask or bias, if any, is laid out padded: `[B|1, H|1, max_q, max_k]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Varlen {
     /// Cumulative query offsets: `B + 1` entries, starting at 0.
     pub cu_seqlens_q: Vec<u32>,
@@ -103,6 +117,14 @@ pub struct Varlen {
 }
 
 impl Varlen {
+    /// From cumulative query and key offsets (`B + 1` entries each, starting at 0).
+    pub fn new(cu_seqlens_q: Vec<u32>, cu_seqlens_k: Vec<u32>) -> Self {
+        Varlen {
+            cu_seqlens_q,
+            cu_seqlens_k,
+        }
+    }
+
     /// From per-sequence query and key lengths.
     pub fn from_lengths(q: &[u32], k: &[u32]) -> Self {
         let cum = |l: &[u32]| {
@@ -153,6 +175,69 @@ impl AttentionOptions {
     /// Sets the mask.
     pub fn mask(mut self, mask: Mask) -> Self {
         self.mask = mask;
+        self
+    }
+
+    /// Sets whether shaders may use subgroup operations.
+    pub fn subgroups(mut self, subgroups: Subgroups) -> Self {
+        self.subgroups = subgroups;
+        self
+    }
+
+    /// Sets the dtype of the output the call allocates ([`crate::Context::attention`]).
+    pub fn output_dtype(mut self, dtype: DType) -> Self {
+        self.output_dtype = Some(dtype);
+        self
+    }
+
+    /// Sets the tile overrides.
+    pub fn tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Also writes each row's log-sum-exp to `lse` (f32, `[B, Hq, Sq, 1]`).
+    pub fn lse_output(mut self, lse: TensorView) -> Self {
+        self.lse_output = Some(lse);
+        self
+    }
+
+    /// Runs a packed variable-length batch.
+    pub fn varlen(mut self, varlen: Varlen) -> Self {
+        self.varlen = Some(varlen);
+        self
+    }
+}
+
+impl Tuning {
+    /// Overrides of all three tile choices (`None` keeps the dispatcher's).
+    pub fn new(
+        rows_per_thread: Option<u32>,
+        block_k: Option<u32>,
+        threads_per_row: Option<u32>,
+    ) -> Self {
+        Tuning {
+            flash_rows_per_thread: rows_per_thread,
+            flash_block_k: block_k,
+            flash_threads_per_row: threads_per_row,
+        }
+    }
+
+    /// Sets the query rows per flash thread.
+    pub fn rows_per_thread(mut self, rows: u32) -> Self {
+        self.flash_rows_per_thread = Some(rows);
+        self
+    }
+
+    /// Sets the keys per flash tile.
+    pub fn block_k(mut self, keys: u32) -> Self {
+        self.flash_block_k = Some(keys);
+        self
+    }
+
+    /// Sets the threads sharing one flash query row.
+    pub fn threads_per_row(mut self, threads: u32) -> Self {
+        self.flash_threads_per_row = Some(threads);
         self
     }
 }

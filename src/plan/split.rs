@@ -17,12 +17,12 @@
 //! ([`PartRows`], read through `F_DIAG` in `shaders/common.wgsl`). Everything else about a
 //! part is an ordinary call on narrowed views, with the plan of the whole call.
 
+use crate::data::mask::CausalAlignment;
+use crate::data::options::{AttentionOptions, Varlen};
+use crate::data::tensor::{TensorView, end_byte};
 use crate::error::{Error, Result, TensorRole};
-use crate::launch::binding_extent;
-use crate::mask::CausalAlignment;
-use crate::options::{AttentionOptions, Varlen};
-use crate::tensor::{TensorView, end_byte};
-use crate::validate::Problem;
+use crate::kernels::attention::binding_extent;
+use crate::plan::validate::Problem;
 
 /// A part of a call: batch items `b0..b0 + nb`, query heads `h0..h0 + nh` (whole GQA
 /// groups, or one head), query rows `r0..r0 + nr` (all rows of a packed variable-length

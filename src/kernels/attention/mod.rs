@@ -1,19 +1,22 @@
-//! Host-side preparation shared by the three backends: storage-binding windows, the
-//! auxiliary buffer (lengths, ALiBi slopes, block summary), the parameter block, and the
-//! splitting of large grids into dispatches that respect the adapter's limits.
+//! Host code shared by the attention kernels (flash, memory-efficient, naive): storage
+//! windows over the caller's views, the aux words (lengths, ALiBi slopes, block summary),
+//! the parameter block, the bind group, and the splitting of large grids into dispatches
+//! that respect the adapter's limits.
 
-use wgpu::util::DeviceExt;
+pub(crate) mod params;
 
-use crate::context::Context;
-use crate::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
+use crate::data::mask::CausalAlignment;
+use crate::data::options::{AttentionOptions, Varlen};
+use crate::data::problem::Problem;
+use crate::data::tensor::{DType, TensorView};
 use crate::error::{Error, Result, TensorRole};
-use crate::mask::CausalAlignment;
-use crate::options::{AttentionOptions, Varlen};
-use crate::params::{AttnParams, flags};
-use crate::pipeline::Compiled;
-use crate::split::PartRows;
-use crate::tensor::{DType, TensorView};
-use crate::validate::Problem;
+use crate::kernels::bindings;
+use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
+use crate::plan::split::PartRows;
+use crate::runtime::Runtime;
+use crate::runtime::arena::{MAX_BINDINGS, Range};
+use crate::runtime::pipeline::Compiled;
+use params::{AttnParams, flags};
 
 /// A storage binding covering one tensor view.
 #[derive(Clone, Debug)]
@@ -26,12 +29,9 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: wgpu::BufferSize::new(self.size),
-        })
+    /// The bound range.
+    pub(crate) fn range(&self) -> Range {
+        (self.buffer.clone(), self.offset, self.size)
     }
 }
 
@@ -49,10 +49,10 @@ pub(crate) fn binding_size(view: &TensorView, align: u64) -> u64 {
 }
 
 /// The smallest aligned window of `view`'s buffer that holds the view.
-pub(crate) fn window(ctx: &Context, view: &TensorView, role: TensorRole) -> Result<Window> {
-    let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+pub(crate) fn window(rt: &Runtime, view: &TensorView, role: TensorRole) -> Result<Window> {
+    let align = rt.limits().min_storage_buffer_offset_alignment as u64;
     let (start, size) = binding_extent(view.offset, view.end_byte().unwrap_or(u64::MAX), align);
-    let max = ctx.caps().max_storage_binding;
+    let max = rt.caps().max_storage_binding;
     if size > max {
         return Err(Error::binding(role, size, max));
     }
@@ -85,10 +85,32 @@ pub(crate) struct Bound {
     pub o: Window,
     pub mask: Option<Window>,
     pub bias: Option<Window>,
-    pub aux: wgpu::Buffer,
+    pub aux: Aux,
     pub lse: Option<Window>,
     /// Where the block summary goes in `aux` (in u32 words), and its shape.
     pub summary: Option<SummarySlot>,
+}
+
+/// The aux words of a call: a ring slot (bound at its dynamic offset), or, when the GPU
+/// writes a block summary behind them, scratch that the host words are copied into first.
+#[derive(Clone)]
+pub(crate) struct Aux {
+    pub buffer: wgpu::Buffer,
+    /// The dynamic offset.
+    pub offset: u32,
+    /// The binding's size.
+    pub size: u64,
+    /// With a summary: the ring slot (buffer, offset, bytes) of the host words to copy in.
+    pub host: Option<(wgpu::Buffer, u32, u64)>,
+}
+
+impl Aux {
+    /// Records the copy of the host words into the scratch (with a summary).
+    pub(crate) fn stage(&self, encoder: &mut wgpu::CommandEncoder) {
+        if let Some((ring, off, bytes)) = &self.host {
+            encoder.copy_buffer_to_buffer(ring, *off as u64, &self.buffer, 0, *bytes);
+        }
+    }
 }
 
 /// The block-summary region of the aux buffer.
@@ -103,7 +125,7 @@ pub(crate) struct SummarySlot {
 
 /// Validated views plus options, bound into windows and a parameter block.
 pub(crate) fn bind(
-    ctx: &Context,
+    rt: &Runtime,
     p: &Problem,
     views: [&TensorView; 4],
     opts: &AttentionOptions,
@@ -111,17 +133,17 @@ pub(crate) fn bind(
     part: Option<&PartRows>,
 ) -> Result<Bound> {
     let [q, k, v, o] = views;
-    let qw = window(ctx, q, TensorRole::Query)?;
-    let kw = window(ctx, k, TensorRole::Key)?;
-    let vw = window(ctx, v, TensorRole::Value)?;
-    let ow = window(ctx, o, TensorRole::Output)?;
+    let qw = window(rt, q, TensorRole::Query)?;
+    let kw = window(rt, k, TensorRole::Key)?;
+    let vw = window(rt, v, TensorRole::Value)?;
+    let ow = window(rt, o, TensorRole::Output)?;
     let m = &opts.mask;
     let mw = match &m.bool_mask {
-        Some(bm) => Some(window(ctx, &bm.view, TensorRole::BoolMask)?),
+        Some(bm) => Some(window(rt, &bm.view, TensorRole::BoolMask)?),
         None => None,
     };
     let bw = match &m.bias {
-        Some(b) => Some(window(ctx, b, TensorRole::Bias)?),
+        Some(b) => Some(window(rt, b, TensorRole::Bias)?),
         None => None,
     };
 
@@ -175,6 +197,7 @@ pub(crate) fn bind(
     aux.extend(vl.iter().flat_map(|v| v.cu_seqlens_k.iter()));
     let alibi_off = aux.len() as u32;
     aux.extend(m.alibi_slopes.iter().flatten().map(|x| x.to_bits()));
+    let host_words = aux.len();
     let mut summary = None;
     if let (true, Some(bm)) = (with_summary, &m.bool_mask) {
         let slot = SummarySlot {
@@ -184,19 +207,35 @@ pub(crate) fn bind(
             mb: bm.view.shape[0] as u32,
             mh: bm.view.shape[1] as u32,
         };
-        let n = slot.mb as usize * slot.mh as usize * slot.nqb as usize * slot.nkb as usize;
-        aux.resize(aux.len() + n, 2);
         summary = Some(slot);
         f |= flags::SUMMARY;
     }
     aux.resize(aux.len().max(4), 0);
-    let aux_buf = ctx
-        .device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu-attention aux"),
-            contents: bytemuck::cast_slice(&aux),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        });
+    let host_bytes = (aux.len() * 4) as u64;
+    let (ring, ring_off) = rt.ring_write(bytemuck::cast_slice(&aux))?;
+    let aux = match summary {
+        None => Aux {
+            buffer: ring,
+            offset: ring_off,
+            size: host_bytes,
+            host: None,
+        },
+        Some(s) => {
+            let words =
+                host_words + s.mb as usize * s.mh as usize * s.nqb as usize * s.nkb as usize;
+            let bytes = (words.max(4) * 4) as u64;
+            let max = rt.caps().max_storage_binding;
+            if bytes > max {
+                return Err(Error::binding(TensorRole::BoolMask, bytes, max));
+            }
+            Aux {
+                buffer: rt.scratch("wgpu-attention aux with block summary", bytes)?,
+                offset: 0,
+                size: bytes,
+                host: Some((ring, ring_off, host_bytes)),
+            }
+        }
+    };
 
     // f16 K and V whose head-dim elements pair up into aligned 32-bit words.
     let pairs = |v: &TensorView, w: &Window, d: usize| {
@@ -244,7 +283,7 @@ pub(crate) fn bind(
     };
     let lw = match &opts.lse_output {
         Some(l) => {
-            let w = window(ctx, l, TensorRole::Lse)?;
+            let w = window(rt, l, TensorRole::Lse)?;
             let st = strides(l, &w);
             params.lse = [st[0], st[1], st[2], st[3]];
             Some(w)
@@ -272,7 +311,7 @@ pub(crate) fn bind(
         o: ow,
         mask: mw,
         bias: bw,
-        aux: aux_buf,
+        aux,
         lse: lw,
         summary,
     })
@@ -315,49 +354,56 @@ pub(crate) fn split_grid(n: u64, max: u32) -> Result<Vec<GridChunk>> {
     Ok(out)
 }
 
-/// A uniform buffer holding `params`.
-pub(crate) fn uniform<T: bytemuck::Pod>(ctx: &Context, params: &T) -> wgpu::Buffer {
-    ctx.device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("wgpu-attention params"),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-}
-
-/// Builds the bind group of `compiled` from `(binding, resource)` pairs, keeping only
-/// the bindings its layout declares.
+/// The bind group of an attention kernel over `bound`'s views, the ring slot of its
+/// parameter block (`params`, a range of the ring) and, for the naive kernel's score
+/// scratch or the flash kernels' counters, `scratch`.
 pub(crate) fn bind_group(
-    ctx: &Context,
+    rt: &Runtime,
     compiled: &Compiled,
-    slots: &[(u32, wgpu::BindingResource<'_>)],
-    wanted: &[(u32, crate::pipeline::Slot)],
-) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = wanted
-        .iter()
-        .filter_map(|(b, _)| {
-            slots
-                .iter()
-                .find(|(s, _)| s == b)
-                .map(|(s, r)| wgpu::BindGroupEntry {
-                    binding: *s,
-                    resource: r.clone(),
-                })
-        })
-        .collect();
-    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("wgpu-attention bind group"),
-        layout: &compiled.layout,
-        entries: &entries,
-    })
+    bound: &Bound,
+    params: &wgpu::Buffer,
+    scratch: Option<Range>,
+) -> Result<wgpu::BindGroup> {
+    let dummy = || (rt.dummy().clone(), 0, 16);
+    let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
+    e[bindings::PARAMS as usize] =
+        Some((params.clone(), 0, std::mem::size_of::<AttnParams>() as u64));
+    e[bindings::Q as usize] = Some(bound.q.range());
+    e[bindings::K as usize] = Some(bound.k.range());
+    e[bindings::V as usize] = Some(bound.v.range());
+    e[bindings::O as usize] = Some(bound.o.range());
+    e[bindings::MASK as usize] = Some(bound.mask.as_ref().map_or_else(dummy, Window::range));
+    e[bindings::BIAS as usize] = Some(bound.bias.as_ref().map_or_else(dummy, Window::range));
+    e[bindings::AUX as usize] = Some((bound.aux.buffer.clone(), 0, bound.aux.size));
+    e[bindings::SCRATCH as usize] = scratch;
+    e[bindings::LSE as usize] = Some(
+        bound
+            .lse
+            .as_ref()
+            .map_or_else(|| (rt.dummy_rw().clone(), 0, 16), Window::range),
+    );
+    // Only the bindings the entry point declares take part in its group.
+    for (n, slot) in e.iter_mut().enumerate() {
+        if !compiled.bindings.iter().any(|b| b.number as usize == n) {
+            *slot = None;
+        }
+    }
+    rt.bind_group(compiled, e)
 }
 
-/// Records one compute pass: `compiled` with `bind_group` over an `x * y` grid.
+/// Writes the parameter block of one dispatch into the ring; returns the ring and offset.
+pub(crate) fn write_params(rt: &Runtime, params: &AttnParams) -> Result<(wgpu::Buffer, u32)> {
+    rt.ring_write(bytemuck::bytes_of(params))
+}
+
+/// Records one compute pass: `compiled` with `bind_group` (at the dynamic `offsets` of its
+/// parameter block and aux words) over an `x * y` grid.
 pub(crate) fn dispatch(
     encoder: &mut wgpu::CommandEncoder,
     label: &str,
     compiled: &Compiled,
     bind_group: &wgpu::BindGroup,
+    offsets: &[u32],
     x: u32,
     y: u32,
 ) {
@@ -366,49 +412,8 @@ pub(crate) fn dispatch(
         timestamp_writes: None,
     });
     pass.set_pipeline(&compiled.pipeline);
-    pass.set_bind_group(0, bind_group, &[]);
+    pass.set_bind_group(0, bind_group, offsets);
     pass.dispatch_workgroups(x, y, 1);
-}
-
-/// The common bindings of a call with params buffer `params`.
-pub(crate) fn common_slots<'a>(
-    ctx: &'a Context,
-    bound: &'a Bound,
-    params: &'a wgpu::Buffer,
-) -> Vec<(u32, wgpu::BindingResource<'a>)> {
-    let dummy = ctx.dummy();
-    vec![
-        (0, params.as_entire_binding()),
-        (1, bound.q.binding()),
-        (2, bound.k.binding()),
-        (3, bound.v.binding()),
-        (4, bound.o.binding()),
-        (
-            5,
-            bound
-                .mask
-                .as_ref()
-                .map(|w| w.binding())
-                .unwrap_or_else(|| dummy.as_entire_binding()),
-        ),
-        (
-            6,
-            bound
-                .bias
-                .as_ref()
-                .map(|w| w.binding())
-                .unwrap_or_else(|| dummy.as_entire_binding()),
-        ),
-        (7, bound.aux.as_entire_binding()),
-        (
-            9,
-            bound
-                .lse
-                .as_ref()
-                .map(|w| w.binding())
-                .unwrap_or_else(|| ctx.dummy_rw().as_entire_binding()),
-        ),
-    ]
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 //! sets by their log-sum-exp. Used by the decode path (key splits) and by
 //! [`crate::Context::merge`].
 
-use crate::context::Context;
+pub(crate) mod params;
+
+use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
-use crate::launch::{self, Window};
-use crate::params::MergeParams;
-use crate::pipeline::{ModuleKey, entry_bindings};
-use crate::tensor::{DType, TensorView};
+use crate::kernels::attention::{self, Window};
+use crate::kernels::spec;
+use crate::plan::variant::ModuleKey;
+use crate::runtime::Runtime;
+use crate::runtime::arena::{MAX_BINDINGS, Range};
+use params::MergeParams;
 
 /// The most parts one merge dispatch combines (the shader's `MAX_PARTS`).
 pub const MAX_PARTS: u32 = 64;
@@ -45,12 +49,19 @@ pub(crate) struct Fold {
 }
 
 impl Fold {
-    /// Accumulators for up to `rows` rows of `dv` values.
-    pub(crate) fn new(ctx: &Context, rows: usize, dv: usize) -> Result<Fold> {
-        let buf = |n| Ok::<_, Error>(ctx.empty([1, 1, 1, n], DType::F32)?.buffer().clone());
+    /// Accumulators for up to `rows` rows of `dv` values (the runtime's scratch).
+    pub(crate) fn new(rt: &Runtime, rows: usize, dv: usize) -> Result<Fold> {
+        let o = (rows * dv) as u64 * 4;
+        let l = rows as u64 * 4;
         Ok(Fold {
-            o: [buf(rows * dv)?, buf(rows * dv)?],
-            l: [buf(rows)?, buf(rows)?],
+            o: [
+                rt.scratch("wgpu-attention merge accumulator output 0", o)?,
+                rt.scratch("wgpu-attention merge accumulator output 1", o)?,
+            ],
+            l: [
+                rt.scratch("wgpu-attention merge accumulator lse 0", l)?,
+                rt.scratch("wgpu-attention merge accumulator lse 1", l)?,
+            ],
             cur: 0,
             shape: [1, 1, rows],
             dv,
@@ -79,17 +90,17 @@ impl Fold {
     /// else into the other accumulator, which becomes the current one.
     pub(crate) fn merge(
         &mut self,
-        ctx: &Context,
+        rt: &Runtime,
         encoder: &mut wgpu::CommandEncoder,
         a: Input<'_>,
         b: Input<'_>,
         last: Option<(&TensorView, Option<&TensorView>)>,
     ) -> Result<()> {
         if let Some((out, lse_out)) = last {
-            return record(ctx, encoder, a, Some(b), out, lse_out);
+            return record(rt, encoder, a, Some(b), out, lse_out);
         }
         let (o, l) = self.views(1 - self.cur);
-        record(ctx, encoder, a, Some(b), &o, Some(&l))?;
+        record(rt, encoder, a, Some(b), &o, Some(&l))?;
         self.cur = 1 - self.cur;
         Ok(())
     }
@@ -97,17 +108,17 @@ impl Fold {
 
 /// A binding covering `parts` copies of `view`, `part_stride` elements apart.
 fn window_parts(
-    ctx: &Context,
+    rt: &Runtime,
     view: &TensorView,
     parts: u32,
     part_stride: u32,
     role: TensorRole,
 ) -> Result<Window> {
-    let mut w = launch::window(ctx, view, role)?;
+    let mut w = attention::window(rt, view, role)?;
     let extra = (parts.saturating_sub(1) as u64) * part_stride as u64 * view.dtype.size();
     w.size = (w.size + extra).min(view.buffer.size() - w.offset);
-    if w.size > ctx.caps().max_storage_binding {
-        return Err(Error::binding(role, w.size, ctx.caps().max_storage_binding));
+    if w.size > rt.caps().max_storage_binding {
+        return Err(Error::binding(role, w.size, rt.caps().max_storage_binding));
     }
     Ok(w)
 }
@@ -125,7 +136,7 @@ fn view_strides(v: &TensorView, w: &Window) -> [u32; 5] {
 
 /// Records one merge dispatch of `a` (and `b`) into `out` (and `lse_out`).
 pub(crate) fn record(
-    ctx: &Context,
+    rt: &Runtime,
     encoder: &mut wgpu::CommandEncoder,
     a: Input<'_>,
     b: Option<Input<'_>>,
@@ -133,18 +144,18 @@ pub(crate) fn record(
     lse_out: Option<&TensorView>,
 ) -> Result<()> {
     let [batch, heads, seq, dv] = out.shape;
-    let wa = window_parts(ctx, a.o, a.parts, a.o_part_stride, TensorRole::Output)?;
-    let wla = window_parts(ctx, a.lse, a.parts, a.lse_part_stride, TensorRole::Lse)?;
+    let wa = window_parts(rt, a.o, a.parts, a.o_part_stride, TensorRole::Output)?;
+    let wla = window_parts(rt, a.lse, a.parts, a.lse_part_stride, TensorRole::Lse)?;
     let (wb, wlb) = match &b {
         Some(b) => (
-            Some(launch::window(ctx, b.o, TensorRole::Output)?),
-            Some(launch::window(ctx, b.lse, TensorRole::Lse)?),
+            Some(attention::window(rt, b.o, TensorRole::Output)?),
+            Some(attention::window(rt, b.lse, TensorRole::Lse)?),
         ),
         None => (None, None),
     };
-    let wo = launch::window(ctx, out, TensorRole::Output)?;
+    let wo = attention::window(rt, out, TensorRole::Output)?;
     let wlo = match lse_out {
-        Some(l) => Some(launch::window(ctx, l, TensorRole::Lse)?),
+        Some(l) => Some(attention::window(rt, l, TensorRole::Lse)?),
         None => None,
     };
     let sa = view_strides(a.o, &wa);
@@ -182,9 +193,21 @@ pub(crate) fn record(
             MAX_PARTS as u64,
         ));
     }
-    let compiled = ctx.pipeline(ModuleKey::Merge, "main")?;
+    let key = ModuleKey::Merge;
+    let compiled = rt.pipeline(key, "main", || spec(&key, "main"))?;
     let n = (batch * heads * seq * dv) as u64;
-    for c in launch::split_grid(n.div_ceil(64), ctx.caps().max_workgroups_per_dim)? {
+    let dummy = || (rt.dummy().clone(), 0, 16);
+    let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
+    e[1] = Some(wa.range());
+    e[2] = Some(wla.range());
+    e[3] = Some(wb.as_ref().map_or_else(dummy, Window::range));
+    e[4] = Some(wlb.as_ref().map_or_else(dummy, Window::range));
+    e[5] = Some(wo.range());
+    e[6] = Some(
+        wlo.as_ref()
+            .map_or_else(|| (rt.dummy_rw().clone(), 0, 16), Window::range),
+    );
+    for c in attention::split_grid(n.div_ceil(64), rt.caps().max_workgroups_per_dim)? {
         if c.start != 0 {
             return Err(Error::limit(
                 "merge workgroups",
@@ -193,39 +216,18 @@ pub(crate) fn record(
             ));
         }
         p.wg_x = c.x;
-        let ub = launch::uniform(ctx, &p);
-        let dummy = ctx.dummy();
-        let slots = [
-            (0, ub.as_entire_binding()),
-            (1, wa.binding()),
-            (2, wla.binding()),
-            (
-                3,
-                wb.as_ref()
-                    .map(|w| w.binding())
-                    .unwrap_or_else(|| dummy.as_entire_binding()),
-            ),
-            (
-                4,
-                wlb.as_ref()
-                    .map(|w| w.binding())
-                    .unwrap_or_else(|| dummy.as_entire_binding()),
-            ),
-            (5, wo.binding()),
-            (
-                6,
-                wlo.as_ref()
-                    .map(|w| w.binding())
-                    .unwrap_or_else(|| ctx.dummy_rw().as_entire_binding()),
-            ),
-        ];
-        let bg = launch::bind_group(
-            ctx,
+        let (ring, off) = rt.ring_write(bytemuck::bytes_of(&p))?;
+        e[0] = Some((ring, 0, std::mem::size_of::<MergeParams>() as u64));
+        let bg = rt.bind_group(&compiled, e.clone())?;
+        attention::dispatch(
+            encoder,
+            "wgpu-attention merge",
             &compiled,
-            &slots,
-            entry_bindings(&ModuleKey::Merge, "main"),
+            &bg,
+            &[off],
+            c.x,
+            c.y,
         );
-        launch::dispatch(encoder, "wgpu-attention merge", &compiled, &bg, c.x, c.y);
     }
     Ok(())
 }
@@ -320,15 +322,25 @@ pub(crate) fn validate(
         o.check_memory(TensorRole::Output, storage)?;
         check_lse(l)?;
         for written in std::iter::once(out).chain(lse_out) {
-            if written.buffer == o.buffer || written.buffer == l.buffer {
-                return Err(Error::invalid(
-                    TensorRole::Output,
-                    InputProblem::OutputAliasesInput {
-                        input: TensorRole::Output,
-                    },
-                ));
+            for (input, role) in [(o, TensorRole::Output), (l, TensorRole::Lse)] {
+                if written.overlaps(input) {
+                    return Err(Error::invalid(
+                        TensorRole::Output,
+                        InputProblem::OutputAliasesInput { input: role },
+                    ));
+                }
             }
         }
+    }
+    if let Some(l) = lse_out
+        && l.overlaps(out)
+    {
+        return Err(Error::invalid(
+            TensorRole::Lse,
+            InputProblem::OutputAliasesInput {
+                input: TensorRole::Output,
+            },
+        ));
     }
     Ok(())
 }

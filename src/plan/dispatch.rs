@@ -1,10 +1,13 @@
 //! The dispatcher: a pure function from (problem, device capabilities, options) to
 //! (backend, shader variant, reason). No GPU needed: see [`plan`].
 
+use crate::data::options::{AttentionOptions, Backend, Subgroups};
+use crate::data::tensor::DType;
 use crate::error::{Error, Result};
-use crate::options::{AttentionOptions, Backend, Subgroups};
-use crate::tensor::DType;
-use crate::validate::Problem;
+use crate::plan::validate::Problem;
+pub use crate::plan::variant::{
+    CoopTile, Cost, Family, FlashTile, MemEffConfig, ShaderVariant, UnrolledTile,
+};
 
 /// Head-dim buckets of the flash shader (rounded up, tail masked), as in FlashAttention.
 pub const FLASH_HEAD_DIMS: [u32; 8] = [32, 64, 96, 128, 160, 192, 224, 256];
@@ -200,163 +203,9 @@ pub fn mesa_major(driver_info: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Shader family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    /// `shaders/flash.wgsl`.
-    Flash,
-    /// Flash generated with its per-row loops unrolled (`src/flash_unrolled.rs`): the default
-    /// on CPU adapters for head dims up to [`UNROLLED_MAX_HEAD_DIM`], selected anywhere by
-    /// [`UNROLLED_ROWS_PER_THREAD`] rows per thread.
-    FlashUnrolled,
-    /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
-    FlashCoop,
-    /// `shaders/memeff.wgsl`.
-    MemoryEfficient,
-    /// `shaders/naive.wgsl`.
-    Naive,
-}
-
-/// A compiled specialisation of a shader family. Its `Hash` is the pipeline-cache key;
-/// its fields become typed `const` lines at the top of the shader source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ShaderVariant {
-    /// The family.
-    pub family: Family,
-    /// Q/K head-dim bucket (register and tile width; 0 where the shader loops at run time).
-    pub head_dim_qk: u32,
-    /// V head-dim bucket.
-    pub head_dim_v: u32,
-    /// Query rows per workgroup.
-    pub block_q: u32,
-    /// Keys per tile.
-    pub block_k: u32,
-    /// Threads cooperating on one query row (> 1 only with subgroups).
-    pub threads_per_row: u32,
-    /// Query rows each thread (group) owns: every K/V vector read from workgroup memory
-    /// serves this many rows.
-    pub rows_per_thread: u32,
-    /// Whether subgroup operations are used.
-    pub subgroups: bool,
-    /// Debug builds only: count loaded key tiles (see `Context::debug_tile_counts`).
-    pub count_tiles: bool,
-    /// The storage dtype of the additive bias the kernel adds to every visible score, if
-    /// any. Only the unrolled flash kernel is specialised on the mask terms (this,
-    /// [`ShaderVariant::alibi`] and [`ShaderVariant::bool_mask`]): CPU drivers run both
-    /// sides of a branch, so code for a mask that is absent still costs there (about 30% of
-    /// an unmasked call on lavapipe), and so does decoding a dtype at run time. The other
-    /// families test the mask flags at run time and leave these `None` and `false`.
-    pub bias: Option<DType>,
-    /// Whether the kernel adds ALiBi's distance term to every visible score.
-    pub alibi: bool,
-    /// Whether the kernel reads a bool mask, key by key, in the tiles its block summary marks
-    /// mixed (the unrolled kernel runs tiles marked all visible through a key loop without it).
-    pub bool_mask: bool,
-    /// Whether the unrolled flash kernel is built for a driver that loads memory one SIMD
-    /// lane at a time and turns indexed local arrays into branch ladders
-    /// ([`DeviceCaps::cpu_serial_loads`]): it then moves Q and O between workgroup memory
-    /// and its named variables with one written-out load or store per vector; otherwise
-    /// through a local array in a rolled loop, which lavapipe from Mesa 23 compiles 4-6x
-    /// faster (a written-out divergent load is a branchy loop over the lanes there). `false`
-    /// for the other families.
-    pub serial_loads: bool,
-    /// The cooperative-matrix kernel's fragment size (8 or 16: FR×FR×FR f16 products into
-    /// f32); 0 for the other families.
-    pub fragment: u32,
-    /// The subgroup size the cooperative-matrix kernel is built for (the adapter's, which
-    /// must be fixed); 0 for the other families.
-    pub subgroup_size: u32,
-}
-
-impl ShaderVariant {
-    /// Threads per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        match self.family {
-            Family::Flash | Family::FlashUnrolled => {
-                self.block_q / self.rows_per_thread * self.threads_per_row
-            }
-            Family::FlashCoop => self.block_q / self.fragment.max(1) * self.subgroup_size,
-            Family::MemoryEfficient => MEMEFF_THREADS,
-            Family::Naive => 64,
-        }
-    }
-
-    /// Workgroup memory the variant uses, in bytes.
-    pub fn workgroup_storage(&self) -> u32 {
-        match self.family {
-            Family::Flash | Family::FlashUnrolled => {
-                self.block_k * (self.head_dim_qk + self.head_dim_v) * 4 + 16
-            }
-            Family::FlashCoop => {
-                // f16 K/V tile (Q staged there first), f32 scores and f16 weights per row.
-                let (br, bc) = (self.block_q, self.block_k);
-                let kv = (br * self.head_dim_qk).max(bc * (self.head_dim_qk + self.head_dim_v));
-                kv * 2 + br * bc * 6 + 32
-            }
-            Family::MemoryEfficient => (self.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
-            Family::Naive => 64 * 4 * 2,
-        }
-    }
-}
-
-impl ShaderVariant {
-    /// What one workgroup of this variant costs per key tile: the figures that decide its
-    /// speed on a GPU (bytes of K/V staged per row served, barriers, workgroup memory).
-    pub fn cost(&self) -> Cost {
-        let (name, barriers) = match self.family {
-            // Barrier 1 ends the previous tile's reads, barrier 2 the load (tile_state is
-            // worked out by every thread, not agreed through a third).
-            Family::Flash if self.subgroups => ("flash_simt_subgroup", 2),
-            Family::Flash => ("flash_simt", 2),
-            Family::FlashUnrolled => ("flash_unrolled_cpu", 2),
-            Family::FlashCoop if self.fragment == 8 => ("flash_coop_8x8", 2),
-            Family::FlashCoop => ("flash_coop_16x16", 2),
-            // A block of 64 keys: scores, their max, the weights, the accumulation.
-            Family::MemoryEfficient => ("memeff", 4),
-            Family::Naive => ("naive", 0),
-        };
-        Cost {
-            variant: name,
-            rows_per_workgroup: self.block_q,
-            keys_per_tile: self.block_k,
-            barriers_per_tile: barriers,
-            workgroup_bytes: self.workgroup_storage(),
-        }
-    }
-}
-
-/// The cost line of a [`ShaderVariant`] (see [`ShaderVariant::cost`]). Its `Display` is one
-/// line of JSON fields, as the benchmark harness prints them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cost {
-    /// The variant's name (`flash_coop_8x8`, `flash_simt`, ...).
-    pub variant: &'static str,
-    /// Query rows a workgroup owns: every K/V byte it stages serves this many rows.
-    pub rows_per_workgroup: u32,
-    /// Keys per tile staged in workgroup memory (memory-efficient: per block).
-    pub keys_per_tile: u32,
-    /// Workgroup barriers per key tile.
-    pub barriers_per_tile: u32,
-    /// Workgroup memory, in bytes.
-    pub workgroup_bytes: u32,
-}
-
-impl std::fmt::Display for Cost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "\"variant\":\"{}\",\"rows_per_workgroup\":{},\"keys_per_tile\":{},\"barriers_per_tile\":{},\"workgroup_bytes\":{}",
-            self.variant,
-            self.rows_per_workgroup,
-            self.keys_per_tile,
-            self.barriers_per_tile,
-            self.workgroup_bytes
-        )
-    }
-}
-
 /// The dispatcher's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Plan {
     /// The backend that runs.
     pub backend: Backend,
@@ -369,8 +218,8 @@ pub struct Plan {
     /// batch items, groups of heads, single heads, query rows and, if one head's keys do not
     /// fit, chunks of keys. Every part runs this plan.
     pub parts: u32,
-    /// Why, in words.
-    pub reason: String,
+    /// Why, in words (shared: a plan is cloned cheaply on every call).
+    pub reason: std::sync::Arc<str>,
 }
 
 impl std::fmt::Display for Plan {
@@ -380,12 +229,12 @@ impl std::fmt::Display for Plan {
             f,
             "{} (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}, subgroups {}, key splits {}, parts {}; cost {{{}}}): {}",
             self.backend,
-            v.head_dim_qk,
-            v.head_dim_v,
-            v.block_q,
-            v.block_k,
-            v.threads_per_row,
-            if v.subgroups { "on" } else { "off" },
+            v.head_dim_qk(),
+            v.head_dim_v(),
+            v.block_q(),
+            v.block_k(),
+            v.threads_per_row(),
+            if v.subgroups() { "on" } else { "off" },
             self.key_splits,
             self.parts,
             v.cost(),
@@ -520,13 +369,20 @@ pub fn flash_variant(
             caps.max_invocations
         ));
     }
-    let family = if rows_per_thread == UNROLLED_ROWS_PER_THREAD {
-        Family::FlashUnrolled
-    } else {
-        Family::Flash
-    };
-    Ok(ShaderVariant {
-        family,
+    if rows_per_thread == UNROLLED_ROWS_PER_THREAD {
+        return Ok(ShaderVariant::FlashUnrolled(UnrolledTile {
+            head_dim_qk: dk,
+            head_dim_v: dv,
+            block_q: FLASH_BLOCK_Q,
+            block_k,
+            rows_per_thread,
+            bias: p.mask.bias,
+            alibi: p.mask.alibi,
+            bool_mask: p.mask.bool_mask,
+            serial_loads: caps.cpu_serial_loads,
+        }));
+    }
+    Ok(ShaderVariant::Flash(FlashTile {
         head_dim_qk: dk,
         head_dim_v: dv,
         block_q: FLASH_BLOCK_Q,
@@ -534,14 +390,7 @@ pub fn flash_variant(
         threads_per_row,
         rows_per_thread,
         subgroups: use_sg,
-        count_tiles: false,
-        bias: p.mask.bias.filter(|_| family == Family::FlashUnrolled),
-        alibi: family == Family::FlashUnrolled && p.mask.alibi,
-        bool_mask: family == Family::FlashUnrolled && p.mask.bool_mask,
-        serial_loads: family == Family::FlashUnrolled && caps.cpu_serial_loads,
-        fragment: 0,
-        subgroup_size: 0,
-    })
+    }))
 }
 
 /// Query rows per workgroup of the cooperative-matrix kernel.
@@ -583,23 +432,14 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
             "the cooperative-matrix kernel holds head dims up to {COOP_MAX_HEAD_DIM}"
         ));
     };
-    let v = ShaderVariant {
-        family: Family::FlashCoop,
+    let v = ShaderVariant::FlashCoop(CoopTile {
         head_dim_qk: dk,
         head_dim_v: dv,
         block_q: COOP_BLOCK_Q,
         block_k: COOP_BLOCK_K,
-        threads_per_row: (caps.subgroup_min_size / caps.coop_fragment).max(1),
-        rows_per_thread: 1,
-        subgroups: true,
-        count_tiles: false,
-        bias: None,
-        alibi: false,
-        bool_mask: false,
-        serial_loads: false,
         fragment: caps.coop_fragment,
         subgroup_size: caps.subgroup_min_size,
-    };
+    });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
     {
@@ -627,23 +467,10 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
             p.head_dim_v
         )
     })?;
-    let v = ShaderVariant {
-        family: Family::MemoryEfficient,
+    let v = ShaderVariant::MemoryEfficient(MemEffConfig {
         head_dim_qk: dk,
         head_dim_v: dv,
-        block_q: 1,
-        block_k: MEMEFF_THREADS,
-        threads_per_row: MEMEFF_THREADS,
-        rows_per_thread: 1,
-        subgroups: false,
-        count_tiles: false,
-        bias: None,
-        alibi: false,
-        bool_mask: false,
-        serial_loads: false,
-        fragment: 0,
-        subgroup_size: 0,
-    };
+    });
     if v.workgroup_storage() > caps.max_workgroup_storage {
         return Err(format!(
             "memory-efficient needs {} bytes of workgroup memory; the adapter offers {}",
@@ -662,23 +489,7 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
 
 /// The naive variant (always available; it loops over head dims at run time).
 pub fn naive_variant() -> ShaderVariant {
-    ShaderVariant {
-        family: Family::Naive,
-        head_dim_qk: 0,
-        head_dim_v: 0,
-        block_q: 1,
-        block_k: 64,
-        threads_per_row: 1,
-        rows_per_thread: 1,
-        subgroups: false,
-        count_tiles: false,
-        bias: None,
-        alibi: false,
-        bool_mask: false,
-        serial_loads: false,
-        fragment: 0,
-        subgroup_size: 0,
-    }
+    ShaderVariant::Naive
 }
 
 /// How many ways the decode path splits `seq_k` keys.
@@ -721,7 +532,8 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
         .then(|| coop_variant(problem, caps).ok())
         .flatten();
     let splits = decode_splits(problem);
-    let decode_plan = |v: ShaderVariant, splits: u32, why: &str| Plan {
+    let decode_plan = |v: ShaderVariant, splits: u32, why: &str| {
+        Plan {
         backend: Backend::Decode,
         variant: v,
         key_splits: splits,
@@ -729,7 +541,8 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
         reason: format!(
             "decode: {why}; {} keys split {splits} ways across workgroups, partial results merged by log-sum-exp.{mask_note}",
             problem.seq_k
-        ),
+        ).into(),
+    }
     };
     let out = match opts.backend {
         Backend::Decode => {
@@ -773,7 +586,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     problem.head_dim_qk,
                     problem.head_dim_v,
                     caps.subgroup_min_size
-                ),
+                ).into(),
             }
         }
         Backend::Flash => {
@@ -784,7 +597,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 variant: v,
                 key_splits: 1,
                 parts: 1,
-                reason: format!("flash was forced.{mask_note}"),
+                reason: format!("flash was forced.{mask_note}").into(),
             }
         }
         Backend::MemoryEfficient => {
@@ -795,7 +608,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                 variant: v,
                 key_splits: 1,
                 parts: 1,
-                reason: format!("memory-efficient was forced.{mask_note}"),
+                reason: format!("memory-efficient was forced.{mask_note}").into(),
             }
         }
         Backend::Naive => Plan {
@@ -807,15 +620,15 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
         },
         Backend::Auto => match flash_variant(problem, caps, opts) {
             Ok(v) => {
-                let cpu_note = match (caps.cpu, v.family) {
+                let cpu_note = match (caps.cpu, v.family()) {
                     (true, Family::FlashUnrolled) => format!(
                         ", CPU adapter: the unrolled kernel, {} rows per thread in named registers",
-                        v.rows_per_thread
+                        v.rows_per_thread()
                     ),
-                    (true, _) => format!(", CPU adapter: {} rows per thread", v.rows_per_thread),
+                    (true, _) => format!(", CPU adapter: {} rows per thread", v.rows_per_thread()),
                     _ => String::new(),
                 };
-                let thread_note = if v.subgroups {
+                let thread_note = if v.subgroups() {
                     ", subgroup reductions on"
                 } else if caps.cpu_serial_loads {
                     ", one thread per row (this driver loads memory one lane at a time)"
@@ -831,11 +644,11 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                         "flash fits: head dims {}/{} within its buckets, {}x{} tiles use {} of {} bytes of workgroup memory{cpu_note}{thread_note}.{mask_note}",
                         problem.head_dim_qk,
                         problem.head_dim_v,
-                        v.block_q,
-                        v.block_k,
+                        v.block_q(),
+                        v.block_k(),
                         v.workgroup_storage(),
                         caps.max_workgroup_storage,
-                    ),
+                    ).into(),
                 }
             }
             Err(why_not_flash) if opts.tuning != Default::default() => {
@@ -849,14 +662,14 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     variant: v,
                     key_splits: 1,
                     parts: 1,
-                    reason: format!("memory-efficient, because {why_not_flash}.{mask_note}"),
+                    reason: format!("memory-efficient, because {why_not_flash}.{mask_note}").into(),
                 },
                 Err(why_not_memeff) => Plan {
                     backend: Backend::Naive,
                     variant: naive_variant(),
                     key_splits: 1,
                     parts: 1,
-                    reason: format!("naive, because {why_not_flash}, and {why_not_memeff}."),
+                    reason: format!("naive, because {why_not_flash}, and {why_not_memeff}.").into(),
                 },
             },
         },

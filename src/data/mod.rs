@@ -1,0 +1,7 @@
+//! Plain data: tensor views, masks, options and the validated problem.
+
+pub mod block_mask;
+pub mod mask;
+pub mod options;
+pub mod problem;
+pub mod tensor;

@@ -1,0 +1,330 @@
+//! The kernels, one folder per family with its host code and parameter block; the WGSL
+//! stays under `shaders/`. This module assembles a shader's source from its variant and
+//! holds the one table of binding numbers.
+//!
+//! A shader's source is: typed `const` lines generated from its [`ShaderVariant`], the
+//! shared prelude `shaders/common.wgsl` (bindings, loads, mask algebra), a small reduction
+//! snippet (plain or subgroup), and the family's own file.
+
+pub(crate) mod attention;
+pub(crate) mod flash;
+pub(crate) mod memeff;
+pub(crate) mod merge;
+pub(crate) mod naive;
+pub(crate) mod summary;
+
+use crate::kernels::attention::params::AttnParams;
+use crate::kernels::merge::params::MergeParams;
+use crate::kernels::summary::params::SummaryParams;
+use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
+use crate::plan::variant::{ModuleKey, ShaderVariant};
+use crate::runtime::pipeline::{Binding, PipelineSpec};
+
+/// Shader files, embedded at build time.
+pub mod sources {
+    /// Storage dtype helpers (f32, f16, bf16 through 32-bit words).
+    pub const DTYPE: &str = include_str!("../../shaders/dtype.wgsl");
+    /// Merging partial results by their log-sum-exp.
+    pub const MERGE: &str = include_str!("../../shaders/merge.wgsl");
+    /// Bindings, parameter block, loads/stores and the mask algebra.
+    pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+    /// The flash family.
+    pub const FLASH: &str = include_str!("../../shaders/flash.wgsl");
+    /// K/V tiles shared by the SIMT flash kernels.
+    pub const FLASH_TILES: &str = include_str!("../../shaders/flash_tiles.wgsl");
+    /// The flash family on cooperative matrices.
+    pub const FLASH_COOP: &str = include_str!("../../shaders/flash_coop.wgsl");
+    /// The masked online softmax, shared by the flash families and memory-efficient.
+    pub const ONLINE_SOFTMAX: &str = include_str!("../../shaders/online_softmax.wgsl");
+    /// The memory-efficient family.
+    pub const MEMEFF: &str = include_str!("../../shaders/memeff.wgsl");
+    /// The naive family.
+    pub const NAIVE: &str = include_str!("../../shaders/naive.wgsl");
+    /// Block summaries of bool masks.
+    pub const BLOCK_SUMMARY: &str = include_str!("../../shaders/block_summary.wgsl");
+    /// Row reduction for one thread per row.
+    pub const REDUCE_PLAIN: &str = include_str!("../../shaders/reduce_plain.wgsl");
+    /// Row reduction across a subgroup.
+    pub const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
+    /// Tile counting off.
+    pub const COUNT_OFF: &str = include_str!("../../shaders/count_off.wgsl");
+    /// Tile counting on (tests).
+    pub const COUNT_ON: &str = include_str!("../../shaders/count_on.wgsl");
+}
+
+/// The typed `const` lines of a variant (and, on cooperative matrices, the aliases of its
+/// fragment types).
+fn const_lines(v: &ShaderVariant) -> String {
+    let (fr, sgs) = match v {
+        ShaderVariant::FlashCoop(t) => (t.fragment, t.subgroup_size),
+        _ => (1, 1),
+    };
+    let aliases = if let ShaderVariant::FlashCoop(_) = v {
+        format!(
+            "alias CA = coop_mat{fr}x{fr}<f16, A>;\nalias CB = coop_mat{fr}x{fr}<f16, B>;\nalias CC = coop_mat{fr}x{fr}<f32, C>;\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{aliases}const FR: u32 = {fr}u;\nconst SGS: u32 = {sgs}u;\n\
+         const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
+         const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
+        v.head_dim_qk().max(1),
+        v.head_dim_v().max(1),
+        v.block_q(),
+        v.block_k(),
+        v.threads_per_row(),
+        v.rows_per_thread(),
+        v.workgroup_size(),
+        SUMMARY_BLOCK_Q,
+        SUMMARY_BLOCK_K
+    )
+}
+
+/// The full WGSL source of a module.
+pub(crate) fn module_source(key: &ModuleKey) -> String {
+    match key {
+        ModuleKey::Attention {
+            variant: v,
+            counters,
+        } => {
+            let count = if *counters {
+                sources::COUNT_ON
+            } else {
+                sources::COUNT_OFF
+            };
+            let generated;
+            let softmax = sources::ONLINE_SOFTMAX;
+            let snippets = match v {
+                ShaderVariant::Flash(t) => [
+                    if t.subgroups {
+                        sources::REDUCE_SUBGROUP
+                    } else {
+                        sources::REDUCE_PLAIN
+                    },
+                    count,
+                    softmax,
+                    sources::FLASH_TILES,
+                    sources::FLASH,
+                ],
+                ShaderVariant::FlashUnrolled(t) => {
+                    generated = flash::unrolled::main_source(t);
+                    ["", count, softmax, sources::FLASH_TILES, generated.as_str()]
+                }
+                ShaderVariant::FlashCoop(_) => ["", count, softmax, "", sources::FLASH_COOP],
+                ShaderVariant::MemoryEfficient(_) => ["", "", softmax, "", sources::MEMEFF],
+                ShaderVariant::Naive => ["", "", "", "", sources::NAIVE],
+            };
+            // Enable directives must precede every declaration.
+            let enables = if let ShaderVariant::FlashCoop(_) = v {
+                "enable f16;\nenable wgpu_cooperative_matrix;\n"
+            } else {
+                ""
+            };
+            format!(
+                "{enables}{}\n{}\n{}\n{}",
+                const_lines(v),
+                sources::DTYPE,
+                sources::COMMON,
+                snippets.join("\n")
+            )
+        }
+        ModuleKey::Summary => format!(
+            "const SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}",
+            sources::BLOCK_SUMMARY
+        ),
+        ModuleKey::Merge => format!("{}\n{}", sources::DTYPE, sources::MERGE),
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+/// Every module source the crate can build for the given variants (for the naga test).
+#[doc(hidden)]
+pub fn all_sources_for(variants: &[(ShaderVariant, bool)]) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            "block_summary".to_string(),
+            module_source(&ModuleKey::Summary),
+        ),
+        ("merge".to_string(), module_source(&ModuleKey::Merge)),
+    ];
+    for &(variant, counters) in variants {
+        let key = ModuleKey::Attention { variant, counters };
+        out.push((format!("{key:?}"), module_source(&key)));
+    }
+    out
+}
+
+/// Every binding of every entry point, in one place: its number, its name in the WGSL,
+/// and how it is declared. `tests/shaders.rs` checks each against the WGSL's globals with
+/// naga; the layouts, the bind groups and the warm-up runs are all built from this table.
+pub(crate) mod bindings {
+    use crate::runtime::pipeline::{Binding, Slot};
+
+    const fn b(number: u32, name: &'static str, slot: Slot) -> Binding {
+        Binding { number, name, slot }
+    }
+
+    /// The parameter block (a slot of the runtime's ring, at a dynamic offset).
+    pub const PARAMS: u32 = 0;
+    /// Q, K, V, the output, the bool mask, the bias.
+    pub const Q: u32 = 1;
+    pub const K: u32 = 2;
+    pub const V: u32 = 3;
+    pub const O: u32 = 4;
+    pub const MASK: u32 = 5;
+    pub const BIAS: u32 = 6;
+    /// Lengths, cumulative sequence offsets, ALiBi slopes, diagonal offsets, then the block
+    /// summary (a ring slot at a dynamic offset, or scratch when a summary is computed).
+    pub const AUX: u32 = 7;
+    /// The naive kernel's score scratch, or the flash kernels' debug counters.
+    pub const SCRATCH: u32 = 8;
+    /// The log-sum-exp output.
+    pub const LSE: u32 = 9;
+
+    const P: Binding = b(PARAMS, "P", Slot::Params);
+    const QB: Binding = b(Q, "q_buf", Slot::Read);
+    const KB: Binding = b(K, "k_buf", Slot::Read);
+    const VB: Binding = b(V, "v_buf", Slot::Read);
+    const OB: Binding = b(O, "o_buf", Slot::Write);
+    const MB: Binding = b(MASK, "m_buf", Slot::Read);
+    const BB: Binding = b(BIAS, "bias_buf", Slot::Read);
+    const AB: Binding = b(AUX, "aux_buf", Slot::Aux);
+    const LB: Binding = b(LSE, "lse_buf", Slot::Write);
+
+    /// Flash and memory-efficient.
+    pub const ATTENTION: &[Binding] = &[P, QB, KB, VB, OB, MB, BB, AB, LB];
+    /// Flash with its debug counters.
+    pub const ATTENTION_COUNTED: &[Binding] = &[
+        P,
+        QB,
+        KB,
+        VB,
+        OB,
+        MB,
+        BB,
+        AB,
+        b(SCRATCH, "tile_counts", Slot::Write),
+        LB,
+    ];
+    /// The naive kernel's three passes.
+    pub const NAIVE_SCORES: &[Binding] =
+        &[P, QB, KB, MB, BB, AB, b(SCRATCH, "scratch", Slot::Write)];
+    pub const NAIVE_SOFTMAX: &[Binding] = &[P, AB, b(SCRATCH, "scratch", Slot::Write), LB];
+    pub const NAIVE_PV: &[Binding] = &[P, VB, OB, AB, b(SCRATCH, "scratch", Slot::Write)];
+    /// `shaders/block_summary.wgsl`.
+    pub const SUMMARY: &[Binding] = &[
+        b(0, "S", Slot::Params),
+        b(1, "mask", Slot::Read),
+        b(2, "out", Slot::Write),
+    ];
+    /// `shaders/merge.wgsl`.
+    pub const MERGE: &[Binding] = &[
+        b(0, "M", Slot::Params),
+        b(1, "oa", Slot::Read),
+        b(2, "la", Slot::Read),
+        b(3, "ob", Slot::Read),
+        b(4, "lb", Slot::Read),
+        b(5, "out", Slot::Write),
+        b(6, "lse_out", Slot::Write),
+    ];
+}
+
+/// The bindings of `entry` of `key`'s module.
+pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [Binding] {
+    match (key, entry) {
+        (ModuleKey::Summary, _) => bindings::SUMMARY,
+        (ModuleKey::Merge, _) => bindings::MERGE,
+        (ModuleKey::Attention { variant, counters }, e) => match (variant, e) {
+            (ShaderVariant::Naive, "scores") => bindings::NAIVE_SCORES,
+            (ShaderVariant::Naive, "softmax") => bindings::NAIVE_SOFTMAX,
+            (ShaderVariant::Naive, _) => bindings::NAIVE_PV,
+            (v, _) if v.is_flash() && *counters => bindings::ATTENTION_COUNTED,
+            _ => bindings::ATTENTION,
+        },
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+/// The bindings of every entry point, by module kind, for the naga test.
+#[doc(hidden)]
+pub fn binding_table() -> Vec<(&'static str, &'static str, Vec<(u32, &'static str, bool)>)> {
+    let list = |b: &[Binding]| {
+        b.iter()
+            .map(|b| (b.number, b.name, b.slot.writes()))
+            .collect::<Vec<_>>()
+    };
+    vec![
+        ("attention", "main", list(bindings::ATTENTION)),
+        (
+            "attention+counters",
+            "main",
+            list(bindings::ATTENTION_COUNTED),
+        ),
+        ("naive", "scores", list(bindings::NAIVE_SCORES)),
+        ("naive", "softmax", list(bindings::NAIVE_SOFTMAX)),
+        ("naive", "pv", list(bindings::NAIVE_PV)),
+        ("summary", "main", list(bindings::SUMMARY)),
+        ("merge", "main", list(bindings::MERGE)),
+    ]
+}
+
+/// A one-element problem's parameter block for each module (every size 1, no mask), for
+/// the warm-up run of a new pipeline on drivers that compile on first dispatch.
+fn warm_params(key: &ModuleKey) -> Vec<u8> {
+    match key {
+        ModuleKey::Attention { .. } => bytemuck::bytes_of(&AttnParams {
+            batch: 1,
+            heads_q: 1,
+            heads_kv: 1,
+            seq_q: 1,
+            seq_k: 1,
+            dk: 1,
+            dv: 1,
+            scale: 1.0,
+            group: 1,
+            row_count: 1,
+            wg_x: 1,
+            scratch_stride: 1,
+            n_splits: 1,
+            split_len: u32::MAX,
+            ..Default::default()
+        })
+        .to_vec(),
+        ModuleKey::Merge => bytemuck::bytes_of(&MergeParams {
+            batch: 1,
+            heads: 1,
+            seq: 1,
+            dv: 1,
+            n_a: 1,
+            n_b: 1,
+            wg_x: 1,
+            ..Default::default()
+        })
+        .to_vec(),
+        ModuleKey::Summary => bytemuck::bytes_of(&SummaryParams {
+            mb: 1,
+            mh: 1,
+            seq_q: 1,
+            seq_k: 1,
+            nqb: 1,
+            nkb: 1,
+            wg_x: 1,
+            n_blocks: 1,
+            ..Default::default()
+        })
+        .to_vec(),
+    }
+}
+
+/// Everything the runtime needs to build `entry` of `key`'s module.
+pub(crate) fn spec(key: &ModuleKey, entry: &'static str) -> PipelineSpec {
+    PipelineSpec {
+        label: format!("wgpu-attention {key:?} {entry}"),
+        source: module_source(key),
+        entry,
+        bindings: entry_bindings(key, entry),
+        warm_params: warm_params(key),
+    }
+}

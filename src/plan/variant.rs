@@ -1,0 +1,314 @@
+//! The closed set of compiled kernels: one configuration type per attention family, the
+//! [`ShaderVariant`] enum over them, and the [`ModuleKey`] that names every pipeline the
+//! crate builds. A variant's `Hash` (with its entry point) is the pipeline-cache key; its
+//! fields become typed `const` lines at the top of the shader source.
+
+use crate::data::tensor::DType;
+use crate::plan::dispatch::MEMEFF_THREADS;
+
+/// Shader family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Family {
+    /// `shaders/flash.wgsl`.
+    Flash,
+    /// Flash generated with its per-row loops unrolled (`src/kernels/flash/unrolled.rs`): the
+    /// default on CPU adapters for head dims up to
+    /// [`UNROLLED_MAX_HEAD_DIM`](crate::dispatch::UNROLLED_MAX_HEAD_DIM), selected anywhere by
+    /// [`UNROLLED_ROWS_PER_THREAD`](crate::dispatch::UNROLLED_ROWS_PER_THREAD) rows per thread.
+    FlashUnrolled,
+    /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
+    FlashCoop,
+    /// `shaders/memeff.wgsl`.
+    MemoryEfficient,
+    /// `shaders/naive.wgsl`.
+    Naive,
+}
+
+/// The SIMT flash kernel's tile (`shaders/flash.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlashTile {
+    /// Q/K head-dim bucket (register and tile width).
+    pub head_dim_qk: u32,
+    /// V head-dim bucket.
+    pub head_dim_v: u32,
+    /// Query rows per workgroup.
+    pub block_q: u32,
+    /// Keys per tile.
+    pub block_k: u32,
+    /// Threads cooperating on one query row (> 1 only with subgroups).
+    pub threads_per_row: u32,
+    /// Query rows each thread (group) owns: every K/V vector read from workgroup memory
+    /// serves this many rows.
+    pub rows_per_thread: u32,
+    /// Whether subgroup operations are used.
+    pub subgroups: bool,
+}
+
+/// The unrolled flash kernel's configuration (generated per variant, for CPU drivers).
+///
+/// Only this kernel is specialised on the mask terms (`bias`, `alibi`, `bool_mask`): CPU
+/// drivers run both sides of a branch, so code for a mask that is absent still costs there
+/// (about 30% of an unmasked call on lavapipe), and so does decoding a dtype at run time.
+/// The other families test the mask flags at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnrolledTile {
+    /// Q/K head-dim bucket.
+    pub head_dim_qk: u32,
+    /// V head-dim bucket.
+    pub head_dim_v: u32,
+    /// Query rows per workgroup.
+    pub block_q: u32,
+    /// Keys per tile.
+    pub block_k: u32,
+    /// Query rows each thread owns, as named variables.
+    pub rows_per_thread: u32,
+    /// The storage dtype of the additive bias the kernel adds to every visible score, if any.
+    pub bias: Option<DType>,
+    /// Whether the kernel adds ALiBi's distance term to every visible score.
+    pub alibi: bool,
+    /// Whether the kernel reads a bool mask, key by key, in the tiles its block summary
+    /// marks mixed (tiles marked all visible run through a key loop without it).
+    pub bool_mask: bool,
+    /// Built for a driver that loads memory one SIMD lane at a time and turns indexed local
+    /// arrays into branch ladders ([`DeviceCaps::cpu_serial_loads`](crate::DeviceCaps::cpu_serial_loads)):
+    /// Q and O then move between workgroup memory and named variables with one written-out
+    /// load or store per vector; otherwise through a local array in a rolled loop, which
+    /// lavapipe from Mesa 23 compiles 4-6x faster.
+    pub serial_loads: bool,
+}
+
+/// The cooperative-matrix flash kernel's configuration (`shaders/flash_coop.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopTile {
+    /// Q/K head-dim bucket.
+    pub head_dim_qk: u32,
+    /// V head-dim bucket.
+    pub head_dim_v: u32,
+    /// Query rows per workgroup (one subgroup per `fragment` rows).
+    pub block_q: u32,
+    /// Keys per tile.
+    pub block_k: u32,
+    /// The fragment size (8 or 16: FR×FR×FR f16 products into f32).
+    pub fragment: u32,
+    /// The subgroup size it is built for (the adapter's, which must be fixed).
+    pub subgroup_size: u32,
+}
+
+/// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemEffConfig {
+    /// Q/K head-dim bucket.
+    pub head_dim_qk: u32,
+    /// V head-dim bucket.
+    pub head_dim_v: u32,
+}
+
+/// A compiled specialisation of an attention family: a closed set, one configuration type
+/// per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ShaderVariant {
+    /// SIMT flash.
+    Flash(FlashTile),
+    /// Unrolled flash (CPU adapters).
+    FlashUnrolled(UnrolledTile),
+    /// Flash on cooperative matrices.
+    FlashCoop(CoopTile),
+    /// Memory-efficient (and, with key splits, the decode path).
+    MemoryEfficient(MemEffConfig),
+    /// Scores, softmax, P·V: loops over head dims at run time.
+    Naive,
+}
+
+/// Every pipeline module the crate builds: an attention variant (with the debug counters
+/// or without), the block-summary kernel and the merge kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModuleKey {
+    /// An attention kernel; `counters` adds the debug counters of `shaders/count_on.wgsl`.
+    Attention {
+        /// The variant.
+        variant: ShaderVariant,
+        /// Debug builds of the flash kernels count tiles and rescales.
+        counters: bool,
+    },
+    /// `shaders/block_summary.wgsl`.
+    Summary,
+    /// `shaders/merge.wgsl`.
+    Merge,
+}
+
+impl ShaderVariant {
+    /// The family.
+    pub fn family(&self) -> Family {
+        match self {
+            ShaderVariant::Flash(_) => Family::Flash,
+            ShaderVariant::FlashUnrolled(_) => Family::FlashUnrolled,
+            ShaderVariant::FlashCoop(_) => Family::FlashCoop,
+            ShaderVariant::MemoryEfficient(_) => Family::MemoryEfficient,
+            ShaderVariant::Naive => Family::Naive,
+        }
+    }
+
+    /// Whether this is one of the flash families (tiles of queries, block summaries).
+    pub fn is_flash(&self) -> bool {
+        matches!(
+            self,
+            ShaderVariant::Flash(_) | ShaderVariant::FlashUnrolled(_) | ShaderVariant::FlashCoop(_)
+        )
+    }
+
+    /// Q/K head-dim bucket (0 where the shader loops at run time).
+    pub fn head_dim_qk(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.head_dim_qk,
+            ShaderVariant::FlashUnrolled(t) => t.head_dim_qk,
+            ShaderVariant::FlashCoop(t) => t.head_dim_qk,
+            ShaderVariant::MemoryEfficient(c) => c.head_dim_qk,
+            ShaderVariant::Naive => 0,
+        }
+    }
+
+    /// V head-dim bucket (0 where the shader loops at run time).
+    pub fn head_dim_v(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.head_dim_v,
+            ShaderVariant::FlashUnrolled(t) => t.head_dim_v,
+            ShaderVariant::FlashCoop(t) => t.head_dim_v,
+            ShaderVariant::MemoryEfficient(c) => c.head_dim_v,
+            ShaderVariant::Naive => 0,
+        }
+    }
+
+    /// Query rows per workgroup.
+    pub fn block_q(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.block_q,
+            ShaderVariant::FlashUnrolled(t) => t.block_q,
+            ShaderVariant::FlashCoop(t) => t.block_q,
+            ShaderVariant::MemoryEfficient(_) | ShaderVariant::Naive => 1,
+        }
+    }
+
+    /// Keys per tile (memory-efficient: per block; naive: per workgroup of scores).
+    pub fn block_k(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.block_k,
+            ShaderVariant::FlashUnrolled(t) => t.block_k,
+            ShaderVariant::FlashCoop(t) => t.block_k,
+            ShaderVariant::MemoryEfficient(_) => MEMEFF_THREADS,
+            ShaderVariant::Naive => 64,
+        }
+    }
+
+    /// Threads cooperating on one query row.
+    pub fn threads_per_row(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.threads_per_row,
+            ShaderVariant::FlashCoop(t) => (t.subgroup_size / t.fragment.max(1)).max(1),
+            ShaderVariant::MemoryEfficient(_) => MEMEFF_THREADS,
+            ShaderVariant::FlashUnrolled(_) | ShaderVariant::Naive => 1,
+        }
+    }
+
+    /// Query rows each thread (group) owns.
+    pub fn rows_per_thread(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.rows_per_thread,
+            ShaderVariant::FlashUnrolled(t) => t.rows_per_thread,
+            _ => 1,
+        }
+    }
+
+    /// Whether subgroup operations are used.
+    pub fn subgroups(&self) -> bool {
+        match self {
+            ShaderVariant::Flash(t) => t.subgroups,
+            ShaderVariant::FlashCoop(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Threads per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(t) => t.block_q / t.rows_per_thread * t.threads_per_row,
+            ShaderVariant::FlashUnrolled(t) => t.block_q / t.rows_per_thread,
+            ShaderVariant::FlashCoop(t) => t.block_q / t.fragment.max(1) * t.subgroup_size,
+            ShaderVariant::MemoryEfficient(_) => MEMEFF_THREADS,
+            ShaderVariant::Naive => 64,
+        }
+    }
+
+    /// Workgroup memory the variant uses, in bytes.
+    pub fn workgroup_storage(&self) -> u32 {
+        match self {
+            ShaderVariant::Flash(_) | ShaderVariant::FlashUnrolled(_) => {
+                self.block_k() * (self.head_dim_qk() + self.head_dim_v()) * 4 + 16
+            }
+            ShaderVariant::FlashCoop(t) => {
+                // f16 K/V tile (Q staged there first), f32 scores and f16 weights per row.
+                let (br, bc) = (t.block_q, t.block_k);
+                let kv = (br * t.head_dim_qk).max(bc * (t.head_dim_qk + t.head_dim_v));
+                kv * 2 + br * bc * 6 + 32
+            }
+            ShaderVariant::MemoryEfficient(c) => (c.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
+            ShaderVariant::Naive => 64 * 4 * 2,
+        }
+    }
+
+    /// What one workgroup of this variant costs per key tile: the figures that decide its
+    /// speed on a GPU (bytes of K/V staged per row served, barriers, workgroup memory).
+    pub fn cost(&self) -> Cost {
+        let (name, barriers) = match self {
+            // Barrier 1 ends the previous tile's reads, barrier 2 the load (tile_state is
+            // worked out by every thread, not agreed through a third).
+            ShaderVariant::Flash(t) if t.subgroups => ("flash_simt_subgroup", 2),
+            ShaderVariant::Flash(_) => ("flash_simt", 2),
+            ShaderVariant::FlashUnrolled(_) => ("flash_unrolled_cpu", 2),
+            ShaderVariant::FlashCoop(t) if t.fragment == 8 => ("flash_coop_8x8", 2),
+            ShaderVariant::FlashCoop(_) => ("flash_coop_16x16", 2),
+            // A block of 64 keys: scores, their max, the weights, the accumulation.
+            ShaderVariant::MemoryEfficient(_) => ("memeff", 4),
+            ShaderVariant::Naive => ("naive", 0),
+        };
+        Cost {
+            variant: name,
+            rows_per_workgroup: self.block_q(),
+            keys_per_tile: self.block_k(),
+            barriers_per_tile: barriers,
+            workgroup_bytes: self.workgroup_storage(),
+        }
+    }
+}
+
+/// The cost line of a [`ShaderVariant`] (see [`ShaderVariant::cost`]). Its `Display` is one
+/// line of JSON fields, as the benchmark harness prints them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Cost {
+    /// The variant's name (`flash_coop_8x8`, `flash_simt`, ...).
+    pub variant: &'static str,
+    /// Query rows a workgroup owns: every K/V byte it stages serves this many rows.
+    pub rows_per_workgroup: u32,
+    /// Keys per tile staged in workgroup memory (memory-efficient: per block).
+    pub keys_per_tile: u32,
+    /// Workgroup barriers per key tile.
+    pub barriers_per_tile: u32,
+    /// Workgroup memory, in bytes.
+    pub workgroup_bytes: u32,
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\"variant\":\"{}\",\"rows_per_workgroup\":{},\"keys_per_tile\":{},\"barriers_per_tile\":{},\"workgroup_bytes\":{}",
+            self.variant,
+            self.rows_per_workgroup,
+            self.keys_per_tile,
+            self.barriers_per_tile,
+            self.workgroup_bytes
+        )
+    }
+}

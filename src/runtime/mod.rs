@@ -1,0 +1,480 @@
+//! The runtime layer: one device handle ([`Runtime`]) that the kernels and operations take
+//! instead of the whole [`crate::Context`]: the device and queue, what the dispatcher knows
+//! of them, the pipeline cache, the ring and scratch that warm calls reuse, error scopes and
+//! submission, and the GL gate.
+
+pub(crate) mod arena;
+pub(crate) mod io;
+pub(crate) mod open;
+pub(crate) mod pipeline;
+pub(crate) mod submit;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::data::options::{AttentionOptions, Subgroups, Tuning};
+use crate::data::problem::Problem;
+use crate::data::tensor::{Tensor, TensorView};
+use crate::error::{Error, Result};
+use crate::gate::{self, DeviceGuard, Gate};
+use crate::plan::dispatch::{self, DeviceCaps, Plan};
+use crate::plan::tuning::{ShapeBucket, TuningTable};
+use crate::plan::variant::ModuleKey;
+use arena::{Arena, BIND_GROUPS_KEPT, GroupKey, MAX_BINDINGS, Range};
+use pipeline::{Compiled, PipelineCache, PipelineSpec, Slot};
+
+/// How many GPU resources a context has created ([`crate::Context::created_resources`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResourceCounts {
+    /// Buffers: tensors, caches, and the ring and scratch buffers of calls.
+    pub buffers: u64,
+    /// Bind groups.
+    pub bind_groups: u64,
+    /// Compiled pipelines.
+    pub pipelines: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    buffers: AtomicU64,
+    bind_groups: AtomicU64,
+}
+
+/// The plan inputs that decide a plan (the problem with its scale as bits, and the options
+/// the dispatcher reads), for the plan cache.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    dims: [usize; 7],
+    dtypes: [crate::data::tensor::DType; 4],
+    scale: u32,
+    mask: crate::data::problem::MaskKinds,
+    varlen: bool,
+    lse: bool,
+    backend: crate::data::options::Backend,
+    subgroups: Subgroups,
+    tuning: Tuning,
+}
+
+impl PlanKey {
+    fn new(p: &Problem, opts: &AttentionOptions) -> Self {
+        PlanKey {
+            dims: [
+                p.batch,
+                p.heads_q,
+                p.heads_kv,
+                p.seq_q,
+                p.seq_k,
+                p.head_dim_qk,
+                p.head_dim_v,
+            ],
+            dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],
+            scale: p.scale.to_bits(),
+            mask: p.mask.clone(),
+            varlen: p.varlen,
+            lse: p.lse,
+            backend: opts.backend,
+            subgroups: opts.subgroups,
+            tuning: opts.tuning,
+        }
+    }
+}
+
+/// Plans kept before the cache starts over.
+const PLANS_KEPT: usize = 256;
+
+/// A device and everything the crate keeps for it.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    /// Serialises device use on GL (`None` elsewhere); see [`crate::gate`].
+    gate: Option<Arc<Gate>>,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    caps: DeviceCaps,
+    cache: PipelineCache,
+    tuning: TuningTable,
+    plans: Mutex<HashMap<PlanKey, Plan>>,
+    dummy: wgpu::Buffer,
+    dummy_rw: wgpu::Buffer,
+    /// The destination of [`Runtime::is_foreign`]'s copies.
+    probe_dst: wgpu::Buffer,
+    arena: Mutex<Arena>,
+    counts: Counts,
+}
+
+fn poisoned(what: &str) -> Error {
+    Error::device_msg(what.to_string(), "a thread panicked while holding its lock")
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: &wgpu::AdapterInfo,
+        checks: Option<wgpu::ShaderRuntimeChecks>,
+        gate: Option<Arc<Gate>>,
+        coop: &[wgpu::CooperativeMatrixProperties],
+    ) -> Self {
+        let held = gate::hold(gate.as_ref());
+        let limits = device.limits();
+        let caps = DeviceCaps::from_limits(&limits, device.features(), info.subgroup_min_size)
+            .with_adapter_info(info)
+            .with_cooperative_matrices(coop);
+        // On CPU adapters wgpu's bounds checks stay on even where the caller turned them off:
+        // without them lavapipe's compiler unrolls the flash loops into a shader that takes
+        // minutes to compile (116 s for one variant, measured), for about 10% speed.
+        let checks = checks.map(|c| wgpu::ShaderRuntimeChecks {
+            bounds_checks: c.bounds_checks || caps.cpu,
+            ..c
+        });
+        let small = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let dummy = small("wgpu-attention unused binding", wgpu::BufferUsages::STORAGE);
+        let dummy_rw = small(
+            "wgpu-attention unused output binding",
+            wgpu::BufferUsages::STORAGE,
+        );
+        let probe_dst = small("wgpu-attention probe", wgpu::BufferUsages::COPY_DST);
+        log::debug!(
+            "wgpu-attention context on {} ({:?}): {caps:?}",
+            info.name,
+            info.backend
+        );
+        drop(held);
+        let warm_up = gate.is_some();
+        Runtime {
+            cache: PipelineCache::new(checks, warm_up),
+            gate,
+            device,
+            queue,
+            info: info.clone(),
+            limits,
+            caps,
+            tuning: TuningTable::default(),
+            plans: Mutex::default(),
+            dummy,
+            dummy_rw,
+            probe_dst,
+            arena: Mutex::default(),
+            counts: Counts::default(),
+        }
+    }
+
+    pub(crate) fn hold(&self) -> DeviceGuard<'_> {
+        gate::hold(self.gate.as_ref())
+    }
+
+    pub(crate) fn gate(&self) -> Option<&Arc<Gate>> {
+        self.gate.as_ref()
+    }
+
+    /// A tensor owning `view`'s buffer, dropped under this runtime's gate.
+    pub(crate) fn tensor(&self, view: TensorView) -> Tensor {
+        Tensor::gated(view, self.gate.clone())
+    }
+
+    pub(crate) fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub(crate) fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    pub(crate) fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub(crate) fn caps(&self) -> &DeviceCaps {
+        &self.caps
+    }
+
+    pub(crate) fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub(crate) fn tuning(&self) -> &TuningTable {
+        &self.tuning
+    }
+
+    pub(crate) fn dummy(&self) -> &wgpu::Buffer {
+        &self.dummy
+    }
+
+    pub(crate) fn dummy_rw(&self) -> &wgpu::Buffer {
+        &self.dummy_rw
+    }
+
+    pub(crate) fn probe_dst(&self) -> &wgpu::Buffer {
+        &self.probe_dst
+    }
+
+    pub(crate) fn created(&self) -> ResourceCounts {
+        ResourceCounts {
+            buffers: self.counts.buffers.load(Ordering::Relaxed),
+            bind_groups: self.counts.bind_groups.load(Ordering::Relaxed),
+            pipelines: self.cache.len() as u64,
+        }
+    }
+
+    pub(crate) fn compiled_pipelines(&self) -> usize {
+        self.cache.len()
+    }
+
+    // ------------------------------------------------------------------ resources
+
+    /// Creates a buffer, counted.
+    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        self.counts.buffers.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    /// Creates a buffer holding `contents`, counted.
+    pub(crate) fn create_buffer_init(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.counts.buffers.fetch_add(1, Ordering::Relaxed);
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+    }
+
+    fn lock_arena(&self) -> Result<std::sync::MutexGuard<'_, Arena>> {
+        self.arena.lock().map_err(|_| poisoned("the ring"))
+    }
+
+    /// The pipeline of `key`'s `entry`, built on first use from the kernel's spec.
+    pub(crate) fn pipeline(
+        &self,
+        key: ModuleKey,
+        entry: &'static str,
+        spec: impl FnOnce() -> PipelineSpec,
+    ) -> Result<Arc<Compiled>> {
+        let _held = self.hold();
+        self.cache.get(&self.device, &self.queue, key, entry, spec)
+    }
+
+    /// [`Runtime::pipeline`], waiting for wgpu's verdict on a new pipeline.
+    pub(crate) async fn pipeline_async(
+        &self,
+        key: ModuleKey,
+        entry: &'static str,
+        spec: impl FnOnce() -> PipelineSpec,
+    ) -> Result<Arc<Compiled>> {
+        // No gate is held across the await: only GL has one, and its futures are ready.
+        let fut = {
+            let _held = self.hold();
+            self.cache
+                .get_async(&self.device, &self.queue, key, entry, spec)
+        };
+        fut.await
+    }
+
+    /// Writes `bytes` into the next slot of the ring; returns the ring and the slot's
+    /// offset (see [`arena`] for the ring's contract).
+    pub(crate) fn ring_write(&self, bytes: &[u8]) -> Result<(wgpu::Buffer, u32)> {
+        let align = (self.limits.min_uniform_buffer_offset_alignment as u64)
+            .max(self.limits.min_storage_buffer_offset_alignment as u64)
+            .max(16);
+        let need = (bytes.len() as u64).max(16).next_multiple_of(align);
+        let mut a = self.lock_arena()?;
+        if a.ring.is_none() || need.saturating_mul(arena::RING_CALLS) > a.ring_size {
+            let size = Arena::ring_size_for(need).min(self.caps.max_buffer_size);
+            if need > size {
+                return Err(Error::limit("max_buffer_size", need, size));
+            }
+            let ring = self.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-attention ring"),
+                size,
+                usage: wgpu::BufferUsages::UNIFORM
+                    | wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            // Bind groups of the old ring are never asked for again.
+            a.groups.clear();
+            a.ring = Some(ring);
+            a.ring_size = size;
+            a.head = 0;
+        }
+        if a.head + need > a.ring_size {
+            a.head = 0;
+        }
+        let offset = a.head;
+        a.head += need;
+        let ring = a.ring.clone().ok_or_else(|| poisoned("the ring"))?;
+        drop(a);
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(&ring, offset, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(&ring, offset, &padded);
+        }
+        Ok((ring, offset as u32))
+    }
+
+    /// A scratch buffer of at least `bytes` for `purpose` (GPU-written and read within one
+    /// call), reused across calls.
+    pub(crate) fn scratch(&self, purpose: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.max(16).next_multiple_of(4);
+        let mut a = self.lock_arena()?;
+        if let Some(b) = a.scratch.get(purpose)
+            && b.size() >= bytes
+        {
+            return Ok(b.clone());
+        }
+        let max = self.caps.max_buffer_size;
+        if bytes > max {
+            return Err(Error::limit("max_buffer_size", bytes, max));
+        }
+        let size = bytes.next_power_of_two().min(max).max(bytes);
+        let b = self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(purpose),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        a.scratch.insert(purpose, b.clone());
+        Ok(b)
+    }
+
+    /// The bind group of `compiled` over `entries` (`(binding, buffer, offset, size)`; the
+    /// dynamic ones at offset 0), made once and kept.
+    pub(crate) fn bind_group(
+        &self,
+        compiled: &Compiled,
+        entries: [Option<Range>; MAX_BINDINGS],
+    ) -> Result<wgpu::BindGroup> {
+        let key = GroupKey {
+            pipeline: compiled.key,
+            entries,
+        };
+        let mut a = self.lock_arena()?;
+        if let Some(g) = a.groups.get(&key) {
+            return Ok(g.clone());
+        }
+        let mut list = Vec::with_capacity(compiled.bindings.len());
+        for b in compiled.bindings {
+            let Some((buffer, offset, size)) = &key.entries[b.number as usize] else {
+                return Err(Error::device_msg(
+                    "binding a kernel",
+                    format!(
+                        "internal: no resource for binding {} ({})",
+                        b.number, b.name
+                    ),
+                ));
+            };
+            let dynamic = matches!(b.slot, Slot::Params | Slot::Aux);
+            list.push(wgpu::BindGroupEntry {
+                binding: b.number,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: if dynamic { 0 } else { *offset },
+                    size: wgpu::BufferSize::new(*size),
+                }),
+            });
+        }
+        let create = || {
+            self.counts.bind_groups.fetch_add(1, Ordering::Relaxed);
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-attention bind group"),
+                layout: &compiled.layout,
+                entries: &list,
+            })
+        };
+        // A group wgpu refuses (a buffer of another device, a destroyed one) is not kept:
+        // it is made again outside this scope, so that the caller's scope sees the error.
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let group = create();
+        if let Some(Some(_)) = pipeline::ready(scope.pop()) {
+            return Ok(create());
+        }
+        if a.groups.len() >= BIND_GROUPS_KEPT {
+            a.groups.clear();
+        }
+        a.groups.insert(key, group.clone());
+        Ok(group)
+    }
+
+    /// Drops the cached bind groups and scratch (and with them the caller's buffers they
+    /// bind); the ring and the pipelines stay.
+    pub(crate) fn release_cached(&self) -> Result<()> {
+        let _held = self.hold();
+        let mut a = self.lock_arena()?;
+        a.groups.clear();
+        a.scratch.clear();
+        self.plans
+            .lock()
+            .map_err(|_| poisoned("the plan cache"))?
+            .clear();
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ planning
+
+    /// The plan for `p` with this runtime's tuned tiles (unless the call sets its own),
+    /// cached: a warm call clones it (its reason is shared, not rebuilt).
+    pub(crate) fn plan(&self, p: &Problem, opts: &AttentionOptions) -> Result<Plan> {
+        let tuned = (opts.tuning == Tuning::default())
+            .then(|| self.tuning.get(&ShapeBucket::of(p)))
+            .flatten();
+        let mut key = PlanKey::new(p, opts);
+        if let Some(t) = tuned {
+            key.tuning = t;
+        }
+        if let Some(plan) = self
+            .plans
+            .lock()
+            .map_err(|_| poisoned("the plan cache"))?
+            .get(&key)
+        {
+            return Ok(plan.clone());
+        }
+        let plan = match tuned {
+            Some(t) => {
+                let tuned_opts = AttentionOptions {
+                    tuning: t,
+                    ..opts.clone()
+                };
+                let mut plan = dispatch::plan(p, &self.caps, &tuned_opts)?;
+                if plan.backend == crate::data::options::Backend::Flash {
+                    plan.reason = format!(
+                        "{} Tiles tuned on this adapter: {} keys, {} rows per thread.",
+                        plan.reason,
+                        plan.variant.block_k(),
+                        plan.variant.rows_per_thread()
+                    )
+                    .into();
+                }
+                plan
+            }
+            None => dispatch::plan(p, &self.caps, opts)?,
+        };
+        let mut plans = self.plans.lock().map_err(|_| poisoned("the plan cache"))?;
+        if plans.len() >= PLANS_KEPT {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+}

@@ -1,0 +1,358 @@
+//! The pipeline cache: pipelines built from the specs the kernels give it, keyed by module
+//! and entry point, compiled once. Compilation errors come back from wgpu's error scope,
+//! awaited where the caller can wait ([`crate::Context::prepare`]) and read at once where
+//! it cannot (native wgpu reports them at once; see [`ready`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::plan::variant::ModuleKey;
+
+/// How a binding is declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The parameter block: a uniform at a dynamic offset into the runtime's ring.
+    Params,
+    /// Read-only storage at a dynamic offset (the aux words: a ring slot, or scratch).
+    Aux,
+    /// Read-only storage.
+    Read,
+    /// Read-write storage.
+    Write,
+}
+
+impl Slot {
+    /// Whether the shader may write it.
+    pub(crate) fn writes(self) -> bool {
+        self == Slot::Write
+    }
+
+    fn dynamic(self) -> bool {
+        matches!(self, Slot::Params | Slot::Aux)
+    }
+}
+
+/// One binding of an entry point.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Binding {
+    /// `@binding(number)`.
+    pub number: u32,
+    /// The WGSL global's name.
+    pub name: &'static str,
+    /// How it is declared.
+    pub slot: Slot,
+}
+
+/// What a kernel hands the runtime to build a pipeline.
+pub(crate) struct PipelineSpec {
+    pub label: String,
+    pub source: String,
+    pub entry: &'static str,
+    pub bindings: &'static [Binding],
+    /// A parameter block for a one-element problem (the warm-up run).
+    pub warm_params: Vec<u8>,
+}
+
+/// A compiled pipeline with its bind group layout.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub bindings: &'static [Binding],
+    /// The cache key, which also keys the bind groups made for this pipeline.
+    pub key: (ModuleKey, &'static str),
+}
+
+/// Compiled pipelines, keyed by module and entry point.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<(ModuleKey, &'static str), Arc<Compiled>>>,
+    /// The runtime checks wgpu injects into the shaders (`None`: all of them).
+    checks: Option<wgpu::ShaderRuntimeChecks>,
+    /// Run each new pipeline once, so that a driver that compiles a pipeline on its first
+    /// dispatch (llvmpipe under GL) compiles here rather than inside a caller's submit.
+    warm_up: bool,
+}
+
+/// Formats an error with its whole source chain, each text once: wgpu's errors already
+/// print their causes, which their `source` returns again.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(text.trim()) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// The output of a future that is already complete, without waiting: wgpu's native
+/// backends resolve error-scope pops at once. `None` when it is not (on the web), where
+/// code that must not block cannot learn the answer now.
+pub(crate) fn ready<F: Future>(f: F) -> Option<F::Output> {
+    use futures::FutureExt;
+    f.now_or_never()
+}
+
+fn poisoned() -> Error {
+    Error::device_msg(
+        "pipeline cache",
+        "a thread panicked while holding the cache lock",
+    )
+}
+
+impl PipelineCache {
+    pub(crate) fn new(checks: Option<wgpu::ShaderRuntimeChecks>, warm_up: bool) -> Self {
+        PipelineCache {
+            map: Mutex::default(),
+            checks,
+            warm_up,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn cached(&self, key: &(ModuleKey, &'static str)) -> Result<Option<Arc<Compiled>>> {
+        Ok(self.map.lock().map_err(|_| poisoned())?.get(key).cloned())
+    }
+
+    fn insert(&self, key: (ModuleKey, &'static str), c: Compiled) -> Result<Arc<Compiled>> {
+        let mut map = self.map.lock().map_err(|_| poisoned())?;
+        Ok(map.entry(key).or_insert_with(|| Arc::new(c)).clone())
+    }
+
+    /// The pipeline for `(key, entry)`, built from `spec()` on first use. Does not block: a
+    /// compilation error that wgpu cannot report at once (on the web) goes to the device's
+    /// uncaptured-error handler; [`PipelineCache::get_async`] waits for it instead.
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        key: ModuleKey,
+        entry: &'static str,
+        spec: impl FnOnce() -> PipelineSpec,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(c) = self.cached(&(key, entry))? {
+            return Ok(c);
+        }
+        let spec = spec();
+        let (compiled, scope) = self.build(device, key, &spec);
+        if let Some(Some(e)) = ready(scope) {
+            return Err(Error::device_msg(
+                format!("compiling {}", spec.label),
+                chain(&e),
+            ));
+        }
+        self.warm(device, queue, &spec, &compiled)?;
+        self.insert((key, entry), compiled)
+    }
+
+    /// [`PipelineCache::get`], waiting for wgpu's verdict on the compilation.
+    pub(crate) async fn get_async(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        key: ModuleKey,
+        entry: &'static str,
+        spec: impl FnOnce() -> PipelineSpec,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(c) = self.cached(&(key, entry))? {
+            return Ok(c);
+        }
+        let spec = spec();
+        let (compiled, scope) = self.build(device, key, &spec);
+        if let Some(e) = scope.await {
+            return Err(Error::device_msg(
+                format!("compiling {}", spec.label),
+                chain(&e),
+            ));
+        }
+        self.warm(device, queue, &spec, &compiled)?;
+        self.insert((key, entry), compiled)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn warm(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        spec: &PipelineSpec,
+        compiled: &Compiled,
+    ) -> Result<()> {
+        if self.warm_up {
+            warm_up(device, queue, spec, compiled)?;
+        }
+        Ok(())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn warm(
+        &self,
+        _: &wgpu::Device,
+        _: &wgpu::Queue,
+        _: &PipelineSpec,
+        _: &Compiled,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Creates the module, layout and pipeline under an error scope; returns the scope's pop.
+    fn build(
+        &self,
+        device: &wgpu::Device,
+        key: ModuleKey,
+        spec: &PipelineSpec,
+    ) -> (Compiled, impl Future<Output = Option<wgpu::Error>> + use<>) {
+        let label = &spec.label;
+        log::debug!("compiling pipeline {label}");
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(spec.source.as_str().into()),
+        };
+        // SAFETY: these are the crate's own shaders. wgpu's bounds checks stay on unless the
+        // caller of `Context::from_device_unchecked` / `from_device_with_checks` turned them off
+        // (their contract). The checks turned off by default are the two whose contracts the
+        // shaders meet by construction, given validated inputs:
+        // - loop bounding: every loop runs over constant bounds or up to a sequence length or
+        //   head dim with a positive step, and validation keeps lengths below 2^30
+        //   (`validate::MAX_SEQ`), so no loop counter can wrap;
+        // - integer-division checks: every divisor is a constant, or a batch, head, sequence,
+        //   head-dim, group or split count that validation requires to be at least 1, and no
+        //   division is signed.
+        // Measured on an H100 (BENCHMARKS.md): 1.75-2.2x faster flash on cooperative matrices.
+        let checks = self.checks.unwrap_or(wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: false,
+            int_div_checks: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        });
+        let module = unsafe { device.create_shader_module_trusted(desc, checks) };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+            .bindings
+            .iter()
+            .map(|b| wgpu::BindGroupLayoutEntry {
+                binding: b.number,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b.slot {
+                        Slot::Params => wgpu::BufferBindingType::Uniform,
+                        s => wgpu::BufferBindingType::Storage {
+                            read_only: !s.writes(),
+                        },
+                    },
+                    has_dynamic_offset: b.slot.dynamic(),
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(label),
+            entries: &entries,
+        });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(spec.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let compiled = Compiled {
+            pipeline,
+            layout,
+            bindings: spec.bindings,
+            key: (key, spec.entry),
+        };
+        (compiled, scope.pop())
+    }
+}
+
+/// Runs `compiled` once on one workgroup of a one-element problem (every size 1, no mask,
+/// scratch bindings of its own), so that a driver that compiles a pipeline on its first
+/// dispatch does so now. llvmpipe under GL does: a flash variant takes tens of seconds
+/// there, and inside a caller's submit that would hold wgpu's GL context lock long enough
+/// for another thread waiting on it to panic (see [`crate::gate`]). Native GL only.
+#[cfg(not(target_arch = "wasm32"))]
+fn warm_up(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    spec: &PipelineSpec,
+    compiled: &Compiled,
+) -> Result<()> {
+    use wgpu::util::DeviceExt;
+    let what = || format!("warming up {}", spec.label);
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    // One small zeroed buffer per binding (the parameter block in a buffer of its own): the
+    // bindings never alias.
+    let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("wgpu-attention warm-up params"),
+        contents: &spec.warm_params,
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let buffers: Vec<wgpu::Buffer> = spec
+        .bindings
+        .iter()
+        .map(|_| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-attention warm-up binding"),
+                size: 64,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+    let entries: Vec<wgpu::BindGroupEntry> = spec
+        .bindings
+        .iter()
+        .zip(&buffers)
+        .map(|(b, buffer)| wgpu::BindGroupEntry {
+            binding: b.number,
+            resource: match b.slot {
+                Slot::Params => params.as_entire_binding(),
+                _ => buffer.as_entire_binding(),
+            },
+        })
+        .collect();
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("wgpu-attention warm-up"),
+        layout: &compiled.layout,
+        entries: &entries,
+    });
+    let offsets: Vec<u32> = spec
+        .bindings
+        .iter()
+        .filter(|b| b.slot.dynamic())
+        .map(|_| 0)
+        .collect();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &bind_group, &offsets);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    queue.submit([encoder.finish()]);
+    let polled = device.poll(wgpu::PollType::wait_indefinitely());
+    if let Some(Some(e)) = ready(scope.pop()) {
+        return Err(Error::device_msg(what(), chain(&e)));
+    }
+    polled.map_err(|e| Error::device(what(), e))?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! The runtime: warm calls create no buffer and no bind group (the crate's own counters),
+//! calls recorded into one encoder each read their own parameters from the ring, outputs
+//! sub-allocated from one buffer with their inputs (Burn and cubecl's pools) work and
+//! overlaps are refused, and the async core runs under any executor.
+
+mod common;
+
+use common::{assert_close, random};
+use wgpu_attention::reference::{self, HostMask, HostTensor};
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, KvCache, Mask, TensorView,
+};
+
+/// A context of its own: its counters see this test's work only.
+fn own_ctx() -> Context {
+    Context::new_blocking().expect("an adapter (lavapipe or GL) for the GPU tests")
+}
+
+fn host<'a>(data: &'a [f32], shape: [usize; 4]) -> HostTensor<'a> {
+    HostTensor { data, shape }
+}
+
+/// A call recorded and submitted; returns the buffers and bind groups that created.
+fn record_counted(
+    ctx: &Context,
+    [q, k, v, out]: [&TensorView; 4],
+    opts: &AttentionOptions,
+) -> (u64, u64) {
+    let before = ctx.created_resources();
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ctx.record_attention(&mut enc, q, k, v, out, opts).unwrap();
+    ctx.queue().submit([enc.finish()]);
+    let after = ctx.created_resources();
+    (
+        after.buffers - before.buffers,
+        after.bind_groups - before.bind_groups,
+    )
+}
+
+/// A call recorded and submitted, then downloaded (the download's staging buffer is the
+/// test's).
+fn run_recorded(ctx: &Context, views: [&TensorView; 4], opts: &AttentionOptions) -> Vec<f32> {
+    record_counted(ctx, views, opts);
+    ctx.download_f32_blocking(views[3]).unwrap()
+}
+
+#[test]
+fn warm_calls_create_no_buffer_and_no_bind_group() {
+    let ctx = own_ctx();
+    let (b, h, d) = (1, 8, 64);
+    let n = |s: [usize; 4]| s.iter().product::<usize>();
+    let mask_data = common::random_bool(64 * 64, 7, 0.5);
+    let mask = ctx.upload_bool(&mask_data, [1, 1, 64, 64]).unwrap();
+    let bias = ctx.upload_f32(&random(64 * 64, 8), [1, 1, 64, 64]).unwrap();
+    // (name, q rows, keys, mask, backend): the decode call of a KV cache, a 64x64 call, a
+    // bool mask (its block summary goes through scratch), a bias, and every backend.
+    let cases: Vec<(&str, usize, usize, Mask, Backend)> = vec![
+        (
+            "decode",
+            1,
+            1024,
+            Mask::none()
+                .causal(CausalAlignment::BottomRight)
+                .key_lengths(vec![1000]),
+            Backend::Auto,
+        ),
+        ("64x64", 64, 64, Mask::none(), Backend::Auto),
+        (
+            "bool mask",
+            64,
+            64,
+            Mask::none().bool_mask(mask.view().clone()),
+            Backend::Flash,
+        ),
+        (
+            "bias",
+            64,
+            64,
+            Mask::none().bias(bias.view().clone()),
+            Backend::Auto,
+        ),
+        ("memeff", 64, 64, Mask::none(), Backend::MemoryEfficient),
+        ("naive", 7, 59, Mask::none(), Backend::Naive),
+    ];
+    for (name, sq, sk, mask, backend) in cases {
+        let (qs, ks) = ([b, h, sq, d], [b, h, sk, d]);
+        let (qh, kh, vh) = (random(n(qs), 1), random(n(ks), 2), random(n(ks), 3));
+        let q = ctx.upload_f32(&qh, qs).unwrap();
+        let k = ctx.upload_f32(&kh, ks).unwrap();
+        let v = ctx.upload_f32(&vh, ks).unwrap();
+        let out = ctx.empty(qs, DType::F32).unwrap();
+        let opts = AttentionOptions::with_mask(mask).backend(backend);
+        let views = [q.view(), k.view(), v.view(), out.view()];
+        // The first call compiles and allocates; the second may still fill a cache.
+        run_recorded(&ctx, views, &opts);
+        run_recorded(&ctx, views, &opts);
+        for i in 0..3 {
+            assert_eq!(
+                record_counted(&ctx, views, &opts),
+                (0, 0),
+                "{name}: warm call {i} created buffers or bind groups"
+            );
+        }
+        let got = ctx.download_f32_blocking(out.view()).unwrap();
+        let after = ctx.created_resources();
+        assert!(after.buffers > 0 && after.bind_groups > 0, "{after:?}");
+        // The warm calls are still right.
+        let plan = ctx.plan(q.view(), k.view(), v.view(), &opts).unwrap();
+        assert!(!got.is_empty(), "{name}: {plan}");
+    }
+}
+
+#[test]
+fn a_kv_cache_decode_step_creates_nothing_once_warm() {
+    let ctx = own_ctx();
+    let (b, h, d, cap) = (2, 4, 32, 64);
+    let mut cache = KvCache::new(&ctx, b, h, cap, d, DType::F32).unwrap();
+    let (mut k_all, mut v_all) = (vec![Vec::new(); b * h], vec![Vec::new(); b * h]);
+    let out = ctx.empty([b, h, 1, d], DType::F32).unwrap();
+    // A decode loop writes each step's new rows and query into buffers it reuses.
+    let k = ctx.empty([b, h, 1, d], DType::F32).unwrap();
+    let v = ctx.empty([b, h, 1, d], DType::F32).unwrap();
+    let q = ctx.empty([b, h, 1, d], DType::F32).unwrap();
+    let mut warm = 0;
+    for step in 0..12 {
+        let kh = random(b * h * d, 100 + step);
+        let vh = random(b * h * d, 200 + step);
+        let qh = random(b * h * d, 300 + step);
+        for bh in 0..b * h {
+            k_all[bh].extend_from_slice(&kh[bh * d..(bh + 1) * d]);
+            v_all[bh].extend_from_slice(&vh[bh * d..(bh + 1) * d]);
+        }
+        for (t, x) in [(&k, &kh), (&v, &vh), (&q, &qh)] {
+            ctx.queue()
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(x));
+        }
+        let before = ctx.created_resources();
+        cache.append_blocking(&ctx, k.view(), v.view()).unwrap();
+        let opts = AttentionOptions::with_mask(cache.mask());
+        let views = [q.view(), &cache.keys(), &cache.values(), out.view()];
+        let (buffers, groups) = record_counted(&ctx, views, &opts);
+        let after = ctx.created_resources();
+        if step >= 2 {
+            assert_eq!(
+                (
+                    after.buffers - before.buffers,
+                    after.bind_groups - before.bind_groups
+                ),
+                (0, 0),
+                "step {step}: {before:?} -> {after:?} ({buffers} and {groups} in the call)"
+            );
+            warm += 1;
+        }
+        let got = ctx.download_f32_blocking(out.view()).unwrap();
+        // Against the reference over the rows appended so far.
+        let len = step as usize + 1;
+        let kc: Vec<f32> = k_all.iter().flatten().copied().collect();
+        let vc: Vec<f32> = v_all.iter().flatten().copied().collect();
+        let want = reference::attention(
+            &host(&qh, [b, h, 1, d]),
+            &host(&kc, [b, h, len, d]),
+            &host(&vc, [b, h, len, d]),
+            1.0 / (d as f64).sqrt(),
+            &HostMask::default(),
+        );
+        assert_close(&got, &want, DType::F32, &format!("step {step}"));
+    }
+    assert_eq!(warm, 10);
+}
+
+/// Calls recorded into one encoder before it is submitted each read their own parameter
+/// slot: as many as the ring promises ([`wgpu_attention::RING_CALLS`]), each with its own
+/// key length, writing its own rows of one output buffer.
+#[test]
+fn calls_recorded_into_one_encoder_read_their_own_parameters() {
+    let ctx = own_ctx();
+    let calls = wgpu_attention::RING_CALLS as usize;
+    let (sk, d) = (64, 16);
+    let qh = random(d, 1);
+    let (kh, vh) = (random(sk * d, 2), random(sk * d, 3));
+    let q = ctx.upload_f32(&qh, [1, 1, 1, d]).unwrap();
+    let k = ctx.upload_f32(&kh, [1, 1, sk, d]).unwrap();
+    let v = ctx.upload_f32(&vh, [1, 1, sk, d]).unwrap();
+    let out = ctx.empty([1, 1, calls, d], DType::F32).unwrap();
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    for i in 0..calls {
+        let row = out.view().narrowed(2, i, 1);
+        let opts = AttentionOptions::with_mask(Mask::none().key_lengths(vec![(i % sk) as u32 + 1]));
+        ctx.record_attention(&mut enc, q.view(), k.view(), v.view(), &row, &opts)
+            .unwrap();
+    }
+    ctx.queue().submit([enc.finish()]);
+    let got = ctx.download_f32_blocking(out.view()).unwrap();
+    for len in 1..=sk {
+        let want = reference::attention(
+            &host(&qh, [1, 1, 1, d]),
+            &host(&kh[..len * d], [1, 1, len, d]),
+            &host(&vh[..len * d], [1, 1, len, d]),
+            1.0 / (d as f64).sqrt(),
+            &HostMask::default(),
+        );
+        for i in (len - 1..calls).step_by(sk) {
+            assert_close(
+                &got[i * d..(i + 1) * d],
+                &want,
+                DType::F32,
+                &format!("call {i} (key length {len})"),
+            );
+        }
+    }
+}
+
+/// Burn and cubecl sub-allocate tensors from shared pages: Q, K, V, the output and the
+/// log-sum-exp output here live in one buffer at disjoint (and unaligned) byte ranges.
+#[test]
+fn outputs_may_share_a_buffer_with_inputs_at_disjoint_bytes() {
+    let ctx = common::ctx();
+    for (dtype, backend) in [
+        (DType::F32, Backend::Auto),
+        (DType::F16, Backend::Auto),
+        (DType::F32, Backend::Naive),
+        (DType::F32, Backend::Decode),
+    ] {
+        let (b, h, sq, sk, d) = (2, 3, 7, 59, 16);
+        let es = dtype.size() as usize;
+        let (nq, nk) = (b * h * sq * d, b * h * sk * d);
+        let (qh, kh, vh) = (
+            common::round_to(dtype, &random(nq, 11)),
+            common::round_to(dtype, &random(nk, 12)),
+            common::round_to(dtype, &random(nk, 13)),
+        );
+        // The page: [pad | Q | K | V | O | pad | lse | pad], 2 and 6 elements apart.
+        let (q0, k0) = (2, 2 + nq);
+        let (v0, o0) = (k0 + nk, k0 + 2 * nk);
+        let l_byte = ((o0 + nq + 6) * es).next_multiple_of(4) as u64;
+        let total = l_byte as usize / es + b * h * sq * 4 / es + 8;
+        let mut page = vec![f32::NAN; total];
+        page[q0..q0 + nq].copy_from_slice(&qh);
+        page[k0..k0 + nk].copy_from_slice(&kh);
+        page[v0..v0 + nk].copy_from_slice(&vh);
+        let buf = common::buffer_of(ctx, &page, dtype);
+        let view = |at: usize, shape| {
+            TensorView::bhsd(buf.buffer().clone(), dtype, shape).with_offset((at * es) as u64)
+        };
+        let (q, k, v) = (
+            view(q0, [b, h, sq, d]),
+            view(k0, [b, h, sk, d]),
+            view(v0, [b, h, sk, d]),
+        );
+        let o = view(o0, [b, h, sq, d]);
+        let lse =
+            TensorView::bhsd(buf.buffer().clone(), DType::F32, [b, h, sq, 1]).with_offset(l_byte);
+        let opts = AttentionOptions::with_mask(Mask::none().key_lengths(vec![41, 59]))
+            .backend(backend)
+            .lse_output(lse.clone());
+        ctx.attention_into_blocking(&q, &k, &v, &o, &opts)
+            .unwrap_or_else(|e| panic!("{dtype} {backend}: {e}"));
+        let got = ctx.download_f32_blocking(&o).unwrap();
+        let mask = HostMask {
+            key_lengths: Some(&[41, 59]),
+            ..Default::default()
+        };
+        let (want, want_lse) = reference::attention_with_lse(
+            &host(&qh, [b, h, sq, d]),
+            &host(&kh, [b, h, sk, d]),
+            &host(&vh, [b, h, sk, d]),
+            1.0 / (d as f64).sqrt(),
+            &mask,
+        );
+        let label = format!("{dtype} {backend}");
+        assert_close(&got, &want, dtype, &label);
+        common::assert_close_lse(&ctx.download_f32_blocking(&lse).unwrap(), &want_lse, &label);
+        // The inputs, and the padding between the tensors, are untouched.
+        let after = ctx
+            .download_f32_blocking(&view(0, [1, 1, 1, total]))
+            .unwrap();
+        assert_eq!(&after[q0..q0 + nq], &qh[..], "{label}: Q");
+        assert_eq!(
+            &after[k0..v0 + nk],
+            &[&kh[..], &vh[..]].concat()[..],
+            "{label}: K, V"
+        );
+        assert!(
+            after[..q0].iter().all(|x| x.is_nan()),
+            "{label}: the padding before Q"
+        );
+        assert!(
+            after[o0 + nq..o0 + nq + 6].iter().all(|x| x.is_nan()),
+            "{label}: the padding after O"
+        );
+    }
+}
+
+#[test]
+fn overlapping_outputs_are_refused_naming_both_tensors() {
+    let ctx = common::ctx();
+    let (b, h, s, d) = (1, 2, 8, 16);
+    let n = b * h * s * d;
+    let buf = ctx.buffer_from_f32(&random(4 * n, 5));
+    let at = |i: usize| {
+        TensorView::bhsd(buf.clone(), DType::F32, [b, h, s, d]).with_offset((i * 4) as u64)
+    };
+    let (q, k, v) = (at(0), at(n), at(2 * n));
+    // One element of overlap with V, and an output on top of Q.
+    for (out, input) in [(at(3 * n - 1), "value"), (at(5), "query")] {
+        let err = ctx
+            .attention_into_blocking(&q, &k, &v, &out, &AttentionOptions::default())
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::InvalidInput(_)), "{text}");
+        assert!(text.contains("output") && text.contains(input), "{text}");
+    }
+    // A log-sum-exp output over the output.
+    let lse =
+        TensorView::bhsd(buf.clone(), DType::F32, [b, h, s, 1]).with_offset((3 * n * 4) as u64);
+    let opts = AttentionOptions::default().lse_output(lse);
+    let err = ctx
+        .attention_into_blocking(&q, &k, &v, &at(3 * n), &opts)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("log-sum-exp") && err.to_string().contains("output"),
+        "{err}"
+    );
+}
+
+/// The async core under a plain executor: nothing in it waits on a blocking poll.
+#[test]
+fn the_async_core_runs_under_any_executor() {
+    use futures::executor::block_on;
+    let ctx = block_on(Context::new()).unwrap();
+    let (b, h, s, d) = (1, 2, 33, 16);
+    let x = random(b * h * s * d, 9);
+    let t = ctx.upload_f32(&x, [b, h, s, d]).unwrap();
+    let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::TopLeft));
+    block_on(ctx.prepare(t.view(), t.view(), t.view(), &opts)).unwrap();
+    let out = block_on(ctx.attention(t.view(), t.view(), t.view(), &opts)).unwrap();
+    block_on(ctx.wait()).unwrap();
+    let got = block_on(ctx.download_f32(out.view())).unwrap();
+    let want = reference::attention(
+        &host(&x, [b, h, s, d]),
+        &host(&x, [b, h, s, d]),
+        &host(&x, [b, h, s, d]),
+        1.0 / (d as f64).sqrt(),
+        &HostMask {
+            causal: true,
+            ..Default::default()
+        },
+    );
+    assert_close(&got, &want, DType::F32, "async");
+}
