@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use crate::data::block_mask::BlockMask;
 use crate::data::options::AttentionOptions;
+use crate::data::options::Tuning;
 use crate::data::problem::Problem;
 use crate::data::tensor::{DType, Tensor, TensorView};
 use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::gate;
 use crate::gate::{DeviceGuard, Gate, Gated};
 use crate::kernels::{self, summary};
 use crate::ops;
@@ -20,7 +22,6 @@ use crate::plan::variant::{ModuleKey, ShaderVariant};
 use crate::runtime::open::{self, backends_from_env};
 use crate::runtime::submit::Waiting;
 use crate::runtime::{ResourceCounts, Runtime};
-use crate::{Tuning, gate};
 
 /// Everything the crate needs to run attention on one device. Cheap to clone, `Send + Sync`.
 ///
@@ -490,7 +491,7 @@ impl Context {
         v: &TensorView,
         opts: &AttentionOptions,
         iters: usize,
-    ) -> Result<crate::TuneReport> {
+    ) -> Result<crate::plan::tuning::TuneReport> {
         ops::tune::tune(self.rt(), [q, k, v], opts, iters, Waiting::Yield).await
     }
 
@@ -722,7 +723,7 @@ impl Context {
         v: &TensorView,
         opts: &AttentionOptions,
         iters: usize,
-    ) -> Result<crate::TuneReport> {
+    ) -> Result<crate::plan::tuning::TuneReport> {
         pollster::block_on(ops::tune::tune(
             self.rt(),
             [q, k, v],

@@ -352,12 +352,7 @@ pub struct DeviceError {
 
 impl fmt::Display for DeviceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            self.context,
-            crate::runtime::pipeline::chain(self.source.as_ref())
-        )
+        write!(f, "{}: {}", self.context, chain(self.source.as_ref()))
     }
 }
 
@@ -450,3 +445,19 @@ impl Error {
 
 /// Shorthand for `Result<T, wgpu_attention::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Formats an error with its whole source chain, each text once: wgpu's errors already
+/// print their causes, which their `source` returns again.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(text.trim()) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}

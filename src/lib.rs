@@ -76,6 +76,5 @@ pub use runtime::open::OPTIONAL_FEATURES;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod test_hooks {
-    pub use crate::kernels::attention::params::param_layouts;
-    pub use crate::kernels::{all_sources_for, binding_table};
+    pub use crate::kernels::{all_sources_for, binding_table, param_layouts};
 }

@@ -328,3 +328,26 @@ pub(crate) fn spec(key: &ModuleKey, entry: &'static str) -> PipelineSpec {
         warm_params: warm_params(key),
     }
 }
+
+#[cfg(feature = "test-hooks")]
+/// Every parameter block's WGSL struct name, size and `(field, offset)` list, for the test
+/// that checks each against naga's layout of its WGSL mirror.
+pub fn param_layouts() -> Vec<(&'static str, usize, Vec<(String, usize)>)> {
+    vec![
+        (
+            "Params",
+            std::mem::size_of::<AttnParams>(),
+            AttnParams::fields(),
+        ),
+        (
+            "SummaryParams",
+            std::mem::size_of::<SummaryParams>(),
+            SummaryParams::fields(),
+        ),
+        (
+            "MergeParams",
+            std::mem::size_of::<MergeParams>(),
+            MergeParams::fields(),
+        ),
+    ]
+}

@@ -3,9 +3,9 @@
 
 use crate::data::tensor::TensorView;
 use crate::error::{Error, Result, TensorRole};
-use crate::kernels::attention::binding_size;
 use crate::kernels::merge;
 use crate::ops::attention::stage;
+use crate::plan::split::binding_size;
 use crate::plan::split::{self, Part};
 use crate::runtime::Runtime;
 

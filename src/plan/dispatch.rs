@@ -6,7 +6,7 @@ use crate::data::tensor::DType;
 use crate::error::{Error, Result};
 use crate::plan::validate::Problem;
 pub use crate::plan::variant::{
-    CoopTile, Cost, Family, FlashTile, MemEffConfig, ShaderVariant, UnrolledTile,
+    CoopTile, Cost, Family, FlashTile, MEMEFF_THREADS, MemEffConfig, ShaderVariant, UnrolledTile,
 };
 
 /// Head-dim buckets of the flash shader (rounded up, tail masked), as in FlashAttention.
@@ -35,8 +35,6 @@ pub const FLASH_DEFAULT_BLOCK_K: u32 = 16;
 pub const FLASH_MAX_BLOCK_K: u32 = 32;
 /// Smallest key tile of the flash shader.
 pub const FLASH_MIN_BLOCK_K: u32 = 4;
-/// Threads per workgroup of the memory-efficient shader (one query row per workgroup).
-pub const MEMEFF_THREADS: u32 = 64;
 /// Rows of a block-mask summary block (equal to [`FLASH_BLOCK_Q`]).
 pub const SUMMARY_BLOCK_Q: u32 = FLASH_BLOCK_Q;
 /// Columns of a block-mask summary block. Flash tiles narrower than this read the

@@ -21,8 +21,20 @@ use crate::data::mask::CausalAlignment;
 use crate::data::options::{AttentionOptions, Varlen};
 use crate::data::tensor::{TensorView, end_byte};
 use crate::error::{Error, Result, TensorRole};
-use crate::kernels::attention::binding_extent;
 use crate::plan::validate::Problem;
+
+/// The start and size of the smallest binding, aligned to `align` bytes, that covers bytes
+/// `offset..end` (whole 32-bit words, at least one).
+pub(crate) fn binding_extent(offset: u64, end: u64, align: u64) -> (u64, u64) {
+    let start = offset / align * align;
+    let end = end.div_ceil(4).saturating_mul(4).max(start + 4);
+    (start, end - start)
+}
+
+/// The bytes of the binding `window` makes for `view`.
+pub(crate) fn binding_size(view: &TensorView, align: u64) -> u64 {
+    binding_extent(view.offset, view.end_byte().unwrap_or(u64::MAX), align).1
+}
 
 /// A part of a call: batch items `b0..b0 + nb`, query heads `h0..h0 + nh` (whole GQA
 /// groups, or one head), query rows `r0..r0 + nr` (all rows of a packed variable-length
@@ -191,8 +203,8 @@ impl<'a> Layout<'a> {
     }
 
     /// The layout of a call that `plan` runs: the decode path's scratch counts too.
-    pub(crate) fn for_plan(mut self, plan: &crate::Plan) -> Self {
-        if plan.backend == crate::Backend::Decode {
+    pub(crate) fn for_plan(mut self, plan: &crate::plan::dispatch::Plan) -> Self {
+        if plan.backend == crate::data::options::Backend::Decode {
             self.decode_splits = plan.key_splits.max(1) as usize;
         }
         self

@@ -4,7 +4,9 @@
 //! fields become typed `const` lines at the top of the shader source.
 
 use crate::data::tensor::DType;
-use crate::plan::dispatch::MEMEFF_THREADS;
+
+/// Threads per workgroup of the memory-efficient shader (one query row per workgroup).
+pub const MEMEFF_THREADS: u32 = 64;
 
 /// Shader family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 use crate::plan::variant::ModuleKey;
 
 /// How a binding is declared.
@@ -74,22 +74,6 @@ pub(crate) struct PipelineCache {
     /// Run each new pipeline once, so that a driver that compiles a pipeline on its first
     /// dispatch (llvmpipe under GL) compiles here rather than inside a caller's submit.
     warm_up: bool,
-}
-
-/// Formats an error with its whole source chain, each text once: wgpu's errors already
-/// print their causes, which their `source` returns again.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(text.trim()) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// The output of a future that is already complete, without waiting: wgpu's native

@@ -12,13 +12,15 @@ use std::task::{Context as TaskContext, Poll};
 
 use futures::channel::oneshot;
 
-use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::error::{Error, InputProblem, Result, TensorRole, chain};
 use crate::runtime::Runtime;
-use crate::runtime::pipeline::{chain, ready};
+use crate::runtime::pipeline::ready;
 
 /// Yields once to the executor (and asks to be polled again at once).
+#[cfg(not(target_arch = "wasm32"))]
 struct YieldNow(bool);
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Future for YieldNow {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
@@ -36,19 +38,28 @@ impl Future for YieldNow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Waiting {
     /// Let wgpu's poll sleep until the GPU is done (native only).
-    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    #[cfg_attr(
+        any(not(feature = "blocking"), target_arch = "wasm32"),
+        allow(dead_code)
+    )]
     Block,
     /// Poll without blocking and yield between polls (native); await the browser (web).
     Yield,
 }
 
 impl Runtime {
-    /// Awaits `rx`, which a wgpu callback completes.
+    /// Awaits `rx`, which a wgpu callback completes: the browser calls back by itself.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) async fn drive<T>(&self, rx: oneshot::Receiver<T>, _how: Waiting) -> Result<T> {
+        rx.await.map_err(|_| {
+            Error::device_msg("waiting for the GPU", "the device dropped its callback")
+        })
+    }
+
+    /// Awaits `rx`, which a wgpu callback completes once the device is polled.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) async fn drive<T>(&self, rx: oneshot::Receiver<T>, how: Waiting) -> Result<T> {
         let gone = |_| Error::device_msg("waiting for the GPU", "the device dropped its callback");
-        if cfg!(target_arch = "wasm32") {
-            return rx.await.map_err(gone);
-        }
         if how == Waiting::Block {
             {
                 let _held = self.hold();

@@ -12,7 +12,7 @@ use crate::data::tensor::{DType, TensorView};
 use crate::error::{Error, Result, TensorRole};
 use crate::kernels::bindings;
 use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
-use crate::plan::split::PartRows;
+use crate::plan::split::{PartRows, binding_extent};
 use crate::runtime::Runtime;
 use crate::runtime::arena::{MAX_BINDINGS, Range};
 use crate::runtime::pipeline::Compiled;
@@ -33,19 +33,6 @@ impl Window {
     pub(crate) fn range(&self) -> Range {
         (self.buffer.clone(), self.offset, self.size)
     }
-}
-
-/// The start and size of the smallest binding, aligned to `align` bytes, that covers bytes
-/// `offset..end` (whole 32-bit words, at least one).
-pub(crate) fn binding_extent(offset: u64, end: u64, align: u64) -> (u64, u64) {
-    let start = offset / align * align;
-    let end = end.div_ceil(4).saturating_mul(4).max(start + 4);
-    (start, end - start)
-}
-
-/// The bytes of the binding `window` makes for `view`.
-pub(crate) fn binding_size(view: &TensorView, align: u64) -> u64 {
-    binding_extent(view.offset, view.end_byte().unwrap_or(u64::MAX), align).1
 }
 
 /// The smallest aligned window of `view`'s buffer that holds the view.

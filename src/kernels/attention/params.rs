@@ -146,28 +146,3 @@ impl AttnParams {
         .concat()
     }
 }
-
-/// Every parameter block's WGSL struct name, size and `(field, offset)` list, for the test
-/// that checks each against naga's layout of its WGSL mirror.
-#[cfg(feature = "test-hooks")]
-pub fn param_layouts() -> Vec<(&'static str, usize, Vec<(String, usize)>)> {
-    use crate::kernels::merge::params::MergeParams;
-    use crate::kernels::summary::params::SummaryParams;
-    vec![
-        (
-            "Params",
-            std::mem::size_of::<AttnParams>(),
-            AttnParams::fields(),
-        ),
-        (
-            "SummaryParams",
-            std::mem::size_of::<SummaryParams>(),
-            SummaryParams::fields(),
-        ),
-        (
-            "MergeParams",
-            std::mem::size_of::<MergeParams>(),
-            MergeParams::fields(),
-        ),
-    ]
-}

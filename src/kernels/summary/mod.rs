@@ -33,7 +33,7 @@ pub(crate) fn record(
 ) -> Result<()> {
     let align = rt.limits().min_storage_buffer_offset_alignment as u64;
     let max = rt.caps().max_storage_binding;
-    let fits = |v: &TensorView| attention::binding_size(v, align) <= max;
+    let fits = |v: &TensorView| crate::plan::split::binding_size(v, align) <= max;
     if fits(view) {
         return record_one(rt, encoder, view, out, out_off);
     }
@@ -53,7 +53,7 @@ pub(crate) fn record(
                 let rows = |blocks: usize| one.narrowed(2, r0, (blocks * bq).min(sq - r0));
                 let left = (sq - r0).div_ceil(bq);
                 let Some(blocks) = crate::plan::split::largest(left, |n| fits(&rows(n))) else {
-                    let needed = attention::binding_size(&rows(1), align);
+                    let needed = crate::plan::split::binding_size(&rows(1), align);
                     return Err(Error::binding(TensorRole::BoolMask, needed, max));
                 };
                 record_one(
