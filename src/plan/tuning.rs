@@ -9,9 +9,7 @@ use crate::data::options::Tuning;
 use crate::data::problem::Problem;
 use crate::data::tensor::DType;
 use crate::error::{Error, InputProblem, Result, TensorRole};
-use crate::plan::dispatch::{
-    FLASH_HEAD_DIMS, SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD, bucket,
-};
+use crate::plan::dispatch::{FLASH_HEAD_DIMS, bucket};
 
 /// The shapes that share a tuned configuration: head-dim buckets, sequence lengths rounded
 /// up to powers of two, and the storage dtype of Q.
@@ -99,9 +97,11 @@ fn bad_table(what: String) -> Error {
     )
 }
 
-/// The tile configurations a tuning run times (those that do not fit an adapter are
-/// skipped by the dispatcher's checks).
+/// The tile configurations a tuning run times (native only, as tuning is; those that do not
+/// fit an adapter are skipped by the dispatcher's checks).
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn candidates() -> impl Iterator<Item = Tuning> {
+    use crate::plan::dispatch::{SUBGROUP_THREADS_PER_ROW, UNROLLED_ROWS_PER_THREAD};
     [1, SUBGROUP_THREADS_PER_ROW].into_iter().flat_map(|tpr| {
         [8, 16, 32].into_iter().flat_map(move |bk| {
             [1, 2, 4, UNROLLED_ROWS_PER_THREAD].map(|rpt| Tuning {

@@ -51,7 +51,8 @@ pub(crate) struct PipelineSpec {
     pub source: String,
     pub entry: &'static str,
     pub bindings: &'static [Binding],
-    /// A parameter block for a one-element problem (the warm-up run).
+    /// A parameter block for a one-element problem (the warm-up run, native GL only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub warm_params: Vec<u8>,
 }
 
@@ -73,6 +74,7 @@ pub(crate) struct PipelineCache {
     checks: Option<wgpu::ShaderRuntimeChecks>,
     /// Run each new pipeline once, so that a driver that compiles a pipeline on its first
     /// dispatch (llvmpipe under GL) compiles here rather than inside a caller's submit.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     warm_up: bool,
 }
 

@@ -6,8 +6,11 @@
 //! it without blocking and yield to their executor between polls, the blocking forms let
 //! wgpu's poll sleep until the GPU is done. On the web the browser calls back.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::future::Future;
+#[cfg(not(target_arch = "wasm32"))]
 use std::pin::Pin;
+#[cfg(not(target_arch = "wasm32"))]
 use std::task::{Context as TaskContext, Poll};
 
 use futures::channel::oneshot;
