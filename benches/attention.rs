@@ -214,7 +214,7 @@ fn limited_context(max: u64) -> Context {
             .unwrap_or_else(|e| panic!("no adapter: {e}"));
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: adapter.features() & wgpu_attention::OPTIONAL_FEATURES,
+        required_features: adapter.features() & (wgpu_attention::OPTIONAL_FEATURES | TIMESTAMPS),
         required_limits: wgpu::Limits {
             max_storage_buffer_binding_size: max.min(limits.max_storage_buffer_binding_size),
             ..limits
@@ -236,9 +236,13 @@ fn unchecked_context(experimental: bool) -> Context {
     };
     // SAFETY: benchmarking the crate's own shaders, whose views are validated before dispatch,
     // with wgpu's experimental features only when asked for.
-    unsafe { Context::new_with_checks_blocking(experimental, checks) }
+    unsafe { Context::open_blocking(experimental, Some(checks), TIMESTAMPS) }
         .unwrap_or_else(|e| panic!("no adapter: {e}"))
 }
+
+/// The features the timer needs, requested where the adapter has them.
+const TIMESTAMPS: wgpu::Features =
+    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
 
 fn main() {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -314,12 +318,10 @@ fn main() {
         limited_context(max)
     } else if all.iter().any(|a| a == "--unchecked" || a == "--checks") {
         unchecked_context(experimental)
-    } else if experimental {
-        // SAFETY: benchmarking with wgpu's experimental cooperative matrices, by request.
-        unsafe { Context::new_experimental_blocking() }
-            .unwrap_or_else(|e| panic!("no adapter: {e}"))
     } else {
-        Context::new_blocking().unwrap_or_else(|e| panic!("no adapter: {e}"))
+        // SAFETY: wgpu's experimental cooperative matrices only with --experimental.
+        unsafe { Context::open_blocking(experimental, None, TIMESTAMPS) }
+            .unwrap_or_else(|e| panic!("no adapter: {e}"))
     };
     let info = ctx.adapter_info();
     eprintln!(

@@ -765,11 +765,26 @@ impl Context {
         experimental: bool,
         checks: wgpu::ShaderRuntimeChecks,
     ) -> Result<Self> {
+        unsafe { Self::open_blocking(experimental, Some(checks), wgpu::Features::empty()) }
+    }
+
+    /// Opens the default adapter as [`Context::new`] does, with cooperative matrices when
+    /// `experimental`, these runtime checks (`None`: the crate's), and `features` where the
+    /// adapter has them (the benchmarks' timestamp queries).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Context::new_with_checks_blocking`].
+    pub unsafe fn open_blocking(
+        experimental: bool,
+        checks: Option<wgpu::ShaderRuntimeChecks>,
+        features: wgpu::Features,
+    ) -> Result<Self> {
         let rt = pollster::block_on(open::open(
             backends_from_env(),
             experimental,
-            Some(checks),
-            wgpu::Features::empty(),
+            checks,
+            features,
         ))?;
         Ok(Self::wrap(rt))
     }
