@@ -29,7 +29,7 @@ pub use wgpu;
 pub mod dispatch {
     pub use crate::plan::dispatch::*;
 }
-/// Validation of a call into a [`Problem`](crate::Problem).
+/// The validated problem, [`Problem`], and the limits validation applies.
 pub mod validate {
     pub use crate::data::problem::{MAX_SEQ, MaskKinds, Problem};
 }

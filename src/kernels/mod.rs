@@ -140,7 +140,6 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
 
 #[cfg(feature = "test-hooks")]
 /// Every module source the crate can build for the given variants (for the naga test).
-#[doc(hidden)]
 pub fn all_sources_for(variants: &[(ShaderVariant, bool)]) -> Vec<(String, String)> {
     let mut out = vec![
         (
@@ -246,10 +245,17 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [Binding]
     }
 }
 
+/// `(binding number, WGSL name, writable)` of an entry point's bindings.
 #[cfg(feature = "test-hooks")]
+pub type BindingRows = Vec<(u32, &'static str, bool)>;
+
+/// `(WGSL field name, byte offset)` of a parameter block's fields.
+#[cfg(feature = "test-hooks")]
+pub type FieldOffsets = Vec<(String, usize)>;
+
 /// The bindings of every entry point, by module kind, for the naga test.
-#[doc(hidden)]
-pub fn binding_table() -> Vec<(&'static str, &'static str, Vec<(u32, &'static str, bool)>)> {
+#[cfg(feature = "test-hooks")]
+pub fn binding_table() -> Vec<(&'static str, &'static str, BindingRows)> {
     let list = |b: &[Binding]| {
         b.iter()
             .map(|b| (b.number, b.name, b.slot.writes()))
@@ -332,7 +338,7 @@ pub(crate) fn spec(key: &ModuleKey, entry: &'static str) -> PipelineSpec {
 #[cfg(feature = "test-hooks")]
 /// Every parameter block's WGSL struct name, size and `(field, offset)` list, for the test
 /// that checks each against naga's layout of its WGSL mirror.
-pub fn param_layouts() -> Vec<(&'static str, usize, Vec<(String, usize)>)> {
+pub fn param_layouts() -> Vec<(&'static str, usize, FieldOffsets)> {
     vec![
         (
             "Params",

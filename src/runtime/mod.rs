@@ -321,7 +321,7 @@ impl Runtime {
         a.head += need;
         let ring = a.ring.clone().ok_or_else(|| poisoned("the ring"))?;
         drop(a);
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(&ring, offset, bytes);
         } else {
             let mut padded = bytes.to_vec();
