@@ -18,7 +18,6 @@ use crate::ops;
 use crate::ops::attention::call_buffers;
 use crate::plan::dispatch::{DeviceCaps, Plan};
 use crate::plan::tuning::ShapeBucket;
-use crate::plan::variant::{ModuleKey, ShaderVariant};
 use crate::runtime::open::{self, backends_from_env};
 use crate::runtime::submit::Waiting;
 use crate::runtime::{ResourceCounts, Runtime};
@@ -250,26 +249,9 @@ impl Context {
         opts: &AttentionOptions,
     ) -> Result<Plan> {
         let (_, plan, split) = ops::attention::plan(self.rt(), [q, k, v], None, opts)?;
-        let variant = plan.variant;
-        let key = ModuleKey::Attention {
-            variant,
-            counters: false,
-        };
-        let entries: &[&'static str] = match variant {
-            ShaderVariant::Naive => &["scores", "softmax", "pv"],
-            _ => &["main"],
-        };
-        let mut keys: Vec<(ModuleKey, &'static str)> = entries.iter().map(|e| (key, *e)).collect();
-        let bool_mask = opts.mask.bool_mask.as_ref();
-        if variant.is_flash() && bool_mask.is_some_and(|b| b.summary.is_none()) {
-            keys.push((ModuleKey::Summary, "main"));
-        }
-        if plan.key_splits > 1 || split.is_some_and(|s| s.keys.len() > 1) {
-            keys.push((ModuleKey::Merge, "main"));
-        }
-        for (k, e) in keys {
+        for (key, entry) in ops::attention::pipelines(&plan, split.as_ref(), opts) {
             self.rt()
-                .pipeline_async(k, e, || kernels::spec(&k, e))
+                .pipeline_async(key, entry, || kernels::spec(&key, entry))
                 .await?;
         }
         Ok(plan)

@@ -212,21 +212,31 @@ pub(crate) mod bindings {
         &[P, QB, KB, MB, BB, AB, b(SCRATCH, "scratch", Slot::Write)];
     pub const NAIVE_SOFTMAX: &[Binding] = &[P, AB, b(SCRATCH, "scratch", Slot::Write), LB];
     pub const NAIVE_PV: &[Binding] = &[P, VB, OB, AB, b(SCRATCH, "scratch", Slot::Write)];
+    /// The block summary's mask and its output words.
+    pub const SUMMARY_MASK: u32 = 1;
+    pub const SUMMARY_OUT: u32 = 2;
     /// `shaders/block_summary.wgsl`.
     pub const SUMMARY: &[Binding] = &[
-        b(0, "S", Slot::Params),
-        b(1, "mask", Slot::Read),
-        b(2, "out", Slot::Write),
+        b(PARAMS, "S", Slot::Params),
+        b(SUMMARY_MASK, "mask", Slot::Read),
+        b(SUMMARY_OUT, "out", Slot::Write),
     ];
+    /// The merge's inputs A and B (outputs and log-sum-exps) and its outputs.
+    pub const MERGE_OA: u32 = 1;
+    pub const MERGE_LA: u32 = 2;
+    pub const MERGE_OB: u32 = 3;
+    pub const MERGE_LB: u32 = 4;
+    pub const MERGE_OUT: u32 = 5;
+    pub const MERGE_LSE_OUT: u32 = 6;
     /// `shaders/merge.wgsl`.
     pub const MERGE: &[Binding] = &[
-        b(0, "M", Slot::Params),
-        b(1, "oa", Slot::Read),
-        b(2, "la", Slot::Read),
-        b(3, "ob", Slot::Read),
-        b(4, "lb", Slot::Read),
-        b(5, "out", Slot::Write),
-        b(6, "lse_out", Slot::Write),
+        b(PARAMS, "M", Slot::Params),
+        b(MERGE_OA, "oa", Slot::Read),
+        b(MERGE_LA, "la", Slot::Read),
+        b(MERGE_OB, "ob", Slot::Read),
+        b(MERGE_LB, "lb", Slot::Read),
+        b(MERGE_OUT, "out", Slot::Write),
+        b(MERGE_LSE_OUT, "lse_out", Slot::Write),
     ];
 }
 

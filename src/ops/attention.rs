@@ -10,7 +10,7 @@ use crate::kernels::{attention, flash, memeff, merge, naive};
 use crate::plan::dispatch::Plan;
 use crate::plan::split::{Layout, PartRows, Split};
 use crate::plan::validate;
-use crate::plan::variant::ShaderVariant;
+use crate::plan::variant::{ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
 
 /// Every buffer an attention call reads or writes, with the tensor it holds.
@@ -57,6 +57,32 @@ pub(crate) fn plan(
     let layout = Layout::new(&p, [q, k, v], out, opts).for_plan(&plan);
     let split = split(rt, &layout, &mut plan)?;
     Ok((p, plan, split))
+}
+
+/// Every pipeline a call with this plan records (for [`crate::Context::prepare`]).
+pub(crate) fn pipelines(
+    plan: &Plan,
+    split: Option<&Split>,
+    opts: &AttentionOptions,
+) -> Vec<(ModuleKey, &'static str)> {
+    let variant = plan.variant;
+    let key = ModuleKey::Attention {
+        variant,
+        counters: false,
+    };
+    let entries: &[&'static str] = match variant {
+        ShaderVariant::Naive => &["scores", "softmax", "pv"],
+        _ => &["main"],
+    };
+    let mut keys: Vec<(ModuleKey, &'static str)> = entries.iter().map(|e| (key, *e)).collect();
+    let bool_mask = opts.mask.bool_mask.as_ref();
+    if variant.is_flash() && bool_mask.is_some_and(|b| b.summary.is_none()) {
+        keys.push((ModuleKey::Summary, "main"));
+    }
+    if plan.key_splits > 1 || split.is_some_and(|s| s.keys.len() > 1) {
+        keys.push((ModuleKey::Merge, "main"));
+    }
+    keys
 }
 
 /// An output written through scratch because it shares its buffer with an input: wgpu

@@ -7,7 +7,7 @@ pub(crate) mod params;
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
 use crate::kernels::attention::{self, Window};
-use crate::kernels::spec;
+use crate::kernels::{bindings, spec};
 use crate::plan::variant::ModuleKey;
 use crate::runtime::Runtime;
 use crate::runtime::arena::{MAX_BINDINGS, Range};
@@ -198,12 +198,12 @@ pub(crate) fn record(
     let n = (batch * heads * seq * dv) as u64;
     let dummy = || (rt.dummy().clone(), 0, 16);
     let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
-    e[1] = Some(wa.range());
-    e[2] = Some(wla.range());
-    e[3] = Some(wb.as_ref().map_or_else(dummy, Window::range));
-    e[4] = Some(wlb.as_ref().map_or_else(dummy, Window::range));
-    e[5] = Some(wo.range());
-    e[6] = Some(
+    e[bindings::MERGE_OA as usize] = Some(wa.range());
+    e[bindings::MERGE_LA as usize] = Some(wla.range());
+    e[bindings::MERGE_OB as usize] = Some(wb.as_ref().map_or_else(dummy, Window::range));
+    e[bindings::MERGE_LB as usize] = Some(wlb.as_ref().map_or_else(dummy, Window::range));
+    e[bindings::MERGE_OUT as usize] = Some(wo.range());
+    e[bindings::MERGE_LSE_OUT as usize] = Some(
         wlo.as_ref()
             .map_or_else(|| (rt.dummy_rw().clone(), 0, 16), Window::range),
     );
@@ -217,7 +217,7 @@ pub(crate) fn record(
         }
         p.wg_x = c.x;
         let (ring, off) = rt.ring_write(bytemuck::bytes_of(&p))?;
-        e[0] = Some((ring, 0, std::mem::size_of::<MergeParams>() as u64));
+        e[bindings::PARAMS as usize] = Some((ring, 0, std::mem::size_of::<MergeParams>() as u64));
         let bg = rt.bind_group(&compiled, e.clone())?;
         attention::dispatch(
             encoder,

@@ -7,7 +7,7 @@ use crate::data::block_mask::BlockMask;
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
 use crate::gate::Gated;
-use crate::kernels::{attention, spec};
+use crate::kernels::{attention, bindings, spec};
 use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
 use crate::plan::variant::ModuleKey;
 use crate::runtime::Runtime;
@@ -105,9 +105,9 @@ fn record_one(
         };
         let (ring, off) = rt.ring_write(bytemuck::bytes_of(&params))?;
         let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
-        e[0] = Some((ring, 0, std::mem::size_of::<SummaryParams>() as u64));
-        e[1] = Some(w.range());
-        e[2] = Some((out.clone(), 0, out.size()));
+        e[bindings::PARAMS as usize] = Some((ring, 0, std::mem::size_of::<SummaryParams>() as u64));
+        e[bindings::SUMMARY_MASK as usize] = Some(w.range());
+        e[bindings::SUMMARY_OUT as usize] = Some((out.clone(), 0, out.size()));
         let bg = rt.bind_group(&compiled, e)?;
         attention::dispatch(
             encoder,
