@@ -13,12 +13,15 @@ pub(crate) mod merge;
 pub(crate) mod naive;
 pub(crate) mod summary;
 
+use crate::error::Result;
 use crate::kernels::attention::params::AttnParams;
 use crate::kernels::merge::params::MergeParams;
 use crate::kernels::summary::params::SummaryParams;
 use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
 use crate::plan::variant::{ModuleKey, ShaderVariant};
-use crate::runtime::pipeline::{Binding, PipelineSpec};
+use crate::runtime::Runtime;
+use crate::runtime::arena::{MAX_BINDINGS, Range};
+use crate::runtime::pipeline::{Binding, Compiled, PipelineSpec};
 
 /// Shader files, embedded at build time.
 pub mod sources {
@@ -332,6 +335,25 @@ fn warm_params(key: &ModuleKey) -> Vec<u8> {
         })
         .to_vec(),
     }
+}
+
+/// Records one dispatch of a kernel whose only dynamic binding is its parameter block (the
+/// block summary, the merge): `params` into the ring, the kept bind group over `entries`,
+/// the pass.
+pub(crate) fn launch_with_params<P: bytemuck::Pod>(
+    rt: &Runtime,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    compiled: &Compiled,
+    params: &P,
+    mut entries: [Option<Range>; MAX_BINDINGS],
+    (x, y): (u32, u32),
+) -> Result<()> {
+    let (ring, off) = rt.ring_write(bytemuck::bytes_of(params))?;
+    entries[bindings::PARAMS as usize] = Some((ring, 0, std::mem::size_of::<P>() as u64));
+    let bg = rt.bind_group(compiled, entries)?;
+    attention::dispatch(encoder, label, compiled, &bg, &[off], x, y);
+    Ok(())
 }
 
 /// Everything the runtime needs to build `entry` of `key`'s module.

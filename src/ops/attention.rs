@@ -120,6 +120,37 @@ pub(crate) fn stage(
     })
 }
 
+/// `out` and `lse`, each staged where `shares` says it shares a buffer with an input.
+pub(crate) fn stage_outputs(
+    rt: &Runtime,
+    encoder: &mut wgpu::CommandEncoder,
+    out: &TensorView,
+    lse: Option<&TensorView>,
+    shares: impl Fn(&TensorView) -> bool,
+) -> Result<[Option<Staged>; 2]> {
+    let o = match shares(out) {
+        true => Some(stage(
+            rt,
+            encoder,
+            out,
+            TensorRole::Output,
+            "wgpu-attention staged output",
+        )?),
+        false => None,
+    };
+    let l = match lse {
+        Some(l) if shares(l) => Some(stage(
+            rt,
+            encoder,
+            l,
+            TensorRole::Lse,
+            "wgpu-attention staged lse",
+        )?),
+        _ => None,
+    };
+    Ok([o, l])
+}
+
 impl Staged {
     pub(crate) fn unstage(&self, encoder: &mut wgpu::CommandEncoder) {
         let (buffer, start, size) = &self.back;
@@ -155,28 +186,9 @@ pub(crate) fn record(
         return Err(Error::backend("tile counting needs the flash backend"));
     }
     log::debug!("wgpu-attention {}: {plan}", opts.mask.describe());
-    let inputs = [q, k, v];
-    let staged_o = if shares_input(out, inputs, opts) {
-        Some(stage(
-            rt,
-            encoder,
-            out,
-            TensorRole::Output,
-            "wgpu-attention staged output",
-        )?)
-    } else {
-        None
-    };
-    let staged_l = match &opts.lse_output {
-        Some(l) if shares_input(l, inputs, opts) => Some(stage(
-            rt,
-            encoder,
-            l,
-            TensorRole::Lse,
-            "wgpu-attention staged lse",
-        )?),
-        _ => None,
-    };
+    let [staged_o, staged_l] = stage_outputs(rt, encoder, out, opts.lse_output.as_ref(), |w| {
+        shares_input(w, [q, k, v], opts)
+    })?;
     let staged_opts;
     let opts = match &staged_l {
         Some(s) => {

@@ -4,7 +4,7 @@
 use crate::data::tensor::TensorView;
 use crate::error::{Error, Result, TensorRole};
 use crate::kernels::merge;
-use crate::ops::attention::stage;
+use crate::ops::attention::stage_outputs;
 use crate::plan::split::binding_size;
 use crate::plan::split::{self, Part};
 use crate::runtime::Runtime;
@@ -23,27 +23,7 @@ pub(crate) fn record(
             .iter()
             .any(|(o, l)| o.buffer == w.buffer || l.buffer == w.buffer)
     };
-    let staged_o = if shares(out) {
-        Some(stage(
-            rt,
-            encoder,
-            out,
-            TensorRole::Output,
-            "wgpu-attention staged output",
-        )?)
-    } else {
-        None
-    };
-    let staged_l = match lse_out {
-        Some(l) if shares(l) => Some(stage(
-            rt,
-            encoder,
-            l,
-            TensorRole::Lse,
-            "wgpu-attention staged lse",
-        )?),
-        _ => None,
-    };
+    let [staged_o, staged_l] = stage_outputs(rt, encoder, out, lse_out, shares)?;
     let out = staged_o.as_ref().map_or(out, |s| &s.view);
     let lse_out = staged_l.as_ref().map(|s| &s.view).or(lse_out);
     record_tiles(rt, encoder, parts, out, lse_out)?;

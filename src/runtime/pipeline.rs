@@ -131,14 +131,8 @@ impl PipelineCache {
         }
         let spec = spec();
         let (compiled, scope) = self.build(device, key, &spec);
-        if let Some(Some(e)) = ready(scope) {
-            return Err(Error::device_msg(
-                format!("compiling {}", spec.label),
-                chain(&e),
-            ));
-        }
-        self.warm(device, queue, &spec, &compiled)?;
-        self.insert((key, entry), compiled)
+        let error = ready(scope).flatten();
+        self.finish(device, queue, &spec, compiled, error)
     }
 
     /// [`PipelineCache::get`], waiting for wgpu's verdict on the compilation.
@@ -155,14 +149,27 @@ impl PipelineCache {
         }
         let spec = spec();
         let (compiled, scope) = self.build(device, key, &spec);
-        if let Some(e) = scope.await {
+        let error = scope.await;
+        self.finish(device, queue, &spec, compiled, error)
+    }
+
+    /// Keeps a new pipeline that wgpu raised no `error` for (after its warm-up run).
+    fn finish(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        spec: &PipelineSpec,
+        compiled: Compiled,
+        error: Option<wgpu::Error>,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(e) = error {
             return Err(Error::device_msg(
                 format!("compiling {}", spec.label),
                 chain(&e),
             ));
         }
-        self.warm(device, queue, &spec, &compiled)?;
-        self.insert((key, entry), compiled)
+        self.warm(device, queue, spec, &compiled)?;
+        self.insert(compiled.key, compiled)
     }
 
     #[cfg(not(target_arch = "wasm32"))]

@@ -378,9 +378,55 @@ pub(crate) fn bind_group(
     rt.bind_group(compiled, e)
 }
 
-/// Writes the parameter block of one dispatch into the ring; returns the ring and offset.
-pub(crate) fn write_params(rt: &Runtime, params: &AttnParams) -> Result<(wgpu::Buffer, u32)> {
-    rt.ring_write(bytemuck::bytes_of(params))
+/// Records an attention kernel over `n` workgroups, in as many dispatches as the adapter's
+/// grid limits need (each told its first workgroup and count).
+pub(crate) fn launch_grid(
+    rt: &Runtime,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    compiled: &Compiled,
+    bound: &Bound,
+    n: u64,
+    scratch: Option<Range>,
+) -> Result<()> {
+    for c in split_grid(n, rt.caps().max_workgroups_per_dim)? {
+        let params = AttnParams {
+            row_start: c.start,
+            row_count: c.count,
+            wg_x: c.x,
+            ..bound.params
+        };
+        let s = scratch.clone();
+        launch(rt, encoder, label, compiled, bound, &params, s, (c.x, c.y))?;
+    }
+    Ok(())
+}
+
+/// Records one dispatch of an attention kernel over `bound`: its parameter block into the
+/// ring, its (kept) bind group, the pass.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch(
+    rt: &Runtime,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    compiled: &Compiled,
+    bound: &Bound,
+    params: &AttnParams,
+    scratch: Option<Range>,
+    (x, y): (u32, u32),
+) -> Result<()> {
+    let (ring, off) = rt.ring_write(bytemuck::bytes_of(params))?;
+    let bg = bind_group(rt, compiled, bound, &ring, scratch)?;
+    dispatch(
+        encoder,
+        label,
+        compiled,
+        &bg,
+        &[off, bound.aux.offset],
+        x,
+        y,
+    );
+    Ok(())
 }
 
 /// Records one compute pass: `compiled` with `bind_group` (at the dynamic `offsets` of its

@@ -35,24 +35,7 @@ pub(crate) fn record(
     let compiled = rt.pipeline(key, "main", || spec(&key, "main"))?;
     let n_qt = (p.seq_q as u64).div_ceil(variant.block_q() as u64);
     let n = p.batch as u64 * p.heads_q as u64 * n_qt;
-    let chunks = attention::split_grid(n, rt.caps().max_workgroups_per_dim)?;
-    for c in chunks {
-        let mut params = bound.params;
-        params.row_start = c.start;
-        params.row_count = c.count;
-        params.wg_x = c.x;
-        let (ring, off) = attention::write_params(rt, &params)?;
-        let scratch = counter.map(|c| (c.clone(), 0, c.size()));
-        let bg = attention::bind_group(rt, &compiled, bound, &ring, scratch)?;
-        attention::dispatch(
-            encoder,
-            "wgpu-attention flash",
-            &compiled,
-            &bg,
-            &[off, bound.aux.offset],
-            c.x,
-            c.y,
-        );
-    }
-    Ok(())
+    let scratch = counter.map(|c| (c.clone(), 0, c.size()));
+    let label = "wgpu-attention flash";
+    attention::launch_grid(rt, encoder, label, &compiled, bound, n, scratch)
 }

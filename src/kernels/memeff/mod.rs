@@ -43,25 +43,15 @@ fn dispatch(
     };
     let compiled = rt.pipeline(key, "main", || spec(&key, "main"))?;
     let n = p.batch as u64 * p.heads_q as u64 * p.seq_q as u64 * splits as u64;
-    let chunks = attention::split_grid(n, rt.caps().max_workgroups_per_dim)?;
-    for c in chunks {
-        let mut params = bound.params;
-        params.row_start = c.start;
-        params.row_count = c.count;
-        params.wg_x = c.x;
-        let (ring, off) = attention::write_params(rt, &params)?;
-        let bg = attention::bind_group(rt, &compiled, bound, &ring, None)?;
-        attention::dispatch(
-            encoder,
-            "wgpu-attention memeff",
-            &compiled,
-            &bg,
-            &[off, bound.aux.offset],
-            c.x,
-            c.y,
-        );
-    }
-    Ok(())
+    attention::launch_grid(
+        rt,
+        encoder,
+        "wgpu-attention memeff",
+        &compiled,
+        bound,
+        n,
+        None,
+    )
 }
 
 /// The decode path: partial outputs and log-sum-exps of every key split go to f32 scratch

@@ -7,7 +7,7 @@ pub(crate) mod params;
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
 use crate::kernels::attention::{self, Window};
-use crate::kernels::{bindings, spec};
+use crate::kernels::{bindings, launch_with_params, spec};
 use crate::plan::variant::ModuleKey;
 use crate::runtime::Runtime;
 use crate::runtime::arena::{MAX_BINDINGS, Range};
@@ -216,18 +216,8 @@ pub(crate) fn record(
             ));
         }
         p.wg_x = c.x;
-        let (ring, off) = rt.ring_write(bytemuck::bytes_of(&p))?;
-        e[bindings::PARAMS as usize] = Some((ring, 0, std::mem::size_of::<MergeParams>() as u64));
-        let bg = rt.bind_group(&compiled, e.clone())?;
-        attention::dispatch(
-            encoder,
-            "wgpu-attention merge",
-            &compiled,
-            &bg,
-            &[off],
-            c.x,
-            c.y,
-        );
+        let label = "wgpu-attention merge";
+        launch_with_params(rt, encoder, label, &compiled, &p, e.clone(), (c.x, c.y))?;
     }
     Ok(())
 }

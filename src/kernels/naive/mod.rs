@@ -69,18 +69,9 @@ pub(crate) fn record(
             params.row_count = rows as u32;
             params.wg_x = c.x;
             params.scratch_stride = p.seq_k as u32;
-            let (ring, off) = attention::write_params(rt, &params)?;
             let s = Some((scratch.clone(), 0, bytes));
-            let bg = attention::bind_group(rt, comp, bound, &ring, s)?;
-            attention::dispatch(
-                encoder,
-                "wgpu-attention naive",
-                comp,
-                &bg,
-                &[off, bound.aux.offset],
-                c.x,
-                c.y,
-            );
+            let label = "wgpu-attention naive";
+            attention::launch(rt, encoder, label, comp, bound, &params, s, (c.x, c.y))?;
         }
         row += rows;
     }

@@ -7,7 +7,7 @@ use crate::data::block_mask::BlockMask;
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
 use crate::gate::Gated;
-use crate::kernels::{attention, bindings, spec};
+use crate::kernels::{attention, bindings, launch_with_params, spec};
 use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
 use crate::plan::variant::ModuleKey;
 use crate::runtime::Runtime;
@@ -103,21 +103,11 @@ fn record_one(
             blk_base: c.start,
             _pad: 0,
         };
-        let (ring, off) = rt.ring_write(bytemuck::bytes_of(&params))?;
         let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
-        e[bindings::PARAMS as usize] = Some((ring, 0, std::mem::size_of::<SummaryParams>() as u64));
         e[bindings::SUMMARY_MASK as usize] = Some(w.range());
         e[bindings::SUMMARY_OUT as usize] = Some((out.clone(), 0, out.size()));
-        let bg = rt.bind_group(&compiled, e)?;
-        attention::dispatch(
-            encoder,
-            "wgpu-attention block summary",
-            &compiled,
-            &bg,
-            &[off],
-            c.x,
-            c.y,
-        );
+        let label = "wgpu-attention block summary";
+        launch_with_params(rt, encoder, label, &compiled, &params, e, (c.x, c.y))?;
     }
     Ok(())
 }
