@@ -26,6 +26,8 @@ fn record_counted(
     [q, k, v, out]: [&TensorView; 4],
     opts: &AttentionOptions,
 ) -> (u64, u64) {
+    // Our own use of the device: under its lock (on GL the context serialises its work).
+    let _held = ctx.lock_device();
     let before = ctx.created_resources();
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     ctx.record_attention(&mut enc, q, k, v, out, opts).unwrap();
@@ -131,6 +133,7 @@ fn a_kv_cache_decode_step_creates_nothing_once_warm() {
             v_all[bh].extend_from_slice(&vh[bh * d..(bh + 1) * d]);
         }
         for (t, x) in [(&k, &kh), (&v, &vh), (&q, &qh)] {
+            let _held = ctx.lock_device();
             ctx.queue()
                 .write_buffer(t.buffer(), 0, bytemuck::cast_slice(x));
         }
@@ -182,6 +185,7 @@ fn calls_recorded_into_one_encoder_read_their_own_parameters() {
     let k = ctx.upload_f32(&kh, [1, 1, sk, d]).unwrap();
     let v = ctx.upload_f32(&vh, [1, 1, sk, d]).unwrap();
     let out = ctx.empty([1, 1, calls, d], DType::F32).unwrap();
+    let held = ctx.lock_device();
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     for i in 0..calls {
         let row = out.view().narrowed(2, i, 1);
@@ -190,6 +194,7 @@ fn calls_recorded_into_one_encoder_read_their_own_parameters() {
             .unwrap();
     }
     ctx.queue().submit([enc.finish()]);
+    drop(held);
     let got = ctx.download_f32_blocking(out.view()).unwrap();
     for len in 1..=sk {
         let want = reference::attention(

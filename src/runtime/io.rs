@@ -89,6 +89,7 @@ impl Runtime {
             (staging, scope.pop())
         };
         if let Some(e) = scope.await {
+            let _held = self.hold();
             return Err(self.device_error(
                 "downloading a tensor",
                 &e,

@@ -277,13 +277,24 @@ impl Runtime {
         entry: &'static str,
         spec: impl FnOnce() -> PipelineSpec,
     ) -> Result<Arc<Compiled>> {
-        // No gate is held across the await: only GL has one, and its futures are ready.
-        let fut = {
+        // The device work happens under the gate; only the scope's pop is awaited.
+        let started = {
             let _held = self.hold();
-            self.cache
-                .get_async(&self.device, &self.queue, key, entry, spec)
+            self.cache.start(&self.device, key, entry, spec)?
         };
-        fut.await
+        match started {
+            pipeline::Started::Cached(c) => Ok(c),
+            pipeline::Started::Built {
+                compiled,
+                spec,
+                scope,
+            } => {
+                let error = scope.await;
+                let _held = self.hold();
+                self.cache
+                    .finish(&self.device, &self.queue, &spec, compiled, error)
+            }
+        }
     }
 
     /// Writes `bytes` into the next slot of the ring; returns the ring and the slot's
@@ -294,7 +305,7 @@ impl Runtime {
             .max(16);
         let need = (bytes.len() as u64).max(16).next_multiple_of(align);
         let mut a = self.lock_arena()?;
-        if a.ring.is_none() || need.saturating_mul(arena::RING_CALLS) > a.ring_size {
+        if !a.fits(need, self.caps.max_buffer_size) {
             let size = Arena::ring_size_for(need).min(self.caps.max_buffer_size);
             if need > size {
                 return Err(Error::limit("max_buffer_size", need, size));

@@ -66,6 +66,22 @@ pub(crate) struct Compiled {
     pub key: (ModuleKey, &'static str),
 }
 
+/// A pipeline [`PipelineCache::start`] found or built.
+pub(crate) enum Started {
+    Cached(Arc<Compiled>),
+    Built {
+        compiled: Compiled,
+        spec: PipelineSpec,
+        scope: ScopeFuture,
+    },
+}
+
+/// An error scope's pop, boxed (`Send` where wgpu's is: not on the web).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>> + Send>>;
+#[cfg(target_arch = "wasm32")]
+pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
+
 /// Compiled pipelines, keyed by module and entry point.
 #[derive(Debug, Default)]
 pub(crate) struct PipelineCache {
@@ -117,7 +133,7 @@ impl PipelineCache {
 
     /// The pipeline for `(key, entry)`, built from `spec()` on first use. Does not block: a
     /// compilation error that wgpu cannot report at once (on the web) goes to the device's
-    /// uncaptured-error handler; [`PipelineCache::get_async`] waits for it instead.
+    /// uncaptured-error handler; [`PipelineCache::start`] lets a caller wait for it instead.
     pub(crate) fn get(
         &self,
         device: &wgpu::Device,
@@ -135,26 +151,30 @@ impl PipelineCache {
         self.finish(device, queue, &spec, compiled, error)
     }
 
-    /// [`PipelineCache::get`], waiting for wgpu's verdict on the compilation.
-    pub(crate) async fn get_async(
+    /// The first half of [`PipelineCache::get`] for callers that wait for wgpu's verdict:
+    /// the cached pipeline, or a new one with its error scope's pop to await (the device
+    /// work done here, where the caller holds the device; see [`crate::gate`]).
+    pub(crate) fn start(
         &self,
         device: &wgpu::Device,
-        queue: &wgpu::Queue,
         key: ModuleKey,
         entry: &'static str,
         spec: impl FnOnce() -> PipelineSpec,
-    ) -> Result<Arc<Compiled>> {
+    ) -> Result<Started> {
         if let Some(c) = self.cached(&(key, entry))? {
-            return Ok(c);
+            return Ok(Started::Cached(c));
         }
         let spec = spec();
         let (compiled, scope) = self.build(device, key, &spec);
-        let error = scope.await;
-        self.finish(device, queue, &spec, compiled, error)
+        Ok(Started::Built {
+            compiled,
+            spec,
+            scope: Box::pin(scope),
+        })
     }
 
     /// Keeps a new pipeline that wgpu raised no `error` for (after its warm-up run).
-    fn finish(
+    pub(crate) fn finish(
         &self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,

@@ -129,6 +129,8 @@ impl Runtime {
         let merr = oom.await;
         let out = res?;
         if let Some(e) = verr.or(merr) {
+            // Naming a foreign buffer probes the device: under the gate.
+            let _held = self.hold();
             return Err(self.device_error(what, &e, &buffers()));
         }
         Ok(out)
