@@ -240,7 +240,10 @@ impl Context {
 
     /// Compiles every pipeline a call with these views and options needs, waiting for the
     /// driver's verdict, and returns its plan: the explicit warm-up for the calls you will
-    /// record. Where a driver compiles late (the web), recording then never compiles.
+    /// record. The call is planned with the contiguous output [`Context::attention`] would
+    /// allocate; an output of another layout that makes the call split over chunks of keys
+    /// compiles the merge kernel when first recorded. Where a driver compiles late (the
+    /// web), recording a prepared call then never compiles.
     pub async fn prepare(
         &self,
         q: &TensorView,
@@ -797,17 +800,29 @@ impl Context {
         let rt = self.rt();
         let counter = {
             let _held = rt.hold();
-            rt.create_buffer_init(
-                "wgpu-attention tile counter",
-                bytemuck::cast_slice(&[0u32; 4]),
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            Gated::new(
+                rt.create_buffer_init(
+                    "wgpu-attention tile counter",
+                    bytemuck::cast_slice(&[0u32; 4]),
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                ),
+                rt.gate().cloned(),
             )
         };
         let buffers = || call_buffers(q, k, v, Some(out), opts);
         pollster::block_on(rt.submit_scoped("counting tiles", buffers, |rt, enc| {
-            ops::attention::record(rt, enc, q, k, v, out, opts, Some(&counter))
+            ops::attention::record(rt, enc, q, k, v, out, opts, Some(&*counter))
         }))?;
-        let view = TensorView::new(counter, DType::F32, [1, 1, 1, 4], [4, 4, 4, 1], 0);
+        let view = Gated::new(
+            TensorView::new(
+                (*counter).clone(),
+                DType::F32,
+                [1, 1, 1, 4],
+                [4, 4, 4, 1],
+                0,
+            ),
+            rt.gate().cloned(),
+        );
         let words = pollster::block_on(rt.read_bytes(&view, Waiting::Block))?;
         let w: Vec<u32> = words
             .chunks_exact(4)

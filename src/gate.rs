@@ -96,6 +96,13 @@ impl<T> Drop for Gated<T> {
 /// so that several contexts over one GL device are serialised against each other too.
 /// Keyed by the device's hash (its id); a collision would only serialise two devices.
 pub(crate) fn device_gate(device: &wgpu::Device) -> Arc<Gate> {
+    device_gate_or(device, None)
+}
+
+/// [`device_gate`], where a device seen for the first time gets `gate` (the gate of the
+/// instance that opened it), so that a context a caller later builds over the same device
+/// shares it.
+pub(crate) fn device_gate_or(device: &wgpu::Device, gate: Option<Arc<Gate>>) -> Arc<Gate> {
     use std::hash::{Hash, Hasher};
     static GATES: Mutex<Vec<(u64, std::sync::Weak<Gate>)>> = Mutex::new(Vec::new());
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -111,7 +118,7 @@ pub(crate) fn device_gate(device: &wgpu::Device) -> Arc<Gate> {
     {
         return g;
     }
-    let gate = Arc::new(Gate::default());
+    let gate = gate.unwrap_or_default();
     gates.push((key, Arc::downgrade(&gate)));
     gate
 }

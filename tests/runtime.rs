@@ -353,3 +353,40 @@ fn the_async_core_runs_under_any_executor() {
     );
     assert_close(&got, &want, DType::F32, "async");
 }
+
+/// One call that writes more parameter slots than half the ring (here: a device whose
+/// bindings hold 8 KiB, so the naive backend runs one query row per chunk, thousands of
+/// dispatches) moves on to a fresh ring instead of overwriting its own slots.
+#[test]
+fn a_call_larger_than_the_ring_never_overwrites_its_own_slots() {
+    let (info, device, queue) = common::own_device(|l| wgpu::Limits {
+        max_storage_buffer_binding_size: 8 << 10,
+        ..l
+    });
+    let ctx = Context::from_device(device, queue, &info);
+    let (b, h, sq, sk, d) = (1, 2, 8192, 1024, 1);
+    let qh = random(b * h * sq * d, 21);
+    let (kh, vh) = (random(b * h * sk * d, 22), random(b * h * sk * d, 23));
+    let q = ctx.upload_f32(&qh, [b, h, sq, d]).unwrap();
+    let k = ctx.upload_f32(&kh, [b, h, sk, d]).unwrap();
+    let v = ctx.upload_f32(&vh, [b, h, sk, d]).unwrap();
+    let out = common::nan_output(&ctx, [b, h, sq, d], DType::F32);
+    let opts = AttentionOptions::default().backend(Backend::Naive);
+    let before = ctx.created_resources();
+    ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)
+        .unwrap();
+    let rings = ctx.created_resources().buffers - before.buffers;
+    assert!(
+        rings >= 3,
+        "{rings} buffers: the call should have needed fresh rings"
+    );
+    let want = reference::attention(
+        &host(&qh, [b, h, sq, d]),
+        &host(&kh, [b, h, sk, d]),
+        &host(&vh, [b, h, sk, d]),
+        1.0,
+        &HostMask::default(),
+    );
+    let got = ctx.download_f32_blocking(out.view()).unwrap();
+    assert_close(&got, &want, DType::F32, "naive, one row per chunk");
+}

@@ -246,7 +246,6 @@ impl TensorView {
         Ok(())
     }
 
-    /// Checks that no two elements of the view share memory (for outputs).
     /// The bytes `offset..end` from this view's first element to just past its last.
     pub fn byte_range(&self) -> std::ops::Range<u64> {
         self.offset..self.end_byte().unwrap_or(u64::MAX)
@@ -259,6 +258,7 @@ impl TensorView {
         self.buffer == other.buffer && a.start < b.end && b.start < a.end
     }
 
+    /// Checks that no two elements of the view share memory (for outputs).
     pub(crate) fn check_no_overlap(&self, role: TensorRole) -> Result<()> {
         // Sort dimensions by stride; each stride must exceed the extent of all smaller ones.
         let mut dims: Vec<usize> = (0..4).filter(|&i| self.shape[i] > 1).collect();

@@ -12,6 +12,7 @@ use crate::plan::split::{Layout, PartRows, Split};
 use crate::plan::validate;
 use crate::plan::variant::{ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
+use crate::runtime::arena::CallScope;
 
 /// Every buffer an attention call reads or writes, with the tensor it holds.
 pub(crate) fn call_buffers<'a>(
@@ -76,7 +77,8 @@ pub(crate) fn pipelines(
     };
     let mut keys: Vec<(ModuleKey, &'static str)> = entries.iter().map(|e| (key, *e)).collect();
     let bool_mask = opts.mask.bool_mask.as_ref();
-    if variant.is_flash() && bool_mask.is_some_and(|b| b.summary.is_none()) {
+    // The parts of a split call compute their own summaries.
+    if variant.is_flash() && bool_mask.is_some_and(|b| b.summary.is_none() || split.is_some()) {
         keys.push((ModuleKey::Summary, "main"));
     }
     if plan.key_splits > 1 || split.is_some_and(|s| s.keys.len() > 1) {
@@ -181,6 +183,7 @@ pub(crate) fn record(
     opts: &AttentionOptions,
     counter: Option<&wgpu::Buffer>,
 ) -> Result<Plan> {
+    let _call = CallScope::begin();
     let (p, plan, split) = plan(rt, [q, k, v], Some(out), opts)?;
     if counter.is_some() && !plan.variant.is_flash() {
         return Err(Error::backend("tile counting needs the flash backend"));

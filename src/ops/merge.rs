@@ -8,6 +8,7 @@ use crate::ops::attention::stage_outputs;
 use crate::plan::split::binding_size;
 use crate::plan::split::{self, Part};
 use crate::runtime::Runtime;
+use crate::runtime::arena::CallScope;
 
 /// Validates a merge and records it.
 pub(crate) fn record(
@@ -17,6 +18,7 @@ pub(crate) fn record(
     out: &TensorView,
     lse_out: Option<&TensorView>,
 ) -> Result<()> {
+    let _call = CallScope::begin();
     merge::validate(parts, out, lse_out)?;
     let shares = |w: &TensorView| {
         parts

@@ -13,6 +13,11 @@
 //! (a new buffer, once) when a larger write comes. A call split into parts writes two or
 //! three slots per part.
 //!
+//! One call never overwrites its own slots: a call (a split one, a naive one over many row
+//! chunks) that would write more than half the ring moves on to a fresh ring. Aux words
+//! larger than [`AUX_IN_RING_MAX`] bytes (varlen batches of hundreds of sequences) get a
+//! buffer of their own instead of ring slots.
+//!
 //! Scratch is written and read by the GPU within one call's commands, so encoders may share
 //! it in any order.
 
@@ -26,6 +31,61 @@ pub const RING_CALLS: u64 = 1024;
 const RING_MIN_BYTES: u64 = 4 << 20;
 /// Slots per call the ring makes room for.
 const SLOTS_PER_CALL: u64 = 4;
+/// The largest aux words (bytes) written into the ring; larger ones get a buffer of their
+/// own, so the ring stays at 4 MiB.
+pub(crate) const AUX_IN_RING_MAX: u64 = 1024;
+
+thread_local! {
+    /// Ring bytes written by the call this thread is recording, if any.
+    static CALL_BYTES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The ring bytes of one recorded call: from [`CallScope::begin`] until it is dropped,
+/// [`CallScope::add`] counts this thread's writes (nested calls count as one).
+pub(crate) struct CallScope {
+    outer: bool,
+}
+
+impl CallScope {
+    pub(crate) fn begin() -> CallScope {
+        let outer = CALL_BYTES.with(|c| {
+            let outer = c.get().is_none();
+            if outer {
+                c.set(Some(0));
+            }
+            outer
+        });
+        CallScope { outer }
+    }
+
+    /// Counts `need` bytes; returns the call's bytes so far (0 outside a call).
+    pub(crate) fn add(need: u64) -> u64 {
+        CALL_BYTES.with(|c| match c.get() {
+            Some(n) => {
+                c.set(Some(n + need));
+                n + need
+            }
+            None => 0,
+        })
+    }
+
+    /// Starts the count again (the call moved to a fresh ring).
+    pub(crate) fn restart(need: u64) {
+        CALL_BYTES.with(|c| {
+            if c.get().is_some() {
+                c.set(Some(need));
+            }
+        });
+    }
+}
+
+impl Drop for CallScope {
+    fn drop(&mut self) {
+        if self.outer {
+            CALL_BYTES.with(|c| c.set(None));
+        }
+    }
+}
 /// Bind groups kept (with the buffers they bind) before the cache starts over.
 pub const BIND_GROUPS_KEPT: usize = 1024;
 /// The most bindings a pipeline has (binding numbers 0..=9).

@@ -298,15 +298,20 @@ impl Runtime {
     }
 
     /// Writes `bytes` into the next slot of the ring; returns the ring and the slot's
-    /// offset (see [`arena`] for the ring's contract).
+    /// offset (see [`arena`] for the ring's contract). Within one recorded call (see
+    /// [`arena::CallScope`]) the ring never laps: a call that would write more than half of
+    /// it moves on to a fresh ring.
     pub(crate) fn ring_write(&self, bytes: &[u8]) -> Result<(wgpu::Buffer, u32)> {
         let align = (self.limits.min_uniform_buffer_offset_alignment as u64)
             .max(self.limits.min_storage_buffer_offset_alignment as u64)
             .max(16);
         let need = (bytes.len() as u64).max(16).next_multiple_of(align);
         let mut a = self.lock_arena()?;
-        if !a.fits(need, self.caps.max_buffer_size) {
-            let size = Arena::ring_size_for(need).min(self.caps.max_buffer_size);
+        let in_call = arena::CallScope::add(need);
+        if !a.fits(need, self.caps.max_buffer_size) || in_call > a.ring_size / 2 {
+            let size = Arena::ring_size_for(need)
+                .max(a.ring_size)
+                .min(self.caps.max_buffer_size);
             if need > size {
                 return Err(Error::limit("max_buffer_size", need, size));
             }
@@ -324,6 +329,7 @@ impl Runtime {
             a.ring = Some(ring);
             a.ring_size = size;
             a.head = 0;
+            arena::CallScope::restart(need);
         }
         if a.head + need > a.ring_size {
             a.head = 0;
@@ -357,6 +363,11 @@ impl Runtime {
             return Err(Error::limit("max_buffer_size", bytes, max));
         }
         let size = bytes.next_power_of_two().min(max).max(bytes);
+        // Bind groups of the buffer this one replaces would keep it alive.
+        if let Some(old) = a.scratch.get(purpose).cloned() {
+            a.groups
+                .retain(|k, _| !k.entries.iter().flatten().any(|(b, ..)| *b == old));
+        }
         let b = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(purpose),
             size,

@@ -94,7 +94,8 @@ pub(crate) async fn open(
         }
     };
     let info = adapter.get_info();
-    let rt_gate = (info.backend == wgpu::Backend::Gl).then(|| gate.clone());
+    let rt_gate = (info.backend == wgpu::Backend::Gl)
+        .then(|| gate::device_gate_or(&device, Some(gate.clone())));
     let rt = Runtime::new(device, queue, &info, checks, rt_gate, &coop_props);
     drop(adapter);
     Ok(rt)

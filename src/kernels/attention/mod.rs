@@ -14,7 +14,7 @@ use crate::kernels::bindings;
 use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
 use crate::plan::split::{PartRows, binding_extent};
 use crate::runtime::Runtime;
-use crate::runtime::arena::{MAX_BINDINGS, Range};
+use crate::runtime::arena::{AUX_IN_RING_MAX, MAX_BINDINGS, Range};
 use crate::runtime::pipeline::Compiled;
 use params::{AttnParams, flags};
 
@@ -199,7 +199,15 @@ pub(crate) fn bind(
     }
     aux.resize(aux.len().max(4), 0);
     let host_bytes = (aux.len() * 4) as u64;
-    let (ring, ring_off) = rt.ring_write(bytemuck::cast_slice(&aux))?;
+    // Long aux words (varlen batches of hundreds of sequences) get a buffer of their own:
+    // the ring's slots stay small.
+    let (ring, ring_off) = if host_bytes > AUX_IN_RING_MAX {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let own = rt.create_buffer_init("wgpu-attention aux", bytemuck::cast_slice(&aux), usage);
+        (own, 0)
+    } else {
+        rt.ring_write(bytemuck::cast_slice(&aux))?
+    };
     let aux = match summary {
         None => Aux {
             buffer: ring,

@@ -105,7 +105,8 @@ fn record_one(
         };
         let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
         e[bindings::SUMMARY_MASK as usize] = Some(w.range());
-        e[bindings::SUMMARY_OUT as usize] = Some((out.clone(), 0, out.size()));
+        let words = (out_off + n) as u64 * 4;
+        e[bindings::SUMMARY_OUT as usize] = Some((out.clone(), 0, words));
         let label = "wgpu-attention block summary";
         launch_with_params(rt, encoder, label, &compiled, &params, e, (c.x, c.y))?;
     }
@@ -134,6 +135,7 @@ pub(crate) fn create(
         ));
     }
     view.check_memory(TensorRole::BoolMask, wgpu::BufferUsages::STORAGE)?;
+    let _call = crate::runtime::arena::CallScope::begin();
     let (_, _, n) = counts(view);
     let buffer = rt.create_buffer(&wgpu::BufferDescriptor {
         label: Some("wgpu-attention block mask"),
