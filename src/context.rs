@@ -288,27 +288,13 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<Plan> {
-        self.record_counted(encoder, q, k, v, out, opts, None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record_counted(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        q: &TensorView,
-        k: &TensorView,
-        v: &TensorView,
-        out: &TensorView,
-        opts: &AttentionOptions,
-        counter: Option<&wgpu::Buffer>,
-    ) -> Result<Plan> {
         let rt = self.rt();
         // Errors wgpu raises while this call records (a buffer of another device among the
         // views) are this call's, not the caller's encoder's.
         rt.record_scoped(
             "recording attention",
             || call_buffers(q, k, v, Some(out), opts),
-            || ops::attention::record(rt, encoder, q, k, v, out, opts, counter),
+            || ops::attention::record(rt, encoder, q, k, v, out, opts, None),
         )
     }
 

@@ -51,7 +51,9 @@ pub(crate) fn window(rt: &Runtime, view: &TensorView, role: TensorRole) -> Resul
     })
 }
 
-fn strides(view: &TensorView, w: &Window) -> [u32; 5] {
+/// A view's element offset within its window and its strides (b, h, s, d), as the shaders
+/// read them: 0 for a dimension of size 1, so it broadcasts.
+pub(crate) fn strides(view: &TensorView, w: &Window) -> [u32; 5] {
     let s = |i: usize| {
         if view.shape[i] > 1 {
             view.strides[i] as u32

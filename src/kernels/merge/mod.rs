@@ -123,17 +123,6 @@ fn window_parts(
     Ok(w)
 }
 
-fn view_strides(v: &TensorView, w: &Window) -> [u32; 5] {
-    let s = |i: usize| {
-        if v.shape[i] > 1 {
-            v.strides[i] as u32
-        } else {
-            0
-        }
-    };
-    [w.elem_off, s(0), s(1), s(2), s(3)]
-}
-
 /// Records one merge dispatch of `a` (and `b`) into `out` (and `lse_out`).
 pub(crate) fn record(
     rt: &Runtime,
@@ -158,9 +147,9 @@ pub(crate) fn record(
         Some(l) => Some(attention::window(rt, l, TensorRole::Lse)?),
         None => None,
     };
-    let sa = view_strides(a.o, &wa);
-    let sla = view_strides(a.lse, &wla);
-    let so = view_strides(out, &wo);
+    let sa = attention::strides(a.o, &wa);
+    let sla = attention::strides(a.lse, &wla);
+    let so = attention::strides(out, &wo);
     let mut p = MergeParams {
         batch: batch as u32,
         heads: heads as u32,
@@ -174,15 +163,15 @@ pub(crate) fn record(
         ..Default::default()
     };
     if let (Some(b), Some(wb), Some(wlb)) = (&b, &wb, &wlb) {
-        let sb = view_strides(b.o, wb);
-        let slb = view_strides(b.lse, wlb);
+        let sb = attention::strides(b.o, wb);
+        let slb = attention::strides(b.lse, wlb);
         p.n_b = b.parts;
         p.flags |= b.o.dtype.code() << 2;
         p.b = [sb[0], b.o_part_stride, sb[1], sb[2], sb[3], sb[4]];
         p.lb = [slb[0], b.lse_part_stride, slb[1], slb[2], slb[3]];
     }
     if let (Some(l), Some(w)) = (lse_out, &wlo) {
-        let s = view_strides(l, w);
+        let s = attention::strides(l, w);
         p.lo = [s[0], s[1], s[2], s[3]];
         p.flags |= 64;
     }

@@ -81,16 +81,10 @@ fn record_one(
     let (nqb, nkb, n) = counts(view);
     let key = ModuleKey::Summary;
     let compiled = rt.pipeline(key, "main", || spec(&key, "main"))?;
-    let st = |i: usize| {
-        if view.shape[i] > 1 {
-            view.strides[i] as u32
-        } else {
-            0
-        }
-    };
+    let m = attention::strides(view, &w);
     for c in attention::split_grid(n as u64, rt.caps().max_workgroups_per_dim)? {
         let params = SummaryParams {
-            m: [w.elem_off, st(0), st(1), st(2), st(3)],
+            m,
             mb: view.shape[0] as u32,
             mh: view.shape[1] as u32,
             seq_q: view.shape[2] as u32,
