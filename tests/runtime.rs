@@ -53,25 +53,45 @@ fn warm_calls_create_no_buffer_and_no_bind_group() {
     let n = |s: [usize; 4]| s.iter().product::<usize>();
     let mask_data = common::random_bool(64 * 64, 7, 0.5);
     let mask = ctx.upload_bool(&mask_data, [1, 1, 64, 64]).unwrap();
-    let bias = ctx.upload_f32(&random(64 * 64, 8), [1, 1, 64, 64]).unwrap();
-    // (name, q rows, keys, mask, backend): the decode call of a KV cache, a 64x64 call, a
-    // bool mask (its block summary goes through scratch), a bias, and every backend.
-    let cases: Vec<(&str, usize, usize, Mask, Backend)> = vec![
+    let bias_data = random(64 * 64, 8);
+    let bias = ctx.upload_f32(&bias_data, [1, 1, 64, 64]).unwrap();
+    let lengths = [1000u32];
+    // (name, q rows, keys, mask, its reference, backend): the decode call of a KV cache, a
+    // 64x64 call, a bool mask (its block summary goes through scratch), a bias, and every
+    // backend.
+    let cases: Vec<(&str, usize, usize, Mask, HostMask, Backend)> = vec![
         (
             "decode",
             1,
             1024,
             Mask::none()
                 .causal(CausalAlignment::BottomRight)
-                .key_lengths(vec![1000]),
+                .key_lengths(lengths.to_vec()),
+            HostMask {
+                causal: true,
+                alignment: CausalAlignment::BottomRight,
+                key_lengths: Some(&lengths),
+                ..Default::default()
+            },
             Backend::Auto,
         ),
-        ("64x64", 64, 64, Mask::none(), Backend::Auto),
+        (
+            "64x64",
+            64,
+            64,
+            Mask::none(),
+            HostMask::default(),
+            Backend::Auto,
+        ),
         (
             "bool mask",
             64,
             64,
             Mask::none().bool_mask(mask.view().clone()),
+            HostMask {
+                bool_mask: Some((&mask_data, [1, 1, 64, 64])),
+                ..Default::default()
+            },
             Backend::Flash,
         ),
         (
@@ -79,12 +99,30 @@ fn warm_calls_create_no_buffer_and_no_bind_group() {
             64,
             64,
             Mask::none().bias(bias.view().clone()),
+            HostMask {
+                bias: Some(host(&bias_data, [1, 1, 64, 64])),
+                ..Default::default()
+            },
             Backend::Auto,
         ),
-        ("memeff", 64, 64, Mask::none(), Backend::MemoryEfficient),
-        ("naive", 7, 59, Mask::none(), Backend::Naive),
+        (
+            "memeff",
+            64,
+            64,
+            Mask::none(),
+            HostMask::default(),
+            Backend::MemoryEfficient,
+        ),
+        (
+            "naive",
+            7,
+            59,
+            Mask::none(),
+            HostMask::default(),
+            Backend::Naive,
+        ),
     ];
-    for (name, sq, sk, mask, backend) in cases {
+    for (name, sq, sk, mask, host_mask, backend) in cases {
         let (qs, ks) = ([b, h, sq, d], [b, h, sk, d]);
         let (qh, kh, vh) = (random(n(qs), 1), random(n(ks), 2), random(n(ks), 3));
         let q = ctx.upload_f32(&qh, qs).unwrap();
@@ -96,6 +134,13 @@ fn warm_calls_create_no_buffer_and_no_bind_group() {
         // The first call compiles and allocates; the second may still fill a cache.
         run_recorded(&ctx, views, &opts);
         run_recorded(&ctx, views, &opts);
+        // The warm calls write an output poisoned with NaN.
+        {
+            let _held = ctx.lock_device();
+            let nan = vec![f32::NAN; n(qs)];
+            ctx.queue()
+                .write_buffer(out.buffer(), 0, bytemuck::cast_slice(&nan));
+        }
         for i in 0..3 {
             assert_eq!(
                 record_counted(&ctx, views, &opts),
@@ -103,12 +148,18 @@ fn warm_calls_create_no_buffer_and_no_bind_group() {
                 "{name}: warm call {i} created buffers or bind groups"
             );
         }
-        let got = ctx.download_f32_blocking(out.view()).unwrap();
         let after = ctx.created_resources();
         assert!(after.buffers > 0 && after.bind_groups > 0, "{after:?}");
         // The warm calls are still right.
-        let plan = ctx.plan(q.view(), k.view(), v.view(), &opts).unwrap();
-        assert!(!got.is_empty(), "{name}: {plan}");
+        let got = ctx.download_f32_blocking(out.view()).unwrap();
+        let want = reference::attention(
+            &host(&qh, qs),
+            &host(&kh, ks),
+            &host(&vh, ks),
+            1.0 / (d as f64).sqrt(),
+            &host_mask,
+        );
+        assert_close(&got, &want, DType::F32, name);
     }
 }
 
@@ -118,7 +169,7 @@ fn a_kv_cache_decode_step_creates_nothing_once_warm() {
     let (b, h, d, cap) = (2, 4, 32, 64);
     let mut cache = KvCache::new(&ctx, b, h, cap, d, DType::F32).unwrap();
     let (mut k_all, mut v_all) = (vec![Vec::new(); b * h], vec![Vec::new(); b * h]);
-    let out = ctx.empty([b, h, 1, d], DType::F32).unwrap();
+    let out = common::nan_output(&ctx, [b, h, 1, d], DType::F32);
     // A decode loop writes each step's new rows and query into buffers it reuses.
     let k = ctx.empty([b, h, 1, d], DType::F32).unwrap();
     let v = ctx.empty([b, h, 1, d], DType::F32).unwrap();
@@ -184,7 +235,7 @@ fn calls_recorded_into_one_encoder_read_their_own_parameters() {
     let q = ctx.upload_f32(&qh, [1, 1, 1, d]).unwrap();
     let k = ctx.upload_f32(&kh, [1, 1, sk, d]).unwrap();
     let v = ctx.upload_f32(&vh, [1, 1, sk, d]).unwrap();
-    let out = ctx.empty([1, 1, calls, d], DType::F32).unwrap();
+    let out = common::nan_output(&ctx, [1, 1, calls, d], DType::F32);
     let held = ctx.lock_device();
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     for i in 0..calls {
@@ -389,4 +440,38 @@ fn a_call_larger_than_the_ring_never_overwrites_its_own_slots() {
     );
     let got = ctx.download_f32_blocking(out.view()).unwrap();
     assert_close(&got, &want, DType::F32, "naive, one row per chunk");
+}
+
+/// An output that shares its buffer with an input is written through scratch, which needs
+/// the buffer's copy usages: without them the call is an input error naming the output,
+/// not a wgpu panic or validation error.
+#[test]
+fn a_shared_output_without_copy_usage_is_a_typed_error() {
+    use wgpu_attention::error::{InputProblem, TensorRole};
+    let ctx = common::ctx();
+    let (b, h, s, d) = (1, 2, 7, 16);
+    let n = b * h * s * d;
+    let page = {
+        let _held = ctx.lock_device();
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("storage only"),
+            size: (4 * n * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let at = |i: usize| {
+        TensorView::bhsd(page.clone(), DType::F32, [b, h, s, d]).with_offset((i * n * 4) as u64)
+    };
+    let err = ctx
+        .attention_into_blocking(&at(0), &at(1), &at(2), &at(3), &AttentionOptions::default())
+        .unwrap_err();
+    let Error::InvalidInput(e) = &err else {
+        panic!("expected an input error, got {err:?}");
+    };
+    assert_eq!(e.tensor, TensorRole::Output, "{err}");
+    assert!(
+        matches!(e.problem, InputProblem::MissingUsage { .. }),
+        "{err}"
+    );
 }
