@@ -451,15 +451,16 @@ fn a_shared_output_without_copy_usage_is_a_typed_error() {
     let ctx = common::ctx();
     let (b, h, s, d) = (1, 2, 7, 16);
     let n = b * h * s * d;
-    let page = {
-        let _held = ctx.lock_device();
-        ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("storage only"),
-            size: (4 * n * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
+    // A buffer of our own, made and dropped under the device lock: on GL every context of
+    // the process shares one EGL context, and a buffer destroyed without the lock while
+    // another test thread works makes wgpu-hal panic (`BadAccess`).
+    let held = ctx.lock_device();
+    let page = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("storage only"),
+        size: (4 * n * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
     let at = |i: usize| {
         TensorView::bhsd(page.clone(), DType::F32, [b, h, s, d]).with_offset((i * n * 4) as u64)
     };
@@ -474,4 +475,6 @@ fn a_shared_output_without_copy_usage_is_a_typed_error() {
         matches!(e.problem, InputProblem::MissingUsage { .. }),
         "{err}"
     );
+    drop(page);
+    drop(held);
 }
