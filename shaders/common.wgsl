@@ -49,8 +49,10 @@ const DT_V: u32 = 20u;
 const DT_O: u32 = 22u;
 const DT_BIAS: u32 = 24u;
 
-// The most negative finite f32: logits below it (-inf) count as masked.
-const LOWEST: f32 = -3.40282347e38;
+// The most negative finite f32: logits below it (-inf) count as masked. Written with the
+// fewest digits that round to it: browsers' WGSL compilers refuse a literal past f32's range
+// (-3.40282347e38 is one, by a hair) where naga rounds it.
+const LOWEST: f32 = -3.4028234e38;
 // The bits of -inf (WGSL has no infinite literals).
 const NEG_INF_BITS: u32 = 0xff800000u;
 
@@ -243,7 +245,11 @@ fn logit_extra(b: u32, h: u32, i: u32, j: u32, rc: RowCtx) -> f32 {
 // The terms of logit (i, j) that are read from memory, for a key inside the row's analytic
 // range: the bias, or -inf where the bool mask (tile state 2: mixed) hides the key.
 fn loaded_extra(b: u32, h: u32, i: u32, j: u32, state: u32) -> f32 {
-    if (state == 2u && !bool_mask_at(b, h, i, j)) { return bitcast<f32>(NEG_INF_BITS); }
+    if (state == 2u && !bool_mask_at(b, h, i, j)) {
+        // Through a variable: browsers' WGSL compilers refuse -inf as a constant expression.
+        var neg_inf = NEG_INF_BITS;
+        return bitcast<f32>(neg_inf);
+    }
     return bias_at(b, h, i, j);
 }
 

@@ -77,7 +77,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let b = bh / M.heads;
     if (b >= M.batch) { return; }
     let n = min(M.n_a + M.n_b, MAX_PARTS);
-    var mx = -3.40282347e38;
+    var mx = -3.4028234e38;
     var any = false;
     for (var p = 0u; p < n; p++) {
         let bits = part_lse_bits(p, b, h, i);

@@ -309,6 +309,11 @@ impl Context {
         out: &TensorView,
         opts: &AttentionOptions,
     ) -> Result<Plan> {
+        // The browser reports a pipeline's compile errors only asynchronously: wait for the
+        // verdict on the pipelines this call needs (cached after the first call), so that a
+        // shader the browser refuses is a device error naming it, not an invalid dispatch.
+        #[cfg(target_arch = "wasm32")]
+        self.prepare(q, k, v, opts).await?;
         let buffers = || call_buffers(q, k, v, Some(out), opts);
         self.rt()
             .submit_scoped("running attention", buffers, |rt, enc| {

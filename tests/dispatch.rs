@@ -454,3 +454,57 @@ fn unrolled(v: ShaderVariant) -> UnrolledTile {
         other => panic!("expected the unrolled kernel, got {other:?}"),
     }
 }
+
+/// WebGPU's default limits allow exactly the 8 storage buffers a fused kernel binds; a device
+/// that allows fewer gets the naive kernel (6), with the reason, and below that a limit error.
+#[test]
+fn storage_buffer_limits_route_to_naive_then_refuse() {
+    use wgpu_attention::dispatch::{FUSED_STORAGE_BUFFERS, NAIVE_STORAGE_BUFFERS};
+    let p = Problem::new(1, 8, 128, 128, 64);
+    let opts = AttentionOptions::default();
+    let webgpu = DeviceCaps::webgpu_default();
+    assert_eq!(webgpu.max_storage_buffers, FUSED_STORAGE_BUFFERS);
+    assert_eq!(plan(&p, &webgpu, &opts).unwrap().backend, Backend::Flash);
+    let seven = DeviceCaps {
+        max_storage_buffers: FUSED_STORAGE_BUFFERS - 1,
+        ..webgpu.clone()
+    };
+    let naive = plan(&p, &seven, &opts).unwrap();
+    assert_eq!(naive.backend, Backend::Naive);
+    assert!(
+        naive.reason.contains("8 storage buffers per stage; the device allows 7"),
+        "{}",
+        naive.reason
+    );
+    for forced in [Backend::Flash, Backend::MemoryEfficient, Backend::Decode] {
+        let e = plan(&p, &seven, &AttentionOptions::default().backend(forced)).unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{forced:?}: {e}");
+        assert!(e.to_string().contains("storage buffers"), "{forced:?}: {e}");
+    }
+    let too_few = DeviceCaps {
+        max_storage_buffers: NAIVE_STORAGE_BUFFERS - 1,
+        ..webgpu
+    };
+    let e = plan(&p, &too_few, &opts).unwrap_err();
+    assert!(
+        e.to_string().contains("max_storage_buffers_per_shader_stage"),
+        "{e}"
+    );
+}
+
+/// On a browser's WebGPU without subgroups the reason says why rows are not split.
+#[test]
+fn the_reason_speaks_of_webgpu_in_the_browser() {
+    let caps = DeviceCaps {
+        browser: true,
+        ..DeviceCaps::webgpu_default()
+    };
+    let p = plan(
+        &Problem::new(1, 8, 128, 128, 64),
+        &caps,
+        &AttentionOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.backend, Backend::Flash);
+    assert!(p.reason.contains("no subgroups"), "{}", p.reason);
+}

@@ -405,3 +405,24 @@ fn binding_table_matches_the_wgsl() {
     }
     assert!(checked > 40, "{checked}");
 }
+
+/// The dispatcher's storage-buffer counts (which keep every kernel within WebGPU's default
+/// of 8 per stage) are the binding table's: every entry point binds one uniform (its
+/// parameter block) and the rest storage.
+#[test]
+fn storage_buffer_counts_match_the_binding_table() {
+    use wgpu_attention::dispatch::{FUSED_STORAGE_BUFFERS, NAIVE_STORAGE_BUFFERS};
+    use wgpu_attention::test_hooks::binding_table;
+    let (mut fused, mut naive) = (0, 0);
+    for (kind, entry, rows) in binding_table() {
+        let storage = rows.len() as u32 - 1;
+        match kind {
+            "attention+counters" => continue, // the test hooks' debug counters
+            "naive" => naive = naive.max(storage),
+            _ => fused = fused.max(storage),
+        }
+        assert!(storage <= 8, "{kind} {entry}: {storage} storage buffers");
+    }
+    assert_eq!(fused, FUSED_STORAGE_BUFFERS);
+    assert_eq!(naive, NAIVE_STORAGE_BUFFERS);
+}

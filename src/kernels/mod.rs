@@ -362,6 +362,7 @@ pub(crate) fn spec(key: &ModuleKey, entry: &'static str) -> PipelineSpec {
         label: format!("wgpu-attention {key:?} {entry}"),
         source: module_source(key),
         entry,
+        subgroups: matches!(key, ModuleKey::Attention { variant, .. } if variant.subgroups()),
         bindings: entry_bindings(key, entry),
         warm_params: warm_params(key),
     }

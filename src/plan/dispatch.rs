@@ -102,6 +102,9 @@ pub struct DeviceCaps {
     /// SwiftShader; not on GL, see [`DeviceCaps::with_adapter_info`]). The flash defaults
     /// then favour many rows per thread.
     pub cpu: bool,
+    /// The device is a browser's WebGPU (`wgpu::Backend::BrowserWebGpu`): the plan's reason
+    /// then says what WebGPU's rules decided.
+    pub browser: bool,
     /// A CPU adapter whose shader compiler loads every storage and workgroup-memory value
     /// one SIMD lane at a time (lavapipe from Mesa 22 or older). Each K/V read is then so
     /// costly that one thread per row, with no subgroup split, wins.
@@ -139,6 +142,7 @@ impl DeviceCaps {
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             ),
             cpu: false,
+            browser: false,
             cpu_serial_loads: false,
         }
     }
@@ -158,6 +162,7 @@ impl DeviceCaps {
             self.subgroup_max_size = 32;
         }
         self.cpu = info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Gl;
+        self.browser = info.backend == wgpu::Backend::BrowserWebGpu;
         self.cpu_serial_loads =
             self.cpu && mesa_major(&info.driver_info).is_some_and(|v| v <= MESA_SERIAL_LOADS_UP_TO);
         self
@@ -251,6 +256,7 @@ pub fn flash_variant(
     caps: &DeviceCaps,
     opts: &AttentionOptions,
 ) -> Result<ShaderVariant, String> {
+    fused_buffers_fit("flash", caps)?;
     let max = *FLASH_HEAD_DIMS.last().unwrap_or(&0);
     let dk = bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| {
         format!(
@@ -409,6 +415,7 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
     if !caps.subgroup {
         return Err("the cooperative-matrix kernel needs subgroups".into());
     }
+    fused_buffers_fit("the cooperative-matrix kernel", caps)?;
     // Lanes per row (subgroup size / fragment) must not exceed the fragment, or a lane would
     // hold no column of it.
     if caps.subgroup_min_size != caps.subgroup_max_size
@@ -452,6 +459,7 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
 
 /// The memory-efficient variant for a problem, or why there is none.
 pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, String> {
+    fused_buffers_fit("memory-efficient", caps)?;
     let max = *MEMEFF_HEAD_DIMS.last().unwrap_or(&0);
     let dk = bucket(&MEMEFF_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| {
         format!(
@@ -483,6 +491,25 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         ));
     }
     Ok(v)
+}
+
+/// Storage buffers one stage of the fused kernels (flash, memory-efficient, decode) binds: Q,
+/// K, V, O, the bool mask, the bias, the aux words and the log-sum-exp. WebGPU's default
+/// `max_storage_buffers_per_shader_stage` is exactly this; unused ones get a dummy buffer.
+pub const FUSED_STORAGE_BUFFERS: u32 = 8;
+/// The most storage buffers a pass of the naive kernel binds (Q, K, the bool mask, the bias,
+/// the aux words and the scores).
+pub const NAIVE_STORAGE_BUFFERS: u32 = 6;
+
+/// Whether the device lets a stage bind the fused kernels' storage buffers.
+fn fused_buffers_fit(kernel: &str, caps: &DeviceCaps) -> Result<(), String> {
+    if caps.max_storage_buffers < FUSED_STORAGE_BUFFERS {
+        return Err(format!(
+            "{kernel} binds {FUSED_STORAGE_BUFFERS} storage buffers per stage; the device allows {}",
+            caps.max_storage_buffers
+        ));
+    }
+    Ok(())
 }
 
 /// The naive variant (always available; it loops over head dims at run time).
@@ -630,6 +657,8 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     ", subgroup reductions on"
                 } else if caps.cpu_serial_loads {
                     ", one thread per row (this driver loads memory one lane at a time)"
+                } else if caps.browser && !caps.subgroup {
+                    ", one thread per row (this WebGPU device has no subgroups to split rows across)"
                 } else {
                     ""
                 };
@@ -672,6 +701,13 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
             },
         },
     };
+    if out.backend == Backend::Naive && caps.max_storage_buffers < NAIVE_STORAGE_BUFFERS {
+        return Err(Error::limit(
+            "max_storage_buffers_per_shader_stage",
+            NAIVE_STORAGE_BUFFERS as u64,
+            caps.max_storage_buffers as u64,
+        ));
+    }
     if out.variant.workgroup_storage() > caps.max_workgroup_storage {
         return Err(Error::limit(
             "max_compute_workgroup_storage_size",

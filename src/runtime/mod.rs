@@ -152,7 +152,11 @@ impl Runtime {
         drop(held);
         let warm_up = gate.is_some();
         Runtime {
-            cache: PipelineCache::new(checks, warm_up),
+            cache: PipelineCache::new(
+                checks,
+                warm_up,
+                info.backend == wgpu::Backend::BrowserWebGpu,
+            ),
             gate,
             device,
             queue,

@@ -50,6 +50,8 @@ pub(crate) struct PipelineSpec {
     pub label: String,
     pub source: String,
     pub entry: &'static str,
+    /// The module calls subgroup builtins.
+    pub subgroups: bool,
     pub bindings: &'static [Binding],
     /// A parameter block for a one-element problem (the warm-up run, native GL only).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -92,6 +94,10 @@ pub(crate) struct PipelineCache {
     /// dispatch (llvmpipe under GL) compiles here rather than inside a caller's submit.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     warm_up: bool,
+    /// The shaders go to a browser's WebGPU, whose WGSL compiler wants an `enable
+    /// subgroups;` directive before subgroup builtins (naga, on every other backend, does
+    /// not know the directive and refuses it).
+    browser: bool,
 }
 
 /// The output of a future that is already complete, without waiting: wgpu's native
@@ -110,11 +116,16 @@ fn poisoned() -> Error {
 }
 
 impl PipelineCache {
-    pub(crate) fn new(checks: Option<wgpu::ShaderRuntimeChecks>, warm_up: bool) -> Self {
+    pub(crate) fn new(
+        checks: Option<wgpu::ShaderRuntimeChecks>,
+        warm_up: bool,
+        browser: bool,
+    ) -> Self {
         PipelineCache {
             map: Mutex::default(),
             checks,
             warm_up,
+            browser,
         }
     }
 
@@ -227,9 +238,14 @@ impl PipelineCache {
         let label = &spec.label;
         log::debug!("compiling pipeline {label}");
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let source = if self.browser && spec.subgroups {
+            format!("enable subgroups;\n{}", spec.source).into()
+        } else {
+            spec.source.as_str().into()
+        };
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(spec.source.as_str().into()),
+            source: wgpu::ShaderSource::Wgsl(source),
         };
         // SAFETY: these are the crate's own shaders. wgpu's bounds checks stay on unless the
         // caller of `Context::from_device_unchecked` / `from_device_with_checks` turned them off

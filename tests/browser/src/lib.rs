@@ -1,0 +1,381 @@
+//! The browser suite: every backend and mask kind on small ragged shapes, f32 and f16, on
+//! three WebGPU devices (the adapter's limits and features; WebGPU's default limits; default
+//! limits and no optional feature), each result NaN-poisoned and checked against the f64
+//! reference; and bad input getting its typed error. `run_suite` logs a line per case and
+//! returns the `RESULT:` line `.ci/browser` looks for. No adapter is a failure.
+
+use half::f16;
+use wasm_bindgen::prelude::*;
+use wgpu_attention::error::{InputProblem, TensorRole};
+use wgpu_attention::reference::{self, HostMask, HostTensor, random_uniform as random};
+use wgpu_attention::{
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, Mask, Tensor, Window, wgpu,
+};
+
+fn log(line: &str) {
+    web_sys::console::log_1(&line.into());
+}
+
+/// |got - want| <= atol + rtol * |want|, per dtype (the native suites' tolerances).
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 2e-3,
+        _ => 1e-5,
+    }
+}
+
+fn round(dtype: DType, x: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        _ => x.to_vec(),
+    }
+}
+
+fn upload(ctx: &Context, x: &[f32], shape: [usize; 4], dtype: DType) -> Result<Tensor, Error> {
+    match dtype {
+        DType::F16 => {
+            let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+            ctx.upload_f16(&h, shape)
+        }
+        _ => ctx.upload_f32(x, shape),
+    }
+}
+
+/// The mask kinds of a case.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    None,
+    CausalTopLeft,
+    CausalBottomRight,
+    KeyLengths,
+    QueryLengths,
+    Window,
+    BoolMask,
+    Bias,
+    Alibi,
+    /// Bottom-right causal, key lengths and a bias at once.
+    Combined,
+}
+
+const KINDS: [Kind; 10] = [
+    Kind::None,
+    Kind::CausalTopLeft,
+    Kind::CausalBottomRight,
+    Kind::KeyLengths,
+    Kind::QueryLengths,
+    Kind::Window,
+    Kind::BoolMask,
+    Kind::Bias,
+    Kind::Alibi,
+    Kind::Combined,
+];
+
+struct Case {
+    backend: Backend,
+    kind: Kind,
+    dtype: DType,
+    /// (batch, query heads, key/value heads, query rows, keys, head dim)
+    shape: (usize, usize, usize, usize, usize, usize),
+}
+
+/// Runs one case; `Ok(max error)` or why it failed.
+async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
+    let (b, hq, hkv, sq, sk, d) = c.shape;
+    let (qs, ks) = ([b, hq, sq, d], [b, hkv, sk, d]);
+    let e = |e: Error| e.to_string();
+    let qh = round(c.dtype, &random(b * hq * sq * d, 1));
+    let kh = round(c.dtype, &random(b * hkv * sk * d, 2));
+    let vh = round(c.dtype, &random(b * hkv * sk * d, 3));
+    let q = upload(ctx, &qh, qs, c.dtype).map_err(e)?;
+    let k = upload(ctx, &kh, ks, c.dtype).map_err(e)?;
+    let v = upload(ctx, &vh, ks, c.dtype).map_err(e)?;
+    let out = upload(ctx, &vec![f32::NAN; b * hq * sq * d], qs, c.dtype).map_err(e)?;
+
+    let key_lengths: Vec<u32> = (0..b).map(|i| (sk - i * sk / 3).max(1) as u32).collect();
+    let query_lengths: Vec<u32> = (0..b).map(|i| (sq - i * sq / 2).max(1) as u32).collect();
+    let window = Window {
+        left: Some(5),
+        right: Some(2),
+    };
+    let bool_shape = [b, 1, sq, sk];
+    let bool_h: Vec<bool> = random(b * sq * sk, 4).iter().map(|&x| x > -0.4).collect();
+    let bias_shape = [1, hq, sq, sk];
+    let bias_h = random(hq * sq * sk, 5);
+    let slopes: Vec<f32> = (0..hq).map(|i| 0.5f32.powi(i as i32 + 1)).collect();
+    let bool_t = ctx.upload_bool(&bool_h, bool_shape).map_err(e)?;
+    let bias_t = ctx.upload_f32(&bias_h, bias_shape).map_err(e)?;
+    let bias_host = HostTensor {
+        data: &bias_h,
+        shape: bias_shape,
+    };
+
+    let mut host = HostMask::default();
+    let mask = match c.kind {
+        Kind::None => Mask::none(),
+        Kind::CausalTopLeft => {
+            host.causal = true;
+            Mask::none().causal(CausalAlignment::TopLeft)
+        }
+        Kind::CausalBottomRight | Kind::Combined => {
+            host.causal = true;
+            host.alignment = CausalAlignment::BottomRight;
+            let m = Mask::none().causal(CausalAlignment::BottomRight);
+            if let Kind::Combined = c.kind {
+                host.key_lengths = Some(&key_lengths);
+                host.bias = Some(bias_host);
+                m.key_lengths(key_lengths.clone())
+                    .bias(bias_t.view().clone())
+            } else {
+                m
+            }
+        }
+        Kind::KeyLengths => {
+            host.key_lengths = Some(&key_lengths);
+            Mask::none().key_lengths(key_lengths.clone())
+        }
+        Kind::QueryLengths => {
+            host.query_lengths = Some(&query_lengths);
+            Mask::none().query_lengths(query_lengths.clone())
+        }
+        Kind::Window => {
+            host.window = Some(window);
+            Mask::none().window(window.left, window.right)
+        }
+        Kind::BoolMask => {
+            host.bool_mask = Some((&bool_h, bool_shape));
+            Mask::none().bool_mask(bool_t.view().clone())
+        }
+        Kind::Bias => {
+            host.bias = Some(bias_host);
+            Mask::none().bias(bias_t.view().clone())
+        }
+        Kind::Alibi => {
+            host.alibi = Some(&slopes);
+            Mask::none().alibi(slopes.clone())
+        }
+    };
+    let opts = AttentionOptions::with_mask(mask).backend(c.backend);
+    ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &opts)
+        .await
+        .map_err(e)?;
+    let got = ctx.download_f32(out.view()).await.map_err(e)?;
+    let want = reference::attention(
+        &HostTensor {
+            data: &qh,
+            shape: qs,
+        },
+        &HostTensor {
+            data: &kh,
+            shape: ks,
+        },
+        &HostTensor {
+            data: &vh,
+            shape: ks,
+        },
+        1.0 / (d as f64).sqrt(),
+        &host,
+    );
+    let tol = tolerance(c.dtype);
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let err = (g as f64 - w).abs();
+        if !(err <= tol + tol * w.abs()) {
+            return Err(format!("element {i}: got {g}, want {w}"));
+        }
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+/// Bad input gets its typed error on WebGPU too.
+async fn bad_input(ctx: &Context) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let q = ctx
+        .upload_f32(&random(2 * 7 * 16, 1), [1, 2, 7, 16])
+        .map_err(e)?;
+    let k = ctx
+        .upload_f32(&random(2 * 9 * 8, 2), [1, 2, 9, 8])
+        .map_err(e)?;
+    let opts = AttentionOptions::default();
+    match ctx.attention(q.view(), k.view(), k.view(), &opts).await {
+        Err(Error::InvalidInput(i)) if i.tensor == TensorRole::Key => {
+            log(&format!("ok   bad input: {}", Error::InvalidInput(i)));
+        }
+        other => return Err(format!("a head-dim mismatch gave {other:?}")),
+    }
+    // The output over the query's bytes.
+    match ctx
+        .attention_into(q.view(), q.view(), q.view(), q.view(), &opts)
+        .await
+    {
+        Err(Error::InvalidInput(i))
+            if i.tensor == TensorRole::Output
+                && matches!(i.problem, InputProblem::OutputAliasesInput { .. }) =>
+        {
+            log(&format!("ok   bad input: {}", Error::InvalidInput(i)));
+        }
+        other => return Err(format!("an output over the query gave {other:?}")),
+    }
+    let big = ctx
+        .upload_f32(&random(4 * 512, 3), [1, 1, 4, 512])
+        .map_err(e)?;
+    match ctx
+        .attention(
+            big.view(),
+            big.view(),
+            big.view(),
+            &opts.clone().backend(Backend::Flash),
+        )
+        .await
+    {
+        Err(err @ Error::Unsupported(_)) => log(&format!("ok   unsupported: {err}")),
+        other => return Err(format!("forced flash at head dim 512 gave {other:?}")),
+    }
+    Ok(())
+}
+
+/// A device of this browser's adapter with WebGPU's default limits.
+async fn default_limits_context(features: wgpu::Features) -> Result<Context, String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::BROWSER_WEBGPU,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions::default())
+        .await
+        .map_err(|e| format!("no WebGPU adapter: {e}"))?;
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("default limits"),
+            required_features: adapter.features() & features,
+            required_limits: wgpu::Limits::default(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("requesting a device: {e}"))?;
+    Ok(Context::from_device(device, queue, &adapter.get_info()))
+}
+
+fn describe(ctx: &Context) -> String {
+    let i = ctx.adapter_info();
+    let c = ctx.caps();
+    format!(
+        "{} ({:?}, {:?}); subgroups {}, shader-f16 {}, {} storage buffers per stage, {} bytes of workgroup memory",
+        i.name,
+        i.backend,
+        i.device_type,
+        c.subgroup,
+        c.shader_f16,
+        c.max_storage_buffers,
+        c.max_workgroup_storage
+    )
+}
+
+/// Runs the suite; returns the `RESULT:` line.
+#[wasm_bindgen]
+pub async fn run_suite() -> String {
+    std::panic::set_hook(Box::new(|p| {
+        web_sys::console::error_1(&format!("RESULT: FAIL (panic: {p})").into());
+    }));
+    let t0 = js_sys::Date::now();
+    let own = match Context::new().await {
+        Ok(c) => c,
+        Err(e) => return format!("RESULT: FAIL (no WebGPU context: {e})"),
+    };
+    let mut devices = vec![("adapter limits", own)];
+    for (name, features) in [
+        ("default limits", wgpu_attention::OPTIONAL_FEATURES),
+        ("default limits, no features", wgpu::Features::empty()),
+    ] {
+        match default_limits_context(features).await {
+            Ok(c) => devices.push((name, c)),
+            Err(e) => return format!("RESULT: FAIL ({name}: {e})"),
+        }
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for (i, (name, ctx)) in devices.iter().enumerate() {
+        log(&format!("device {name}: {}", describe(ctx)));
+        let mut cases = Vec::new();
+        // The first device runs the product; the others every mask kind on the dispatcher's
+        // choice (the limits and features change the choice, not the masks).
+        let backends: &[Backend] = if i == 0 {
+            &[
+                Backend::Auto,
+                Backend::Flash,
+                Backend::MemoryEfficient,
+                Backend::Naive,
+                Backend::Decode,
+            ]
+        } else {
+            &[Backend::Auto]
+        };
+        for &backend in backends {
+            for kind in KINDS {
+                cases.push(Case {
+                    backend,
+                    kind,
+                    dtype: DType::F32,
+                    shape: (2, 4, 2, 7, 59, 16),
+                });
+            }
+            for kind in [Kind::None, Kind::CausalBottomRight, Kind::Bias] {
+                cases.push(Case {
+                    backend,
+                    kind,
+                    dtype: DType::F16,
+                    shape: (1, 2, 1, 59, 113, 64),
+                });
+            }
+        }
+        // A decode step: one query over 1023 keys with padding.
+        cases.push(Case {
+            backend: Backend::Auto,
+            kind: Kind::KeyLengths,
+            dtype: DType::F32,
+            shape: (2, 4, 4, 1, 1023, 64),
+        });
+        for c in &cases {
+            let (b, hq, hkv, sq, sk, d) = c.shape;
+            let label = format!(
+                "{name}: {:?} {:?} {:?} b={b} hq={hq} hkv={hkv} sq={sq} sk={sk} d={d}",
+                c.backend, c.kind, c.dtype
+            );
+            match run_case(ctx, c).await {
+                Ok(err) => {
+                    passed += 1;
+                    log(&format!("ok   {label}: max abs err {err:.2e}"));
+                }
+                Err(why) => {
+                    failed += 1;
+                    log(&format!("FAIL {label}: {why}"));
+                }
+            }
+        }
+        let probe = ctx.upload_f32(&random(2 * 4 * 64 * 64, 9), [2, 4, 64, 64]);
+        if let Ok(t) = probe {
+            match ctx.plan(t.view(), t.view(), t.view(), &AttentionOptions::default()) {
+                Ok(p) => log(&format!("plan on {name} for b=2 h=4 s=64 d=64: {p}")),
+                Err(e) => log(&format!("plan on {name}: {e}")),
+            }
+        }
+        match bad_input(ctx).await {
+            Ok(()) => passed += 1,
+            Err(why) => {
+                failed += 1;
+                log(&format!("FAIL {name}: bad input: {why}"));
+            }
+        }
+    }
+    let secs = (js_sys::Date::now() - t0) / 1e3;
+    if failed == 0 {
+        format!(
+            "RESULT: PASS ({passed} checks on {} devices, {secs:.1} s)",
+            devices.len()
+        )
+    } else {
+        format!(
+            "RESULT: FAIL ({failed} of {} checks failed, {secs:.1} s)",
+            passed + failed
+        )
+    }
+}
