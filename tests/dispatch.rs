@@ -472,7 +472,9 @@ fn storage_buffer_limits_route_to_naive_then_refuse() {
     let naive = plan(&p, &seven, &opts).unwrap();
     assert_eq!(naive.backend, Backend::Naive);
     assert!(
-        naive.reason.contains("8 storage buffers per stage; the device allows 7"),
+        naive
+            .reason
+            .contains("8 storage buffers per stage; the device allows 7"),
         "{}",
         naive.reason
     );
@@ -487,7 +489,8 @@ fn storage_buffer_limits_route_to_naive_then_refuse() {
     };
     let e = plan(&p, &too_few, &opts).unwrap_err();
     assert!(
-        e.to_string().contains("max_storage_buffers_per_shader_stage"),
+        e.to_string()
+            .contains("max_storage_buffers_per_shader_stage"),
         "{e}"
     );
 }

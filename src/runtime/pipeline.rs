@@ -100,6 +100,16 @@ pub(crate) struct PipelineCache {
     browser: bool,
 }
 
+/// A module's WGSL as the device's compiler takes it: a browser's wants `enable subgroups;`
+/// before a module that calls subgroup builtins (naga refuses the directive).
+fn dialect(source: &str, enable_subgroups: bool) -> std::borrow::Cow<'_, str> {
+    if enable_subgroups {
+        format!("enable subgroups;\n{source}").into()
+    } else {
+        source.into()
+    }
+}
+
 /// The output of a future that is already complete, without waiting: wgpu's native
 /// backends resolve error-scope pops at once. `None` when it is not (on the web), where
 /// code that must not block cannot learn the answer now.
@@ -238,11 +248,7 @@ impl PipelineCache {
         let label = &spec.label;
         log::debug!("compiling pipeline {label}");
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let source = if self.browser && spec.subgroups {
-            format!("enable subgroups;\n{}", spec.source).into()
-        } else {
-            spec.source.as_str().into()
-        };
+        let source = dialect(&spec.source, self.browser && spec.subgroups);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source),
@@ -384,4 +390,18 @@ fn warm_up(
     }
     polled.map_err(|e| Error::device(what(), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dialect;
+
+    #[test]
+    fn browsers_get_the_subgroups_directive_first() {
+        let src = "fn f() {}";
+        assert_eq!(dialect(src, false), src);
+        let web = dialect(src, true);
+        assert!(web.starts_with("enable subgroups;\n"), "{web}");
+        assert!(web.ends_with(src));
+    }
 }
