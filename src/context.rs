@@ -18,6 +18,8 @@ use crate::ops;
 use crate::ops::attention::call_buffers;
 use crate::plan::dispatch::{DeviceCaps, Plan};
 use crate::plan::tuning::ShapeBucket;
+#[cfg(target_arch = "wasm32")]
+use crate::plan::variant::ModuleKey;
 use crate::runtime::open::{self, backends_from_env};
 use crate::runtime::submit::Waiting;
 use crate::runtime::{ResourceCounts, Runtime};
@@ -405,6 +407,8 @@ impl Context {
         out: &TensorView,
         lse_out: Option<&TensorView>,
     ) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        self.await_pipeline(ModuleKey::Merge).await?;
         let buffers = || {
             let mut b: Vec<(&wgpu::Buffer, TensorRole)> = Vec::new();
             for (o, l) in parts {
@@ -439,12 +443,24 @@ impl Context {
     /// Computes the block summary of a boolean mask (and submits), for reuse across
     /// calls with [`crate::Mask::bool_mask_with_summary`].
     pub async fn block_mask(&self, mask: &TensorView) -> Result<BlockMask> {
+        #[cfg(target_arch = "wasm32")]
+        self.await_pipeline(ModuleKey::Summary).await?;
         let buffers = || vec![(&mask.buffer, TensorRole::BoolMask)];
         self.rt()
             .submit_scoped("computing a block mask", buffers, |rt, enc| {
                 summary::create(rt, enc, mask)
             })
             .await
+    }
+
+    /// Compiles `key`'s pipeline if it is new and waits for the browser's verdict (see
+    /// [`Context::attention_into`]).
+    #[cfg(target_arch = "wasm32")]
+    async fn await_pipeline(&self, key: ModuleKey) -> Result<()> {
+        self.rt()
+            .pipeline_async(key, "main", || kernels::spec(&key, "main"))
+            .await
+            .map(drop)
     }
 
     /// Waits until the device has finished all submitted work.

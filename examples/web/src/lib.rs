@@ -133,7 +133,8 @@ async fn demo(say: &dyn Fn(String)) -> Result<(), String> {
         )
         .await
     {
-        Err(e) => say(format!("bad input      error: {e}")),
+        Err(e @ Error::InvalidInput(_)) => say(format!("bad input      error: {e}")),
+        Err(e) => return Err(format!("bad input gave another kind of error: {e}")),
         Ok(_) => return Err("bad input was accepted".into()),
     }
     if worst > 1e-5 {

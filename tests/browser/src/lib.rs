@@ -76,6 +76,8 @@ struct Case {
     dtype: DType,
     /// (batch, query heads, key/value heads, query rows, keys, head dim)
     shape: (usize, usize, usize, usize, usize, usize),
+    /// The backend the dispatcher must choose (for `Backend::Auto`).
+    expect: Option<Backend>,
 }
 
 /// Runs one case; `Ok(max error)` or why it failed.
@@ -155,6 +157,15 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
         }
     };
     let opts = AttentionOptions::with_mask(mask).backend(c.backend);
+    if let Some(want) = c.expect {
+        let plan = ctx.plan(q.view(), k.view(), v.view(), &opts).map_err(e)?;
+        if plan.backend != want {
+            return Err(format!(
+                "the dispatcher chose {:?}, not {want:?}",
+                plan.backend
+            ));
+        }
+    }
     ctx.attention_into(q.view(), k.view(), v.view(), out.view(), &opts)
         .await
         .map_err(e)?;
@@ -183,6 +194,62 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
             return Err(format!("element {i}: got {g}, want {w}"));
         }
         worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+/// Q, K, V and the output in one buffer at byte offsets that are not multiples of 256 (as a
+/// pool sub-allocates them): WebGPU binds no buffer read-only and read-write in one
+/// dispatch, so the output goes through scratch.
+async fn shared_page(ctx: &Context) -> Result<f64, String> {
+    let e = |e: Error| e.to_string();
+    let (b, h, s, d) = (1, 2, 7, 16);
+    let n = b * h * s * d;
+    let (qh, kh, vh) = (random(n, 11), random(n, 12), random(n, 13));
+    // [pad 3 | Q | K | V | pad 1 | O]
+    let at = [3, 3 + n, 3 + 2 * n, 4 + 3 * n];
+    let mut page = vec![f32::NAN; 4 + 4 * n];
+    page[at[0]..at[0] + n].copy_from_slice(&qh);
+    page[at[1]..at[1] + n].copy_from_slice(&kh);
+    page[at[2]..at[2] + n].copy_from_slice(&vh);
+    let t = ctx.upload_f32(&page, [1, 1, 1, page.len()]).map_err(e)?;
+    let view = |i: usize| {
+        wgpu_attention::TensorView::bhsd(t.buffer().clone(), DType::F32, [b, h, s, d])
+            .with_offset((at[i] * 4) as u64)
+    };
+    ctx.attention_into(
+        &view(0),
+        &view(1),
+        &view(2),
+        &view(3),
+        &AttentionOptions::default(),
+    )
+    .await
+    .map_err(e)?;
+    let got = ctx.download_f32(&view(3)).await.map_err(e)?;
+    let host = |data| HostTensor {
+        data,
+        shape: [b, h, s, d],
+    };
+    let want = reference::attention(
+        &host(&qh),
+        &host(&kh),
+        &host(&vh),
+        1.0 / (d as f64).sqrt(),
+        &HostMask::default(),
+    );
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let err = (g as f64 - w).abs();
+        if !(err <= 1e-5 + 1e-5 * w.abs()) {
+            return Err(format!("element {i}: got {g}, want {w}"));
+        }
+        worst = worst.max(err);
+    }
+    // The bytes around the output come back unchanged: Q before it, NaN padding.
+    let whole = ctx.download_f32(t.view()).await.map_err(e)?;
+    if whole[at[0]..at[0] + n] != qh[..] || !whole[at[3] - 1].is_nan() {
+        return Err("the bytes around the output changed".into());
     }
     Ok(worst)
 }
@@ -293,29 +360,25 @@ pub async fn run_suite() -> String {
         }
     }
     let (mut passed, mut failed) = (0, 0);
-    for (i, (name, ctx)) in devices.iter().enumerate() {
+    for (name, ctx) in &devices {
         log(&format!("device {name}: {}", describe(ctx)));
         let mut cases = Vec::new();
-        // The first device runs the product; the others every mask kind on the dispatcher's
-        // choice (the limits and features change the choice, not the masks).
-        let backends: &[Backend] = if i == 0 {
-            &[
-                Backend::Auto,
-                Backend::Flash,
-                Backend::MemoryEfficient,
-                Backend::Naive,
-                Backend::Decode,
-            ]
-        } else {
-            &[Backend::Auto]
-        };
-        for &backend in backends {
+        // Every backend and mask kind on every device: the limits and features change the
+        // kernels' variants.
+        for backend in [
+            Backend::Auto,
+            Backend::Flash,
+            Backend::MemoryEfficient,
+            Backend::Naive,
+            Backend::Decode,
+        ] {
             for kind in KINDS {
                 cases.push(Case {
                     backend,
                     kind,
                     dtype: DType::F32,
                     shape: (2, 4, 2, 7, 59, 16),
+                    expect: None,
                 });
             }
             for kind in [Kind::None, Kind::CausalBottomRight, Kind::Bias] {
@@ -324,15 +387,18 @@ pub async fn run_suite() -> String {
                     kind,
                     dtype: DType::F16,
                     shape: (1, 2, 1, 59, 113, 64),
+                    expect: None,
                 });
             }
         }
-        // A decode step: one query over 1023 keys with padding.
+        // A decode step: one query over 1031 keys with padding, split across workgroups and
+        // merged (the dispatcher's choice, checked).
         cases.push(Case {
             backend: Backend::Auto,
             kind: Kind::KeyLengths,
             dtype: DType::F32,
-            shape: (2, 4, 4, 1, 1023, 64),
+            shape: (2, 4, 4, 1, 1031, 64),
+            expect: Some(Backend::Decode),
         });
         for c in &cases {
             let (b, hq, hkv, sq, sk, d) = c.shape;
@@ -356,6 +422,18 @@ pub async fn run_suite() -> String {
             match ctx.plan(t.view(), t.view(), t.view(), &AttentionOptions::default()) {
                 Ok(p) => log(&format!("plan on {name} for b=2 h=4 s=64 d=64: {p}")),
                 Err(e) => log(&format!("plan on {name}: {e}")),
+            }
+        }
+        match shared_page(ctx).await {
+            Ok(err) => {
+                passed += 1;
+                log(&format!(
+                    "ok   {name}: Q, K, V and the output in one buffer at unaligned offsets: max abs err {err:.2e}"
+                ));
+            }
+            Err(why) => {
+                failed += 1;
+                log(&format!("FAIL {name}: shared page: {why}"));
             }
         }
         match bad_input(ctx).await {
