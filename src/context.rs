@@ -18,7 +18,6 @@ use crate::ops;
 use crate::ops::attention::call_buffers;
 use crate::plan::dispatch::{DeviceCaps, Plan};
 use crate::plan::tuning::ShapeBucket;
-#[cfg(target_arch = "wasm32")]
 use crate::plan::variant::ModuleKey;
 use crate::runtime::open::{self, backends_from_env};
 use crate::runtime::submit::Waiting;
@@ -255,9 +254,7 @@ impl Context {
     ) -> Result<Plan> {
         let (_, plan, split) = ops::attention::plan(self.rt(), [q, k, v], None, opts)?;
         for (key, entry) in ops::attention::pipelines(&plan, split.as_ref(), opts) {
-            self.rt()
-                .pipeline_async(key, entry, || kernels::spec(&key, entry))
-                .await?;
+            self.await_pipeline(key, entry).await?;
         }
         Ok(plan)
     }
@@ -408,7 +405,7 @@ impl Context {
         lse_out: Option<&TensorView>,
     ) -> Result<()> {
         #[cfg(target_arch = "wasm32")]
-        self.await_pipeline(ModuleKey::Merge).await?;
+        self.await_pipeline(ModuleKey::Merge, "main").await?;
         let buffers = || {
             let mut b: Vec<(&wgpu::Buffer, TensorRole)> = Vec::new();
             for (o, l) in parts {
@@ -444,7 +441,7 @@ impl Context {
     /// calls with [`crate::Mask::bool_mask_with_summary`].
     pub async fn block_mask(&self, mask: &TensorView) -> Result<BlockMask> {
         #[cfg(target_arch = "wasm32")]
-        self.await_pipeline(ModuleKey::Summary).await?;
+        self.await_pipeline(ModuleKey::Summary, "main").await?;
         let buffers = || vec![(&mask.buffer, TensorRole::BoolMask)];
         self.rt()
             .submit_scoped("computing a block mask", buffers, |rt, enc| {
@@ -453,12 +450,11 @@ impl Context {
             .await
     }
 
-    /// Compiles `key`'s pipeline if it is new and waits for the browser's verdict (see
-    /// [`Context::attention_into`]).
-    #[cfg(target_arch = "wasm32")]
-    async fn await_pipeline(&self, key: ModuleKey) -> Result<()> {
+    /// Compiles a pipeline if it is new and waits for the driver's verdict (the browser
+    /// gives it only asynchronously; see [`Context::attention_into`]).
+    async fn await_pipeline(&self, key: ModuleKey, entry: &'static str) -> Result<()> {
         self.rt()
-            .pipeline_async(key, "main", || kernels::spec(&key, "main"))
+            .pipeline_async(key, entry, || kernels::spec(&key, entry))
             .await
             .map(drop)
     }

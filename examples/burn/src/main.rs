@@ -106,8 +106,8 @@ fn ours(
         lent.push(l);
     }
     let shared = [&lq, &lk, &lv]
-        .iter()
-        .chain(lent.iter().collect::<Vec<_>>().iter())
+        .into_iter()
+        .chain(&lent)
         .any(|l| l.view.buffer == lo.view.buffer);
     if shared {
         return Err("Burn put the output in an input's buffer: not zero-copy".into());
