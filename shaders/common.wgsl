@@ -22,7 +22,10 @@ struct Params {
     wg_x: u32, scratch_stride: u32, l_off: u32, l_sb: u32,
     l_sh: u32, l_ss: u32, cuq_off: u32, cuk_off: u32,
     n_splits: u32, split_len: u32, o_split: u32, l_split: u32,
-    diag_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    diag_off: u32, do_off: u32, do_sb: u32, do_sh: u32,
+    do_ss: u32, do_sd: u32, stat_off: u32, g_off: u32,
+    g_dv: u32, f_n0: u32, f_n1: u32, f_n2: u32,
+    f_n3: u32, bg_b: u32, bg_h: u32, _pad0: u32,
 }
 
 const F_CAUSAL: u32 = 1u;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::data::backward::{BackwardInputs, GradientViews, Gradients};
 use crate::data::block_mask::BlockMask;
 use crate::data::options::AttentionOptions;
 use crate::data::options::Tuning;
@@ -16,6 +17,7 @@ use crate::gate::{DeviceGuard, Gate, Gated};
 use crate::kernels::{self, summary};
 use crate::ops;
 use crate::ops::attention::call_buffers;
+use crate::plan::backward::BackwardPlan;
 use crate::plan::dispatch::{DeviceCaps, Plan};
 use crate::plan::tuning::ShapeBucket;
 use crate::plan::variant::ModuleKey;
@@ -333,6 +335,135 @@ impl Context {
         let out = self.output_for(q, k, v, opts)?;
         self.attention_into(q, k, v, out.view(), opts).await?;
         Ok(out)
+    }
+
+    // ------------------------------------------------------------------ backward
+
+    /// Validates a backward call and says which backend would run it, and why, without
+    /// running anything.
+    pub fn plan_backward(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        grads: &GradientViews,
+        opts: &AttentionOptions,
+    ) -> Result<BackwardPlan> {
+        Ok(ops::backward::plan(self.rt(), inputs, grads, opts)?.1)
+    }
+
+    /// Compiles every pipeline a backward call needs, waiting for the driver's verdict
+    /// (the warm-up, and the way on the web), and returns its plan.
+    pub async fn prepare_backward(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        grads: &GradientViews,
+        opts: &AttentionOptions,
+    ) -> Result<BackwardPlan> {
+        let (_, plan) = ops::backward::plan(self.rt(), inputs, grads, opts)?;
+        for (key, entry) in ops::backward::pipelines(&plan, opts, grads.dbias.is_some()) {
+            self.await_pipeline(key, entry).await?;
+        }
+        Ok(plan)
+    }
+
+    /// Records the backward pass into your command encoder, writing the gradients. Nothing
+    /// is submitted; the same rules as [`Context::record_attention`] hold (a backward call
+    /// counts as one call of the ring's [`RING_CALLS`](crate::RING_CALLS), or one per chunk
+    /// of rows on the naive backend).
+    pub fn record_attention_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BackwardInputs<'_>,
+        grads: &GradientViews,
+        opts: &AttentionOptions,
+    ) -> Result<BackwardPlan> {
+        let rt = self.rt();
+        rt.record_scoped(
+            "recording the attention backward pass",
+            || ops::backward::call_buffers(inputs, grads, opts),
+            || ops::backward::record(rt, encoder, inputs, grads, opts),
+        )
+    }
+
+    /// Runs the backward pass of attention into `grads` and submits: from the forward's
+    /// inputs, output and log-sum-exp and the output's gradient dO, the gradients dQ, dK,
+    /// dV and, if `grads.dbias` is given, the additive bias's. `opts` are the forward
+    /// call's (its `lse_output` is not read: the log-sum-exp is `inputs.lse`).
+    ///
+    /// Gradients may share a buffer with the inputs and each other at byte ranges that do
+    /// not overlap. Every element of every gradient is written: rows and keys that no
+    /// visible logit touches get zeros.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_attention::Error> {
+    /// use wgpu_attention::{AttentionOptions, BackwardInputs, Context};
+    /// let ctx = Context::new_blocking()?;
+    /// let x: Vec<f32> = (0..2 * 4 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+    /// let q = ctx.upload_f32(&x, [1, 2, 4, 8])?;
+    /// let k = ctx.upload_f32(&x, [1, 2, 4, 8])?;
+    /// let v = ctx.upload_f32(&x, [1, 2, 4, 8])?;
+    /// // The forward, keeping its log-sum-exp.
+    /// let lse = ctx.empty([1, 2, 4, 1], wgpu_attention::DType::F32)?;
+    /// let fwd = AttentionOptions::default().lse_output(lse.view().clone());
+    /// let out = ctx.attention_blocking(q.view(), k.view(), v.view(), &fwd)?;
+    /// // A loss whose gradient with respect to the output is all ones.
+    /// let d_out = ctx.upload_f32(&[1.0; 2 * 4 * 8], [1, 2, 4, 8])?;
+    /// let inputs = BackwardInputs {
+    ///     q: q.view(), k: k.view(), v: v.view(),
+    ///     out: out.view(), d_out: d_out.view(), lse: lse.view(),
+    /// };
+    /// let grads = ctx.attention_backward_blocking(&inputs, &AttentionOptions::default())?;
+    /// let dq = ctx.download_f32_blocking(grads.dq.view())?;
+    /// assert!(dq.iter().all(|x| x.is_finite()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn attention_backward_into(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        grads: &GradientViews,
+        opts: &AttentionOptions,
+    ) -> Result<BackwardPlan> {
+        #[cfg(target_arch = "wasm32")]
+        self.prepare_backward(inputs, grads, opts).await?;
+        self.rt()
+            .submit_scoped(
+                "running the attention backward pass",
+                || ops::backward::call_buffers(inputs, grads, opts),
+                |rt, enc| ops::backward::record(rt, enc, inputs, grads, opts),
+            )
+            .await
+    }
+
+    /// Runs the backward pass into new gradient tensors (each its input's shape and dtype,
+    /// contiguous; packed like the inputs for variable-length batches) and submits. The
+    /// bias gradient is computed whenever the mask has an additive bias.
+    pub async fn attention_backward(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        opts: &AttentionOptions,
+    ) -> Result<Gradients> {
+        let like = |v: &TensorView| -> Result<Tensor> {
+            if opts.varlen.is_some() {
+                let [_, h, total, d] = v.shape;
+                let t = self.empty([1, 1, 1, total * h * d], v.dtype)?;
+                let packed = TensorView::packed_varlen(t.buffer().clone(), v.dtype, total, h, d);
+                Ok(self.rt().tensor(packed))
+            } else {
+                self.empty(v.shape, v.dtype)
+            }
+        };
+        let grads = Gradients {
+            dq: like(inputs.q)?,
+            dk: like(inputs.k)?,
+            dv: like(inputs.v)?,
+            dbias: match &opts.mask.bias {
+                Some(b) => Some(self.empty(b.shape, b.dtype)?),
+                None => None,
+            },
+        };
+        self.attention_backward_into(inputs, &grads.views(), opts)
+            .await?;
+        Ok(grads)
     }
 
     /// The output tensor [`Context::attention`] allocates for a call.
@@ -681,6 +812,35 @@ impl Context {
         opts: &AttentionOptions,
     ) -> Result<Tensor> {
         pollster::block_on(self.attention(q, k, v, opts))
+    }
+
+    /// [`Context::attention_backward_into`], blocking (on the submission's error scopes only).
+    pub fn attention_backward_into_blocking(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        grads: &GradientViews,
+        opts: &AttentionOptions,
+    ) -> Result<BackwardPlan> {
+        pollster::block_on(self.attention_backward_into(inputs, grads, opts))
+    }
+
+    /// [`Context::attention_backward`], blocking (on the submission's error scopes only).
+    pub fn attention_backward_blocking(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        opts: &AttentionOptions,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.attention_backward(inputs, opts))
+    }
+
+    /// [`Context::prepare_backward`], blocking.
+    pub fn prepare_backward_blocking(
+        &self,
+        inputs: &BackwardInputs<'_>,
+        grads: &GradientViews,
+        opts: &AttentionOptions,
+    ) -> Result<BackwardPlan> {
+        pollster::block_on(self.prepare_backward(inputs, grads, opts))
     }
 
     /// [`Context::merge`], blocking (on the submission's error scopes only).

@@ -51,6 +51,16 @@ pub enum TensorRole {
     Download,
     /// A tensor the caller asked to be allocated ([`crate::Context::empty`]).
     NewTensor,
+    /// The backward pass's dO: the gradient of the loss with respect to the output.
+    OutputGrad,
+    /// The backward pass's dQ.
+    QueryGrad,
+    /// The backward pass's dK.
+    KeyGrad,
+    /// The backward pass's dV.
+    ValueGrad,
+    /// The backward pass's bias gradient.
+    BiasGrad,
 }
 
 impl fmt::Display for TensorRole {
@@ -73,6 +83,11 @@ impl fmt::Display for TensorRole {
             TensorRole::KvCache => "kv cache",
             TensorRole::Download => "downloaded view",
             TensorRole::NewTensor => "new tensor",
+            TensorRole::OutputGrad => "output gradient (dO)",
+            TensorRole::QueryGrad => "query gradient (dQ)",
+            TensorRole::KeyGrad => "key gradient (dK)",
+            TensorRole::ValueGrad => "value gradient (dV)",
+            TensorRole::BiasGrad => "bias gradient",
         };
         f.write_str(s)
     }

@@ -27,7 +27,11 @@ pub use wgpu;
 /// The dispatcher: a pure function from (problem, device capabilities, options) to (backend,
 /// shader variant, reason).
 pub mod dispatch {
+    pub use crate::plan::backward::{
+        BACKWARD_BLOCKS, BackwardPlan, NAIVE_BACKWARD_TILE, backward_tile, plan_backward,
+    };
     pub use crate::plan::dispatch::*;
+    pub use crate::plan::variant::BackwardTile;
 }
 /// The validated problem, [`Problem`], and the limits validation applies.
 pub mod validate {
@@ -57,6 +61,7 @@ pub mod blockmask {
 pub use context::Context;
 #[cfg(all(feature = "test-hooks", not(target_arch = "wasm32")))]
 pub use context::KernelCounts;
+pub use data::backward::{BackwardInputs, GradientViews, Gradients};
 pub use data::block_mask::BlockMask;
 pub use data::mask::{CausalAlignment, Mask, Window};
 pub use data::options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
@@ -65,6 +70,7 @@ pub use data::tensor::{DType, Tensor, TensorView};
 pub use error::{Error, Result};
 pub use gate::DeviceGuard;
 pub use kvcache::KvCache;
+pub use plan::backward::BackwardPlan;
 pub use plan::dispatch::{Cost, DeviceCaps, Plan, ShaderVariant};
 pub use plan::tuning::{ShapeBucket, TuneReport};
 pub use runtime::ResourceCounts;

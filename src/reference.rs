@@ -107,6 +107,145 @@ fn offset(m: &HostMask<'_>, qv: usize, kv: usize) -> i64 {
     }
 }
 
+/// The logits of row `i` of batch `ib`, head `ih` (rounded to f32, as the kernels compute
+/// them) into `logits`, which keys take part into `vis`; returns their maximum (-inf when
+/// none does).
+fn row_logits(
+    q: &HostTensor<'_>,
+    k: &HostTensor<'_>,
+    scale: f64,
+    m: &HostMask<'_>,
+    [ib, ih, i]: [usize; 3],
+    logits: &mut [f64],
+    vis: &mut [bool],
+) -> f64 {
+    let [_, hq, sq, d] = q.shape;
+    let [_, hkv, sk, _] = k.shape;
+    let hk = ih / (hq / hkv);
+    let qv = m.query_lengths.map_or(sq, |l| l[ib] as usize);
+    let kv = m.key_lengths.map_or(sk, |l| l[ib] as usize);
+    let off = offset(m, qv, kv);
+    let qrow = &q.data[((ib * hq + ih) * sq + i) * d..][..d];
+    let mut mx = f64::NEG_INFINITY;
+    for j in 0..sk {
+        vis[j] = visible(m, sq, sk, ib, ih, i, j);
+        if !vis[j] {
+            continue;
+        }
+        let krow = &k.data[((ib * hkv + hk) * sk + j) * d..][..d];
+        let dot: f64 = qrow
+            .iter()
+            .zip(krow)
+            .map(|(&a, &c)| a as f64 * c as f64)
+            .sum();
+        let mut l = (dot * scale) as f32;
+        if let Some(bias) = &m.bias {
+            l += bias.data[bcast_index(bias.shape, ib, ih, i, j)];
+        }
+        if let Some(s) = m.alibi {
+            l -= s[ih] * ((j as i64 - (i as i64 + off)).abs() as f32);
+        }
+        // A logit that is not finite (NaN or ±inf, from Q·K, the bias or both) takes no
+        // part in the softmax, as in every kernel.
+        if !l.is_finite() {
+            vis[j] = false;
+            continue;
+        }
+        logits[j] = l as f64;
+        mx = mx.max(l as f64);
+    }
+    mx
+}
+
+/// Reference gradients of attention ([`attention_backward`]), in f64.
+#[derive(Clone, Debug)]
+pub struct HostGradients {
+    /// dQ, Q's shape.
+    pub dq: Vec<f64>,
+    /// dK, K's shape (summed over each KV head's group of query heads).
+    pub dk: Vec<f64>,
+    /// dV, V's shape.
+    pub dv: Vec<f64>,
+    /// The bias gradient in the bias's shape (empty without a bias).
+    pub dbias: Vec<f64>,
+}
+
+/// Reference backward pass: the analytic gradients of attention with respect to Q, K, V and
+/// the additive bias, given dO (`[B, Hq, Sq, Dv]`). With P the attention weights,
+/// dV = Pᵀ·dO, dS = P∘(dO·Vᵀ - rowsum(P∘(dO·Vᵀ))), dQ = scale·dS·K, dK = scale·dSᵀ·Q and
+/// d(bias) = dS summed over the bias's broadcast dimensions. Rows with no visible key give
+/// zeros.
+pub fn attention_backward(
+    q: &HostTensor<'_>,
+    k: &HostTensor<'_>,
+    v: &HostTensor<'_>,
+    d_out: &[f32],
+    scale: f64,
+    m: &HostMask<'_>,
+) -> HostGradients {
+    let [b, hq, sq, d] = q.shape;
+    let [_, hkv, sk, _] = k.shape;
+    let dv = v.shape[3];
+    let group = hq / hkv;
+    let mut g = HostGradients {
+        dq: vec![0.0; q.data.len()],
+        dk: vec![0.0; k.data.len()],
+        dv: vec![0.0; v.data.len()],
+        dbias: vec![0.0; m.bias.as_ref().map_or(0, |t| t.data.len())],
+    };
+    let (mut logits, mut vis) = (vec![0.0f64; sk], vec![false; sk]);
+    let (mut p, mut dp) = (vec![0.0f64; sk], vec![0.0f64; sk]);
+    for ib in 0..b {
+        for ih in 0..hq {
+            let hk = ih / group;
+            for i in 0..sq {
+                let mx = row_logits(q, k, scale, m, [ib, ih, i], &mut logits, &mut vis);
+                if mx == f64::NEG_INFINITY {
+                    continue;
+                }
+                let row = (ib * hq + ih) * sq + i;
+                let dorow = &d_out[row * dv..][..dv];
+                let mut sum = 0.0;
+                for j in 0..sk {
+                    p[j] = if vis[j] { (logits[j] - mx).exp() } else { 0.0 };
+                    sum += p[j];
+                }
+                let mut dsum = 0.0;
+                for j in 0..sk {
+                    p[j] /= sum;
+                    let vrow = &v.data[((ib * hkv + hk) * sk + j) * dv..][..dv];
+                    dp[j] = dorow
+                        .iter()
+                        .zip(vrow)
+                        .map(|(&a, &c)| a as f64 * c as f64)
+                        .sum();
+                    dsum += p[j] * dp[j];
+                }
+                let qrow = &q.data[row * d..][..d];
+                for j in 0..sk {
+                    if !vis[j] {
+                        continue;
+                    }
+                    let ds = p[j] * (dp[j] - dsum);
+                    let kr = ((ib * hkv + hk) * sk + j) * d;
+                    for (c, &qc) in qrow.iter().enumerate() {
+                        g.dq[row * d + c] += scale * ds * k.data[kr + c] as f64;
+                        g.dk[kr + c] += scale * ds * qc as f64;
+                    }
+                    let vr = ((ib * hkv + hk) * sk + j) * dv;
+                    for (c, &gc) in dorow.iter().enumerate() {
+                        g.dv[vr + c] += p[j] * gc as f64;
+                    }
+                    if let Some(bias) = &m.bias {
+                        g.dbias[bcast_index(bias.shape, ib, ih, i, j)] += ds;
+                    }
+                }
+            }
+        }
+    }
+    g
+}
+
 /// Reference attention. `q`: `[B, Hq, Sq, D]`, `k`: `[B, Hkv, Sk, D]`, `v`: `[B, Hkv, Sk, Dv]`.
 /// Returns `[B, Hq, Sq, Dv]` in f64.
 pub fn attention(
@@ -128,7 +267,7 @@ pub fn attention_with_lse(
     scale: f64,
     m: &HostMask<'_>,
 ) -> (Vec<f64>, Vec<f64>) {
-    let [b, hq, sq, d] = q.shape;
+    let [b, hq, sq, _] = q.shape;
     let [_, hkv, sk, _] = k.shape;
     let dv = v.shape[3];
     let group = hq / hkv;
@@ -137,41 +276,10 @@ pub fn attention_with_lse(
     let mut logits = vec![0.0f64; sk];
     let mut vis = vec![false; sk];
     for ib in 0..b {
-        let qv = m.query_lengths.map_or(sq, |l| l[ib] as usize);
-        let kv = m.key_lengths.map_or(sk, |l| l[ib] as usize);
-        let off = offset(m, qv, kv);
         for ih in 0..hq {
             let hk = ih / group;
             for i in 0..sq {
-                let qrow = &q.data[((ib * hq + ih) * sq + i) * d..][..d];
-                let mut mx = f64::NEG_INFINITY;
-                for j in 0..sk {
-                    vis[j] = visible(m, sq, sk, ib, ih, i, j);
-                    if !vis[j] {
-                        continue;
-                    }
-                    let krow = &k.data[((ib * hkv + hk) * sk + j) * d..][..d];
-                    let dot: f64 = qrow
-                        .iter()
-                        .zip(krow)
-                        .map(|(&a, &c)| a as f64 * c as f64)
-                        .sum();
-                    let mut l = (dot * scale) as f32;
-                    if let Some(bias) = &m.bias {
-                        l += bias.data[bcast_index(bias.shape, ib, ih, i, j)];
-                    }
-                    if let Some(s) = m.alibi {
-                        l -= s[ih] * ((j as i64 - (i as i64 + off)).abs() as f32);
-                    }
-                    // A logit that is not finite (NaN or ±inf, from Q·K, the bias or both)
-                    // takes no part in the softmax, as in every kernel.
-                    if !l.is_finite() {
-                        vis[j] = false;
-                        continue;
-                    }
-                    logits[j] = l as f64;
-                    mx = mx.max(l as f64);
-                }
+                let mx = row_logits(q, k, scale, m, [ib, ih, i], &mut logits, &mut vis);
                 let o = &mut out[((ib * hq + ih) * sq + i) * dv..][..dv];
                 if mx == f64::NEG_INFINITY {
                     continue; // fully masked row: zeros

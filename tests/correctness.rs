@@ -4,9 +4,7 @@
 mod common;
 
 use common::*;
-use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, DType, Subgroups, Tuning, Window,
-};
+use wgpu_attention::{AttentionOptions, Backend, DType, Subgroups, Tuning};
 
 /// (b, hq, hkv, sq, sk, dk, dv)
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
@@ -16,86 +14,6 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
     (2, 4, 2, 64, 128, 64, 64),
     (1, 1, 1, 59, 113, 113, 113),
 ];
-
-fn key_lengths(b: usize, sk: usize) -> Vec<u32> {
-    (0..b)
-        .map(|i| [(sk * 2 / 3).max(1), 0, sk, 1][i % 4].min(sk) as u32)
-        .collect()
-}
-
-fn query_lengths(b: usize, sq: usize) -> Vec<u32> {
-    (0..b)
-        .map(|i| [(sq * 3 / 4).max(1), sq, 1, 0][i % 4].min(sq) as u32)
-        .collect()
-}
-
-/// The mask combinations every backend is tested with, for one shape.
-pub fn masks(b: usize, h: usize, sq: usize, sk: usize, seed: u64) -> Vec<MaskSpec> {
-    let bool_mask = |shape: [usize; 4], s: u64| {
-        let mut m = random_bool(shape.iter().product(), s, 0.7);
-        // Row 0 of the first mask item is fully masked: it must come out as zeros.
-        m[..sk].fill(false);
-        (m, shape)
-    };
-    vec![
-        MaskSpec::default(),
-        MaskSpec {
-            causal: Some(CausalAlignment::TopLeft),
-            ..Default::default()
-        },
-        MaskSpec {
-            causal: Some(CausalAlignment::BottomRight),
-            key_lengths: Some(key_lengths(b, sk)),
-            ..Default::default()
-        },
-        MaskSpec {
-            key_lengths: Some(key_lengths(b, sk)),
-            query_lengths: Some(query_lengths(b, sq)),
-            ..Default::default()
-        },
-        MaskSpec {
-            window: Some(Window {
-                left: Some(5),
-                right: Some(3),
-            }),
-            alignment: CausalAlignment::BottomRight,
-            ..Default::default()
-        },
-        MaskSpec {
-            bool_mask: Some(bool_mask([b, 1, sq, sk], seed)),
-            ..Default::default()
-        },
-        MaskSpec {
-            bias: Some((
-                random(h * sq * sk, seed + 5)
-                    .iter()
-                    .map(|x| x * 3.0)
-                    .collect(),
-                [1, h, sq, sk],
-                DType::F16,
-            )),
-            alibi: Some((0..h).map(|i| 0.5f32.powi(i as i32 + 1)).collect()),
-            ..Default::default()
-        },
-        MaskSpec {
-            causal: Some(CausalAlignment::TopLeft),
-            key_lengths: Some(key_lengths(b, sk)),
-            window: Some(Window {
-                left: Some(17),
-                right: None,
-            }),
-            bool_mask: Some(bool_mask([1, h, sq, sk], seed + 9)),
-            summary: true,
-            bias: Some((
-                random(b * h * sq * sk, seed + 6),
-                [b, h, sq, sk],
-                DType::F32,
-            )),
-            alibi: Some((0..h).map(|i| 0.25 * (i as f32 + 1.0)).collect()),
-            ..Default::default()
-        },
-    ]
-}
 
 fn product(backend: Backend, dtype: DType) {
     let ctx = ctx();

@@ -1,5 +1,6 @@
 //! Plain data: tensor views, masks, options and the validated problem.
 
+pub mod backward;
 pub mod block_mask;
 pub mod mask;
 pub mod options;

@@ -7,6 +7,7 @@
 //! snippet (plain or subgroup), and the family's own file.
 
 pub(crate) mod attention;
+pub(crate) mod backward;
 pub(crate) mod flash;
 pub(crate) mod memeff;
 pub(crate) mod merge;
@@ -53,6 +54,8 @@ pub mod sources {
     pub const COUNT_OFF: &str = include_str!("../../shaders/count_off.wgsl");
     /// Tile counting on (tests).
     pub const COUNT_ON: &str = include_str!("../../shaders/count_on.wgsl");
+    /// The backward pass (flash and naive).
+    pub const BACKWARD: &str = include_str!("../../shaders/backward.wgsl");
 }
 
 /// The typed `const` lines of a variant (and, on cooperative matrices, the aliases of its
@@ -138,6 +141,27 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
             sources::BLOCK_SUMMARY
         ),
         ModuleKey::Merge => format!("{}\n{}", sources::DTYPE, sources::MERGE),
+        ModuleKey::Backward(t) => {
+            let reduce = if t.threads_per_row > 1 {
+                sources::REDUCE_SUBGROUP
+            } else {
+                sources::REDUCE_PLAIN
+            };
+            format!(
+                "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {b}u;\nconst BC: u32 = {b}u;\n\
+                 const TPR: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}\n{}\n{reduce}\n{}\n{}\n{}",
+                t.head_dim_qk,
+                t.head_dim_v,
+                t.threads_per_row,
+                t.workgroup_size(),
+                sources::DTYPE,
+                sources::COMMON,
+                sources::COUNT_OFF,
+                sources::FLASH_TILES,
+                sources::BACKWARD,
+                b = t.block,
+            )
+        }
     }
 }
 
@@ -184,6 +208,15 @@ pub(crate) mod bindings {
     pub const SCRATCH: u32 = 8;
     /// The log-sum-exp output.
     pub const LSE: u32 = 9;
+    /// Backward: the f32 gradient scratch (dK, dV, naive dBias accumulators).
+    pub const GACC: u32 = 8;
+    /// Backward: dO, the forward's output and log-sum-exp (read by `prep`), the row
+    /// statistics `prep` writes, and the naive backward's P/dS scratch.
+    pub const D_OUT: u32 = 10;
+    pub const O_IN: u32 = 11;
+    pub const LSE_IN: u32 = 12;
+    pub const STATS_OUT: u32 = 13;
+    pub const PMAT: u32 = 14;
 
     const P: Binding = b(PARAMS, "P", Slot::Params);
     const QB: Binding = b(Q, "q_buf", Slot::Read);
@@ -215,6 +248,26 @@ pub(crate) mod bindings {
         &[P, QB, KB, MB, BB, AB, b(SCRATCH, "scratch", Slot::Write)];
     pub const NAIVE_SOFTMAX: &[Binding] = &[P, AB, b(SCRATCH, "scratch", Slot::Write), LB];
     pub const NAIVE_PV: &[Binding] = &[P, VB, OB, AB, b(SCRATCH, "scratch", Slot::Write)];
+    const GB: Binding = b(GACC, "gacc", Slot::Write);
+    const DB: Binding = b(D_OUT, "do_buf", Slot::Read);
+    const PM: Binding = b(PMAT, "pmat", Slot::Write);
+    /// The backward pass's entry points (`shaders/backward.wgsl`).
+    pub const BWD_PREP: &[Binding] = &[
+        P,
+        AB,
+        DB,
+        b(O_IN, "o_in", Slot::Read),
+        b(LSE_IN, "lse_in", Slot::Read),
+        b(STATS_OUT, "stats_out", Slot::Write),
+    ];
+    pub const BWD_KV: &[Binding] = &[P, QB, KB, VB, MB, BB, AB, GB, DB];
+    pub const BWD_DQ: &[Binding] = &[P, QB, KB, VB, OB, MB, BB, AB, DB];
+    pub const BWD_FINISH: &[Binding] = &[P, OB, AB, GB];
+    /// dV and dK share their code (one reads dO, the other Q).
+    pub const BWD_N_KV: &[Binding] = &[P, QB, AB, GB, DB, PM];
+    pub const BWD_N_DS: &[Binding] = &[P, VB, AB, DB, PM];
+    pub const BWD_N_DQ: &[Binding] = &[P, KB, OB, AB, PM];
+    pub const BWD_N_DBIAS: &[Binding] = &[P, AB, GB, PM];
     /// The block summary's mask and its output words.
     pub const SUMMARY_MASK: u32 = 1;
     pub const SUMMARY_OUT: u32 = 2;
@@ -248,6 +301,16 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [Binding]
     match (key, entry) {
         (ModuleKey::Summary, _) => bindings::SUMMARY,
         (ModuleKey::Merge, _) => bindings::MERGE,
+        (ModuleKey::Backward(_), e) => match e {
+            "prep" => bindings::BWD_PREP,
+            "kv" => bindings::BWD_KV,
+            "dq" | "dbias" => bindings::BWD_DQ,
+            "finish" => bindings::BWD_FINISH,
+            "n_dv" | "n_dk" => bindings::BWD_N_KV,
+            "n_ds" => bindings::BWD_N_DS,
+            "n_dq" => bindings::BWD_N_DQ,
+            _ => bindings::BWD_N_DBIAS,
+        },
         (ModuleKey::Attention { variant, counters }, e) => match (variant, e) {
             (ShaderVariant::Naive, "scores") => bindings::NAIVE_SCORES,
             (ShaderVariant::Naive, "softmax") => bindings::NAIVE_SOFTMAX,
@@ -286,6 +349,16 @@ pub fn binding_table() -> Vec<(&'static str, &'static str, BindingRows)> {
         ("naive", "pv", list(bindings::NAIVE_PV)),
         ("summary", "main", list(bindings::SUMMARY)),
         ("merge", "main", list(bindings::MERGE)),
+        ("backward", "prep", list(bindings::BWD_PREP)),
+        ("backward", "kv", list(bindings::BWD_KV)),
+        ("backward", "dq", list(bindings::BWD_DQ)),
+        ("backward", "dbias", list(bindings::BWD_DQ)),
+        ("backward", "finish", list(bindings::BWD_FINISH)),
+        ("backward", "n_dv", list(bindings::BWD_N_KV)),
+        ("backward", "n_dk", list(bindings::BWD_N_KV)),
+        ("backward", "n_ds", list(bindings::BWD_N_DS)),
+        ("backward", "n_dq", list(bindings::BWD_N_DQ)),
+        ("backward", "n_dbias", list(bindings::BWD_N_DBIAS)),
     ]
 }
 
@@ -293,7 +366,7 @@ pub fn binding_table() -> Vec<(&'static str, &'static str, BindingRows)> {
 /// the warm-up run of a new pipeline on drivers that compile on first dispatch.
 fn warm_params(key: &ModuleKey) -> Vec<u8> {
     match key {
-        ModuleKey::Attention { .. } => bytemuck::bytes_of(&AttnParams {
+        ModuleKey::Attention { .. } | ModuleKey::Backward(_) => bytemuck::bytes_of(&AttnParams {
             batch: 1,
             heads_q: 1,
             heads_kv: 1,
@@ -308,6 +381,9 @@ fn warm_params(key: &ModuleKey) -> Vec<u8> {
             scratch_stride: 1,
             n_splits: 1,
             split_len: u32::MAX,
+            fin: [1; 4],
+            bg_b: 1,
+            bg_h: 1,
             ..Default::default()
         })
         .to_vec(),
@@ -362,7 +438,11 @@ pub(crate) fn spec(key: &ModuleKey, entry: &'static str) -> PipelineSpec {
         label: format!("wgpu-attention {key:?} {entry}"),
         source: module_source(key),
         entry,
-        subgroups: matches!(key, ModuleKey::Attention { variant, .. } if variant.subgroups()),
+        subgroups: match key {
+            ModuleKey::Attention { variant, .. } => variant.subgroups(),
+            ModuleKey::Backward(t) => t.threads_per_row > 1,
+            _ => false,
+        },
         bindings: entry_bindings(key, entry),
         warm_params: warm_params(key),
     }

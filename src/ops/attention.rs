@@ -356,7 +356,7 @@ fn record_part(
     rows: Option<&PartRows>,
 ) -> Result<()> {
     let v_ = plan.variant;
-    let bound = attention::bind(rt, p, [q, k, v, out], opts, v_.is_flash(), rows)?;
+    let bound = attention::bind(rt, p, [q, k, v, out], opts, v_.is_flash(), rows, 0)?;
     match v_ {
         ShaderVariant::MemoryEfficient(_) => memeff::record(
             rt,

@@ -3,6 +3,7 @@
 //! the facade's ([`crate::Context`]).
 
 pub(crate) mod attention;
+pub(crate) mod backward;
 pub(crate) mod merge;
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod tune;

@@ -502,7 +502,7 @@ pub const FUSED_STORAGE_BUFFERS: u32 = 8;
 pub const NAIVE_STORAGE_BUFFERS: u32 = 6;
 
 /// Whether the device lets a stage bind the fused kernels' storage buffers.
-fn fused_buffers_fit(kernel: &str, caps: &DeviceCaps) -> Result<(), String> {
+pub(crate) fn fused_buffers_fit(kernel: &str, caps: &DeviceCaps) -> Result<(), String> {
     if caps.max_storage_buffers < FUSED_STORAGE_BUFFERS {
         return Err(format!(
             "{kernel} binds {FUSED_STORAGE_BUFFERS} storage buffers per stage; the device allows {}",

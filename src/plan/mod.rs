@@ -2,6 +2,7 @@
 //! splitting of calls too large for one binding, and the tuning table. Plain data in, plain
 //! data out: nothing here touches a device.
 
+pub mod backward;
 pub mod dispatch;
 pub mod split;
 pub mod tuning;

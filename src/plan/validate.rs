@@ -1,6 +1,7 @@
 //! Validation of a call before anything is dispatched, producing a [`Problem`]:
 //! the plain-data description the dispatcher and the backends work from.
 
+use crate::data::backward::{BackwardInputs, GradientViews};
 use crate::data::options::AttentionOptions;
 pub use crate::data::problem::{MAX_SEQ, MaskKinds, Problem};
 use crate::data::tensor::{DType, TensorView};
@@ -439,4 +440,87 @@ pub(crate) fn validate(
             alibi: m.alibi_slopes.is_some(),
         },
     })
+}
+
+/// Checks that `view` is a float tensor of exactly `want`'s shape.
+fn check_like(view: &TensorView, role: TensorRole, want: [usize; 4]) -> Result<()> {
+    check_float(view, role)?;
+    for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&view.shape) {
+        if got != w {
+            return Err(mismatch(role, *dim, w, got));
+        }
+    }
+    view.check_memory(role, wgpu::BufferUsages::STORAGE)
+}
+
+/// Validates a backward call: the forward's checks (with `x.out` as its output and `x.lse`
+/// as its log-sum-exp output), then dO like the output, and each gradient like its input.
+/// Gradients may share a buffer with the inputs and with each other at byte ranges that
+/// overlap none of them.
+pub(crate) fn validate_backward(
+    x: &BackwardInputs<'_>,
+    g: &GradientViews,
+    opts: &AttentionOptions,
+) -> Result<Problem> {
+    use TensorRole::*;
+    let fwd = AttentionOptions {
+        lse_output: Some(x.lse.clone()),
+        ..opts.clone()
+    };
+    let p = validate(x.q, x.k, x.v, Some(x.out), &fwd)?;
+    check_like(x.d_out, OutputGrad, x.out.shape)?;
+    check_like(&g.dq, QueryGrad, x.q.shape)?;
+    check_like(&g.dk, KeyGrad, x.k.shape)?;
+    check_like(&g.dv, ValueGrad, x.v.shape)?;
+    let bias = opts.mask.bias.as_ref();
+    match (&g.dbias, bias) {
+        (Some(db), Some(b)) => check_like(db, BiasGrad, b.shape)?,
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                BiasGrad,
+                InputProblem::Other(
+                    "a bias gradient was asked for, but the mask has no additive bias".into(),
+                ),
+            ));
+        }
+        (None, _) => {}
+    }
+    let m = &opts.mask;
+    let inputs = [
+        (Some(x.q), Query),
+        (Some(x.k), Key),
+        (Some(x.v), Value),
+        (Some(x.out), Output),
+        (Some(x.d_out), OutputGrad),
+        (Some(x.lse), Lse),
+        (m.bool_mask.as_ref().map(|b| &b.view), BoolMask),
+        (bias, Bias),
+    ];
+    let summary = m.bool_mask.as_ref().and_then(|b| b.summary.as_ref());
+    let grads = [
+        (Some(&g.dq), QueryGrad),
+        (Some(&g.dk), KeyGrad),
+        (Some(&g.dv), ValueGrad),
+        (g.dbias.as_ref(), BiasGrad),
+    ];
+    for (n, (written, role)) in grads.iter().enumerate() {
+        let Some(w) = written else { continue };
+        w.check_no_overlap(*role)?;
+        if summary.is_some_and(|s| s.buffer() == &w.buffer) {
+            return Err(Error::invalid(
+                *role,
+                InputProblem::OutputAliasesInput { input: BoolMask },
+            ));
+        }
+        let others = grads[..n].iter().map(|(v, r)| (*v, *r));
+        for (view, input) in inputs.iter().copied().chain(others) {
+            if view.is_some_and(|x| x.overlaps(w)) {
+                return Err(Error::invalid(
+                    *role,
+                    InputProblem::OutputAliasesInput { input },
+                ));
+            }
+        }
+    }
+    Ok(p)
 }

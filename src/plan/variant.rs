@@ -123,6 +123,35 @@ pub enum ShaderVariant {
     Naive,
 }
 
+/// The backward pass's tile (`shaders/backward.wgsl`): its flash kernels, and the module
+/// the naive backward's passes are built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackwardTile {
+    /// Q/K head-dim bucket (register and tile width).
+    pub head_dim_qk: u32,
+    /// V head-dim bucket.
+    pub head_dim_v: u32,
+    /// Query rows per tile, and keys per tile: the `kv` kernel owns this many keys and loads
+    /// this many query rows at a time; `dq` owns this many rows and loads this many keys.
+    pub block: u32,
+    /// Threads cooperating on one row (> 1 only with subgroups).
+    pub threads_per_row: u32,
+}
+
+impl BackwardTile {
+    /// Threads per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        self.block * self.threads_per_row
+    }
+
+    /// Workgroup memory the kernels may use together, in bytes: a K/V tile (`dq`, `dbias`)
+    /// and a Q/dO tile with its row statistics (`kv`), counted as one, whatever a driver
+    /// allocates per entry point.
+    pub fn workgroup_storage(&self) -> u32 {
+        2 * self.block * (self.head_dim_qk + self.head_dim_v) * 4 + self.block * 8 + 32
+    }
+}
+
 /// Every pipeline module the crate builds: an attention variant (with the debug counters
 /// or without), the block-summary kernel and the merge kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,6 +167,8 @@ pub enum ModuleKey {
     Summary,
     /// `shaders/merge.wgsl`.
     Merge,
+    /// `shaders/backward.wgsl`: the flash and naive backward passes.
+    Backward(BackwardTile),
 }
 
 impl ShaderVariant {

@@ -88,8 +88,8 @@ impl Drop for CallScope {
 }
 /// Bind groups kept (with the buffers they bind) before the cache starts over.
 pub const BIND_GROUPS_KEPT: usize = 1024;
-/// The most bindings a pipeline has (binding numbers 0..=9).
-pub(crate) const MAX_BINDINGS: usize = 10;
+/// The most bindings a pipeline has (binding numbers 0..=14).
+pub(crate) const MAX_BINDINGS: usize = 15;
 
 /// A byte range of a buffer, as bound.
 pub(crate) type Range = (wgpu::Buffer, u64, u64);

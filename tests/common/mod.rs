@@ -330,121 +330,174 @@ pub fn run(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>) {
     (got, want)
 }
 
+/// A case's inputs: seeded host data (rounded to the case's dtype) and the GPU tensors
+/// holding it, with the mask's tensors.
+pub struct Prepared {
+    pub qs: [usize; 4],
+    pub ks: [usize; 4],
+    pub vs: [usize; 4],
+    pub qh: Vec<f32>,
+    pub kh: Vec<f32>,
+    pub vh: Vec<f32>,
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub bias_rounded: Option<(Vec<f32>, [usize; 4], DType)>,
+    pub bias: Option<Tensor>,
+    pub bools: Option<Tensor>,
+}
+
+impl Prepared {
+    pub fn new(ctx: &Context, c: &Case) -> Self {
+        let qs = [c.b, c.hq, c.sq, c.dk];
+        let ks = [c.b, c.hkv, c.sk, c.dk];
+        let vs = [c.b, c.hkv, c.sk, c.dv];
+        let qh: Vec<f32> = round_to(
+            c.dtype,
+            &random(qs.iter().product(), c.seed)
+                .iter()
+                .map(|x| x * c.q_gain)
+                .collect::<Vec<_>>(),
+        );
+        let kh = round_to(c.dtype, &random(ks.iter().product(), c.seed + 1));
+        let vh = round_to(c.dtype, &random(vs.iter().product(), c.seed + 2));
+        let q = upload(ctx, &qh, qs, c.dtype, c.layout);
+        let k = upload(ctx, &kh, ks, c.dtype, c.layout);
+        let v = upload(ctx, &vh, vs, c.dtype, c.layout);
+        let bias_rounded = c
+            .mask
+            .bias
+            .as_ref()
+            .map(|(data, shape, dt)| (round_to(*dt, data), *shape, *dt));
+        let bias = bias_rounded
+            .as_ref()
+            .map(|(data, shape, dt)| upload(ctx, data, *shape, *dt, Layout::Bhsd));
+        let bools = c
+            .mask
+            .bool_mask
+            .as_ref()
+            .map(|(data, shape)| ctx.upload_bool(data, *shape).expect("upload bool"));
+        Prepared {
+            qs,
+            ks,
+            vs,
+            qh,
+            kh,
+            vh,
+            q,
+            k,
+            v,
+            bias_rounded,
+            bias,
+            bools,
+        }
+    }
+
+    /// The case's options over these tensors (no log-sum-exp output).
+    pub fn opts(&self, ctx: &Context, c: &Case) -> AttentionOptions {
+        let m = &c.mask;
+        let mut mask = Mask::none().with_alignment(m.alignment);
+        if let Some(a) = m.causal {
+            mask = mask.causal(a);
+        }
+        if let Some(l) = &m.key_lengths {
+            mask = mask.key_lengths(l.clone());
+        }
+        if let Some(l) = &m.query_lengths {
+            mask = mask.query_lengths(l.clone());
+        }
+        if let Some(w) = m.window {
+            mask = mask.window(w.left, w.right);
+        }
+        if let Some(t) = &self.bools {
+            mask = if m.summary {
+                let s = ctx.block_mask_blocking(t.view()).expect("block mask");
+                mask.bool_mask_with_summary(t.view().clone(), s)
+            } else {
+                mask.bool_mask(t.view().clone())
+            };
+        }
+        if let Some(t) = &self.bias {
+            mask = mask.bias(t.view().clone());
+        }
+        if let Some(s) = &m.alibi {
+            mask = mask.alibi(s.clone());
+        }
+        let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
+        opts.subgroups = c.subgroups;
+        opts.tuning = c.tuning;
+        opts.scale = c.scale;
+        opts
+    }
+
+    /// The reference's view of the case's mask.
+    pub fn host_mask<'a>(&'a self, c: &'a Case) -> HostMask<'a> {
+        let m = &c.mask;
+        HostMask {
+            causal: m.causal.is_some(),
+            alignment: m.causal.unwrap_or(m.alignment),
+            key_lengths: m.key_lengths.as_deref(),
+            query_lengths: m.query_lengths.as_deref(),
+            window: m.window,
+            bool_mask: m.bool_mask.as_ref().map(|(d, s)| (&d[..], *s)),
+            bias: self
+                .bias_rounded
+                .as_ref()
+                .map(|(d, s, _)| HostTensor { data: d, shape: *s }),
+            alibi: m.alibi.as_deref(),
+        }
+    }
+
+    pub fn host(&self) -> [HostTensor<'_>; 3] {
+        [
+            HostTensor {
+                data: &self.qh,
+                shape: self.qs,
+            },
+            HostTensor {
+                data: &self.kh,
+                shape: self.ks,
+            },
+            HostTensor {
+                data: &self.vh,
+                shape: self.vs,
+            },
+        ]
+    }
+}
+
+/// The scale a case runs with.
+pub fn scale_of(c: &Case) -> f64 {
+    c.scale
+        .map(|s| s as f64)
+        .unwrap_or(1.0 / (c.dk as f64).sqrt())
+}
+
 /// [`run`], also returning the plan that ran.
 pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention::Plan) {
-    let qs = [c.b, c.hq, c.sq, c.dk];
-    let ks = [c.b, c.hkv, c.sk, c.dk];
-    let vs = [c.b, c.hkv, c.sk, c.dv];
-    let qh: Vec<f32> = round_to(
-        c.dtype,
-        &random(qs.iter().product(), c.seed)
-            .iter()
-            .map(|x| x * c.q_gain)
-            .collect::<Vec<_>>(),
-    );
-    let kh = round_to(c.dtype, &random(ks.iter().product(), c.seed + 1));
-    let vh = round_to(c.dtype, &random(vs.iter().product(), c.seed + 2));
-    let q = upload(ctx, &qh, qs, c.dtype, c.layout);
-    let k = upload(ctx, &kh, ks, c.dtype, c.layout);
-    let v = upload(ctx, &vh, vs, c.dtype, c.layout);
-    let bias_rounded = c
-        .mask
-        .bias
-        .as_ref()
-        .map(|(data, shape, dt)| (round_to(*dt, data), *shape, *dt));
-    // Tensors first: they outlive the views the mask and options hold.
-    let bias = bias_rounded
-        .as_ref()
-        .map(|(data, shape, dt)| upload(ctx, data, *shape, *dt, Layout::Bhsd));
-    let bools = c
-        .mask
-        .bool_mask
-        .as_ref()
-        .map(|(data, shape)| ctx.upload_bool(data, *shape).expect("upload bool"));
+    let x = Prepared::new(ctx, c);
     let lse_out = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
     let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);
-
-    let m = &c.mask;
-    let mut mask = Mask::none().with_alignment(m.alignment);
-    if let Some(a) = m.causal {
-        mask = mask.causal(a);
-    }
-    if let Some(l) = &m.key_lengths {
-        mask = mask.key_lengths(l.clone());
-    }
-    if let Some(l) = &m.query_lengths {
-        mask = mask.query_lengths(l.clone());
-    }
-    if let Some(w) = m.window {
-        mask = mask.window(w.left, w.right);
-    }
-    if let Some(t) = &bools {
-        mask = if m.summary {
-            let s = ctx.block_mask_blocking(t.view()).expect("block mask");
-            mask.bool_mask_with_summary(t.view().clone(), s)
-        } else {
-            mask.bool_mask(t.view().clone())
-        };
-    }
-    if let Some(t) = &bias {
-        mask = mask.bias(t.view().clone());
-    }
-    if let Some(s) = &m.alibi {
-        mask = mask.alibi(s.clone());
-    }
-    let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
-    opts.subgroups = c.subgroups;
-    opts.tuning = c.tuning;
-    opts.scale = c.scale;
+    let mut opts = x.opts(ctx, c);
     if c.lse {
         opts.lse_output = Some(lse_out.view().clone());
     }
     let plan = ctx
-        .attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)
+        .attention_into_blocking(x.q.view(), x.k.view(), x.v.view(), out.view(), &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", c.label()));
     if c.backend != Backend::Auto {
         assert_eq!(plan.backend, c.backend, "{}", c.label());
     }
     let got = ctx.download_f32_blocking(out.view()).expect("download");
-
-    let host_mask = HostMask {
-        causal: m.causal.is_some(),
-        alignment: m.causal.unwrap_or(m.alignment),
-        key_lengths: m.key_lengths.as_deref(),
-        query_lengths: m.query_lengths.as_deref(),
-        window: m.window,
-        bool_mask: m.bool_mask.as_ref().map(|(d, s)| (&d[..], *s)),
-        bias: bias_rounded
-            .as_ref()
-            .map(|(d, s, _)| HostTensor { data: d, shape: *s }),
-        alibi: m.alibi.as_deref(),
-    };
     let got_lse = if c.lse {
         ctx.download_f32_blocking(lse_out.view())
             .expect("download lse")
     } else {
         Vec::new()
     };
-    let scale = c
-        .scale
-        .map(|s| s as f64)
-        .unwrap_or(1.0 / (c.dk as f64).sqrt());
-    let (want, want_lse) = reference::attention_with_lse(
-        &HostTensor {
-            data: &qh,
-            shape: qs,
-        },
-        &HostTensor {
-            data: &kh,
-            shape: ks,
-        },
-        &HostTensor {
-            data: &vh,
-            shape: vs,
-        },
-        scale,
-        &host_mask,
-    );
+    let [qh, kh, vh] = x.host();
+    let (want, want_lse) =
+        reference::attention_with_lse(&qh, &kh, &vh, scale_of(c), &x.host_mask(c));
     if c.lse {
         assert_close_lse(&got_lse, &want_lse, &format!("{} lse", c.label()));
     }
@@ -535,4 +588,84 @@ pub fn varlen_reference(
         }
     }
     want
+}
+
+pub fn key_lengths(b: usize, sk: usize) -> Vec<u32> {
+    (0..b)
+        .map(|i| [(sk * 2 / 3).max(1), 0, sk, 1][i % 4].min(sk) as u32)
+        .collect()
+}
+
+pub fn query_lengths(b: usize, sq: usize) -> Vec<u32> {
+    (0..b)
+        .map(|i| [(sq * 3 / 4).max(1), sq, 1, 0][i % 4].min(sq) as u32)
+        .collect()
+}
+
+/// The mask combinations every backend is tested with, for one shape.
+pub fn masks(b: usize, h: usize, sq: usize, sk: usize, seed: u64) -> Vec<MaskSpec> {
+    let bool_mask = |shape: [usize; 4], s: u64| {
+        let mut m = random_bool(shape.iter().product(), s, 0.7);
+        // Row 0 of the first mask item is fully masked: it must come out as zeros.
+        m[..sk].fill(false);
+        (m, shape)
+    };
+    vec![
+        MaskSpec::default(),
+        MaskSpec {
+            causal: Some(CausalAlignment::TopLeft),
+            ..Default::default()
+        },
+        MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            key_lengths: Some(key_lengths(b, sk)),
+            ..Default::default()
+        },
+        MaskSpec {
+            key_lengths: Some(key_lengths(b, sk)),
+            query_lengths: Some(query_lengths(b, sq)),
+            ..Default::default()
+        },
+        MaskSpec {
+            window: Some(Window {
+                left: Some(5),
+                right: Some(3),
+            }),
+            alignment: CausalAlignment::BottomRight,
+            ..Default::default()
+        },
+        MaskSpec {
+            bool_mask: Some(bool_mask([b, 1, sq, sk], seed)),
+            ..Default::default()
+        },
+        MaskSpec {
+            bias: Some((
+                random(h * sq * sk, seed + 5)
+                    .iter()
+                    .map(|x| x * 3.0)
+                    .collect(),
+                [1, h, sq, sk],
+                DType::F16,
+            )),
+            alibi: Some((0..h).map(|i| 0.5f32.powi(i as i32 + 1)).collect()),
+            ..Default::default()
+        },
+        MaskSpec {
+            causal: Some(CausalAlignment::TopLeft),
+            key_lengths: Some(key_lengths(b, sk)),
+            window: Some(Window {
+                left: Some(17),
+                right: None,
+            }),
+            bool_mask: Some(bool_mask([1, h, sq, sk], seed + 9)),
+            summary: true,
+            bias: Some((
+                random(b * h * sq * sk, seed + 6),
+                [b, h, sq, sk],
+                DType::F32,
+            )),
+            alibi: Some((0..h).map(|i| 0.25 * (i as f32 + 1.0)).collect()),
+            ..Default::default()
+        },
+    ]
 }

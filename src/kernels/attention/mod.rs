@@ -112,7 +112,9 @@ pub(crate) struct SummarySlot {
     pub mh: u32,
 }
 
-/// Validated views plus options, bound into windows and a parameter block.
+/// Validated views plus options, bound into windows and a parameter block. `stat_words`
+/// reserves words after the host words and the block summary for the GPU to fill (the
+/// backward pass's row statistics, at `params.stat_off`).
 pub(crate) fn bind(
     rt: &Runtime,
     p: &Problem,
@@ -120,6 +122,7 @@ pub(crate) fn bind(
     opts: &AttentionOptions,
     with_summary: bool,
     part: Option<&PartRows>,
+    stat_words: usize,
 ) -> Result<Bound> {
     let [q, k, v, o] = views;
     let qw = window(rt, q, TensorRole::Query)?;
@@ -210,27 +213,33 @@ pub(crate) fn bind(
     } else {
         rt.ring_write(bytemuck::cast_slice(&aux))?
     };
-    let aux = match summary {
-        None => Aux {
+    let summary_words = summary.map_or(0, |s| {
+        s.mb as usize * s.mh as usize * s.nqb as usize * s.nkb as usize
+    });
+    let stat_off = (host_words + summary_words) as u32;
+    let aux = if summary.is_none() && stat_words == 0 {
+        Aux {
             buffer: ring,
             offset: ring_off,
             size: host_bytes,
             host: None,
-        },
-        Some(s) => {
-            let words =
-                host_words + s.mb as usize * s.mh as usize * s.nqb as usize * s.nkb as usize;
-            let bytes = (words.max(4) * 4) as u64;
-            let max = rt.caps().max_storage_binding;
-            if bytes > max {
-                return Err(Error::binding(TensorRole::BoolMask, bytes, max));
-            }
-            Aux {
-                buffer: rt.scratch("wgpu-attention aux with block summary", bytes)?,
-                offset: 0,
-                size: bytes,
-                host: Some((ring, ring_off, host_bytes)),
-            }
+        }
+    } else {
+        let words = host_words + summary_words + stat_words;
+        let bytes = (words.max(4) * 4) as u64;
+        let max = rt.caps().max_storage_binding;
+        if bytes > max {
+            let role = match summary {
+                Some(_) => TensorRole::BoolMask,
+                None => TensorRole::Lse,
+            };
+            return Err(Error::binding(role, bytes, max));
+        }
+        Aux {
+            buffer: rt.scratch("wgpu-attention aux scratch", bytes)?,
+            offset: 0,
+            size: bytes,
+            host: Some((ring, ring_off, host_bytes)),
         }
     };
 
@@ -276,6 +285,7 @@ pub(crate) fn bind(
         n_splits: 1,
         split_len: u32::MAX,
         diag_off,
+        stat_off,
         ..Default::default()
     };
     let lw = match &opts.lse_output {
@@ -352,14 +362,15 @@ pub(crate) fn split_grid(n: u64, max: u32) -> Result<Vec<GridChunk>> {
 }
 
 /// The bind group of an attention kernel over `bound`'s views, the ring slot of its
-/// parameter block (`params`, a range of the ring) and, for the naive kernel's score
-/// scratch or the flash kernels' counters, `scratch`.
+/// parameter block (`params`, a range of the ring) and the kernel's own bindings in `extra`
+/// (the naive kernel's score scratch, the flash kernels' counters, the backward pass's
+/// buffers).
 pub(crate) fn bind_group(
     rt: &Runtime,
     compiled: &Compiled,
     bound: &Bound,
     params: &wgpu::Buffer,
-    scratch: Option<Range>,
+    extra: &[(u32, Range)],
 ) -> Result<wgpu::BindGroup> {
     let dummy = || (rt.dummy().clone(), 0, 16);
     let mut e: [Option<Range>; MAX_BINDINGS] = Default::default();
@@ -372,13 +383,15 @@ pub(crate) fn bind_group(
     e[bindings::MASK as usize] = Some(bound.mask.as_ref().map_or_else(dummy, Window::range));
     e[bindings::BIAS as usize] = Some(bound.bias.as_ref().map_or_else(dummy, Window::range));
     e[bindings::AUX as usize] = Some((bound.aux.buffer.clone(), 0, bound.aux.size));
-    e[bindings::SCRATCH as usize] = scratch;
     e[bindings::LSE as usize] = Some(
         bound
             .lse
             .as_ref()
             .map_or_else(|| (rt.dummy_rw().clone(), 0, 16), Window::range),
     );
+    for (n, range) in extra {
+        e[*n as usize] = Some(range.clone());
+    }
     // Only the bindings the entry point declares take part in its group.
     for (n, slot) in e.iter_mut().enumerate() {
         if !compiled.bindings.iter().any(|b| b.number as usize == n) {
@@ -389,7 +402,8 @@ pub(crate) fn bind_group(
 }
 
 /// Records an attention kernel over `n` workgroups, in as many dispatches as the adapter's
-/// grid limits need (each told its first workgroup and count).
+/// grid limits need (each told its first workgroup and count), with the kernel's own
+/// bindings in `extra`.
 pub(crate) fn launch_grid(
     rt: &Runtime,
     encoder: &mut wgpu::CommandEncoder,
@@ -397,7 +411,7 @@ pub(crate) fn launch_grid(
     compiled: &Compiled,
     bound: &Bound,
     n: u64,
-    scratch: Option<Range>,
+    extra: &[(u32, Range)],
 ) -> Result<()> {
     for c in split_grid(n, rt.caps().max_workgroups_per_dim)? {
         let params = AttnParams {
@@ -406,8 +420,16 @@ pub(crate) fn launch_grid(
             wg_x: c.x,
             ..bound.params
         };
-        let s = scratch.clone();
-        launch(rt, encoder, label, compiled, bound, &params, s, (c.x, c.y))?;
+        launch(
+            rt,
+            encoder,
+            label,
+            compiled,
+            bound,
+            &params,
+            extra,
+            (c.x, c.y),
+        )?;
     }
     Ok(())
 }
@@ -422,11 +444,11 @@ pub(crate) fn launch(
     compiled: &Compiled,
     bound: &Bound,
     params: &AttnParams,
-    scratch: Option<Range>,
+    extra: &[(u32, Range)],
     (x, y): (u32, u32),
 ) -> Result<()> {
     let (ring, off) = rt.ring_write(bytemuck::bytes_of(params))?;
-    let bg = bind_group(rt, compiled, bound, &ring, scratch)?;
+    let bg = bind_group(rt, compiled, bound, &ring, extra)?;
     dispatch(
         encoder,
         label,

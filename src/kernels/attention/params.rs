@@ -26,6 +26,8 @@ pub(crate) mod flags {
     pub const DT_V: u32 = 20;
     pub const DT_O: u32 = 22;
     pub const DT_BIAS: u32 = 24;
+    /// The backward pass's dO.
+    pub const DT_DO: u32 = 26;
 }
 
 /// The `Params` uniform of `shaders/common.wgsl` (flash, memory-efficient and naive).
@@ -75,10 +77,24 @@ pub(crate) struct AttnParams {
     pub l_split: u32,
     /// With [`flags::DIAG`]: where the per-batch diagonal offsets (i32) start in aux.
     pub diag_off: u32,
-    pub _pad: [u32; 3],
+    /// The backward pass's dO: offset and strides (b, h, s, d), in elements.
+    pub d_o: [u32; 5],
+    /// Backward: where the (lse, D) pairs of the rows start in aux.
+    pub stat_off: u32,
+    /// Backward: the f32 scratch region a pass reads or accumulates (`finish`, naive dBias).
+    pub g_off: u32,
+    /// Backward: where dV's region starts in the f32 scratch (dK's is at 0).
+    pub g_dv: u32,
+    /// Backward `finish`: the scratch region's shape (batch, heads, rows, columns); naive
+    /// passes: the chunk's first KV row (b * heads_kv + hk) and their count in the first two.
+    pub fin: [u32; 4],
+    /// Backward: the bias's batch and head sizes (1 where it broadcasts).
+    pub bg_b: u32,
+    pub bg_h: u32,
+    pub _pad: [u32; 1],
 }
 
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 68 * 4);
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 80 * 4);
 const _: () = assert!(std::mem::size_of::<AttnParams>().is_multiple_of(16));
 
 #[cfg(feature = "test-hooks")]
@@ -139,7 +155,14 @@ impl AttnParams {
             one("o_split", offset_of!(Self, o_split)),
             one("l_split", offset_of!(Self, l_split)),
             one("diag_off", offset_of!(Self, diag_off)),
-            (0..3)
+            spread("do", offset_of!(Self, d_o), &view),
+            one("stat_off", offset_of!(Self, stat_off)),
+            one("g_off", offset_of!(Self, g_off)),
+            one("g_dv", offset_of!(Self, g_dv)),
+            spread("f", offset_of!(Self, fin), &["n0", "n1", "n2", "n3"]),
+            one("bg_b", offset_of!(Self, bg_b)),
+            one("bg_h", offset_of!(Self, bg_h)),
+            (0..1)
                 .map(|i| (format!("_pad{i}"), offset_of!(Self, _pad) + 4 * i))
                 .collect(),
         ]

@@ -7,7 +7,7 @@ use crate::data::options::AttentionOptions;
 use crate::data::problem::Problem;
 use crate::error::Result;
 use crate::kernels::attention::{self, Bound};
-use crate::kernels::{spec, summary};
+use crate::kernels::{bindings, spec, summary};
 use crate::plan::variant::{ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
 
@@ -35,7 +35,10 @@ pub(crate) fn record(
     let compiled = rt.pipeline(key, "main", || spec(&key, "main"))?;
     let n_qt = (p.seq_q as u64).div_ceil(variant.block_q() as u64);
     let n = p.batch as u64 * p.heads_q as u64 * n_qt;
-    let scratch = counter.map(|c| (c.clone(), 0, c.size()));
+    let counters: Vec<_> = counter
+        .map(|c| (bindings::SCRATCH, (c.clone(), 0, c.size())))
+        .into_iter()
+        .collect();
     let label = "wgpu-attention flash";
-    attention::launch_grid(rt, encoder, label, &compiled, bound, n, scratch)
+    attention::launch_grid(rt, encoder, label, &compiled, bound, n, &counters)
 }

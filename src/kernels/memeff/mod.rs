@@ -50,7 +50,7 @@ fn dispatch(
         &compiled,
         bound,
         n,
-        None,
+        &[],
     )
 }
 

@@ -4,7 +4,7 @@
 use crate::data::problem::Problem;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{self, Bound};
-use crate::kernels::spec;
+use crate::kernels::{bindings, spec};
 use crate::plan::variant::{ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
 
@@ -69,9 +69,9 @@ pub(crate) fn record(
             params.row_count = rows as u32;
             params.wg_x = c.x;
             params.scratch_stride = p.seq_k as u32;
-            let s = Some((scratch.clone(), 0, bytes));
+            let s = [(bindings::SCRATCH, (scratch.clone(), 0, bytes))];
             let label = "wgpu-attention naive";
-            attention::launch(rt, encoder, label, comp, bound, &params, s, (c.x, c.y))?;
+            attention::launch(rt, encoder, label, comp, bound, &params, &s, (c.x, c.y))?;
         }
         row += rows;
     }

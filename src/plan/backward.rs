@@ -1,0 +1,167 @@
+//! The backward pass's dispatcher: flash (the kernels of `shaders/backward.wgsl`) where its
+//! tiles fit the device, the naive backward otherwise or when asked for, with the reason in
+//! words. Pure: no GPU.
+
+use std::sync::Arc;
+
+use crate::data::options::{AttentionOptions, Backend, Subgroups};
+use crate::data::problem::Problem;
+use crate::error::{Error, Result};
+use crate::plan::dispatch::{
+    DeviceCaps, FLASH_HEAD_DIMS, NAIVE_STORAGE_BUFFERS, SUBGROUP_THREADS_PER_ROW, bucket,
+    fused_buffers_fit,
+};
+use crate::plan::variant::BackwardTile;
+
+/// Query rows and keys per tile of the flash backward, largest first: the first whose Q/dO
+/// and K/V tiles fit the device's workgroup memory is used.
+pub const BACKWARD_BLOCKS: [u32; 3] = [32, 16, 8];
+
+/// The module the naive backward's passes come from when no flash tile fits (their code
+/// loops over head dims at run time; the tile only sizes the module's unused flash arrays).
+pub const NAIVE_BACKWARD_TILE: BackwardTile = BackwardTile {
+    head_dim_qk: 32,
+    head_dim_v: 32,
+    block: 8,
+    threads_per_row: 1,
+};
+
+/// The dispatcher's decision for a backward call.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct BackwardPlan {
+    /// [`Backend::Flash`] or [`Backend::Naive`].
+    pub backend: Backend,
+    /// The tile of the flash kernels (for naive: the module its passes are built from).
+    pub tile: BackwardTile,
+    /// Why, in words.
+    pub reason: Arc<str>,
+}
+
+impl std::fmt::Display for BackwardPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.tile;
+        write!(
+            f,
+            "{} backward (d_qk bucket {}, d_v bucket {}, tile {}x{}, threads/row {}): {}",
+            self.backend,
+            t.head_dim_qk,
+            t.head_dim_v,
+            t.block,
+            t.block,
+            t.threads_per_row,
+            self.reason
+        )
+    }
+}
+
+/// The flash backward's tile for a problem, or why there is none.
+pub fn backward_tile(
+    p: &Problem,
+    caps: &DeviceCaps,
+    opts: &AttentionOptions,
+) -> std::result::Result<BackwardTile, String> {
+    fused_buffers_fit("the flash backward", caps)?;
+    let max = FLASH_HEAD_DIMS[FLASH_HEAD_DIMS.len() - 1];
+    let too_wide = |what: &str, d: usize| {
+        format!("the flash backward supports head dims up to {max}; {what} head dim is {d}")
+    };
+    let dk =
+        bucket(&FLASH_HEAD_DIMS, p.head_dim_qk).ok_or_else(|| too_wide("Q/K", p.head_dim_qk))?;
+    let dv = bucket(&FLASH_HEAD_DIMS, p.head_dim_v).ok_or_else(|| too_wide("V", p.head_dim_v))?;
+    // Subgroups split each row's dot products across threads on GPUs (fewer registers per
+    // thread: the kv kernel holds K, V, dK and dV slices); CPU drivers run one thread per
+    // row. The forward's tuning of threads per row applies here too.
+    let sg_ok = opts.subgroups == Subgroups::Auto
+        && caps.subgroup
+        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
+    let threads_per_row = match opts.tuning.flash_threads_per_row {
+        Some(1) => 1,
+        Some(SUBGROUP_THREADS_PER_ROW) if sg_ok => SUBGROUP_THREADS_PER_ROW,
+        Some(t) => {
+            return Err(format!(
+                "{t} threads per row: the flash backward runs 1, or {SUBGROUP_THREADS_PER_ROW} with subgroups of at least {SUBGROUP_THREADS_PER_ROW} (and Subgroups::Auto)"
+            ));
+        }
+        None if sg_ok && !caps.cpu && dk >= 64 => SUBGROUP_THREADS_PER_ROW,
+        None => 1,
+    };
+    let tile = |block| BackwardTile {
+        head_dim_qk: dk,
+        head_dim_v: dv,
+        block,
+        threads_per_row,
+    };
+    BACKWARD_BLOCKS
+        .iter()
+        .map(|&b| tile(b))
+        .find(|t| {
+            t.workgroup_storage() <= caps.max_workgroup_storage
+                && t.workgroup_size() <= caps.max_invocations
+        })
+        .ok_or_else(|| {
+            let t = tile(BACKWARD_BLOCKS[BACKWARD_BLOCKS.len() - 1]);
+            format!(
+                "the flash backward's tiles of {} rows at head dims {dk}+{dv} need {} bytes of workgroup memory; the adapter offers {}",
+                t.block,
+                t.workgroup_storage(),
+                caps.max_workgroup_storage
+            )
+        })
+}
+
+/// Plans a backward call: the backend, its tile and why.
+///
+/// [`Backend::Auto`] (and the forward-only [`Backend::MemoryEfficient`] and
+/// [`Backend::Decode`], which have no backward of their own) runs flash where its tiles fit,
+/// naive otherwise; [`Backend::Flash`] fails with the reason where they do not.
+pub fn plan_backward(
+    p: &Problem,
+    caps: &DeviceCaps,
+    opts: &AttentionOptions,
+) -> Result<BackwardPlan> {
+    let flash = backward_tile(p, caps, opts);
+    let mask_note = if p.mask.any() {
+        " Masks are applied inside the kernels; tiles no row sees are skipped."
+    } else {
+        ""
+    };
+    let forward_only = match opts.backend {
+        Backend::MemoryEfficient | Backend::Decode => {
+            format!("{} has no backward of its own; ", opts.backend)
+        }
+        _ => String::new(),
+    };
+    let naive = |reason: String| -> Result<BackwardPlan> {
+        if caps.max_storage_buffers < NAIVE_STORAGE_BUFFERS {
+            return Err(Error::limit(
+                "max_storage_buffers_per_shader_stage",
+                NAIVE_STORAGE_BUFFERS as u64,
+                caps.max_storage_buffers as u64,
+            ));
+        }
+        Ok(BackwardPlan {
+            backend: Backend::Naive,
+            tile: flash.clone().unwrap_or(NAIVE_BACKWARD_TILE),
+            reason: reason.into(),
+        })
+    };
+    match (opts.backend, &flash) {
+        (Backend::Naive, _) => {
+            naive("naive was forced (exact reference: P and dS materialised per chunk of rows).".into())
+        }
+        (Backend::Flash, Err(why)) => Err(Error::backend(format!(
+            "the flash backward cannot run: {why}"
+        ))),
+        (_, Ok(t)) => Ok(BackwardPlan {
+            backend: Backend::Flash,
+            tile: *t,
+            reason: format!(
+                "{forward_only}flash backward (FlashAttention-2): a pre-pass for rowsum(dO*O), a kernel per {b} keys accumulating dK and dV in registers over every query head of its group, then dQ in a second pass over {b}-row tiles (deterministic: WGSL has no float atomics); P is recomputed from the forward's log-sum-exp and never stored.{mask_note}",
+                b = t.block
+            )
+            .into(),
+        }),
+        (_, Err(why)) => naive(format!("{forward_only}naive, because {why}.")),
+    }
+}

@@ -1,0 +1,496 @@
+//! The backward pass against the f64 analytic gradients (`reference::attention_backward`),
+//! which a finite-difference check confirms on small cases: every mask kind and combination
+//! × GQA × dtypes × ragged sizes × layouts, NaN-poisoned gradients, fully masked rows,
+//! packed variable-length batches, and calls recorded together.
+
+mod common;
+
+use common::*;
+use wgpu_attention::reference::{self, HostGradients, HostTensor};
+use wgpu_attention::{
+    AttentionOptions, Backend, BackwardInputs, BackwardPlan, CausalAlignment, DType, GradientViews,
+    Tensor, Tuning,
+};
+
+/// Tolerances of the gradients: |gpu - ref| <= atol + rtol * |ref|. Wider than the
+/// forward's: each gradient sums up to Sq (or Sk) products of recomputed weights, and with
+/// 16-bit storage D = rowsum(dO∘O) is taken from the rounded forward output.
+fn grad_tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F16 => (4e-3, 4e-3),
+        DType::BF16 => (3e-2, 3e-2),
+        _ => (2e-5, 1e-4),
+    }
+}
+
+fn assert_grad(got: &[f32], want: &[f64], dtype: DType, label: &str) {
+    let (atol, rtol) = grad_tolerance(dtype);
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs(),
+            "{label}: element {i}: got {g}, want {w} (err {err:.3e}, tol {atol:e}+{rtol:e}*|want|)"
+        );
+    }
+}
+
+/// The GPU's gradients of a case (forward on the GPU for O and the log-sum-exp, then the
+/// backward into NaN-poisoned gradients) and the reference's.
+struct Run {
+    got: [Vec<f32>; 4],
+    want: HostGradients,
+    plan: BackwardPlan,
+}
+
+fn run_backward(c: &Case, dbias: bool) -> Run {
+    let ctx = ctx();
+    let x = Prepared::new(ctx, c);
+    let opts = x.opts(ctx, c);
+    let os = [c.b, c.hq, c.sq, c.dv];
+    let lse = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
+    let out = nan_output(ctx, os, c.out_dtype);
+    let fwd = opts
+        .clone()
+        .backend(Backend::Auto)
+        .lse_output(lse.view().clone());
+    ctx.attention_into_blocking(x.q.view(), x.k.view(), x.v.view(), out.view(), &fwd)
+        .unwrap_or_else(|e| panic!("{} forward: {e}", c.label()));
+    let doh = round_to(c.dtype, &random(os.iter().product(), c.seed + 3));
+    let d_out = upload(ctx, &doh, os, c.dtype, c.layout);
+    let bias_dt = x.bias_rounded.as_ref().map(|b| (b.1, b.2));
+    let g: [Tensor; 3] = [x.qs, x.ks, x.vs].map(|s| nan_output(ctx, s, c.dtype));
+    let gb = bias_dt
+        .filter(|_| dbias)
+        .map(|(s, dt)| nan_output(ctx, s, dt));
+    let grads = GradientViews {
+        dq: g[0].view().clone(),
+        dk: g[1].view().clone(),
+        dv: g[2].view().clone(),
+        dbias: gb.as_ref().map(|t| t.view().clone()),
+    };
+    let inputs = BackwardInputs {
+        q: x.q.view(),
+        k: x.k.view(),
+        v: x.v.view(),
+        out: out.view(),
+        d_out: d_out.view(),
+        lse: lse.view(),
+    };
+    let plan = ctx
+        .attention_backward_into_blocking(&inputs, &grads, &opts)
+        .unwrap_or_else(|e| panic!("{} backward: {e}", c.label()));
+    if c.backend != Backend::Auto {
+        assert_eq!(plan.backend, c.backend, "{}", c.label());
+    }
+    let down = |t: &Tensor| ctx.download_f32_blocking(t.view()).expect("download");
+    let got = [
+        down(&g[0]),
+        down(&g[1]),
+        down(&g[2]),
+        gb.as_ref().map(down).unwrap_or_default(),
+    ];
+    let [qh, kh, vh] = x.host();
+    let want = reference::attention_backward(&qh, &kh, &vh, &doh, scale_of(c), &x.host_mask(c));
+    Run { got, want, plan }
+}
+
+fn check_backward(c: &Case, dbias: bool) -> BackwardPlan {
+    let r = run_backward(c, dbias);
+    let l = c.label();
+    assert_grad(&r.got[0], &r.want.dq, c.dtype, &format!("{l} dQ"));
+    assert_grad(&r.got[1], &r.want.dk, c.dtype, &format!("{l} dK"));
+    assert_grad(&r.got[2], &r.want.dv, c.dtype, &format!("{l} dV"));
+    if dbias && let Some((_, _, dt)) = &c.mask.bias {
+        // dS carries the inputs' rounding whatever the bias's dtype: the coarser one holds.
+        let coarser = if grad_tolerance(*dt).0 > grad_tolerance(c.dtype).0 {
+            *dt
+        } else {
+            c.dtype
+        };
+        assert_grad(&r.got[3], &r.want.dbias, coarser, &format!("{l} dBias"));
+    }
+    r.plan
+}
+
+/// (b, hq, hkv, sq, sk, dk, dv): ragged sizes and powers of two, GQA, Sq != Sk, Dv != Dk.
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 4] = [
+    (1, 1, 1, 1, 7, 64, 64),
+    (2, 4, 2, 59, 113, 64, 64),
+    (1, 2, 1, 64, 32, 59, 64),
+    (2, 2, 2, 113, 59, 64, 7),
+];
+
+fn product(backend: Backend, dtypes: &[DType]) {
+    product_with(backend, dtypes, Tuning::default());
+}
+
+fn product_with(backend: Backend, dtypes: &[DType], tuning: Tuning) {
+    let layouts = [Layout::Bhsd, Layout::Bshd, Layout::Offset];
+    let mut n = 0;
+    for (si, &(b, hq, hkv, sq, sk, dk, dv)) in SHAPES.iter().enumerate() {
+        for (mi, mask) in masks(b, hq, sq, sk, 200 + si as u64)
+            .into_iter()
+            .enumerate()
+        {
+            let dtype = dtypes[(si + mi) % dtypes.len()];
+            let mut c = Case::new(b, hq, sq, sk, dk)
+                .dtype(dtype)
+                .backend(backend)
+                .mask(mask);
+            c.hkv = hkv;
+            c.dv = dv;
+            c.layout = layouts[(si + mi) % 3];
+            c.seed = (si * 31 + mi) as u64;
+            c.tuning = tuning;
+            check_backward(&c, true);
+            n += 1;
+        }
+    }
+    assert_eq!(n, SHAPES.len() * 8);
+}
+
+#[test]
+fn flash_f32_every_mask_shape_and_layout() {
+    product(Backend::Flash, &[DType::F32]);
+}
+
+#[test]
+fn flash_16_bit_every_mask_shape_and_layout() {
+    product(Backend::Flash, &[DType::F16, DType::BF16]);
+}
+
+/// The GPU kernels' form, four threads per row reducing across a subgroup, on whatever
+/// adapter runs the tests (CPU adapters pick one thread per row by default). Where the
+/// adapter has no subgroups (GL), asking for it is refused with the reason.
+#[test]
+fn flash_subgroup_rows_every_mask_shape_and_layout() {
+    let caps = ctx().caps();
+    let tuning = Tuning::default().threads_per_row(4);
+    if caps.subgroup && caps.subgroup_min_size >= 4 {
+        product_with(Backend::Flash, &[DType::F32, DType::F16], tuning);
+    } else {
+        let c = Case::new(1, 1, 8, 8, 64).backend(Backend::Flash);
+        let mut c = c;
+        c.tuning = tuning;
+        let err = std::panic::catch_unwind(|| run_backward(&c, false))
+            .err()
+            .and_then(|e| e.downcast_ref::<String>().cloned())
+            .expect("four threads per row without subgroups must fail");
+        assert!(err.contains("subgroups of at least 4"), "{err}");
+    }
+}
+
+#[test]
+fn naive_every_mask_shape_and_layout() {
+    product(Backend::Naive, &[DType::F32, DType::F16]);
+}
+
+/// The analytic reference against central differences of the f64 forward, on small cases
+/// with GQA, causal masking, a broadcast bias and ALiBi: the gradients the GPU is held to
+/// are the loss's.
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let (b, hq, hkv, sq, sk, d) = (2, 2, 1, 5, 6, 4);
+    let qs = [b, hq, sq, d];
+    let ks = [b, hkv, sk, d];
+    let q = random(qs.iter().product(), 1);
+    let k = random(ks.iter().product(), 2);
+    let v = random(ks.iter().product(), 3);
+    let d_out = random(qs.iter().product(), 4);
+    let bias: Vec<f32> = random(hq * sq * sk, 5);
+    let bias_shape = [1, hq, sq, sk];
+    let kl = [6u32, 4];
+    let alibi = [0.5f32, 0.25];
+    let scale = 0.7;
+    let loss = |q: &[f32], k: &[f32], v: &[f32], bias: &[f32]| -> f64 {
+        let m = reference::HostMask {
+            causal: true,
+            alignment: CausalAlignment::BottomRight,
+            key_lengths: Some(&kl),
+            bias: Some(HostTensor {
+                data: bias,
+                shape: bias_shape,
+            }),
+            alibi: Some(&alibi),
+            ..Default::default()
+        };
+        let t = |data, shape| HostTensor { data, shape };
+        let o = reference::attention(&t(q, qs), &t(k, ks), &t(v, ks), scale, &m);
+        o.iter().zip(&d_out).map(|(a, &g)| a * g as f64).sum()
+    };
+    let m = reference::HostMask {
+        causal: true,
+        alignment: CausalAlignment::BottomRight,
+        key_lengths: Some(&kl),
+        bias: Some(HostTensor {
+            data: &bias,
+            shape: bias_shape,
+        }),
+        alibi: Some(&alibi),
+        ..Default::default()
+    };
+    let t = |data, shape| HostTensor { data, shape };
+    let g = reference::attention_backward(&t(&q, qs), &t(&k, ks), &t(&v, ks), &d_out, scale, &m);
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for (which, analytic) in [(0, &g.dq), (1, &g.dk), (2, &g.dv), (3, &g.dbias)] {
+        let base = [&q, &k, &v, &bias][which];
+        for e in (0..base.len()).step_by(3) {
+            let at = |delta: f32| {
+                let mut x = [q.clone(), k.clone(), v.clone(), bias.clone()];
+                x[which][e] += delta;
+                loss(&x[0], &x[1], &x[2], &x[3])
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            let a = analytic[e];
+            assert!(
+                (fd - a).abs() <= 2e-3 + 2e-2 * a.abs(),
+                "tensor {which} element {e}: finite difference {fd}, analytic {a}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked}");
+    // Keys past a sequence's length and logits in no row's view get no gradient.
+    assert!(g.dk[(4 * d)..(6 * d)].iter().all(|&x| x == 0.0) || kl[0] == 6);
+}
+
+/// Rows with no visible key (a batch item with no keys, query lengths, an all-false bool
+/// row) give zero gradients, never NaN, on both backends.
+#[test]
+fn fully_masked_rows_give_zero_gradients() {
+    for backend in [Backend::Flash, Backend::Naive] {
+        let (b, h, sq, sk) = (3, 2, 9, 17);
+        let mut bools = random_bool(b * sq * sk, 9, 0.6);
+        bools[..sk].fill(false);
+        let c = Case::new(b, h, sq, sk, 64).backend(backend).mask(MaskSpec {
+            key_lengths: Some(vec![17, 0, 5]),
+            query_lengths: Some(vec![9, 4, 0]),
+            bool_mask: Some((bools, [b, 1, sq, sk])),
+            bias: Some((random(b * h * sq * sk, 3), [b, h, sq, sk], DType::F32)),
+            ..Default::default()
+        });
+        let r = run_backward(&c, true);
+        for (n, g) in r.got.iter().enumerate() {
+            assert!(g.iter().all(|x| x.is_finite()), "{backend:?} gradient {n}");
+        }
+        // Batch item 1 sees no key: every gradient of it is zero.
+        let per_b = h * sq * 64;
+        assert!(r.got[0][per_b..2 * per_b].iter().all(|&x| x == 0.0));
+        assert!(
+            r.got[1][h * sk * 64..2 * h * sk * 64]
+                .iter()
+                .all(|&x| x == 0.0)
+        );
+        check_backward(&c, true);
+    }
+}
+
+/// Head-dim buckets past 64 (and a V head dim unlike Q/K's) run the flash backward.
+#[test]
+fn wide_head_dims() {
+    for (dk, dv) in [(128, 96), (256, 32)] {
+        let mut c = Case::new(1, 2, 33, 40, dk)
+            .backend(Backend::Flash)
+            .mask(MaskSpec {
+                causal: Some(CausalAlignment::TopLeft),
+                ..Default::default()
+            });
+        c.dv = dv;
+        check_backward(&c, false);
+    }
+}
+
+/// Two runs give bit-identical gradients (dQ comes from its own pass, not from atomics).
+#[test]
+fn gradients_are_deterministic() {
+    let c = Case::new(2, 4, 70, 90, 64).mask(MaskSpec {
+        causal: Some(CausalAlignment::BottomRight),
+        ..Default::default()
+    });
+    let (a, b) = (run_backward(&c, false), run_backward(&c, false));
+    assert_eq!(a.got, b.got);
+}
+
+/// A packed variable-length batch: each sequence's gradients are those of the sequence on
+/// its own.
+#[test]
+fn varlen_matches_each_sequence_alone() {
+    use wgpu_attention::{Mask, Varlen};
+    let ctx = ctx();
+    let (hq, hkv, d) = (2, 1, 64);
+    let cu_q = vec![0u32, 5, 5, 17];
+    let cu_k = vec![0u32, 9, 12, 30];
+    let (tq, tk) = (17, 30);
+    let qh = random(tq * hq * d, 1);
+    let kh = random(tk * hkv * d, 2);
+    let vh = random(tk * hkv * d, 3);
+    let doh = random(tq * hq * d, 4);
+    let q = packed_varlen(ctx, &qh, tq, hq, d);
+    let k = packed_varlen(ctx, &kh, tk, hkv, d);
+    let v = packed_varlen(ctx, &vh, tk, hkv, d);
+    let d_out = packed_varlen(ctx, &doh, tq, hq, d);
+    let vl = Varlen::new(cu_q.clone(), cu_k.clone());
+    let lse_t = nan_output(ctx, [1, hq, tq, 1], DType::F32);
+    let opts =
+        AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight)).varlen(vl);
+    let fwd = opts.clone().lse_output(lse_t.view().clone());
+    let out = ctx
+        .attention_blocking(q.view(), k.view(), v.view(), &fwd)
+        .expect("forward");
+    for backend in [Backend::Flash, Backend::Naive] {
+        let opts = opts.clone().backend(backend);
+        let inputs = BackwardInputs {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            out: out.view(),
+            d_out: d_out.view(),
+            lse: lse_t.view(),
+        };
+        let g = ctx
+            .attention_backward_blocking(&inputs, &opts)
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        let got =
+            [&g.dq, &g.dk, &g.dv].map(|t| ctx.download_f32_blocking(t.view()).expect("download"));
+        for s in 0..3 {
+            let (q0, q1) = (cu_q[s] as usize, cu_q[s + 1] as usize);
+            let (k0, k1) = (cu_k[s] as usize, cu_k[s + 1] as usize);
+            let (ql, kl) = (q1 - q0, k1 - k0);
+            // Packed [total, heads, d] rows of one sequence, as BHSD.
+            let take = |src: &[f32], heads: usize, start: usize, n: usize| {
+                let mut t = vec![0.0; heads * n * d];
+                for hh in 0..heads {
+                    for i in 0..n {
+                        t[(hh * n + i) * d..][..d]
+                            .copy_from_slice(&src[((start + i) * heads + hh) * d..][..d]);
+                    }
+                }
+                t
+            };
+            let (sq_, sk_, sv_, sdo) = (
+                take(&qh, hq, q0, ql),
+                take(&kh, hkv, k0, kl),
+                take(&vh, hkv, k0, kl),
+                take(&doh, hq, q0, ql),
+            );
+            let m = reference::HostMask {
+                causal: true,
+                alignment: CausalAlignment::BottomRight,
+                ..Default::default()
+            };
+            let t = |data, heads, n| HostTensor {
+                data,
+                shape: [1, heads, n, d],
+            };
+            let w = reference::attention_backward(
+                &t(&sq_, hq, ql),
+                &t(&sk_, hkv, kl),
+                &t(&sv_, hkv, kl),
+                &sdo,
+                1.0 / (d as f64).sqrt(),
+                &m,
+            );
+            // The downloads are logical [1, heads, total, d].
+            let pick = |g: &[f32], heads: usize, total: usize, start: usize, n: usize| {
+                let mut t = vec![0.0f32; heads * n * d];
+                for hh in 0..heads {
+                    for i in 0..n {
+                        t[(hh * n + i) * d..][..d]
+                            .copy_from_slice(&g[((hh * total) + start + i) * d..][..d]);
+                    }
+                }
+                t
+            };
+            let l = format!("{backend:?} sequence {s}");
+            assert_grad(
+                &pick(&got[0], hq, tq, q0, ql),
+                &w.dq,
+                DType::F32,
+                &format!("{l} dQ"),
+            );
+            assert_grad(
+                &pick(&got[1], hkv, tk, k0, kl),
+                &w.dk,
+                DType::F32,
+                &format!("{l} dK"),
+            );
+            assert_grad(
+                &pick(&got[2], hkv, tk, k0, kl),
+                &w.dv,
+                DType::F32,
+                &format!("{l} dV"),
+            );
+        }
+    }
+}
+
+/// Gradients sub-allocated from the pages that hold the inputs (as Burn and cubecl lay
+/// tensors out), and backward calls recorded together into one encoder before one submit.
+#[test]
+fn shared_pages_and_calls_recorded_together() {
+    let ctx = ctx();
+    let c = Case::new(1, 2, 19, 23, 64).mask(MaskSpec {
+        causal: Some(CausalAlignment::TopLeft),
+        ..Default::default()
+    });
+    let want = run_backward(&c, false);
+    let x = Prepared::new(ctx, &c);
+    let opts = x.opts(ctx, &c);
+    let os = [c.b, c.hq, c.sq, c.dv];
+    let lse = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
+    let fwd = opts.clone().lse_output(lse.view().clone());
+    let out = ctx
+        .attention_blocking(x.q.view(), x.k.view(), x.v.view(), &fwd)
+        .expect("forward");
+    let doh = round_to(c.dtype, &random(os.iter().product(), c.seed + 3));
+    // One page: dO, then dQ, dK, dV after it.
+    let n: usize = os.iter().product();
+    let (nq, nk) = (x.qh.len(), x.kh.len());
+    let mut page_data = doh.clone();
+    page_data.extend(vec![f32::NAN; nq + 2 * nk]);
+    let page = buffer_of(ctx, &page_data, DType::F32);
+    let at = |off: usize, shape: [usize; 4]| {
+        page.reshaped(DType::F32, shape, bhsd_strides(shape), (off * 4) as u64)
+    };
+    let d_out = at(0, os);
+    let gq = at(n, x.qs);
+    let gk = at(n + nq, x.ks);
+    let gv = at(n + nq + nk, x.vs);
+    let grads = GradientViews {
+        dq: gq.view().clone(),
+        dk: gk.view().clone(),
+        dv: gv.view().clone(),
+        dbias: None,
+    };
+    let inputs = BackwardInputs {
+        q: x.q.view(),
+        k: x.k.view(),
+        v: x.v.view(),
+        out: out.view(),
+        d_out: d_out.view(),
+        lse: lse.view(),
+    };
+    // Twice into one encoder: the second call sees the same inputs and writes the same.
+    {
+        let _held = ctx.lock_device();
+        let mut enc = ctx
+            .device()
+            .create_command_encoder(&wgpu_attention::wgpu::CommandEncoderDescriptor::default());
+        for _ in 0..2 {
+            ctx.record_attention_backward(&mut enc, &inputs, &grads, &opts)
+                .expect("record");
+        }
+        ctx.queue().submit([enc.finish()]);
+    }
+    let got = [&gq, &gk, &gv].map(|t| ctx.download_f32_blocking(t.view()).expect("download"));
+    for (g, w) in got.iter().zip(&want.got) {
+        assert_eq!(g, w);
+    }
+    assert_eq!(
+        ctx.download_f32_blocking(d_out.view()).expect("download"),
+        doh,
+        "dO is left as it was"
+    );
+}
