@@ -2,12 +2,16 @@
 //!
 //! Flags: `--backend auto|flash|memeff|naive`, `--mask none|causal|pad50|boolmask50|bias`,
 //! `--dtype f32|f16`, `--b N --h N --sq N --sk N --d N`, `--iters N`,
-//! `--grid default|sweep|gpu` (sweep: the plot's data; gpu: the real-GPU shapes),
+//! `--grid default|sweep|gpu|backward` (sweep: the plot's data; gpu: the real-GPU shapes;
+//! backward: the backward pass's targets),
 //! `--subgroups on|off`, `--rpt N`, `--bk N`, `--tpr N` (tile overrides), `--unchecked` (shaders without
 //! wgpu's injected bounds checks: `Context::from_device_unchecked`), `--experimental`
 //! (wgpu's cooperative matrices where the adapter has them: `Context::new_experimental`),
 //! `--max-binding BYTES` (a device whose storage bindings hold at most that many bytes, as
 //! `wgpu::Limits::default()`'s 128 MiB: calls with larger tensors run split, see `"parts"`),
+//! `--pass forward|backward` (backward: `Context::record_attention_backward` from the
+//! forward's output and log-sum-exp; GFLOP/s counted as 2.5x the forward's FLOPs, and
+//! `scratch_mb` the scratch the context keeps afterwards),
 //! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
 //! cooperative-matrix kernel's rescale round trips).
 //! Each line carries the variant's cost line (`variant`, `rows_per_workgroup`,
@@ -19,7 +23,8 @@
 use std::time::Instant;
 
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, TensorView,
+    AttentionOptions, Backend, BackwardInputs, CausalAlignment, Context, DType, Gradients, Mask,
+    Subgroups, TensorView,
 };
 
 #[derive(Clone, Debug)]
@@ -39,6 +44,8 @@ struct Case {
     tpr: Option<u32>,
     /// Q's inputs are uniform in [-gain, gain) (`--gain`; K and V in [-1, 1)).
     gain: f32,
+    /// `--pass backward`: time the backward pass.
+    backward: bool,
 }
 
 use wgpu_attention::reference::random_uniform as random;
@@ -119,24 +126,59 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     opts.tuning.flash_block_k = c.bk;
     opts.tuning.flash_threads_per_row = c.tpr;
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
+    let dtype = if c.dtype == "f16" {
+        DType::F16
+    } else {
+        DType::F32
+    };
     let out = ctx
-        .empty(
-            [c.b, c.h, c.sq, c.d],
-            if c.dtype == "f16" {
-                DType::F16
-            } else {
-                DType::F32
-            },
-        )
+        .empty([c.b, c.h, c.sq, c.d], dtype)
         .map_err(|e| e.to_string())?;
+    // The backward pass reads the forward's output and log-sum-exp, and writes gradients.
+    let backward = if c.backward {
+        let e = |e: wgpu_attention::Error| e.to_string();
+        let lse = ctx.empty([c.b, c.h, c.sq, 1], DType::F32).map_err(e)?;
+        let fwd = opts.clone().lse_output(lse.view().clone());
+        ctx.attention_into_blocking(&q, &k, &v, out.view(), &fwd)
+            .map_err(e)?;
+        let d_out = upload(ctx, &random(qs.iter().product(), 5), qs, &c.dtype)?;
+        let grads = Gradients {
+            dq: ctx.empty(qs, dtype).map_err(e)?,
+            dk: ctx.empty(ks, dtype).map_err(e)?,
+            dv: ctx.empty(ks, dtype).map_err(e)?,
+            dbias: None,
+        };
+        Some((lse, d_out, grads))
+    } else {
+        None
+    };
+    let mut bplan = None;
     let mut times = Vec::new();
     for it in 0..=c.iters {
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         if let Some(set) = &timer.set {
             enc.write_timestamp(set, 0);
         }
-        ctx.record_attention(&mut enc, &q, &k, &v, out.view(), &opts)
-            .map_err(|e| e.to_string())?;
+        match &backward {
+            Some((lse, d_out, grads)) => {
+                let inputs = BackwardInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    out: out.view(),
+                    d_out,
+                    lse: lse.view(),
+                };
+                let p = ctx
+                    .record_attention_backward(&mut enc, &inputs, &grads.views(), &opts)
+                    .map_err(|e| e.to_string())?;
+                bplan = Some(p);
+            }
+            None => {
+                ctx.record_attention(&mut enc, &q, &k, &v, out.view(), &opts)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         if let (Some(set), Some(res)) = (&timer.set, &timer.resolve) {
             enc.write_timestamp(set, 1);
             enc.resolve_query_set(set, 0..2, res, 0);
@@ -175,12 +217,35 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     };
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
-    let gflops = 4.0 * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
+    let flops_per = if c.backward { 10.0 } else { 4.0 };
+    let gflops = flops_per * (c.b * c.h * c.sq * c.sk * c.d) as f64 / (median * 1e-3) / 1e9;
     // The least traffic a call needs (Q, K, V read once, O written once): what decode is
     // bound by.
     let elem = if c.dtype == "f16" { 2.0 } else { 4.0 };
     let bytes = 2.0 * (c.b * c.h * (c.sq + c.sk) * c.d) as f64 * elem;
     let gbps = bytes / (median * 1e-3) / 1e9;
+    if let Some(p) = &bplan {
+        let scratch_mb = ctx.created_resources().scratch_bytes as f64 / (1 << 20) as f64;
+        let t = p.tile;
+        return Ok(format!(
+            "{{\"pass\":\"backward\",\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"tile\":\"{}x{} tpr{}\",\"scratch_mb\":{:.2}}}",
+            c.backend,
+            c.mask,
+            c.dtype,
+            c.b,
+            c.h,
+            c.sq,
+            c.sk,
+            c.d,
+            median,
+            gflops,
+            p.backend.name(),
+            t.block,
+            t.block,
+            t.threads_per_row,
+            scratch_mb
+        ));
+    }
     Ok(format!(
         "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{}{}}}",
         c.backend,
@@ -271,6 +336,7 @@ fn main() {
         bk: None,
         tpr: None,
         gain: 1.0,
+        backward: false,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -298,6 +364,11 @@ fn main() {
             "--bk" => base.bk = Some(num() as u32),
             "--tpr" => base.tpr = Some(num() as u32),
             "--max-binding" => max_binding = Some(num() as u64),
+            "--pass" => match val.as_str() {
+                "forward" => base.backward = false,
+                "backward" => base.backward = true,
+                other => panic!("--pass is forward or backward, not {other:?}"),
+            },
             "--gain" => {
                 base.gain = val
                     .parse()
@@ -307,7 +378,14 @@ fn main() {
         }
         if !matches!(
             args[i].as_str(),
-            "--iters" | "--grid" | "--subgroups" | "--rpt" | "--bk" | "--tpr" | "--max-binding"
+            "--iters"
+                | "--grid"
+                | "--subgroups"
+                | "--rpt"
+                | "--bk"
+                | "--tpr"
+                | "--max-binding"
+                | "--pass"
         ) {
             explicit = true;
         }
@@ -380,6 +458,32 @@ fn main() {
             cases.push(case("memeff", "none", "f32", 1, 8, s, 64));
             cases.push(case("naive", "none", "f32", 1, 8, s, 64));
         }
+    } else if grid == "backward" {
+        // The backward pass's targets (BENCHMARKS.md): against the forward, against naive,
+        // masked against unmasked, and a long sequence's memory.
+        for backward in [false, true] {
+            cases.push(Case {
+                backward,
+                ..case("flash", "none", "f32", 1, 8, 1024, 64)
+            });
+        }
+        for b in ["flash", "naive"] {
+            cases.push(Case {
+                backward: true,
+                ..case(b, "none", "f32", 1, 8, 2048, 64)
+            });
+        }
+        for m in ["pad50", "causal"] {
+            cases.push(Case {
+                backward: true,
+                ..case("flash", m, "f32", 1, 8, 2048, 64)
+            });
+        }
+        cases.push(Case {
+            backward: true,
+            iters: 1,
+            ..case("flash", "causal", "f32", 1, 1, 16384, 64)
+        });
     } else if grid == "gpu" {
         // The real-GPU comparison with PyTorch (benches/torch_sdpa.py runs the same shapes).
         for s in [1024, 4096] {

@@ -21,7 +21,7 @@
 // analytic key range are never visited and block summaries skip fully masked tiles.
 // `n_*` is the naive backward: P and dS materialised per chunk of rows, the reference.
 //
-// Needs from the prelude: DKB, DVB, BR, BC, TPR, WG, row_reduce(), count_tile() and the K/V
+// Needs from the prelude: DKB, DVB, BR (= BC), BC, TPR, RPT, WG, row_reduce(), count_tile() and the K/V
 // tiles of shaders/flash_tiles.wgsl.
 
 @group(0) @binding(8) var<storage, read_write> gacc: array<f32>;
@@ -38,6 +38,8 @@ const DPK: u32 = DKB / TPR;
 const DPV: u32 = DVB / TPR;
 const PK4: u32 = DPK / 4u;
 const PV4: u32 = DPV / 4u;
+// The distance between a thread's RPT rows (dq, dbias) or keys (kv).
+const STRIDE: u32 = BR / RPT;
 // A row of the Q/dO tile in workgroup memory: Q's DK4 vectors, then dO's DV4.
 const QD_ROW: u32 = DK4 + DV4;
 
@@ -145,139 +147,66 @@ fn fill_qd_tile(lid: u32, b: u32, h: u32, qt: u32, rc: RowCtx) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+// One row of a `dq` or `dbias` thread: where it is, what it sees, and its Q and dO slices.
+struct BwdRow {
+    i: u32,
+    ok: bool,
+    range: vec2<u32>,
+    st: vec2<f32>,
+}
+
+fn bwd_row(b: u32, h: u32, i: u32, rc: RowCtx) -> BwdRow {
+    return BwdRow(i, row_stored(b, i, rc), key_range(i, rc), row_stats(b, h, i, rc));
+}
+
+// A `kv` workgroup's keys: BC of batch item b's KV head hk, from k0.
+struct KeyTile {
+    b: u32,
+    hk: u32,
+    k0: u32,
+}
+
+fn key_tile(wid: vec3<u32>) -> KeyTile {
     let n_kt = (P.seq_k + BC - 1u) / BC;
     let wg = linear_wg(wid);
-    let kt = wg % n_kt;
     let bh = wg / n_kt;
-    let hk = bh % P.heads_kv;
-    let b = bh / P.heads_kv;
-    if (b >= P.batch) { return; }
-    let sub = lid % TPR;
-    let k0 = kt * BC;
-    let j = k0 + lid / TPR;
-    let rc = row_ctx(b);
-    let bases = kv_bases(b, hk);
+    return KeyTile(bh / P.heads_kv, bh % P.heads_kv, (wg % n_kt) * BC);
+}
 
-    // This thread's slice of key j's K and V rows, and of their gradients.
-    var kr: array<vec4<f32>, PK4>;
-    var vr: array<vec4<f32>, PV4>;
-    var gk: array<vec4<f32>, PK4>;
-    var gv: array<vec4<f32>, PV4>;
-    for (var t = 0u; t < PK4; t++) {
-        kr[t] = kv_vec4(false, bases.x, j, sub * DPK + t * 4u);
-        gk[t] = vec4<f32>(0.0);
-    }
-    for (var t = 0u; t < PV4; t++) {
-        vr[t] = kv_vec4(true, bases.y, j, sub * DPV + t * 4u);
-        gv[t] = vec4<f32>(0.0);
-    }
+// Starts query tile qt of head h for the keys from k0: 0 when none of its rows sees any of
+// them (nothing is loaded), else its state (1 all visible, 2 mixed) with its Q/dO tile
+// loaded (two barriers: the previous tile's reads end, this one's loads are seen).
+fn next_q_tile(lid: u32, b: u32, h: u32, qt: u32, k0: u32, rc: RowCtx) -> u32 {
+    let tr = tile_key_range(qt * BR, qt * BR + BR, rc);
+    if (tr.y <= k0 || tr.x >= k0 + BC) { return 0u; }
+    let state = tile_state(b, h, qt, k0);
+    if (state == 0u) { return 0u; }
+    if (lid == 0u) { count_tile(state); }
+    workgroupBarrier();
+    fill_qd_tile(lid, b, h, qt, rc);
+    workgroupBarrier();
+    return state;
+}
 
-    let n_qt = (P.seq_q + BR - 1u) / BR;
-    for (var g = 0u; g < P.group; g++) {
-        let h = hk * P.group + g;
-        for (var qt = 0u; qt < n_qt; qt++) {
-            // Query tiles whose rows see none of these keys are never loaded.
-            let tr = tile_key_range(qt * BR, qt * BR + BR, rc);
-            if (tr.y <= k0 || tr.x >= k0 + BC) { continue; }
-            let state = tile_state(b, h, qt, k0);
-            if (state == 0u) { continue; }
-            if (lid == 0u) { count_tile(state); }
-            workgroupBarrier();
-            fill_qd_tile(lid, b, h, qt, rc);
-            workgroupBarrier();
-            for (var r = 0u; r < BR; r++) {
-                let i = qt * BR + r;
-                let qb = r * QD_ROW + sub * PK4;
-                let ob = r * QD_ROW + DK4 + sub * PV4;
-                var sp = 0.0;
-                for (var t = 0u; t < PK4; t++) { sp += dot(qd[qb + t], kr[t]); }
-                var dpp = 0.0;
-                for (var t = 0u; t < PV4; t++) { dpp += dot(qd[ob + t], vr[t]); }
-                let sdot = row_reduce(sp);
-                let dp = row_reduce(dpp);
-                let st = qd_stats[r];
-                let sv = visible_logit(b, h, i, j, key_range(i, rc), state, sdot, st.x, rc);
-                if (sv.y != 0.0) {
-                    let p = exp(sv.x - st.x);
-                    let ds = p * (dp - st.y);
-                    for (var t = 0u; t < PV4; t++) { gv[t] += p * qd[ob + t]; }
-                    for (var t = 0u; t < PK4; t++) { gk[t] += ds * qd[qb + t]; }
-                }
-            }
-        }
-    }
-
-    if (j < P.seq_k) {
-        let kbase = ((b * P.heads_kv + hk) * P.seq_k + j) * P.dk;
-        for (var t = 0u; t < PK4; t++) {
-            for (var c = 0u; c < 4u; c++) {
-                let d = sub * DPK + t * 4u + c;
-                if (d < P.dk) { gacc[kbase + d] = gk[t][c] * P.scale; }
-            }
-        }
-        let vbase = P.g_dv + ((b * P.heads_kv + hk) * P.seq_k + j) * P.dv;
-        for (var t = 0u; t < PV4; t++) {
-            for (var c = 0u; c < 4u; c++) {
-                let d = sub * DPV + t * 4u + c;
-                if (d < P.dv) { gacc[vbase + d] = gv[t][c]; }
-            }
-        }
+// Stores dims d0..d0+3 of a gradient row into the f32 scratch from `base` (dK scaled).
+fn store_grad4(base: u32, dim: u32, d0: u32, x: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        if (d0 + c < dim) { gacc[base + d0 + c] = x[c]; }
     }
 }
 
-// --------------------------------------------------------------------------- dq
+// Where key j's dK (is_v false) or dV row starts in the f32 scratch.
+fn grad_base(t: KeyTile, j: u32, is_v: bool) -> u32 {
+    let row = (t.b * P.heads_kv + t.hk) * P.seq_k + j;
+    if (is_v) { return P.g_dv + row * P.dv; }
+    return row * P.dk;
+}
 
-@compute @workgroup_size(WG)
-fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tile = query_tile(wid);
-    let b = tile.b;
-    let h = tile.h;
-    if (b >= P.batch) { return; }
-    let sub = lid % TPR;
-    let rc = row_ctx(b);
-    let tiles = block_tiles(lid, tile, rc);
-    let i = tile.qt * BR + lid / TPR;
-    let ok = row_stored(b, i, rc);
-    let kr = key_range(i, rc);
-    let st = row_stats(b, h, i, rc);
-    var q: array<vec4<f32>, PK4>;
-    var dov: array<vec4<f32>, PV4>;
-    var g: array<vec4<f32>, PK4>;
-    for (var t = 0u; t < PK4; t++) {
-        q[t] = row_vec4(false, b, h, i, sub * DPK + t * 4u, ok);
-        g[t] = vec4<f32>(0.0);
-    }
-    for (var t = 0u; t < PV4; t++) { dov[t] = row_vec4(true, b, h, i, sub * DPV + t * 4u, ok); }
-
-    let bases = kv_bases(b, tile.hk);
-    for (var j0 = tiles.x; j0 < tiles.y; j0 += BC) {
-        let state = next_tile(lid, b, h, tile.qt, j0, bases);
-        if (state == 0u) { continue; }
-        for (var jj = 0u; jj < BC; jj++) {
-            let kb = jj * DK4 + sub * PK4;
-            let vb = VS0 + jj * DV4 + sub * PV4;
-            var sp = 0.0;
-            for (var t = 0u; t < PK4; t++) { sp += dot(q[t], kvs[kb + t]); }
-            var dpp = 0.0;
-            for (var t = 0u; t < PV4; t++) { dpp += dot(dov[t], kvs[vb + t]); }
-            let sdot = row_reduce(sp);
-            let dp = row_reduce(dpp);
-            let sv = visible_logit(b, h, i, j0 + jj, kr, state, sdot, st.x, rc);
-            if (sv.y != 0.0) {
-                let ds = exp(sv.x - st.x) * (dp - st.y);
-                for (var t = 0u; t < PK4; t++) { g[t] += ds * kvs[kb + t]; }
-            }
-        }
-    }
-    if (ok) {
-        for (var t = 0u; t < PK4; t++) {
-            for (var c = 0u; c < 4u; c++) {
-                let d = sub * DPK + t * 4u + c;
-                if (d < P.dk) { store_o(o_index(b, h, i, d, 0u), g[t][c] * P.scale); }
-            }
-        }
+// Stores dims d0..d0+3 of row r's dQ (already scaled).
+fn store_dq4(b: u32, h: u32, r: BwdRow, d0: u32, x: vec4<f32>) {
+    if (!r.ok) { return; }
+    for (var c = 0u; c < 4u; c++) {
+        if (d0 + c < P.dk) { store_o(o_index(b, h, r.i, d0 + c, 0u), x[c]); }
     }
 }
 
@@ -301,10 +230,8 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let bb = bh / P.bg_h;
     if (bb >= P.bg_b) { return; }
     let sub = lid % TPR;
-    let i = qt * BR + lid / TPR;
     let j0 = kt * BC;
-    var acc: array<f32, BC>;
-    for (var jj = 0u; jj < BC; jj++) { acc[jj] = 0.0; }
+    var acc: array<array<f32, BC>, RPT>;
     // The batch items and heads that share this bias element.
     let nb = select(1u, P.batch, P.bg_b == 1u);
     let nh = select(1u, P.heads_q, P.bg_h == 1u);
@@ -313,34 +240,51 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         let rc = row_ctx(b);
         let tr = tile_key_range(qt * BR, qt * BR + BR, rc);
         if (tr.y <= j0 || tr.x >= j0 + BC) { continue; }
-        let ok = row_stored(b, i, rc);
-        let kr = key_range(i, rc);
         for (var y = 0u; y < nh; y++) {
             let h = select(hb, y, P.bg_h == 1u);
             let state = next_tile(lid, b, h, qt, j0, kv_bases(b, h / P.group));
             if (state == 0u) { continue; }
-            let st = row_stats(b, h, i, rc);
-            var q: array<vec4<f32>, PK4>;
-            var dov: array<vec4<f32>, PV4>;
-            for (var t = 0u; t < PK4; t++) { q[t] = row_vec4(false, b, h, i, sub * DPK + t * 4u, ok); }
-            for (var t = 0u; t < PV4; t++) { dov[t] = row_vec4(true, b, h, i, sub * DPV + t * 4u, ok); }
+            var rows: array<BwdRow, RPT>;
+            var q: array<array<vec4<f32>, PK4>, RPT>;
+            var dov: array<array<vec4<f32>, PV4>, RPT>;
+            for (var k = 0u; k < RPT; k++) {
+                rows[k] = bwd_row(b, h, qt * BR + lid / TPR + k * STRIDE, rc);
+                for (var t = 0u; t < PK4; t++) {
+                    q[k][t] = row_vec4(false, b, h, rows[k].i, sub * DPK + t * 4u, rows[k].ok);
+                }
+                for (var t = 0u; t < PV4; t++) {
+                    dov[k][t] = row_vec4(true, b, h, rows[k].i, sub * DPV + t * 4u, rows[k].ok);
+                }
+            }
             for (var jj = 0u; jj < BC; jj++) {
-                let kb = jj * DK4 + sub * PK4;
-                let vb = VS0 + jj * DV4 + sub * PV4;
-                var sp = 0.0;
-                for (var t = 0u; t < PK4; t++) { sp += dot(q[t], kvs[kb + t]); }
-                var dpp = 0.0;
-                for (var t = 0u; t < PV4; t++) { dpp += dot(dov[t], kvs[vb + t]); }
-                let sdot = row_reduce(sp);
-                let dp = row_reduce(dpp);
-                let sv = visible_logit(b, h, i, j0 + jj, kr, state, sdot, st.x, rc);
-                if (sv.y != 0.0) { acc[jj] += exp(sv.x - st.x) * (dp - st.y); }
+                var sp: array<f32, RPT>;
+                var dpp: array<f32, RPT>;
+                for (var t = 0u; t < PK4; t++) {
+                    let kv = kvs[jj * DK4 + sub * PK4 + t];
+                    for (var k = 0u; k < RPT; k++) { sp[k] += dot(q[k][t], kv); }
+                }
+                for (var t = 0u; t < PV4; t++) {
+                    let vv = kvs[VS0 + jj * DV4 + sub * PV4 + t];
+                    for (var k = 0u; k < RPT; k++) { dpp[k] += dot(dov[k][t], vv); }
+                }
+                for (var k = 0u; k < RPT; k++) {
+                    let sdot = row_reduce(sp[k]);
+                    let dp = row_reduce(dpp[k]);
+                    let st = rows[k].st;
+                    let sv = visible_logit(b, h, rows[k].i, j0 + jj, rows[k].range, state, sdot, st.x, rc);
+                    if (sv.y != 0.0) { acc[k][jj] += exp(sv.x - st.x) * (dp - st.y); }
+                }
             }
         }
     }
-    if (i < P.seq_q && sub == 0u) {
-        for (var jj = 0u; jj < BC; jj++) {
-            if (j0 + jj < P.seq_k) { store_o(dbias_index(bb, hb, i, j0 + jj), acc[jj]); }
+    if (sub == 0u) {
+        for (var k = 0u; k < RPT; k++) {
+            let i = qt * BR + lid / TPR + k * STRIDE;
+            if (i < P.seq_q) {
+                for (var jj = 0u; jj < BC; jj++) {
+                    if (j0 + jj < P.seq_k) { store_o(dbias_index(bb, hb, i, j0 + jj), acc[k][jj]); }
+                }
+            }
         }
     }
 }

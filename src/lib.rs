@@ -28,7 +28,8 @@ pub use wgpu;
 /// shader variant, reason).
 pub mod dispatch {
     pub use crate::plan::backward::{
-        BACKWARD_BLOCKS, BackwardPlan, NAIVE_BACKWARD_TILE, backward_tile, plan_backward,
+        BACKWARD_AUX_TILE, BACKWARD_BLOCKS, BackwardPlan, CPU_PER_THREAD, backward_tile,
+        plan_backward,
     };
     pub use crate::plan::dispatch::*;
     pub use crate::plan::variant::BackwardTile;

@@ -114,11 +114,13 @@ fn check_backward(c: &Case, dbias: bool) -> BackwardPlan {
 }
 
 /// (b, hq, hkv, sq, sk, dk, dv): ragged sizes and powers of two, GQA, Sq != Sk, Dv != Dk.
+/// Head dims stay in one bucket (64) so that the product compiles few kernels (GL compiles
+/// each cold for tens of seconds); `head_dim_buckets` covers the others.
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 4] = [
     (1, 1, 1, 1, 7, 64, 64),
     (2, 4, 2, 59, 113, 64, 64),
     (1, 2, 1, 64, 32, 59, 64),
-    (2, 2, 2, 113, 59, 64, 7),
+    (2, 2, 2, 113, 59, 64, 61),
 ];
 
 fn product(backend: Backend, dtypes: &[DType]) {
@@ -287,10 +289,11 @@ fn fully_masked_rows_give_zero_gradients() {
     }
 }
 
-/// Head-dim buckets past 64 (and a V head dim unlike Q/K's) run the flash backward.
+/// Head-dim buckets other than 64 (and a V head dim unlike Q/K's), on both sides of the
+/// unrolled kernels' bound (128).
 #[test]
-fn wide_head_dims() {
-    for (dk, dv) in [(128, 96), (256, 32)] {
+fn head_dim_buckets() {
+    for (dk, dv) in [(7, 7), (128, 96), (256, 32)] {
         let mut c = Case::new(1, 2, 33, 40, dk)
             .backend(Backend::Flash)
             .mask(MaskSpec {

@@ -56,6 +56,8 @@ pub mod sources {
     pub const COUNT_ON: &str = include_str!("../../shaders/count_on.wgsl");
     /// The backward pass (flash and naive).
     pub const BACKWARD: &str = include_str!("../../shaders/backward.wgsl");
+    /// The flash backward's `kv` and `dq` kernels, SIMT form.
+    pub const BACKWARD_FLASH: &str = include_str!("../../shaders/backward_flash.wgsl");
 }
 
 /// The typed `const` lines of a variant (and, on cooperative matrices, the aliases of its
@@ -142,6 +144,13 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
         ),
         ModuleKey::Merge => format!("{}\n{}", sources::DTYPE, sources::MERGE),
         ModuleKey::Backward(t) => {
+            let generated;
+            let flash = if t.unrolled {
+                generated = backward::unrolled::source(t);
+                generated.as_str()
+            } else {
+                sources::BACKWARD_FLASH
+            };
             let reduce = if t.threads_per_row > 1 {
                 sources::REDUCE_SUBGROUP
             } else {
@@ -149,10 +158,11 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
             };
             format!(
                 "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {b}u;\nconst BC: u32 = {b}u;\n\
-                 const TPR: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}\n{}\n{reduce}\n{}\n{}\n{}",
+                 const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}\n{}\n{reduce}\n{}\n{}\n{}\n{flash}",
                 t.head_dim_qk,
                 t.head_dim_v,
                 t.threads_per_row,
+                t.per_thread,
                 t.workgroup_size(),
                 sources::DTYPE,
                 sources::COMMON,

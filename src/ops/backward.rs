@@ -50,22 +50,22 @@ pub(crate) fn pipelines(
     opts: &AttentionOptions,
     dbias: bool,
 ) -> Vec<(ModuleKey, &'static str)> {
-    let key = ModuleKey::Backward(plan.tile);
-    let mut keys = vec![(key, "prep"), (key, "finish")];
+    let key = |entry| (backward::module_for(plan.tile, entry), entry);
+    let mut keys = vec![key("prep"), key("finish")];
     if plan.backend == Backend::Naive {
         let fwd = ModuleKey::Attention {
             variant: ShaderVariant::Naive,
             counters: false,
         };
         keys.extend([(fwd, "scores"), (fwd, "softmax")]);
-        keys.extend(["n_dv", "n_ds", "n_dk", "n_dq"].map(|e| (key, e)));
+        keys.extend(["n_dv", "n_ds", "n_dk", "n_dq"].map(key));
         if dbias {
-            keys.push((key, "n_dbias"));
+            keys.push(key("n_dbias"));
         }
     } else {
-        keys.extend([(key, "kv"), (key, "dq")]);
+        keys.extend([key("kv"), key("dq")]);
         if dbias {
-            keys.push((key, "dbias"));
+            keys.push(key("dbias"));
         }
         if opts
             .mask

@@ -8,8 +8,8 @@ use crate::data::options::{AttentionOptions, Backend, Subgroups};
 use crate::data::problem::Problem;
 use crate::error::{Error, Result};
 use crate::plan::dispatch::{
-    DeviceCaps, FLASH_HEAD_DIMS, NAIVE_STORAGE_BUFFERS, SUBGROUP_THREADS_PER_ROW, bucket,
-    fused_buffers_fit,
+    DeviceCaps, FLASH_HEAD_DIMS, NAIVE_STORAGE_BUFFERS, SUBGROUP_THREADS_PER_ROW,
+    UNROLLED_MAX_HEAD_DIM, bucket, fused_buffers_fit,
 };
 use crate::plan::variant::BackwardTile;
 
@@ -17,13 +17,23 @@ use crate::plan::variant::BackwardTile;
 /// and K/V tiles fit the device's workgroup memory is used.
 pub const BACKWARD_BLOCKS: [u32; 3] = [32, 16, 8];
 
-/// The module the naive backward's passes come from when no flash tile fits (their code
-/// loops over head dims at run time; the tile only sizes the module's unused flash arrays).
-pub const NAIVE_BACKWARD_TILE: BackwardTile = BackwardTile {
+/// Rows or keys per thread of the flash backward on CPU adapters.
+pub const CPU_PER_THREAD: u32 = 4;
+
+/// The module of the passes that do not depend on the tile: the row statistics, the stores
+/// of the f32 gradients and the naive backward (their code loops over head dims at run time;
+/// the tile only sets their 64 threads per workgroup). One module for every call, so that
+/// each of them compiles once.
+pub const BACKWARD_AUX_TILE: BackwardTile = BackwardTile {
     head_dim_qk: 32,
     head_dim_v: 32,
-    block: 8,
+    block: 64,
     threads_per_row: 1,
+    per_thread: 1,
+    unrolled: false,
+    bias: false,
+    alibi: false,
+    bool_mask: false,
 };
 
 /// The dispatcher's decision for a backward call.
@@ -32,7 +42,7 @@ pub const NAIVE_BACKWARD_TILE: BackwardTile = BackwardTile {
 pub struct BackwardPlan {
     /// [`Backend::Flash`] or [`Backend::Naive`].
     pub backend: Backend,
-    /// The tile of the flash kernels (for naive: the module its passes are built from).
+    /// The tile of the flash kernels ([`BACKWARD_AUX_TILE`] for naive).
     pub tile: BackwardTile,
     /// Why, in words.
     pub reason: Arc<str>,
@@ -86,11 +96,26 @@ pub fn backward_tile(
         None if sg_ok && !caps.cpu && dk >= 64 => SUBGROUP_THREADS_PER_ROW,
         None => 1,
     };
-    let tile = |block| BackwardTile {
+    // CPU drivers keep a workgroup of one SIMD batch (8 lanes) free of switches at barriers,
+    // and each vector read from workgroup memory (a loop over the lanes there) should serve
+    // several rows: four rows or keys per thread. GPUs run one per thread (registers).
+    let per_thread = if caps.cpu { CPU_PER_THREAD } else { 1 };
+    let unrolled = caps.cpu
+        && threads_per_row == 1
+        && dk <= UNROLLED_MAX_HEAD_DIM
+        && dv <= UNROLLED_MAX_HEAD_DIM;
+    let tile = |block: u32| BackwardTile {
         head_dim_qk: dk,
         head_dim_v: dv,
         block,
         threads_per_row,
+        per_thread: per_thread.min(block),
+        // Generated where the forward's unrolled kernel would be: CPU adapters, one thread
+        // per row, head dims up to the unrolled kernel's bound.
+        unrolled,
+        bias: unrolled && p.mask.bias.is_some(),
+        alibi: unrolled && p.mask.alibi,
+        bool_mask: unrolled && p.mask.bool_mask,
     };
     BACKWARD_BLOCKS
         .iter()
@@ -142,7 +167,7 @@ pub fn plan_backward(
         }
         Ok(BackwardPlan {
             backend: Backend::Naive,
-            tile: flash.clone().unwrap_or(NAIVE_BACKWARD_TILE),
+            tile: BACKWARD_AUX_TILE,
             reason: reason.into(),
         })
     };

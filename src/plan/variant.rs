@@ -136,19 +136,32 @@ pub struct BackwardTile {
     pub block: u32,
     /// Threads cooperating on one row (> 1 only with subgroups).
     pub threads_per_row: u32,
+    /// Rows (`dq`, `dbias`) or keys (`kv`) each thread (group) owns: every vector read from
+    /// workgroup memory serves this many of them.
+    pub per_thread: u32,
+    /// `kv` and `dq` generated with named variables for CPU drivers
+    /// (`src/kernels/backward/unrolled.rs`; one thread per row).
+    pub unrolled: bool,
+    /// Unrolled only: the mask terms the generated code reads (an additive bias, ALiBi, a
+    /// bool mask). A CPU driver runs both sides of a branch, so code for a term that is
+    /// absent would still cost there; the SIMT kernels test the flags at run time.
+    pub bias: bool,
+    /// See [`BackwardTile::bias`].
+    pub alibi: bool,
+    /// See [`BackwardTile::bias`].
+    pub bool_mask: bool,
 }
 
 impl BackwardTile {
     /// Threads per workgroup.
     pub fn workgroup_size(&self) -> u32 {
-        self.block * self.threads_per_row
+        self.block / self.per_thread * self.threads_per_row
     }
 
-    /// Workgroup memory the kernels may use together, in bytes: a K/V tile (`dq`, `dbias`)
-    /// and a Q/dO tile with its row statistics (`kv`), counted as one, whatever a driver
-    /// allocates per entry point.
+    /// Workgroup memory of the largest kernel, in bytes: `kv`'s Q/dO tile with its row
+    /// statistics, or `dq`'s K/V tile (each entry point allocates only what it uses).
     pub fn workgroup_storage(&self) -> u32 {
-        2 * self.block * (self.head_dim_qk + self.head_dim_v) * 4 + self.block * 8 + 32
+        self.block * (self.head_dim_qk + self.head_dim_v) * 4 + self.block * 8 + 32
     }
 }
 

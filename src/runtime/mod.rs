@@ -34,6 +34,9 @@ pub struct ResourceCounts {
     pub bind_groups: u64,
     /// Compiled pipelines.
     pub pipelines: u64,
+    /// Bytes of the scratch buffers kept for calls now (the parameter ring excluded): what
+    /// a call needs beyond its tensors, at its largest so far.
+    pub scratch_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -227,6 +230,9 @@ impl Runtime {
             buffers: self.counts.buffers.load(Ordering::Relaxed),
             bind_groups: self.counts.bind_groups.load(Ordering::Relaxed),
             pipelines: self.cache.len() as u64,
+            scratch_bytes: self
+                .lock_arena()
+                .map_or(0, |a| a.scratch.values().map(|b| b.size()).sum()),
         }
     }
 

@@ -2,6 +2,8 @@
 //! flash kernels (dK/dV, dQ, the bias gradient) or the naive passes, and the stores of the
 //! f32 gradient scratch into the caller's views.
 
+pub(crate) mod unrolled;
+
 use crate::data::options::AttentionOptions;
 use crate::data::problem::Problem;
 use crate::data::tensor::TensorView;
@@ -10,6 +12,7 @@ use crate::kernels::attention::params::{AttnParams, flags};
 use crate::kernels::attention::{self, Bound, Window, strides, window};
 use crate::kernels::naive::NAIVE_SCRATCH_MAX;
 use crate::kernels::{bindings, spec, summary};
+use crate::plan::backward::BACKWARD_AUX_TILE;
 use crate::plan::variant::{BackwardTile, ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
 use crate::runtime::arena::Range;
@@ -30,9 +33,7 @@ pub(crate) struct Views<'a> {
 }
 
 /// Threads per workgroup of the passes that run one thread per element.
-fn wg(tile: &BackwardTile) -> u64 {
-    tile.workgroup_size() as u64
-}
+const AUX_WG: u64 = BACKWARD_AUX_TILE.block as u64;
 
 /// Shared by every pass of a call: the bound views, dO's window, the scratch.
 struct Call<'a> {
@@ -44,11 +45,16 @@ struct Call<'a> {
     gacc: Range,
 }
 
-impl Call<'_> {
-    fn key(&self) -> ModuleKey {
-        ModuleKey::Backward(self.tile)
+/// The module an entry point of a call with this tile comes from: the flash kernels' from
+/// the tile's, the rest from [`BACKWARD_AUX_TILE`]'s (compiled once for every call).
+pub(crate) fn module_for(tile: BackwardTile, entry: &str) -> ModuleKey {
+    match entry {
+        "kv" | "dq" | "dbias" => ModuleKey::Backward(tile),
+        _ => ModuleKey::Backward(BACKWARD_AUX_TILE),
     }
+}
 
+impl Call<'_> {
     fn extras(&self, more: &[(u32, Range)]) -> Vec<(u32, Range)> {
         let mut e = vec![
             (bindings::D_OUT, self.d_out.range()),
@@ -69,7 +75,7 @@ impl Call<'_> {
         n: u64,
         more: &[(u32, Range)],
     ) -> Result<()> {
-        let key = self.key();
+        let key = module_for(self.tile, entry);
         let compiled = self.rt.pipeline(key, entry, || spec(&key, entry))?;
         let mut bound = self.bound.clone();
         bound.params = params;
@@ -107,7 +113,7 @@ impl Call<'_> {
             "finish",
             params,
             Some((view, role)),
-            n.div_ceil(wg(&self.tile)),
+            n.div_ceil(AUX_WG),
             &[],
         )
     }
@@ -242,7 +248,7 @@ fn prep(
         (bindings::LSE_IN, l.range()),
         (bindings::STATS_OUT, (stats.clone(), 0, bytes)),
     ];
-    let n = (rows as u64).div_ceil(wg(&call.tile));
+    let n = (rows as u64).div_ceil(AUX_WG);
     call.run(encoder, "prep", params, None, n, &more)?;
     let at = call.bound.params.stat_off as u64 * 4;
     encoder.copy_buffer_to_buffer(&stats, 0, &call.bound.aux.buffer, at, (rows * 8) as u64);
@@ -293,7 +299,6 @@ fn naive(
             )),
         }
     };
-    let bwd_wg = wg(&call.tile);
     let mut row = 0u64;
     while row < total_rows {
         let rows = rows_per_chunk.min(total_rows - row);
@@ -342,9 +347,9 @@ fn naive(
             passes.push(("n_dbias", bias_elems));
         }
         for (entry, n) in passes {
-            let key = call.key();
+            let key = module_for(call.tile, entry);
             let compiled = rt.pipeline(key, entry, || spec(&key, entry))?;
-            let (gx, gy) = per(n, bwd_wg)?;
+            let (gx, gy) = per(n, AUX_WG)?;
             params.wg_x = gx;
             let extra = call.extras(&[(bindings::PMAT, pm.clone())]);
             let label = "wgpu-attention naive backward";
