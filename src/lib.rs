@@ -83,5 +83,5 @@ pub use runtime::open::OPTIONAL_FEATURES;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod test_hooks {
-    pub use crate::kernels::{all_sources_for, binding_table, param_layouts};
+    pub use crate::kernels::{all_sources_for, backward_sources, binding_table, param_layouts};
 }

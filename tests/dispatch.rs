@@ -511,3 +511,118 @@ fn the_reason_speaks_of_webgpu_in_the_browser() {
     assert_eq!(p.backend, Backend::Flash);
     assert!(p.reason.contains("no subgroups"), "{}", p.reason);
 }
+
+/// The backward dispatcher: flash wherever its tiles fit, with the tile the device gets
+/// (CPU adapters: unrolled, several keys per thread, the mask terms the call has; GPUs with
+/// subgroups: four threads per row), naive with the reason where they do not.
+#[test]
+fn backward_plans_flash_where_its_tiles_fit_and_says_why_not() {
+    use wgpu_attention::dispatch::{BACKWARD_AUX_TILE, CPU_PER_THREAD, plan_backward};
+    let opts = AttentionOptions::default();
+    // WebGPU's defaults: 8 storage buffers, 16 KiB of workgroup memory, no subgroups.
+    let web = DeviceCaps::webgpu_default();
+    let p = plan_backward(&Problem::new(1, 8, 128, 128, 64), &web, &opts).unwrap();
+    assert_eq!(p.backend, Backend::Flash, "{}", p.reason);
+    assert_eq!(p.tile.threads_per_row, 1);
+    assert!(!p.tile.unrolled);
+    assert!(p.tile.workgroup_storage() <= web.max_workgroup_storage);
+    assert!(p.reason.contains("deterministic"), "{}", p.reason);
+    // A GPU with subgroups: four threads per row from head dim 64.
+    let p = plan_backward(&Problem::new(1, 8, 128, 128, 64), &subgroup_gpu(), &opts).unwrap();
+    assert_eq!(p.tile.threads_per_row, SUBGROUP_THREADS_PER_ROW);
+    // lavapipe: unrolled, several keys per thread, mask terms as the call has them.
+    let mut masked = Problem::new(1, 8, 128, 128, 64);
+    masked.mask = MaskKinds {
+        bias: Some(DType::F32),
+        causal: true,
+        ..Default::default()
+    };
+    let p = plan_backward(&masked, &lavapipe(), &opts).unwrap();
+    assert!(p.tile.unrolled && p.tile.bias && !p.tile.alibi && !p.tile.bool_mask);
+    assert_eq!(p.tile.per_thread, CPU_PER_THREAD);
+    assert!(p.reason.contains("inside the kernels"), "{}", p.reason);
+    // Head dims past the flash buckets: naive, with the reason.
+    let p = plan_backward(&Problem::new(1, 8, 128, 128, 300), &web, &opts).unwrap();
+    assert_eq!(p.backend, Backend::Naive);
+    assert_eq!(p.tile, BACKWARD_AUX_TILE);
+    assert!(
+        p.reason.contains("256") && p.reason.contains("300"),
+        "{}",
+        p.reason
+    );
+    // ... and forcing flash there is an error that says so.
+    let e = plan_backward(
+        &Problem::new(1, 8, 128, 128, 300),
+        &web,
+        &AttentionOptions::default().backend(Backend::Flash),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    assert!(e.to_string().contains("256"), "{e}");
+    // Fewer than 8 storage buffers: naive; fewer than 6: a limit error.
+    let seven = DeviceCaps {
+        max_storage_buffers: 7,
+        ..web.clone()
+    };
+    let p = plan_backward(&Problem::new(1, 8, 128, 128, 64), &seven, &opts).unwrap();
+    assert_eq!(p.backend, Backend::Naive);
+    assert!(p.reason.contains("8 storage buffers"), "{}", p.reason);
+    let five = DeviceCaps {
+        max_storage_buffers: 5,
+        ..web.clone()
+    };
+    let e = plan_backward(&Problem::new(1, 8, 128, 128, 64), &five, &opts).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("max_storage_buffers_per_shader_stage"),
+        "{e}"
+    );
+    // Forward-only backends run the backward's own choice and say so; naive when asked.
+    let p = plan_backward(
+        &Problem::new(1, 8, 4, 4096, 64),
+        &web,
+        &AttentionOptions::default().backend(Backend::Decode),
+    )
+    .unwrap();
+    assert_eq!(p.backend, Backend::Flash);
+    assert!(
+        p.reason.starts_with("decode has no backward"),
+        "{}",
+        p.reason
+    );
+    let p = plan_backward(
+        &Problem::new(1, 8, 4, 64, 64),
+        &web,
+        &AttentionOptions::default().backend(Backend::Naive),
+    )
+    .unwrap();
+    assert_eq!(p.backend, Backend::Naive);
+    assert!(p.to_string().contains("naive"), "{p}");
+}
+
+/// Workgroup memory picks the backward tile: the largest whose Q/dO (or K/V) tile fits.
+#[test]
+fn backward_tile_shrinks_with_workgroup_memory() {
+    use wgpu_attention::dispatch::backward_tile;
+    let opts = AttentionOptions::default();
+    for (mem, d, block) in [
+        (49152, 64, 32),
+        (16384, 64, 16),
+        (32768, 128, 16),
+        (32768, 256, 8),
+    ] {
+        let caps = DeviceCaps {
+            max_workgroup_storage: mem,
+            ..DeviceCaps::webgpu_default()
+        };
+        let t = backward_tile(&Problem::new(1, 1, 64, 64, d), &caps, &opts).unwrap();
+        assert_eq!(t.block, block, "{mem} bytes, d={d}");
+        assert!(t.workgroup_storage() <= mem);
+    }
+    let tiny = DeviceCaps {
+        max_workgroup_storage: 4096,
+        ..DeviceCaps::webgpu_default()
+    };
+    let why = backward_tile(&Problem::new(1, 1, 64, 64, 128), &tiny, &opts).unwrap_err();
+    assert!(why.contains("4096"), "{why}");
+}

@@ -977,3 +977,123 @@ fn device_errors_say_it_once() {
         "the message is whole: no chain to repeat it"
     );
 }
+
+/// The backward pass's inputs and gradients are checked like the forward's: each error names
+/// its tensor, and nothing runs.
+#[test]
+fn backward_rejects_bad_inputs_and_gradients() {
+    use wgpu_attention::{BackwardInputs, GradientViews};
+    let ctx = ctx();
+    let t = qkv(ctx, 1, 2, 8, 16);
+    let shape = [1, 2, 8, 16];
+    let lse = ctx.empty([1, 2, 8, 1], DType::F32).unwrap();
+    let fwd = AttentionOptions::default().lse_output(lse.view().clone());
+    let out = ctx.attention_blocking(&t.q, &t.k, &t.v, &fwd).unwrap();
+    let d_out = ctx.upload_f32(&random(256, 9), shape).unwrap();
+    // Tensors that outlive every view of them (see `Qkv`).
+    let mk = |s: [usize; 4], dt: DType| ctx.empty(s, dt).unwrap();
+    let (gq, gk, gv) = (
+        mk(shape, DType::F32),
+        mk(shape, DType::F32),
+        mk(shape, DType::F32),
+    );
+    let (k8, bias8, int_q) = (
+        mk([1, 2, 8, 8], DType::F32),
+        mk([1, 2, 8, 8], DType::F32),
+        mk(shape, DType::Bool),
+    );
+    let grads = || GradientViews {
+        dq: gq.view().clone(),
+        dk: gk.view().clone(),
+        dv: gv.view().clone(),
+        dbias: None,
+    };
+    let inputs = BackwardInputs {
+        q: &t.q,
+        k: &t.k,
+        v: &t.v,
+        out: out.view(),
+        d_out: d_out.view(),
+        lse: lse.view(),
+    };
+    let opts = AttentionOptions::default();
+    // A good call runs.
+    ctx.attention_backward_into_blocking(&inputs, &grads(), &opts)
+        .expect("a good backward call");
+    let rejected = |x: &BackwardInputs<'_>, g: &GradientViews, o: &AttentionOptions| {
+        invalid(
+            ctx.attention_backward_into_blocking(x, g, o)
+                .expect_err("bad input must be rejected"),
+        )
+    };
+    // dO of the wrong shape.
+    let short = ctx.upload_f32(&random(128, 9), [1, 2, 4, 16]).unwrap();
+    let e = rejected(
+        &BackwardInputs {
+            d_out: short.view(),
+            ..inputs
+        },
+        &grads(),
+        &opts,
+    );
+    assert_eq!(e.tensor, TensorRole::OutputGrad);
+    assert!(matches!(
+        e.problem,
+        InputProblem::ShapeMismatch {
+            dim: Dim::Seq,
+            got: 4,
+            ..
+        }
+    ));
+    // The log-sum-exp as f16.
+    let lse16 = ctx.empty([1, 2, 8, 1], DType::F16).unwrap();
+    let e = rejected(
+        &BackwardInputs {
+            lse: lse16.view(),
+            ..inputs
+        },
+        &grads(),
+        &opts,
+    );
+    assert_eq!(e.tensor, TensorRole::Lse);
+    // dK of the wrong head dim.
+    let mut g = grads();
+    g.dk = k8.view().clone();
+    let e = rejected(&inputs, &g, &opts);
+    assert_eq!(e.tensor, TensorRole::KeyGrad);
+    assert!(e.to_string().contains("key gradient"), "{e}");
+    // A bias gradient without a bias.
+    let mut g = grads();
+    g.dbias = Some(bias8.view().clone());
+    let e = rejected(&inputs, &g, &opts);
+    assert_eq!(e.tensor, TensorRole::BiasGrad);
+    // dV overlapping dO, and dQ overlapping dK.
+    let mut g = grads();
+    g.dv = d_out.view().clone();
+    let e = rejected(&inputs, &g, &opts);
+    assert_eq!(e.tensor, TensorRole::ValueGrad);
+    assert!(matches!(
+        e.problem,
+        InputProblem::OutputAliasesInput {
+            input: TensorRole::OutputGrad
+        }
+    ));
+    let mut g = grads();
+    g.dk = g.dq.clone();
+    let e = rejected(&inputs, &g, &opts);
+    assert_eq!(e.tensor, TensorRole::KeyGrad);
+    assert!(matches!(
+        e.problem,
+        InputProblem::OutputAliasesInput {
+            input: TensorRole::QueryGrad
+        }
+    ));
+    // A gradient with an integer dtype.
+    let mut g = grads();
+    g.dq = int_q.view().clone();
+    let e = rejected(&inputs, &g, &opts);
+    assert_eq!(e.tensor, TensorRole::QueryGrad);
+    // The device is still fine.
+    ctx.attention_backward_into_blocking(&inputs, &grads(), &opts)
+        .expect("the device survives");
+}

@@ -172,6 +172,88 @@ fn bindings(module: &naga::Module) -> Vec<naga::ResourceBinding> {
         .collect()
 }
 
+/// Translates a module with naga's MSL and HLSL backends, with the options wgpu 30 gives
+/// them (explicit binding maps, no faked bindings, bounds checks on); cooperative-matrix
+/// modules go to MSL only.
+fn translate(name: &str, src: &str, coop: bool) {
+    use naga::back::{hlsl, msl};
+    let module = naga::front::wgsl::parse_str(src).unwrap();
+    let validate = |caps| {
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)))
+    };
+    let restrict = naga::proc::BoundsCheckPolicies {
+        index: naga::proc::BoundsCheckPolicy::Restrict,
+        buffer: naga::proc::BoundsCheckPolicy::Restrict,
+        image_load: naga::proc::BoundsCheckPolicy::Restrict,
+        binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+    };
+
+    // Metal: one buffer slot per binding, plus the sizes buffer for runtime arrays.
+    let info = validate(msl::supported_capabilities());
+    let resources = msl::EntryPointResources {
+        resources: bindings(&module)
+            .into_iter()
+            .map(|rb| {
+                let target = msl::BindTarget {
+                    buffer: Some(rb.binding as u8),
+                    mutable: true,
+                    ..Default::default()
+                };
+                (rb, target)
+            })
+            .collect(),
+        immediates_buffer: None,
+        sizes_buffer: Some(24),
+    };
+    let options = msl::Options {
+        lang_version: (2, 4),
+        per_entry_point_map: module
+            .entry_points
+            .iter()
+            .map(|ep| (ep.name.clone(), resources.clone()))
+            .collect(),
+        fake_missing_bindings: false,
+        bounds_check_policies: restrict,
+        zero_initialize_workgroup_memory: false,
+        force_loop_bounding: false,
+        emit_int_div_checks: false,
+        ..Default::default()
+    };
+    msl::write_string(&module, &info, &options, &msl::PipelineOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
+    if coop {
+        return;
+    }
+
+    // DX12: shader model 6 (wave intrinsics), register n in space 0 per binding.
+    let info = validate(hlsl::supported_capabilities());
+    let options = hlsl::Options {
+        shader_model: hlsl::ShaderModel::V6_0,
+        binding_map: bindings(&module)
+            .into_iter()
+            .map(|rb| {
+                let target = hlsl::BindTarget {
+                    space: 0,
+                    register: rb.binding,
+                    ..Default::default()
+                };
+                (rb, target)
+            })
+            .collect(),
+        fake_missing_bindings: false,
+        zero_initialize_workgroup_memory: false,
+        restrict_indexing: true,
+        force_loop_bounding: false,
+        ..Default::default()
+    };
+    let mut out = String::new();
+    hlsl::Writer::new(&mut out, &options, &hlsl::PipelineOptions::default())
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{name}: HLSL: {e:?}"));
+}
+
 /// Metal and DX12 cannot run here, so every variant goes through naga's MSL and HLSL
 /// backends with the options wgpu 30 gives them (explicit binding maps, no faked bindings,
 /// bounds checks on): a shader either backend would reject fails `cargo test`. The
@@ -179,7 +261,6 @@ fn bindings(module: &naga::Module) -> Vec<naga::ResourceBinding> {
 /// wgpu 30 has no cooperative matrices on DX12, where the dispatcher cannot pick them.
 #[test]
 fn every_variant_translates_to_msl_and_hlsl() {
-    use naga::back::{hlsl, msl};
     let all = variants();
     let mut n_msl = 0;
     let mut n_hlsl = 0;
@@ -188,84 +269,10 @@ fn every_variant_translates_to_msl_and_hlsl() {
         .chain(all.iter().map(Some))
         .zip(all_sources_for(&all))
     {
-        let module = naga::front::wgsl::parse_str(&src).unwrap();
         let coop = v.is_some_and(|(v, _)| v.family() == Family::FlashCoop);
-        let validate = |caps| {
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)))
-        };
-        let restrict = naga::proc::BoundsCheckPolicies {
-            index: naga::proc::BoundsCheckPolicy::Restrict,
-            buffer: naga::proc::BoundsCheckPolicy::Restrict,
-            image_load: naga::proc::BoundsCheckPolicy::Restrict,
-            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
-        };
-
-        // Metal: one buffer slot per binding, plus the sizes buffer for runtime arrays.
-        let info = validate(msl::supported_capabilities());
-        let resources = msl::EntryPointResources {
-            resources: bindings(&module)
-                .into_iter()
-                .map(|rb| {
-                    let target = msl::BindTarget {
-                        buffer: Some(rb.binding as u8),
-                        mutable: true,
-                        ..Default::default()
-                    };
-                    (rb, target)
-                })
-                .collect(),
-            immediates_buffer: None,
-            sizes_buffer: Some(24),
-        };
-        let options = msl::Options {
-            lang_version: (2, 4),
-            per_entry_point_map: module
-                .entry_points
-                .iter()
-                .map(|ep| (ep.name.clone(), resources.clone()))
-                .collect(),
-            fake_missing_bindings: false,
-            bounds_check_policies: restrict,
-            zero_initialize_workgroup_memory: false,
-            force_loop_bounding: false,
-            emit_int_div_checks: false,
-            ..Default::default()
-        };
-        msl::write_string(&module, &info, &options, &msl::PipelineOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
+        translate(&name, &src, coop);
         n_msl += 1;
-        if coop {
-            continue;
-        }
-
-        // DX12: shader model 6 (wave intrinsics), register n in space 0 per binding.
-        let info = validate(hlsl::supported_capabilities());
-        let options = hlsl::Options {
-            shader_model: hlsl::ShaderModel::V6_0,
-            binding_map: bindings(&module)
-                .into_iter()
-                .map(|rb| {
-                    let target = hlsl::BindTarget {
-                        space: 0,
-                        register: rb.binding,
-                        ..Default::default()
-                    };
-                    (rb, target)
-                })
-                .collect(),
-            fake_missing_bindings: false,
-            zero_initialize_workgroup_memory: false,
-            restrict_indexing: true,
-            force_loop_bounding: false,
-            ..Default::default()
-        };
-        let mut out = String::new();
-        hlsl::Writer::new(&mut out, &options, &hlsl::PipelineOptions::default())
-            .write(&module, &info, None)
-            .unwrap_or_else(|e| panic!("{name}: HLSL: {e:?}"));
-        n_hlsl += 1;
+        n_hlsl += usize::from(!coop);
     }
     let n_coop = all
         .iter()
@@ -349,8 +356,32 @@ fn binding_table_matches_the_wgsl() {
         (memeff, false),
         (naive_variant(), false),
     ]);
+    let mut sources = sources;
+    sources.extend(
+        wgpu_attention::test_hooks::backward_sources()
+            .into_iter()
+            .map(|(n, src, _)| (n, src)),
+    );
     let label = |v: ShaderVariant, counters: bool| {
         format!("Attention {{ variant: {v:?}, counters: {counters} }}")
+    };
+    use wgpu_attention::dispatch::{BACKWARD_AUX_TILE, BackwardTile};
+    let bwd = |t: BackwardTile| format!("Backward({t:?})");
+    let simt = BackwardTile {
+        head_dim_qk: 64,
+        head_dim_v: 64,
+        block: 32,
+        threads_per_row: 1,
+        per_thread: 1,
+        unrolled: false,
+        bias: false,
+        alibi: false,
+        bool_mask: false,
+    };
+    let unrolled = BackwardTile {
+        per_thread: 4,
+        unrolled: true,
+        ..simt
     };
     let mut checked = 0;
     for (kind, entry, table) in binding_table() {
@@ -359,6 +390,10 @@ fn binding_table_matches_the_wgsl() {
             "attention+counters" => vec![label(flash, true)],
             "naive" => vec![label(naive_variant(), false)],
             "summary" => vec!["block_summary".to_string()],
+            "backward" if matches!(entry, "kv" | "dq" | "dbias") => {
+                vec![bwd(simt), bwd(unrolled)]
+            }
+            "backward" => vec![bwd(BACKWARD_AUX_TILE)],
             _ => vec!["merge".to_string()],
         };
         for l in labels {
@@ -425,4 +460,25 @@ fn storage_buffer_counts_match_the_binding_table() {
     }
     assert_eq!(fused, FUSED_STORAGE_BUFFERS);
     assert_eq!(naive, NAIVE_STORAGE_BUFFERS);
+}
+
+/// Every backward module validates with naga (those of one thread per row with core
+/// capabilities only) and translates to MSL and HLSL.
+#[test]
+fn every_backward_tile_validates_and_translates() {
+    let sources = wgpu_attention::test_hooks::backward_sources();
+    assert!(sources.len() > 60, "{}", sources.len());
+    for (name, src, subgroups) in &sources {
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+        let caps = if *subgroups {
+            naga::valid::Capabilities::all()
+        } else {
+            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        };
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+        translate(name, src, false);
+    }
 }

@@ -192,6 +192,73 @@ pub fn all_sources_for(variants: &[(ShaderVariant, bool)]) -> Vec<(String, Strin
     out
 }
 
+#[cfg(feature = "test-hooks")]
+/// The backward module of every tile the dispatcher can build, for the naga tests: head-dim
+/// buckets, one or four threads per row, one or several rows per thread, and the unrolled
+/// form with each combination of its mask terms.
+pub fn backward_sources() -> Vec<(String, String, bool)> {
+    use crate::plan::backward::{BACKWARD_AUX_TILE, BACKWARD_BLOCKS};
+    use crate::plan::dispatch::{FLASH_HEAD_DIMS, UNROLLED_MAX_HEAD_DIM};
+    use crate::plan::variant::BackwardTile;
+    let mut tiles = vec![BACKWARD_AUX_TILE];
+    for &dk in &FLASH_HEAD_DIMS {
+        for dv in [32, dk] {
+            for (block, tpr, per_thread) in [
+                (BACKWARD_BLOCKS[0], 1, 1),
+                (16, 4, 1),
+                (32, 4, 2),
+                (8, 1, 1),
+            ] {
+                tiles.push(BackwardTile {
+                    head_dim_qk: dk,
+                    head_dim_v: dv,
+                    block,
+                    threads_per_row: tpr,
+                    per_thread,
+                    unrolled: false,
+                    bias: false,
+                    alibi: false,
+                    bool_mask: false,
+                });
+            }
+            if dk <= UNROLLED_MAX_HEAD_DIM && dv <= UNROLLED_MAX_HEAD_DIM {
+                for (n, (bias, alibi, bool_mask)) in [
+                    (false, false, false),
+                    (true, false, false),
+                    (false, true, true),
+                    (true, true, true),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    tiles.push(BackwardTile {
+                        head_dim_qk: dk,
+                        head_dim_v: dv,
+                        block: [32, 16, 8, 32][n],
+                        threads_per_row: 1,
+                        per_thread: [4, 4, 2, 1][n],
+                        unrolled: true,
+                        bias,
+                        alibi,
+                        bool_mask,
+                    });
+                }
+            }
+        }
+    }
+    tiles
+        .into_iter()
+        .map(|t| {
+            let key = ModuleKey::Backward(t);
+            (
+                format!("{key:?}"),
+                module_source(&key),
+                t.threads_per_row > 1,
+            )
+        })
+        .collect()
+}
+
 /// Every binding of every entry point, in one place: its number, its name in the WGSL,
 /// and how it is declared. `tests/shaders.rs` checks each against the WGSL's globals with
 /// naga; the layouts, the bind groups and the warm-up runs are all built from this table.

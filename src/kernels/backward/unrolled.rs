@@ -115,7 +115,10 @@ pub(crate) fn source(t: &BackwardTile) -> String {
         w!(s, "                let q_{d} = qd[r * QD_ROW + {d}u];");
     }
     for d in 0..dv4 {
-        w!(s, "                let o_{d} = qd[r * QD_ROW + DK4 + {d}u];");
+        w!(
+            s,
+            "                let o_{d} = qd[r * QD_ROW + DK4 + {d}u];"
+        );
     }
     for k in 0..n {
         let sp = dots(dk4, |d| format!("q_{d}"), |d| format!("kr_{k}_{d}"));
