@@ -11,7 +11,7 @@
 //! `wgpu::Limits::default()`'s 128 MiB: calls with larger tensors run split, see `"parts"`),
 //! `--pass forward|backward` (backward: `Context::record_attention_backward` from the
 //! forward's output and log-sum-exp; GFLOP/s counted as 2.5x the forward's FLOPs, and
-//! `scratch_mb` the scratch the context keeps afterwards),
+//! `scratch_mb` the scratch the context keeps after the case, its forward's included),
 //! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
 //! cooperative-matrix kernel's rescale round trips).
 //! Each line carries the variant's cost line (`variant`, `rows_per_workgroup`,
@@ -137,6 +137,8 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     // The backward pass reads the forward's output and log-sum-exp, and writes gradients.
     let backward = if c.backward {
         let e = |e: wgpu_attention::Error| e.to_string();
+        // So that `scratch_mb` is this call's, not the largest of the cases before it.
+        ctx.release_cached().map_err(e)?;
         let lse = ctx.empty([c.b, c.h, c.sq, 1], DType::F32).map_err(e)?;
         let fwd = opts.clone().lse_output(lse.view().clone());
         ctx.attention_into_blocking(&q, &k, &v, out.view(), &fwd)

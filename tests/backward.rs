@@ -35,6 +35,23 @@ fn assert_grad(got: &[f32], want: &[f64], dtype: DType, label: &str) {
     }
 }
 
+/// What a backward call over a prepared case reads.
+fn saved<'a>(
+    x: &'a Prepared,
+    out: &'a Tensor,
+    d_out: &'a Tensor,
+    lse: &'a Tensor,
+) -> BackwardInputs<'a> {
+    BackwardInputs {
+        q: x.q.view(),
+        k: x.k.view(),
+        v: x.v.view(),
+        out: out.view(),
+        d_out: d_out.view(),
+        lse: lse.view(),
+    }
+}
+
 /// The GPU's gradients of a case (forward on the GPU for O and the log-sum-exp, then the
 /// backward into NaN-poisoned gradients) and the reference's.
 struct Run {
@@ -69,14 +86,7 @@ fn run_backward(c: &Case, dbias: bool) -> Run {
         dv: g[2].view().clone(),
         dbias: gb.as_ref().map(|t| t.view().clone()),
     };
-    let inputs = BackwardInputs {
-        q: x.q.view(),
-        k: x.k.view(),
-        v: x.v.view(),
-        out: out.view(),
-        d_out: d_out.view(),
-        lse: lse.view(),
-    };
+    let inputs = saved(&x, &out, &d_out, &lse);
     let plan = ctx
         .attention_backward_into_blocking(&inputs, &grads, &opts)
         .unwrap_or_else(|e| panic!("{} backward: {e}", c.label()));
@@ -170,7 +180,18 @@ fn flash_subgroup_rows_every_mask_shape_and_layout() {
     let caps = ctx().caps();
     let tuning = Tuning::default().threads_per_row(4);
     if caps.subgroup && caps.subgroup_min_size >= 4 {
-        product_with(Backend::Flash, &[DType::F32, DType::F16], tuning);
+        // One pass over the mask kinds (the other dtypes take the same code path).
+        let (b, hq, hkv, sq, sk, dk, dv) = SHAPES[1];
+        for (mi, mask) in masks(b, hq, sq, sk, 300).into_iter().enumerate() {
+            let mut c = Case::new(b, hq, sq, sk, dk)
+                .backend(Backend::Flash)
+                .mask(mask);
+            c.hkv = hkv;
+            c.dv = dv;
+            c.dtype = [DType::F32, DType::F16][mi % 2];
+            c.tuning = tuning;
+            check_backward(&c, true);
+        }
     } else {
         let c = Case::new(1, 1, 8, 8, 64).backend(Backend::Flash);
         let mut c = c;
@@ -467,14 +488,7 @@ fn shared_pages_and_calls_recorded_together() {
         dv: gv.view().clone(),
         dbias: None,
     };
-    let inputs = BackwardInputs {
-        q: x.q.view(),
-        k: x.k.view(),
-        v: x.v.view(),
-        out: out.view(),
-        d_out: d_out.view(),
-        lse: lse.view(),
-    };
+    let inputs = saved(&x, &out, &d_out, &lse);
     // Twice into one encoder: the second call sees the same inputs and writes the same.
     {
         let _held = ctx.lock_device();
@@ -496,4 +510,123 @@ fn shared_pages_and_calls_recorded_together() {
         doh,
         "dO is left as it was"
     );
+}
+
+/// A backward call whose tensors need a larger storage binding than the device allows is
+/// not split (the forward is): it is refused with the tensor and the limit named, and the
+/// device stays usable.
+#[test]
+fn tensors_larger_than_a_binding_are_refused_by_name() {
+    use wgpu_attention::Context;
+    use wgpu_attention::error::{Error, UnsupportedReason};
+    let (info, device, queue) = own_device(|l| wgpu::Limits {
+        max_storage_buffer_binding_size: 8192,
+        ..l
+    });
+    let ctx = Context::from_device(device, queue, &info);
+    let opts = AttentionOptions::default();
+    // Forward (which splits itself), then backward; dQ, or nothing where refused.
+    let attempt = |shape: [usize; 4]| -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let up = |seed| ctx.upload_f32(&random(n, seed), shape).expect("upload");
+        let (q, k, v, d_out) = (up(1), up(2), up(3), up(4));
+        let lse = ctx
+            .empty([shape[0], shape[1], shape[2], 1], DType::F32)
+            .expect("lse");
+        let fwd = opts.clone().lse_output(lse.view().clone());
+        let out = ctx
+            .attention_blocking(q.view(), k.view(), v.view(), &fwd)
+            .expect("the forward splits itself");
+        let inputs = BackwardInputs {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            out: out.view(),
+            d_out: d_out.view(),
+            lse: lse.view(),
+        };
+        match ctx.attention_backward_blocking(&inputs, &opts) {
+            Ok(g) => ctx.download_f32_blocking(g.dq.view()).expect("download"),
+            Err(e) => {
+                match &e {
+                    Error::Unsupported(u) => assert!(
+                        matches!(
+                            u.reason,
+                            UnsupportedReason::Binding {
+                                available: 8192,
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    ),
+                    other => panic!("expected Unsupported, got {other:?}"),
+                }
+                assert!(e.to_string().contains("query"), "{e}");
+                Vec::new()
+            }
+        }
+    };
+    // 32 KiB tensors in 8 KiB bindings: refused.
+    assert!(attempt([1, 2, 64, 64]).is_empty());
+    // Smaller tensors run on the same device.
+    let dq = attempt([1, 1, 8, 16]);
+    assert_eq!(dq.len(), 128);
+    assert!(dq.iter().all(|x| x.is_finite()));
+}
+
+/// A warm backward call (the same views and options again) creates no buffer and no bind
+/// group, on both backends. (A context of its own: the other tests of this binary run
+/// beside it.)
+#[test]
+fn warm_backward_calls_create_nothing() {
+    let (info, device, queue) = own_device(|l| l);
+    let own = wgpu_attention::Context::from_device(device, queue, &info);
+    let ctx = &own;
+    for backend in [Backend::Flash, Backend::Naive] {
+        let c = Case::new(2, 2, 21, 37, 64).backend(backend).mask(MaskSpec {
+            causal: Some(CausalAlignment::BottomRight),
+            bias: Some((random(2 * 21 * 37, 8), [1, 2, 21, 37], DType::F32)),
+            ..Default::default()
+        });
+        let x = Prepared::new(ctx, &c);
+        let opts = x.opts(ctx, &c);
+        let lse = nan_output(ctx, [2, 2, 21, 1], DType::F32);
+        let out = ctx
+            .attention_blocking(
+                x.q.view(),
+                x.k.view(),
+                x.v.view(),
+                &opts.clone().lse_output(lse.view().clone()),
+            )
+            .expect("forward");
+        let d_out = upload(
+            ctx,
+            &random(2 * 2 * 21 * 64, 9),
+            [2, 2, 21, 64],
+            DType::F32,
+            Layout::Bhsd,
+        );
+        let g: [Tensor; 4] =
+            [x.qs, x.ks, x.vs, [1, 2, 21, 37]].map(|s| nan_output(ctx, s, DType::F32));
+        let grads = GradientViews {
+            dq: g[0].view().clone(),
+            dk: g[1].view().clone(),
+            dv: g[2].view().clone(),
+            dbias: Some(g[3].view().clone()),
+        };
+        let inputs = saved(&x, &out, &d_out, &lse);
+        ctx.attention_backward_into_blocking(&inputs, &grads, &opts)
+            .expect("first call");
+        let before = ctx.created_resources();
+        for _ in 0..3 {
+            ctx.attention_backward_into_blocking(&inputs, &grads, &opts)
+                .expect("warm call");
+        }
+        let after = ctx.created_resources();
+        assert_eq!(
+            (after.buffers, after.bind_groups),
+            (before.buffers, before.bind_groups),
+            "{backend:?}"
+        );
+    }
 }

@@ -530,7 +530,7 @@ fn backward_plans_flash_where_its_tiles_fit_and_says_why_not() {
     // A GPU with subgroups: four threads per row from head dim 64.
     let p = plan_backward(&Problem::new(1, 8, 128, 128, 64), &subgroup_gpu(), &opts).unwrap();
     assert_eq!(p.tile.threads_per_row, SUBGROUP_THREADS_PER_ROW);
-    // lavapipe: unrolled, several keys per thread, mask terms as the call has them.
+    // lavapipe: unrolled, several keys per thread, the mask terms if the call has any.
     let mut masked = Problem::new(1, 8, 128, 128, 64);
     masked.mask = MaskKinds {
         bias: Some(DType::F32),
@@ -538,7 +538,9 @@ fn backward_plans_flash_where_its_tiles_fit_and_says_why_not() {
         ..Default::default()
     };
     let p = plan_backward(&masked, &lavapipe(), &opts).unwrap();
-    assert!(p.tile.unrolled && p.tile.bias && !p.tile.alibi && !p.tile.bool_mask);
+    assert!(p.tile.unrolled && p.tile.bias && p.tile.alibi && p.tile.bool_mask);
+    let p = plan_backward(&Problem::new(1, 8, 128, 128, 64), &lavapipe(), &opts).unwrap();
+    assert!(p.tile.unrolled && !p.tile.bias && !p.tile.alibi && !p.tile.bool_mask);
     assert_eq!(p.tile.per_thread, CPU_PER_THREAD);
     assert!(p.reason.contains("inside the kernels"), "{}", p.reason);
     // Head dims past the flash buckets: naive, with the reason.

@@ -104,6 +104,7 @@ pub fn backward_tile(
         && threads_per_row == 1
         && dk <= UNROLLED_MAX_HEAD_DIM
         && dv <= UNROLLED_MAX_HEAD_DIM;
+    let terms = unrolled && (p.mask.bias.is_some() || p.mask.alibi || p.mask.bool_mask);
     let tile = |block: u32| BackwardTile {
         head_dim_qk: dk,
         head_dim_v: dv,
@@ -113,9 +114,12 @@ pub fn backward_tile(
         // Generated where the forward's unrolled kernel would be: CPU adapters, one thread
         // per row, head dims up to the unrolled kernel's bound.
         unrolled,
-        bias: unrolled && p.mask.bias.is_some(),
-        alibi: unrolled && p.mask.alibi,
-        bool_mask: unrolled && p.mask.bool_mask,
+        // All the per-key terms or none: two variants per head-dim bucket, not eight (each
+        // compiles for tens of seconds on a CPU driver), and unmasked calls carry no mask
+        // code.
+        bias: terms,
+        alibi: terms,
+        bool_mask: terms,
     };
     BACKWARD_BLOCKS
         .iter()

@@ -144,7 +144,8 @@ pub struct BackwardTile {
     pub unrolled: bool,
     /// Unrolled only: the mask terms the generated code reads (an additive bias, ALiBi, a
     /// bool mask). A CPU driver runs both sides of a branch, so code for a term that is
-    /// absent would still cost there; the SIMT kernels test the flags at run time.
+    /// absent would still cost there; the SIMT kernels test the flags at run time. The
+    /// dispatcher sets all three or none.
     pub bias: bool,
     /// See [`BackwardTile::bias`].
     pub alibi: bool,
