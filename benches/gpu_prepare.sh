@@ -12,7 +12,7 @@ ls .gl/libvulkan1_*.deb >/dev/null 2>&1 || {
     (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 }
 exe() { grep -o '"executable":"[^"]*"' | cut -d'"' -f4; }
-for t in correctness semantics skipping llm coop; do
+for t in correctness semantics skipping llm coop backward; do
     cp "$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null | exe)" ".gl/bin/$t"
 done
 cp "$(cargo build --release --bench attention --message-format=json 2>/dev/null | exe | tail -1)" .gl/bin/attention

@@ -4,8 +4,9 @@
 # experimental features), then the comparison grid of BENCHMARKS.md against PyTorch SDPA:
 # b=8 h=16 s in {1024, 4096} d in {64, 128}, none/causal/pad50, f16, on the SIMT and the
 # cooperative-matrix kernels, with the rescale counts, and decode b=1 h=32 sq=1 sk=8192
-# d=128 with its achieved GB/s. About 5 minutes; everything lands in $OUT.
-#   run: bash benches/gpu_run.sh   (carry: .gl; timeout_s 540)
+# d=128 with its achieved GB/s, and the backward pass (its grid, and b=8 h=16 d=64 f16
+# against PyTorch's). About 7 minutes; everything lands in $OUT.
+#   run: bash benches/gpu_run.sh   (carry: .gl; timeout_s 600)
 set -u
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
@@ -17,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 date -u | tee -a "$OUT/gpu.txt"
 B=.gl/bin/attention
 echo "== correctness on this GPU"
-for t in correctness semantics skipping llm coop; do
+for t in correctness semantics skipping llm coop backward; do
     timeout 90 ".gl/bin/$t" 2>&1 | grep -E "test result|panicked|FAILED|testing on|left:|right:" | sed "s/^/$t: /" | tee -a "$OUT/tests.txt"
 done
 echo "== PyTorch SDPA"
@@ -29,6 +30,12 @@ echo "== decode"
 for e in "" --experimental; do
     timeout 30 $B --backend auto --b 1 --h 32 --sq 1 --sk 8192 --d 128 --dtype f16 --iters 20 $e 2>&1 | grep '^{' | tee -a "$OUT/decode.jsonl"
 done
+echo "== the backward pass: its lavapipe grid, then the GPU shapes against PyTorch's"
+timeout 60 $B --grid backward --iters 3 2>&1 | grep '^{' | tee "$OUT/backward.jsonl"
+PYTHONUNBUFFERED=1 timeout 60 python3 benches/torch_sdpa.py --iters 10 --backward 2>&1 | grep '^{' | tee "$OUT/torch-backward.jsonl"
+for s in 1024 4096; do for m in none causal pad50; do
+    timeout 20 $B --pass backward --dtype f16 --b 8 --h 16 --sq $s --sk $s --d 64 --mask $m --iters 5 2>&1 | grep '^{' | tee -a "$OUT/wgpu-backward.jsonl"
+done; done
 echo "== table"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os
