@@ -213,6 +213,10 @@ pub fn attention_backward(
                 let mut dsum = 0.0;
                 for j in 0..sk {
                     p[j] /= sum;
+                    // Keys that take no part are never read (padding may hold anything).
+                    if !vis[j] {
+                        continue;
+                    }
                     let vrow = &v.data[((ib * hkv + hk) * sk + j) * dv..][..dv];
                     dp[j] = dorow
                         .iter()

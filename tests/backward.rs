@@ -76,7 +76,11 @@ fn run_backward(c: &Case, dbias: bool) -> Run {
     let doh = round_to(c.dtype, &random(os.iter().product(), c.seed + 3));
     let d_out = upload(ctx, &doh, os, c.dtype, c.layout);
     let bias_dt = x.bias_rounded.as_ref().map(|b| (b.1, b.2));
-    let g: [Tensor; 3] = [x.qs, x.ks, x.vs].map(|s| nan_output(ctx, s, c.dtype));
+    // NaN-poisoned gradients in the case's layout (BSHD strides, odd offsets).
+    let g: [Tensor; 3] = [x.qs, x.ks, x.vs].map(|s| {
+        let n: usize = s.iter().product();
+        upload(ctx, &vec![f32::NAN; n], s, c.dtype, c.layout)
+    });
     let gb = bias_dt
         .filter(|_| dbias)
         .map(|(s, dt)| nan_output(ctx, s, dt));
@@ -275,8 +279,9 @@ fn reference_gradients_match_finite_differences() {
         }
     }
     assert!(checked > 40, "{checked}");
-    // Keys past a sequence's length and logits in no row's view get no gradient.
-    assert!(g.dk[(4 * d)..(6 * d)].iter().all(|&x| x == 0.0) || kl[0] == 6);
+    // Batch item 1's keys past its length (4 of 6) get no gradient; the others do.
+    assert!(g.dk[(sk + 4) * d..2 * sk * d].iter().all(|&x| x == 0.0));
+    assert!(g.dk[sk * d..(sk + 4) * d].iter().any(|&x| x != 0.0));
 }
 
 /// Rows with no visible key (a batch item with no keys, query lengths, an all-false bool
@@ -628,5 +633,134 @@ fn warm_backward_calls_create_nothing() {
             (before.buffers, before.bind_groups),
             "{backend:?}"
         );
+    }
+}
+
+/// NaN in the rows of Q and dO past the query lengths and in the rows of K past the key
+/// lengths never reaches a gradient. (V's padding stays finite: as in PyTorch, where P·V
+/// multiplies it by a weight of 0, the forward's output carries a NaN there.)
+#[test]
+fn nan_in_the_padding_stays_out_of_the_gradients() {
+    use wgpu_attention::Mask;
+    let ctx = ctx();
+    let (b, h, sq, sk, d) = (2, 2, 13, 21, 64);
+    let (ql, kl) = ([13u32, 6], [21u32, 9]);
+    let poison = |seed, s: usize, lens: &[u32; 2]| {
+        let mut x = random(b * h * s * d, seed);
+        for ib in 0..b {
+            for ih in 0..h {
+                for i in lens[ib] as usize..s {
+                    x[((ib * h + ih) * s + i) * d..][..d].fill(f32::NAN);
+                }
+            }
+        }
+        x
+    };
+    let (qh, kh, vh, doh) = (
+        poison(1, sq, &ql),
+        poison(2, sk, &kl),
+        random(b * h * sk * d, 3),
+        poison(4, sq, &ql),
+    );
+    let t = |x: &[f32], s| ctx.upload_f32(x, [b, h, s, d]).expect("upload");
+    let (q, k, v, d_out) = (t(&qh, sq), t(&kh, sk), t(&vh, sk), t(&doh, sq));
+    let lse = nan_output(ctx, [b, h, sq, 1], DType::F32);
+    let mask = Mask::none()
+        .causal(CausalAlignment::BottomRight)
+        .key_lengths(kl.to_vec())
+        .query_lengths(ql.to_vec());
+    for backend in [Backend::Flash, Backend::Naive] {
+        let opts = AttentionOptions::with_mask(mask.clone()).backend(backend);
+        let fwd = opts.clone().lse_output(lse.view().clone());
+        let out = ctx
+            .attention_blocking(q.view(), k.view(), v.view(), &fwd)
+            .expect("forward");
+        let inputs = BackwardInputs {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            out: out.view(),
+            d_out: d_out.view(),
+            lse: lse.view(),
+        };
+        let g = ctx
+            .attention_backward_blocking(&inputs, &opts)
+            .expect("backward");
+        let m = reference::HostMask {
+            causal: true,
+            alignment: CausalAlignment::BottomRight,
+            key_lengths: Some(&kl),
+            query_lengths: Some(&ql),
+            ..Default::default()
+        };
+        let ht = |data, s| HostTensor {
+            data,
+            shape: [b, h, s, d],
+        };
+        let (rq, rk, rv) = (ht(&qh, sq), ht(&kh, sk), ht(&vh, sk));
+        let want = reference::attention_backward(&rq, &rk, &rv, &doh, 0.125, &m);
+        for (got, want, name) in [
+            (&g.dq, &want.dq, "dQ"),
+            (&g.dk, &want.dk, "dK"),
+            (&g.dv, &want.dv, "dV"),
+        ] {
+            assert!(want.iter().all(|x| x.is_finite()), "{name}: the reference");
+            let got = ctx.download_f32_blocking(got.view()).expect("download");
+            assert_grad(&got, want, DType::F32, &format!("{backend:?} {name}"));
+        }
+    }
+}
+
+/// The bias gradient of every broadcast shape of the bias, on both backends: summed over the
+/// batch, the heads, or both.
+#[test]
+fn bias_gradient_sums_over_each_broadcast_dim() {
+    let (b, h, sq, sk) = (2, 3, 17, 23);
+    for backend in [Backend::Flash, Backend::Naive] {
+        for shape in [[b, 1, sq, sk], [1, 1, sq, sk], [1, h, sq, sk]] {
+            let n: usize = shape.iter().product();
+            let mut c = Case::new(b, h, sq, sk, 64).backend(backend).mask(MaskSpec {
+                key_lengths: Some(vec![23, 11]),
+                bias: Some((random(n, 6), shape, DType::F16)),
+                ..Default::default()
+            });
+            c.hkv = 1;
+            check_backward(&c, true);
+        }
+    }
+}
+
+/// 16-bit gradients that share 4-byte words with each other, in the page that holds dO:
+/// staged together, none loses an element to another's copy back.
+#[test]
+fn sixteen_bit_gradients_sharing_words_with_each_other() {
+    let ctx = ctx();
+    let c = Case::new(1, 1, 3, 3, 3).dtype(DType::F16);
+    let want = run_backward(&c, false);
+    let x = Prepared::new(ctx, &c);
+    let opts = x.opts(ctx, &c);
+    let lse = nan_output(ctx, [1, 1, 3, 1], DType::F32);
+    let fwd = opts.clone().lse_output(lse.view().clone());
+    let out = ctx
+        .attention_blocking(x.q.view(), x.k.view(), x.v.view(), &fwd)
+        .expect("forward");
+    // One f16 page: dO (9 elements), then dQ, dK, dV (9 each): dK and dV share a word.
+    let doh = round_to(DType::F16, &random(9, c.seed + 3));
+    let mut page_data = doh.clone();
+    page_data.extend(vec![f32::NAN; 27]);
+    let page = buffer_of(ctx, &page_data, DType::F16);
+    let at = |e: usize| page.reshaped(DType::F16, [1, 1, 3, 3], [9, 9, 3, 1], (e * 2) as u64);
+    let (d_out, gq, gk, gv) = (at(0), at(9), at(18), at(27));
+    let grads = GradientViews {
+        dq: gq.view().clone(),
+        dk: gk.view().clone(),
+        dv: gv.view().clone(),
+        dbias: None,
+    };
+    let inputs = saved(&x, &out, &d_out, &lse);
+    ctx.attention_backward_into_blocking(&inputs, &grads, &opts)
+        .expect("backward");
+    for (t, w) in [&gq, &gk, &gv].iter().zip(&want.got) {
+        assert_eq!(&ctx.download_f32_blocking(t.view()).expect("download"), w);
     }
 }

@@ -154,6 +154,11 @@ pub(crate) fn stage_outputs(
 }
 
 impl Staged {
+    /// The caller's buffer the staged bytes go back to.
+    pub(crate) fn back_buffer(&self) -> &wgpu::Buffer {
+        &self.back.0
+    }
+
     pub(crate) fn unstage(&self, encoder: &mut wgpu::CommandEncoder) {
         let (buffer, start, size) = &self.back;
         encoder.copy_buffer_to_buffer(&self.view.buffer, 0, buffer, *start, *size);

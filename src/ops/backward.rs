@@ -4,7 +4,7 @@
 use crate::data::backward::{BackwardInputs, GradientViews};
 use crate::data::options::{AttentionOptions, Backend};
 use crate::data::problem::Problem;
-use crate::data::tensor::TensorView;
+use crate::data::tensor::{DType, TensorView};
 use crate::error::{Result, TensorRole};
 use crate::kernels::backward;
 use crate::ops::attention::{Staged, stage};
@@ -100,41 +100,65 @@ pub(crate) fn record(
             .chain(m.bool_mask.as_ref().map(|b| &b.view))
             .any(|x| x.buffer == w.buffer)
     };
-    let mut staged_all: Vec<Option<Staged>> = Vec::new();
-    let grads = [
-        (
-            Some(&g.dq),
-            TensorRole::QueryGrad,
-            "wgpu-attention staged dq",
-        ),
-        (Some(&g.dk), TensorRole::KeyGrad, "wgpu-attention staged dk"),
-        (
-            Some(&g.dv),
-            TensorRole::ValueGrad,
-            "wgpu-attention staged dv",
-        ),
-        (
-            g.dbias.as_ref(),
-            TensorRole::BiasGrad,
-            "wgpu-attention staged dbias",
-        ),
+    // Gradients that share a buffer with an input are written through scratch: all those
+    // of one buffer through one span of it, copied in and back once, so that copying one
+    // back cannot restore a word another wrote (16-bit gradients may share a word).
+    let grads = [Some(&g.dq), Some(&g.dk), Some(&g.dv), g.dbias.as_ref()];
+    let roles = [
+        TensorRole::QueryGrad,
+        TensorRole::KeyGrad,
+        TensorRole::ValueGrad,
+        TensorRole::BiasGrad,
     ];
-    for (view, role, purpose) in grads {
-        let s = match view {
-            Some(w) if shares(w) => Some(stage(rt, encoder, w, role, purpose)?),
-            _ => None,
+    // (buffer, first byte, end byte, the first gradient's role), word-aligned.
+    let mut spans: Vec<(wgpu::Buffer, u64, u64, TensorRole)> = Vec::new();
+    for (w, role) in grads.iter().zip(roles) {
+        let Some(w) = w.filter(|w| shares(w)) else {
+            continue;
         };
-        staged_all.push(s);
+        let start = w.offset / 4 * 4;
+        let end = w.end_byte().unwrap_or(u64::MAX).div_ceil(4) * 4;
+        match spans.iter_mut().find(|x| x.0 == w.buffer) {
+            Some(x) => (x.1, x.2) = (x.1.min(start), x.2.max(end)),
+            None => spans.push((w.buffer.clone(), start, end, role)),
+        }
     }
-    let pick = |n: usize, w: &'_ TensorView| -> TensorView {
-        staged_all[n]
-            .as_ref()
-            .map_or_else(|| w.clone(), |s| s.view.clone())
+    const PURPOSES: [&str; 4] = [
+        "wgpu-attention staged gradients 0",
+        "wgpu-attention staged gradients 1",
+        "wgpu-attention staged gradients 2",
+        "wgpu-attention staged gradients 3",
+    ];
+    let mut staged: Vec<(u64, Staged)> = Vec::new();
+    for ((buffer, start, end, role), purpose) in spans.iter().zip(PURPOSES) {
+        let words = ((end - start) / 4) as usize;
+        let span = TensorView::new(
+            buffer.clone(),
+            DType::F32,
+            [1, 1, 1, words],
+            [words, words, words, 1],
+            *start,
+        );
+        staged.push((*start, stage(rt, encoder, &span, *role, purpose)?));
+    }
+    // A gradient's view, moved into its span's scratch where it is staged.
+    let pick = |w: &TensorView| -> TensorView {
+        staged
+            .iter()
+            .find(|(_, s)| s.back_buffer() == &w.buffer)
+            .map_or_else(
+                || w.clone(),
+                |(start, s)| TensorView {
+                    buffer: s.view.buffer.clone(),
+                    offset: w.offset - start,
+                    ..w.clone()
+                },
+            )
     };
-    let dq = pick(0, &g.dq);
-    let dk = pick(1, &g.dk);
-    let dv = pick(2, &g.dv);
-    let dbias = g.dbias.as_ref().map(|w| pick(3, w));
+    let dq = pick(&g.dq);
+    let dk = pick(&g.dk);
+    let dv = pick(&g.dv);
+    let dbias = g.dbias.as_ref().map(pick);
     let views = backward::Views {
         q: x.q,
         k: x.k,
@@ -153,7 +177,7 @@ pub(crate) fn record(
     };
     let flash = plan.backend == Backend::Flash;
     backward::record(rt, encoder, &p, plan.tile, flash, &views, &fwd_opts)?;
-    for s in staged_all.iter().flatten() {
+    for (_, s) in &staged {
         s.unstage(encoder);
     }
     Ok(plan)

@@ -138,6 +138,8 @@ pub(crate) fn record(
     opts: &AttentionOptions,
 ) -> Result<()> {
     let rows = p.batch * p.heads_q * p.seq_q;
+    // (bind() names the fourth view "output": dQ's window is checked under its own name.)
+    window(rt, x.dq, TensorRole::QueryGrad)?;
     let mut bound = attention::bind(rt, p, [x.q, x.k, x.v, x.dq], opts, flash, None, 2 * rows)?;
     let d_out = window(rt, x.d_out, TensorRole::OutputGrad)?;
     bound.params.d_o = strides(x.d_out, &d_out);
