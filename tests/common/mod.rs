@@ -60,6 +60,12 @@ pub fn ctx() -> &'static Context {
 pub fn own_device(
     limits: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
 ) -> (wgpu::AdapterInfo, wgpu::Device, wgpu::Queue) {
+    // On GL every instance of the process shares one EGL context: the shared context is
+    // opened first, and this instance's adapter and device are made under its lock, so that
+    // neither races the other (CI's GL pass saw `BadAccess` when a test binary's threads
+    // opened both at once).
+    let shared = ctx();
+    let _held = shared.lock_device();
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter =
