@@ -62,6 +62,18 @@ fn stat_row(b: u32, h: u32, i: u32) -> u32 {
     return (b * P.heads_q + h) * P.seq_q + i;
 }
 
+// Row r of the padded (batch, head, query) grid.
+struct GridRow {
+    b: u32,
+    h: u32,
+    i: u32,
+}
+
+fn grid_row(r: u32) -> GridRow {
+    let bh = r / P.seq_q;
+    return GridRow(bh / P.heads_q, bh % P.heads_q, r % P.seq_q);
+}
+
 // (lse, D) of a row; (-inf, 0) for a row with no storage.
 fn row_stats(b: u32, h: u32, i: u32, rc: RowCtx) -> vec2<f32> {
     var neg_inf = NEG_INF_BITS;
@@ -104,10 +116,10 @@ fn visible_logit(b: u32, h: u32, i: u32, j: u32, kr: vec2<u32>, state: u32, dot:
 @compute @workgroup_size(WG)
 fn prep(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let r = linear_wg(wid) * WG + lid;
-    let i = r % P.seq_q;
-    let bh = r / P.seq_q;
-    let h = bh % P.heads_q;
-    let b = bh / P.heads_q;
+    let row = grid_row(r);
+    let b = row.b;
+    let h = row.h;
+    let i = row.i;
     if (b >= P.batch) { return; }
     let rc = row_ctx(b);
     var lse = NEG_INF_BITS;
@@ -374,11 +386,10 @@ fn n_ds(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let local_row = g / P.seq_k;
     let j = g % P.seq_k;
     if (local_row >= P.row_count) { return; }
-    let r = P.row_start + local_row;
-    let i = r % P.seq_q;
-    let bh = r / P.seq_q;
-    let h = bh % P.heads_q;
-    let b = bh / P.heads_q;
+    let row = grid_row(P.row_start + local_row);
+    let b = row.b;
+    let h = row.h;
+    let i = row.i;
     let at = local_row * P.scratch_stride + j;
     let p = pmat[at];
     if (p == 0.0) { return; }
@@ -395,11 +406,10 @@ fn n_dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let local_row = g / P.dk;
     let d = g % P.dk;
     if (local_row >= P.row_count) { return; }
-    let r = P.row_start + local_row;
-    let i = r % P.seq_q;
-    let bh = r / P.seq_q;
-    let h = bh % P.heads_q;
-    let b = bh / P.heads_q;
+    let row = grid_row(P.row_start + local_row);
+    let b = row.b;
+    let h = row.h;
+    let i = row.i;
     if (!row_stored(b, i, row_ctx(b))) { return; }
     let kb = P.k_off + k_batch(b) + (h / P.group) * P.k_sh + d * P.k_sd;
     var acc = 0.0;

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::data::options::{AttentionOptions, Backend, Subgroups};
+use crate::data::options::{AttentionOptions, Backend};
 use crate::data::problem::Problem;
 use crate::error::{Error, Result};
 use crate::plan::dispatch::{
     DeviceCaps, FLASH_HEAD_DIMS, NAIVE_STORAGE_BUFFERS, SUBGROUP_THREADS_PER_ROW,
-    UNROLLED_MAX_HEAD_DIM, bucket, fused_buffers_fit,
+    UNROLLED_MAX_HEAD_DIM, bucket, fused_buffers_fit, subgroup_rows_ok,
 };
 use crate::plan::variant::BackwardTile;
 
@@ -82,9 +82,7 @@ pub fn backward_tile(
     // Subgroups split each row's dot products across threads on GPUs (fewer registers per
     // thread: the kv kernel holds K, V, dK and dV slices); CPU drivers run one thread per
     // row. The forward's tuning of threads per row applies here too.
-    let sg_ok = opts.subgroups == Subgroups::Auto
-        && caps.subgroup
-        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
+    let sg_ok = subgroup_rows_ok(caps, opts);
     let threads_per_row = match opts.tuning.flash_threads_per_row {
         Some(1) => 1,
         Some(SUBGROUP_THREADS_PER_ROW) if sg_ok => SUBGROUP_THREADS_PER_ROW,

@@ -250,6 +250,14 @@ pub(crate) fn bucket(buckets: &[u32], d: usize) -> Option<u32> {
     buckets.iter().copied().find(|&b| b as usize >= d)
 }
 
+/// Whether the call may split a row across [`SUBGROUP_THREADS_PER_ROW`] threads of a
+/// subgroup (the forward's and the backward's flash kernels).
+pub(crate) fn subgroup_rows_ok(caps: &DeviceCaps, opts: &AttentionOptions) -> bool {
+    opts.subgroups == Subgroups::Auto
+        && caps.subgroup
+        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW
+}
+
 /// The flash variant for a problem, or why there is none.
 pub fn flash_variant(
     p: &Problem,
@@ -290,9 +298,7 @@ pub fn flash_variant(
     }
     let unrolled_dims = dk <= UNROLLED_MAX_HEAD_DIM && dv <= UNROLLED_MAX_HEAD_DIM;
     let unrolled_default = caps.cpu && unrolled_dims;
-    let sg_ok = opts.subgroups == Subgroups::Auto
-        && caps.subgroup
-        && caps.subgroup_min_size >= SUBGROUP_THREADS_PER_ROW;
+    let sg_ok = subgroup_rows_ok(caps, opts);
     let threads_per_row = match opts.tuning.flash_threads_per_row {
         Some(1) => 1,
         Some(SUBGROUP_THREADS_PER_ROW) if sg_ok => SUBGROUP_THREADS_PER_ROW,

@@ -10,7 +10,7 @@ use crate::data::tensor::TensorView;
 use crate::error::{Error, Result, TensorRole};
 use crate::kernels::attention::params::{AttnParams, flags};
 use crate::kernels::attention::{self, Bound, Window, strides, window};
-use crate::kernels::naive::NAIVE_SCRATCH_MAX;
+use crate::kernels::naive;
 use crate::kernels::{bindings, spec, summary};
 use crate::plan::backward::BACKWARD_AUX_TILE;
 use crate::plan::variant::{BackwardTile, ModuleKey, ShaderVariant};
@@ -267,17 +267,7 @@ fn naive(
 ) -> Result<()> {
     let (rt, p) = (call.rt, call.p);
     let caps = rt.caps();
-    let limit = NAIVE_SCRATCH_MAX
-        .min(caps.max_storage_binding)
-        .min(caps.max_buffer_size);
-    let row_bytes = p.seq_k as u64 * 4;
-    if row_bytes > limit {
-        return Err(Error::limit(
-            "max_storage_buffer_binding_size",
-            row_bytes,
-            limit,
-        ));
-    }
+    let (limit, row_bytes) = naive::score_rows(rt, p)?;
     let total_rows = (p.batch * p.heads_q * p.seq_q) as u64;
     let rows_per_chunk = (limit / row_bytes).min(total_rows).max(1);
     let bytes = rows_per_chunk * row_bytes;

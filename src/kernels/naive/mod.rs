@@ -12,14 +12,9 @@ use crate::runtime::Runtime;
 pub const NAIVE_SCRATCH_MAX: u64 = 256 << 20;
 const WG: u64 = 64;
 
-/// Records the three naive passes for every chunk of rows.
-pub(crate) fn record(
-    rt: &Runtime,
-    encoder: &mut wgpu::CommandEncoder,
-    p: &Problem,
-    variant: ShaderVariant,
-    bound: &Bound,
-) -> Result<()> {
+/// The score scratch's limit and one row's bytes (f32 logits over every key), or the limit
+/// error when one row does not fit: shared with the naive backward.
+pub(crate) fn score_rows(rt: &Runtime, p: &Problem) -> Result<(u64, u64)> {
     let caps = rt.caps();
     let limit = NAIVE_SCRATCH_MAX
         .min(caps.max_storage_binding)
@@ -32,6 +27,19 @@ pub(crate) fn record(
             limit,
         ));
     }
+    Ok((limit, row_bytes))
+}
+
+/// Records the three naive passes for every chunk of rows.
+pub(crate) fn record(
+    rt: &Runtime,
+    encoder: &mut wgpu::CommandEncoder,
+    p: &Problem,
+    variant: ShaderVariant,
+    bound: &Bound,
+) -> Result<()> {
+    let caps = rt.caps();
+    let (limit, row_bytes) = score_rows(rt, p)?;
     let total_rows = (p.batch * p.heads_q * p.seq_q) as u64;
     let max_dim = caps.max_workgroups_per_dim as u64;
     // Rows per chunk: scratch within the limit, and each pass's grid within max_dim^2.
