@@ -1,10 +1,15 @@
 // Flash attention on cooperative matrices (tensor cores), structured like FlashAttention-2,
 // for FR×FR fragments (FR = 8 or 16; the host aliases CA, CB, CC to the A, B and C
-// fragment types) and subgroups of SGS lanes.
+// fragment types) and subgroups of at least SGS lanes.
 //
-// - A workgroup owns BR query rows, NSG = BR / FR subgroups of FR rows each. A subgroup
-//   keeps its rows' Q fragments in registers for the whole key loop, so every K/V byte the
-//   workgroup stages serves BR rows.
+// - A workgroup owns BR query rows in NSG = BR / FR row blocks and has NSG·SGS lanes, SGS
+//   the adapter's smallest subgroup size. Where the driver picks a larger size (RADV's
+//   wave64 of a 32–64 range), a subgroup of RB·SGS lanes owns RB row blocks (at most RBM);
+//   the driver knows the size when it compiles, so RB is a constant there. A subgroup keeps
+//   its rows' Q fragments in registers for the whole key loop, so every K/V byte the
+//   workgroup stages serves BR rows. Every fragment array is indexed by constants once
+//   the loops unroll (their trip counts are constants): an array indexed by a variable
+//   lands in scratch memory.
 // - Key tiles of BC keys are staged in workgroup memory as f16 (16-bit inputs eight
 //   elements, four words, per load). O accumulates in DVB / FR C fragments that stay in
 //   registers across all key tiles.
@@ -20,7 +25,7 @@
 //   max grows by more than 8 (count_rescale() counts those in debug builds): on typical
 //   inputs a few of a row block's first tiles, at most.
 //
-// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, CA, CB, CC, SUM_BK, count_tile(),
+// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, RBM, CA, CB, CC, SUM_BK, count_tile(),
 // count_rescale(), and `enable f16; enable wgpu_cooperative_matrix;` (added by the host).
 
 const NSG: u32 = BR / FR;
@@ -28,13 +33,15 @@ const DKF: u32 = DKB / FR;
 const DVF: u32 = DVB / FR;
 const BCF: u32 = BC / FR;
 // The softmax's lanes: LPR lanes per row, each holding KPL of a tile's keys and CPL of an
-// accumulator fragment's columns; a lane owns RPL rows, RPP apart.
+// accumulator fragment's columns; a lane owns RPL rows, a pass of the subgroup apart. SGS is
+// the adapter's smallest subgroup size, RBM the most row blocks a subgroup of its largest
+// size owns.
 const LPR: u32 = max(SGS / FR, 1u);
-const RPP: u32 = SGS / LPR;
-const RPL: u32 = FR / RPP;
+const RPL: u32 = FR * LPR / SGS;
 const KPL: u32 = BC / LPR;
 const CPL: u32 = FR / LPR;
 const SLACK: f32 = 8.0;
+const LOG2E: f32 = 1.4426950408889634;
 // K's tile at 0, V's at VS; Q is staged through the same memory before the key loop.
 const VS: u32 = BC * DKB;
 const KV_LEN: u32 = max(BR * DKB, BC * (DKB + DVB));
@@ -51,40 +58,38 @@ var<workgroup> sh_next: array<vec2<u32>, 2>;
 var<workgroup> sh_moved: array<atomic<u32>, 2>;
 
 // Stages rows [0, n) × dims [0, dd) of a K or V tile (or of Q) as f16 at kv[dst..], row
-// width W, from element base + row·rs (+ d·sd): eight 16-bit elements, four words, per
-// load where the host found whole words (F_KV_PAIRS), else one element at a time. Zero
-// past the rows and dims that exist.
+// width W, from element base + row·rs (+ d·sd): where the host found whole words of f16
+// (F_KV_PAIRS), eight elements, four words, per load, their halves stored as they are (the f32
+// round trip folds away); else one element at a time, decoded. Zero past the rows and dims that
+// exist.
 fn stage(lid: u32, which: u32, dst: u32, W: u32, n: u32, rows: u32, dd: u32, base: u32, rs: u32, sd: u32) {
-    let dt = dtype_of(select(select(DT_Q, DT_K, which == 1u), DT_V, which == 2u));
     if (which != 0u && has(F_KV_PAIRS)) {
         for (var e = lid * 8u; e < rows * W; e += WG * 8u) {
             let j = e / W;
             let d = e % W;
-            var x: array<f32, 8>;
-            for (var c = 0u; c < 8u; c++) { x[c] = 0.0; }
+            var w = vec4<u32>(0u);
             if (j < n) {
                 let w0 = (base + j * rs + d) >> 1u;
                 if (d + 8u <= dd) {
-                    let w = vec4<u32>(kv_word(which, w0), kv_word(which, w0 + 1u), kv_word(which, w0 + 2u), kv_word(which, w0 + 3u));
-                    for (var c = 0u; c < 4u; c++) {
-                        let p = unpack2x16float(w[c]);
-                        x[2u * c] = p.x;
-                        x[2u * c + 1u] = p.y;
-                    }
+                    w = vec4<u32>(kv_word(which, w0), kv_word(which, w0 + 1u), kv_word(which, w0 + 2u), kv_word(which, w0 + 3u));
                 } else {
-                    for (var c = 0u; c < 8u; c += 2u) {
-                        if (d + c < dd) {
-                            let p = unpack2x16float(kv_word(which, w0 + c / 2u));
-                            x[c] = p.x;
-                            if (d + c + 1u < dd) { x[c + 1u] = p.y; }
-                        }
+                    // (dd is even under F_KV_PAIRS: words end where the dims do.)
+                    for (var c = 0u; c < 4u; c++) {
+                        if (d + 2u * c < dd) { w[c] = kv_word(which, w0 + c); }
                     }
                 }
             }
-            for (var c = 0u; c < 8u; c++) { kv[dst + e + c] = f16(x[c]); }
+            // f16 -> f32 -> f16 is exact, and compilers fold the pair away (naga has no
+            // bitcast from u32 to vec2<f16>).
+            for (var c = 0u; c < 4u; c++) {
+                let p = unpack2x16float(w[c]);
+                kv[dst + e + 2u * c] = f16(p.x);
+                kv[dst + e + 2u * c + 1u] = f16(p.y);
+            }
         }
         return;
     }
+    let dt = dtype_of(select(select(DT_Q, DT_K, which == 1u), DT_V, which == 2u));
     for (var e = lid; e < rows * W; e += WG) {
         let j = e / W;
         let d = e % W;
@@ -114,6 +119,18 @@ fn next_tile(b: u32, h: u32, qt: u32, j: u32, end: u32) -> vec2<u32> {
     return vec2<u32>(end, 0u);
 }
 
+// One output element pair, as one word where both halves are this lane's and 16 bits wide
+// (the common case: contiguous head dims), else element by element.
+fn store_o_pair(e: u32, x0: f32, x1: f32, both: bool) {
+    let dt = dtype_of(DT_O);
+    if (both && dt != 0u && P.o_sd == 1u && (e & 1u) == 0u) {
+        atomicStore(&o_buf[e >> 1u], encode16(x0, dt) | (encode16(x1, dt) << 16u));
+        return;
+    }
+    store_o(e, x0);
+    if (both) { store_o(e + P.o_sd, x1); }
+}
+
 // The rescale branch and the key loop are uniform across the workgroup by construction
 // (their conditions are workgroup variables every invocation reads after the barrier that
 // follows their last write); naga's uniformity analysis counts such reads as non-uniform and
@@ -125,6 +142,7 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) sl: u32,
+    @builtin(subgroup_size) sgsz: u32,
 ) {
     let tile = query_tile(wid);
     let qt = tile.qt;
@@ -132,7 +150,12 @@ fn main(
     let h = tile.h;
     let rc = row_ctx(b);
     let part = sl % LPR;
-    let sbase = sg * FR * BC;
+    // The driver picks the subgroup size within the adapter's range (RADV: 32 or 64) and
+    // knows it when it compiles, so these fold to constants there: a subgroup of RB·SGS
+    // lanes owns RB row blocks of FR rows, its lanes a pass of RPP rows at a time.
+    let rb_n = sgsz / SGS;
+    let rpp = sgsz / LPR;
+    let row0 = sg * rb_n * FR;
 
     if (lid == 0u) {
         sh_range = tile_keys(tile, rc);
@@ -144,25 +167,36 @@ fn main(
     if (b < P.batch) { qrows = min(BR, rc.qvalid - min(rc.qvalid, qt * BR)); }
     stage(lid, 0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd);
     let tiles = workgroupUniformLoad(&sh_range);
-    var qf: array<CA, DKF>;
-    for (var dc = 0u; dc < DKF; dc++) {
-        qf[dc] = coopLoadT<CA>(&kv[sg * FR * DKB + dc * FR], DKB);
+    var qf: array<CA, DKF * RBM>;
+    // (Loops over RBM with a guard, not up to rb_n: a constant trip count unrolls, so the
+    // fragment arrays are indexed by constants and stay in registers.)
+    for (var rb = 0u; rb < RBM; rb++) {
+        if (rb < rb_n) {
+            for (var dc = 0u; dc < DKF; dc++) {
+                qf[rb * DKF + dc] = coopLoadT<CA>(&kv[(row0 + rb * FR) * DKB + dc * FR], DKB);
+            }
+        }
     }
     if (lid == 0u) { sh_next[1] = next_tile(b, h, qt, tiles.x, tiles.y); }
     // (Also: every subgroup has its Q fragments, so K may overwrite them.)
     workgroupBarrier();
     var cur = sh_next[1];
 
-    var acc: array<CC, DVF>;
-    for (var vc = 0u; vc < DVF; vc++) { acc[vc] = CC(); }
+    var acc: array<CC, DVF * RBM>;
+    for (var f = 0u; f < DVF * RBM; f++) { acc[f] = CC(); }
     var st: array<Online, RPL>;
     var ranges: array<vec2<u32>, RPL>;
     for (var k = 0u; k < RPL; k++) {
         st[k] = online_init();
-        ranges[k] = key_range(qt * BR + sg * FR + sl / LPR + k * RPP, rc);
+        ranges[k] = key_range(qt * BR + row0 + sl / LPR + k * rpp, rc);
     }
     let kbase = P.k_off + k_batch(b) + tile.hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + tile.hk * P.v_sh;
+    // Whether logits get terms beyond the scaled score (then the softmax's first pass writes
+    // them back for its second).
+    let extra = has(F_BIAS) || has(F_ALIBI);
+    // exp(x) is exp2(x·log2 e) on every GPU: the scale and log2 e fold into one factor.
+    let scale2 = P.scale * LOG2E;
     if (cur.x < tiles.y) {
         stage(lid, 1u, 0u, DKB, min(BC, rc.kvalid - cur.x), BC, P.dk, kbase + cur.x * P.k_ss, P.k_ss, P.k_sd);
     }
@@ -175,12 +209,16 @@ fn main(
         if (lid == 0u) { count_tile(state); }
 
         // S = Q·Kᵀ: A = Q (row-major), B = Kᵀ (K read column-major).
-        for (var kc = 0u; kc < BCF; kc++) {
-            var s = CC();
-            for (var dc = 0u; dc < DKF; dc++) {
-                s = coopMultiplyAdd(qf[dc], coopLoad<CB>(&kv[kc * FR * DKB + dc * FR], DKB), s);
+        for (var rb = 0u; rb < RBM; rb++) {
+            if (rb < rb_n) {
+                for (var kc = 0u; kc < BCF; kc++) {
+                    var s = CC();
+                    for (var dc = 0u; dc < DKF; dc++) {
+                        s = coopMultiplyAdd(qf[rb * DKF + dc], coopLoad<CB>(&kv[kc * FR * DKB + dc * FR], DKB), s);
+                    }
+                    coopStoreT(s, &ss[(row0 + rb * FR) * BC + kc * FR], BC);
+                }
             }
-            coopStoreT(s, &ss[sbase + kc * FR], BC);
         }
         if (lid == 0u) { sh_next[par] = next_tile(b, h, qt, j0 + BC, tiles.y); }
         // Barrier 1: S is readable, K and the previous V are read, the next tile is agreed.
@@ -194,29 +232,44 @@ fn main(
         }
         if (lid == 0u) { atomicStore(&sh_moved[1u - par], 0u); }
 
-        // The masked online softmax, LPR lanes per row.
+        // The masked online softmax, LPR lanes per row, in two passes over the lane's KPL
+        // scores (no per-lane array: indexed in a loop, one lands in scratch memory). Pass 1
+        // finds the visible keys and their max; pass 2 writes the weights as f16.
         var alpha: array<f32, RPL>;
         var moved = false;
         for (var k = 0u; k < RPL; k++) {
-            let rr = sl / LPR + k * RPP;
-            let i = qt * BR + sg * FR + rr;
-            var sv: array<f32, KPL>;
+            let r = row0 + sl / LPR + k * rpp;
+            let i = qt * BR + r;
+            let sb = r * BC + part * KPL;
+            let jb = j0 + part * KPL;
+            // Keys [lo, hi) of the lane's KPL are inside the row's analytic range.
+            let lo = min(max(ranges[k].x, jb), jb + KPL) - jb;
+            let hi = max(min(ranges[k].y, jb + KPL), jb) - jb;
             var bits = 0u;
             var tmax = LOWEST;
-            for (var c = 0u; c < KPL; c++) {
-                let jj = part * KPL + c;
-                let j = j0 + jj;
-                var s = ss[sbase + rr * BC + jj] * P.scale;
-                var vis = j >= ranges[k].x && j < ranges[k].y;
-                if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
-                if (vis) {
-                    s += logit_extra(b, h, i, j, rc);
-                    vis = finite_logit(s);
+            if (state == 1u && !extra) {
+                for (var c = 0u; c < KPL; c++) {
+                    let s = ss[sb + c] * P.scale;
+                    if (c >= lo && c < hi && finite_logit(s)) {
+                        bits |= 1u << c;
+                        tmax = max(tmax, s);
+                    }
                 }
-                sv[c] = s;
-                if (vis) {
-                    bits |= 1u << c;
-                    tmax = max(tmax, s);
+            } else {
+                for (var c = 0u; c < KPL; c++) {
+                    let j = jb + c;
+                    var s = ss[sb + c] * P.scale;
+                    var vis = c >= lo && c < hi;
+                    if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
+                    if (vis) {
+                        s += logit_extra(b, h, i, j, rc);
+                        vis = finite_logit(s);
+                    }
+                    if (vis) {
+                        bits |= 1u << c;
+                        tmax = max(tmax, s);
+                    }
+                    if (extra) { ss[sb + c] = s; }
                 }
             }
             for (var x = 1u; x < LPR; x <<= 1u) { tmax = max(tmax, subgroupShuffleXor(tmax, x)); }
@@ -225,10 +278,19 @@ fn main(
             alpha[k] = st[k].alpha;
             moved = moved || online_moved(before, st[k]);
             var lsum = 0.0;
-            for (var c = 0u; c < KPL; c++) {
-                let p = online_weight(sv[c], (bits & (1u << c)) != 0u, st[k]);
-                lsum += p;
-                ps[sbase + rr * BC + part * KPL + c] = f16(p);
+            if (extra) {
+                for (var c = 0u; c < KPL; c++) {
+                    let p = select(0.0, exp(ss[sb + c] - st[k].m), (bits & (1u << c)) != 0u);
+                    lsum += p;
+                    ps[sb + c] = f16(p);
+                }
+            } else {
+                let m2 = st[k].m * LOG2E;
+                for (var c = 0u; c < KPL; c++) {
+                    let p = select(0.0, exp2(ss[sb + c] * scale2 - m2), (bits & (1u << c)) != 0u);
+                    lsum += p;
+                    ps[sb + c] = f16(p);
+                }
             }
             for (var x = 1u; x < LPR; x <<= 1u) { lsum += subgroupShuffleXor(lsum, x); }
             st[k].l += lsum;
@@ -244,57 +306,82 @@ fn main(
         // next barrier 1.
         if (atomicLoad(&sh_moved[par]) != 0u) {
             if (lid == 0u) { count_rescale(); }
-            for (var vc = 0u; vc < DVF; vc++) {
-                let off = sbase + (vc % 2u) * FR;
-                coopStoreT(acc[vc], &ss[off], BC);
-                workgroupBarrier();
-                for (var k = 0u; k < RPL; k++) {
-                    let rr = sl / LPR + k * RPP;
-                    for (var c = 0u; c < CPL; c++) {
-                        ss[off + rr * BC + part * CPL + c] *= alpha[k];
+            for (var f = 0u; f < DVF * RBM; f++) {
+                let rb = f / DVF;
+                if (rb < rb_n) {
+                    let off = (row0 + rb * FR) * BC + (f % 2u) * FR;
+                    coopStoreT(acc[f], &ss[off], BC);
+                    workgroupBarrier();
+                    for (var k = 0u; k < RPL; k++) {
+                        let rr = sl / LPR + k * rpp;
+                        if (rr / FR == rb) {
+                            for (var c = 0u; c < CPL; c++) {
+                                ss[off + (rr % FR) * BC + part * CPL + c] *= alpha[k];
+                            }
+                        }
                     }
+                    workgroupBarrier();
+                    acc[f] = coopLoadT<CC>(&ss[off], BC);
                 }
-                workgroupBarrier();
-                acc[vc] = coopLoadT<CC>(&ss[off], BC);
             }
             // Every load is done before the next tile's scores overwrite the scratch.
             workgroupBarrier();
         }
 
         // O += P·V: A = P (row-major), B = V (row-major).
-        var pa: array<CA, BCF>;
-        for (var kc = 0u; kc < BCF; kc++) { pa[kc] = coopLoadT<CA>(&ps[sbase + kc * FR], BC); }
-        for (var vc = 0u; vc < DVF; vc++) {
-            var a = acc[vc];
-            for (var kc = 0u; kc < BCF; kc++) {
-                a = coopMultiplyAdd(pa[kc], coopLoadT<CB>(&kv[VS + kc * FR * DVB + vc * FR], DVB), a);
+        for (var rb = 0u; rb < RBM; rb++) {
+            if (rb < rb_n) {
+                var pa: array<CA, BCF>;
+                for (var kc = 0u; kc < BCF; kc++) { pa[kc] = coopLoadT<CA>(&ps[(row0 + rb * FR) * BC + kc * FR], BC); }
+                for (var vc = 0u; vc < DVF; vc++) {
+                    var a = acc[rb * DVF + vc];
+                    for (var kc = 0u; kc < BCF; kc++) {
+                        a = coopMultiplyAdd(pa[kc], coopLoadT<CB>(&kv[VS + kc * FR * DVB + vc * FR], DVB), a);
+                    }
+                    acc[rb * DVF + vc] = a;
+                }
             }
-            acc[vc] = a;
         }
         cur = nxt;
         par = 1u - par;
     }
 
-    // The output: each fragment through the scratch, divided by l.
-    for (var vc = 0u; vc < DVF; vc++) {
-        let off = sbase + (vc % 2u) * FR;
+    // The output: each fragment through the scratch, divided by l, two elements a store.
+    var inv: array<f32, RPL>;
+    var stored: array<bool, RPL>;
+    for (var k = 0u; k < RPL; k++) {
+        inv[k] = online_inv(st[k]);
+        stored[k] = row_stored(b, qt * BR + row0 + sl / LPR + k * rpp, rc);
+    }
+    // This loop's body is too large to unroll; the fragment it stores is picked out of the
+    // accumulators by a small loop that does unroll, so they are never indexed by a variable
+    // (which would put them in scratch memory).
+    for (var f = 0u; f < DVF * rb_n; f++) {
+        let rb = f / DVF;
+        let vc = f % DVF;
+        var frag = acc[0];
+        for (var x = 1u; x < DVF * RBM; x++) {
+            if (x == f) { frag = acc[x]; }
+        }
+        let off = (row0 + rb * FR) * BC + (vc % 2u) * FR;
         workgroupBarrier();
-        coopStoreT(acc[vc], &ss[off], BC);
+        coopStoreT(frag, &ss[off], BC);
         workgroupBarrier();
         for (var k = 0u; k < RPL; k++) {
-            let rr = sl / LPR + k * RPP;
-            let i = qt * BR + sg * FR + rr;
-            if (row_stored(b, i, rc)) {
-                let inv = online_inv(st[k]);
-                for (var c = 0u; c < CPL; c++) {
+            let rr = sl / LPR + k * rpp;
+            if (rr / FR == rb && stored[k]) {
+                let i = qt * BR + row0 + rr;
+                for (var c = 0u; c < CPL; c += 2u) {
                     let d = vc * FR + part * CPL + c;
-                    if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), ss[off + rr * BC + part * CPL + c] * inv); }
+                    let o = ss[off + (rr % FR) * BC + part * CPL + c];
+                    let o1 = ss[off + (rr % FR) * BC + part * CPL + c + 1u];
+                    if (d < P.dv) { store_o_pair(o_index(b, h, i, d, 0u), o * inv[k], o1 * inv[k], d + 1u < P.dv); }
                 }
             }
         }
     }
     for (var k = 0u; k < RPL; k++) {
-        let i = qt * BR + sg * FR + sl / LPR + k * RPP;
-        if (part == 0u && row_stored(b, i, rc)) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }
+        let i = qt * BR + row0 + sl / LPR + k * rpp;
+        if (part == 0u && stored[k]) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }
     }
 }

@@ -127,6 +127,23 @@ impl Context {
         Self::wrap(Runtime::new(device, queue, &info, None, gate, &coop))
     }
 
+    /// [`Context::from_adapter_device`] with the adapter described by `info` rather than
+    /// by the adapter itself: the crate's tests use it to build the kernels for another
+    /// subgroup range than the adapter's (a subgroup of twice the smallest size then owns
+    /// two row blocks of the cooperative-matrix kernel).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn from_adapter_device_as(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: &wgpu::AdapterInfo,
+    ) -> Self {
+        let gate = Self::own_gate(&device, info);
+        let coop = adapter.cooperative_matrix_properties();
+        Self::wrap(Runtime::new(device, queue, info, None, gate, &coop))
+    }
+
     /// The gate of a device the caller brought (GL only), shared by every context over it.
     fn own_gate(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Option<Arc<Gate>> {
         (info.backend == wgpu::Backend::Gl).then(|| gate::device_gate(device))

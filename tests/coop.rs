@@ -87,7 +87,8 @@ fn the_dispatcher_picks_cooperative_matrices_for_16_bit_inputs() {
         f32_plan.reason
     );
     let caps = ctx.caps();
-    if caps.coop_fragment > 0 && caps.subgroup_min_size == caps.subgroup_max_size {
+    // (Any power-of-two subgroup range: a larger subgroup owns more row blocks.)
+    if caps.coop_fragment > 0 {
         assert_eq!(plan.variant.family(), Family::FlashCoop, "{}", plan.reason);
         // The FlashAttention-2 structure, as its cost line states it, at d=128.
         let cost = plan.variant.cost();
@@ -364,5 +365,67 @@ fn split_calls_on_a_callers_device() {
             "{plan}"
         );
         assert_close(&got, &want, DType::F16, &c.label());
+    }
+}
+
+/// Drivers with a range of subgroup sizes (RADV: 32 to 64) pick one when they compile, and a
+/// subgroup of k times the smallest size then owns k row blocks. Lavapipe's subgroups are 8:
+/// a context that believes the smallest is 4 builds the kernel for subgroups of 4, one per
+/// row block, so every subgroup of 8 runs two row blocks: the path RADV takes in wave64.
+#[test]
+fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let features = adapter.features() & (wgpu_attention::OPTIONAL_FEATURES | coop);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: features,
+        required_limits: adapter.limits(),
+        // SAFETY: the test accepts wgpu's experimental features.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+        ..Default::default()
+    }))
+    .expect("device");
+    let mut info = adapter.get_info();
+    let expect_coop = has_coop(coop_ctx());
+    if expect_coop {
+        assert_eq!(info.subgroup_min_size, info.subgroup_max_size, "{info:?}");
+        info.subgroup_min_size /= 2;
+    }
+    let ctx = Context::from_adapter_device_as(&adapter, device, queue, &info);
+    let shapes = [(2, 4, 2, 70, 133, 64, 64), (1, 2, 1, 113, 59, 40, 128)];
+    for (si, &(b, hq, hkv, sq, sk, dk, dv)) in shapes.iter().enumerate() {
+        let masks = [
+            MaskSpec::default(),
+            MaskSpec {
+                causal: Some(CausalAlignment::BottomRight),
+                key_lengths: Some((0..b).map(|i| [sk, sk / 2][i % 2] as u32).collect()),
+                bias: Some((random(hq * sq * sk, 8), [1, hq, sq, sk], DType::F16)),
+                ..Default::default()
+            },
+        ];
+        for (mi, mask) in masks.into_iter().enumerate() {
+            let mut c = Case::new(b, hq, sq, sk, dk)
+                .dtype(DType::F16)
+                .backend(Backend::Flash)
+                .mask(mask);
+            c.hkv = hkv;
+            c.dv = dv;
+            c.seed = (si * 10 + mi) as u64;
+            c.lse = mi == 1;
+            let (got, want, plan) = run_plan(&ctx, &c);
+            assert_eq!(
+                plan.variant.family() == Family::FlashCoop,
+                expect_coop,
+                "{plan}"
+            );
+            if let wgpu_attention::dispatch::ShaderVariant::FlashCoop(t) = plan.variant {
+                assert_eq!(t.row_blocks, 2, "{t:?}");
+            }
+            assert_close(&got, &want, DType::F16, &c.label());
+        }
     }
 }

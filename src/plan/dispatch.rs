@@ -422,15 +422,22 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         return Err("the cooperative-matrix kernel needs subgroups".into());
     }
     fused_buffers_fit("the cooperative-matrix kernel", caps)?;
-    // Lanes per row (subgroup size / fragment) must not exceed the fragment, or a lane would
-    // hold no column of it.
-    if caps.subgroup_min_size != caps.subgroup_max_size
-        || !caps.subgroup_min_size.is_power_of_two()
-        || caps.subgroup_min_size > caps.coop_fragment * caps.coop_fragment
+    // The workgroup has one subgroup of the smallest size per row block; a driver that
+    // picks a larger size gives each subgroup several row blocks, so the largest size must
+    // divide the workgroup. Lanes per row (smallest size / fragment) must not exceed the
+    // fragment, or a lane would hold no column of it.
+    let (min, max) = (
+        caps.subgroup_min_size,
+        caps.subgroup_max_size.max(caps.subgroup_min_size),
+    );
+    let row_blocks = max / min.max(1);
+    if !min.is_power_of_two()
+        || !max.is_power_of_two()
+        || min > caps.coop_fragment * caps.coop_fragment
+        || row_blocks > COOP_BLOCK_Q / caps.coop_fragment
     {
         return Err(format!(
-            "the cooperative-matrix kernel is built for one subgroup size of at most the fragment's square; the adapter's vary from {} to {}",
-            caps.subgroup_min_size, caps.subgroup_max_size
+            "the cooperative-matrix kernel needs power-of-two subgroup sizes of at most the fragment's square, the largest dividing its workgroup; the adapter's range from {min} to {max}"
         ));
     }
     if [p.dtype_q, p.dtype_k, p.dtype_v].contains(&DType::F32) {
@@ -449,7 +456,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         block_q: COOP_BLOCK_Q,
         block_k: COOP_BLOCK_K,
         fragment: caps.coop_fragment,
-        subgroup_size: caps.subgroup_min_size,
+        subgroup_size: min,
+        row_blocks,
     });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
@@ -616,7 +624,11 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     },
                     problem.head_dim_qk,
                     problem.head_dim_v,
-                    caps.subgroup_min_size
+                    if caps.subgroup_max_size > caps.subgroup_min_size {
+                        format!("{} to {} (a subgroup of the larger size owns more rows)", caps.subgroup_min_size, caps.subgroup_max_size)
+                    } else {
+                        caps.subgroup_min_size.to_string()
+                    }
                 ).into(),
             }
         }

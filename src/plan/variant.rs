@@ -93,8 +93,13 @@ pub struct CoopTile {
     pub block_k: u32,
     /// The fragment size (8 or 16: FR×FR×FR f16 products into f32).
     pub fragment: u32,
-    /// The subgroup size it is built for (the adapter's, which must be fixed).
+    /// The adapter's smallest subgroup size: the workgroup has one subgroup of this size per
+    /// `fragment` rows.
     pub subgroup_size: u32,
+    /// The most row blocks of `fragment` rows one subgroup may own: the adapter's largest
+    /// subgroup size over its smallest (RADV: 64 / 32). The driver picks the size when it
+    /// compiles; a subgroup of k times the smallest owns k row blocks.
+    pub row_blocks: u32,
 }
 
 /// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).
