@@ -247,30 +247,17 @@ fn main(
             let hi = max(min(ranges[k].y, jb + KPL), jb) - jb;
             var bits = 0u;
             var tmax = LOWEST;
-            if (state == 1u && !extra) {
-                for (var c = 0u; c < KPL; c++) {
-                    let s = ss[sb + c] * P.scale;
-                    if (c >= lo && c < hi && finite_logit(s)) {
-                        bits |= 1u << c;
-                        tmax = max(tmax, s);
-                    }
+            for (var c = 0u; c < KPL; c++) {
+                let j = jb + c;
+                var s = ss[sb + c] * P.scale;
+                var vis = c >= lo && c < hi;
+                if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
+                if (vis && extra) { s += logit_extra(b, h, i, j, rc); }
+                if (vis && finite_logit(s)) {
+                    bits |= 1u << c;
+                    tmax = max(tmax, s);
                 }
-            } else {
-                for (var c = 0u; c < KPL; c++) {
-                    let j = jb + c;
-                    var s = ss[sb + c] * P.scale;
-                    var vis = c >= lo && c < hi;
-                    if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
-                    if (vis) {
-                        s += logit_extra(b, h, i, j, rc);
-                        vis = finite_logit(s);
-                    }
-                    if (vis) {
-                        bits |= 1u << c;
-                        tmax = max(tmax, s);
-                    }
-                    if (extra) { ss[sb + c] = s; }
-                }
+                if (extra) { ss[sb + c] = s; }
             }
             for (var x = 1u; x < LPR; x <<= 1u) { tmax = max(tmax, subgroupShuffleXor(tmax, x)); }
             let before = st[k];
@@ -278,19 +265,13 @@ fn main(
             alpha[k] = st[k].alpha;
             moved = moved || online_moved(before, st[k]);
             var lsum = 0.0;
-            if (extra) {
-                for (var c = 0u; c < KPL; c++) {
-                    let p = select(0.0, exp(ss[sb + c] - st[k].m), (bits & (1u << c)) != 0u);
-                    lsum += p;
-                    ps[sb + c] = f16(p);
-                }
-            } else {
-                let m2 = st[k].m * LOG2E;
-                for (var c = 0u; c < KPL; c++) {
-                    let p = select(0.0, exp2(ss[sb + c] * scale2 - m2), (bits & (1u << c)) != 0u);
-                    lsum += p;
-                    ps[sb + c] = f16(p);
-                }
+            // (ss holds raw scores, or with extra terms the logits themselves.)
+            let m2 = st[k].m * LOG2E;
+            let f = select(scale2, LOG2E, extra);
+            for (var c = 0u; c < KPL; c++) {
+                let p = select(0.0, exp2(ss[sb + c] * f - m2), (bits & (1u << c)) != 0u);
+                lsum += p;
+                ps[sb + c] = f16(p);
             }
             for (var x = 1u; x < LPR; x <<= 1u) { lsum += subgroupShuffleXor(lsum, x); }
             st[k].l += lsum;

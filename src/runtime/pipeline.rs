@@ -69,6 +69,9 @@ pub(crate) struct Compiled {
 }
 
 /// A pipeline [`PipelineCache::start`] found or built.
+// (A `Built` lives only until its pipeline is kept, once per new pipeline: boxing it would
+// buy nothing.)
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Started {
     Cached(Arc<Compiled>),
     Built {
