@@ -42,7 +42,9 @@ const KPL: u32 = BC / LPR;
 const CPL: u32 = FR / LPR;
 const SLACK: f32 = 8.0;
 const LOG2E: f32 = 1.4426950408889634;
-// K's tile at 0, V's at VS; Q is staged through the same memory before the key loop.
+// K's tile at 0 ([key][dim], so that Kᵀ is a column-major B), V's at VS transposed
+// ([dim][key], so that V is a column-major B too: a row-major B costs NVIDIA a transposing
+// move per register); Q is staged through the same memory before the key loop.
 const VS: u32 = BC * DKB;
 const KV_LEN: u32 = max(BR * DKB, BC * (DKB + DVB));
 
@@ -57,49 +59,82 @@ var<workgroup> sh_next: array<vec2<u32>, 2>;
 // one is cleared while the other is read).
 var<workgroup> sh_moved: array<atomic<u32>, 2>;
 
-// Stages rows [0, n) × dims [0, dd) of a K or V tile (or of Q) as f16 at kv[dst..], row
-// width W, from element base + row·rs (+ d·sd): where the host found whole words of f16
-// (F_KV_PAIRS), eight elements, four words, per load, their halves stored as they are (the f32
-// round trip folds away); else one element at a time, decoded. Zero past the rows and dims that
-// exist.
-fn stage(lid: u32, which: u32, dst: u32, W: u32, n: u32, rows: u32, dd: u32, base: u32, rs: u32, sd: u32) {
-    if (which != 0u && has(F_KV_PAIRS)) {
-        for (var e = lid * 8u; e < rows * W; e += WG * 8u) {
-            let j = e / W;
-            let d = e % W;
-            var w = vec4<u32>(0u);
-            if (j < n) {
-                let w0 = (base + j * rs + d) >> 1u;
-                if (d + 8u <= dd) {
-                    w = vec4<u32>(kv_word(which, w0), kv_word(which, w0 + 1u), kv_word(which, w0 + 2u), kv_word(which, w0 + 3u));
-                } else {
-                    // (dd is even under F_KV_PAIRS: words end where the dims do.)
-                    for (var c = 0u; c < 4u; c++) {
-                        if (d + 2u * c < dd) { w[c] = kv_word(which, w0 + c); }
-                    }
-                }
-            }
-            // f16 -> f32 -> f16 is exact, and compilers fold the pair away (naga has no
-            // bitcast from u32 to vec2<f16>).
-            for (var c = 0u; c < 4u; c++) {
-                let p = unpack2x16float(w[c]);
-                kv[dst + e + 2u * c] = f16(p.x);
-                kv[dst + e + 2u * c + 1u] = f16(p.y);
-            }
-        }
+// A tile to stage as f16 at kv[dst..]: rows [0, n) × dims [0, dd) of Q (which 0), K (1)
+// or V (2), row j, dim d at dst + j·W + d, or transposed (`tr`) at dst + d·rows + j; from
+// element base + row·rs + d·sd. Zero past the rows and dims that exist.
+struct Stage {
+    which: u32,
+    dst: u32,
+    W: u32,
+    n: u32,
+    rows: u32,
+    dd: u32,
+    base: u32,
+    rs: u32,
+    sd: u32,
+    tr: bool,
+}
+
+// Stages tile a, and tile b too where `with_b`. Where the host found whole words of 16-bit
+// K and V elements (F_KV_PAIRS), eight elements, four words, per load, in loops of constant
+// trip count (unrolled); else one element at a time, decoded, in one loop over both tiles'
+// elements (one copy of that code).
+fn stage(lid: u32, a: Stage, b: Stage, with_b: bool) {
+    if (a.which != 0u && has(F_KV_PAIRS)) {
+        stage_pairs(lid, a);
+        if (with_b) { stage_pairs(lid, b); }
         return;
     }
-    let dt = dtype_of(select(select(DT_Q, DT_K, which == 1u), DT_V, which == 2u));
-    for (var e = lid; e < rows * W; e += WG) {
-        let j = e / W;
-        let d = e % W;
-        var x = 0.0;
-        if (j < n && d < dd) {
-            let el = base + j * rs + d * sd;
-            x = decode(kv_word(which, word_index(el, dt)), el, dt);
+    let na = a.rows * a.W;
+    for (var e = lid; e < na + select(0u, b.rows * b.W, with_b); e += WG) {
+        let in_b = e >= na;
+        let which = select(a.which, b.which, in_b);
+        let W = select(a.W, b.W, in_b);
+        let rows = select(a.rows, b.rows, in_b);
+        let x = e - select(0u, na, in_b);
+        let j = x / W;
+        let d = x % W;
+        let dt = dtype_of(select(select(DT_Q, DT_K, which == 1u), DT_V, which == 2u));
+        var v = 0.0;
+        if (j < select(a.n, b.n, in_b) && d < select(a.dd, b.dd, in_b)) {
+            let el = select(a.base, b.base, in_b) + j * select(a.rs, b.rs, in_b) + d * select(a.sd, b.sd, in_b);
+            v = decode(kv_word(which, word_index(el, dt)), el, dt);
         }
-        kv[dst + e] = f16(x);
+        kv[select(x, d * rows + j, select(a.tr, b.tr, in_b)) + select(a.dst, b.dst, in_b)] = f16(v);
     }
+}
+
+fn stage_pairs(lid: u32, t: Stage) {
+    let dt = dtype_of(select(DT_K, DT_V, t.which == 2u));
+    for (var it = 0u; it < (t.rows * t.W + WG * 8u - 1u) / (WG * 8u); it++) {
+        // Branch-free, so that the compiler can have every load in flight at once: words
+        // that do not exist (rows past n, dims past dd: dd is even under F_KV_PAIRS, so words
+        // end where the dims do) read word 0, which every buffer has, and count 0.
+        let e = (it * WG + lid) * 8u;
+        let j = e / t.W;
+        let d = e % t.W;
+        let row_ok = e < t.rows * t.W & j < t.n;
+        let w0 = (t.base + j * t.rs + d) >> 1u;
+        var w: vec4<u32>;
+        for (var c = 0u; c < 4u; c++) {
+            let ok = row_ok & d + 2u * c < t.dd;
+            w[c] = select(0u, kv_word(t.which, select(0u, w0 + c, ok)), ok);
+        }
+        if (e < t.rows * t.W) {
+            for (var c = 0u; c < 4u; c++) {
+                let p = pair16(w[c], dt);
+                kv[t.dst + select(e + 2u * c, (d + 2u * c) * t.rows + j, t.tr)] = p.x;
+                kv[t.dst + select(e + 2u * c + 1u, (d + 2u * c + 1u) * t.rows + j, t.tr)] = p.y;
+            }
+        }
+    }
+}
+
+// The two 16-bit elements of a word (f16, dt 1, or bf16, dt 2) as f16. (f16 -> f32 -> f16
+// is exact, and naga has no bitcast from u32 to vec2<f16>.)
+fn pair16(w: u32, dt: u32) -> vec2<f16> {
+    if (dt == 1u) { return vec2<f16>(unpack2x16float(w)); }
+    return vec2<f16>(vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u)));
 }
 
 // Word w of Q (which 0), K (1) or V (2).
@@ -112,23 +147,70 @@ fn kv_word(which: u32, w: u32) -> u32 {
 // The first key tile at or after j that the block summary does not mask entirely, and its
 // state (1 all visible, 2 mixed); (end, 0) if none.
 fn next_tile(b: u32, h: u32, qt: u32, j: u32, end: u32) -> vec2<u32> {
-    for (var t = j; t < end; t += BC) {
-        let state = tile_state(b, h, qt, t);
-        if (state != 0u) { return vec2<u32>(t, state); }
+    if (!has(F_BOOL)) {
+        return vec2<u32>(j, select(0u, 1u, j < end));
+    }
+    if (!has(F_SUMMARY)) {
+        return vec2<u32>(j, select(0u, 2u, j < end));
+    }
+    // One loop over the summary's blocks from tile j on (tiles start at multiples of BC, so
+    // a tile is BC / SUM_BK blocks), not a loop over tiles around tile_state's loop.
+    let base = P.sum_off + b * P.sum_sb + h * P.sum_sh + (qt * BR / SUM_BQ) * P.sum_nkb;
+    let last = min((end + SUM_BK - 1u) / SUM_BK, P.sum_nkb);
+    var any_vis = false;
+    var any_masked = false;
+    for (var c = j / SUM_BK; c < last; c++) {
+        let s = aux_buf[base + c];
+        any_vis = any_vis | s != 0u;
+        any_masked = any_masked | s != 1u;
+        if ((c + 1u) % (BC / SUM_BK) == 0u || c + 1u == last) {
+            if (any_vis) {
+                let t = (c / (BC / SUM_BK)) * BC;
+                return vec2<u32>(t, select(1u, 2u, any_masked));
+            }
+            any_masked = false;
+        }
     }
     return vec2<u32>(end, 0u);
 }
 
-// One output element pair, as one word where both halves are this lane's and 16 bits wide
-// (the common case: contiguous head dims), else element by element.
-fn store_o_pair(e: u32, x0: f32, x1: f32, both: bool) {
-    let dt = dtype_of(DT_O);
-    if (both && dt != 0u && P.o_sd == 1u && (e & 1u) == 0u) {
-        atomicStore(&o_buf[e >> 1u], encode16(x0, dt) | (encode16(x1, dt) << 16u));
-        return;
+// A rescale round's rows: each lane scales its KPL columns of its rows in row block rb
+// of the subgroup's scratch at off.
+fn rescale_round(off: u32, rb: u32, sl: u32, part: u32, rpp: u32, alpha: array<f32, RPL>) {
+    for (var k = 0u; k < RPL; k++) {
+        let rr = sl / LPR + k * rpp;
+        if (rr / FR == rb) {
+            let row = off + (rr % FR) * BC + part * KPL;
+            for (var c = 0u; c < KPL; c++) { ss[row + c] *= alpha[k]; }
+        }
     }
-    store_o(e, x0);
-    if (both) { store_o(e + P.o_sd, x1); }
+}
+
+// An output round's rows: each lane writes its KPL columns (dims d0 + column) of its rows
+// in row block rb, divided by l: two 16-bit elements a word where the output's dims are
+// contiguous and the round's columns all exist, else one element at a time (in a loop with
+// bounds known only at run time: one copy of that code).
+fn output_round(off: u32, rb: u32, d0: u32, b: u32, h: u32, qt: u32, row0: u32, sl: u32, part: u32, rpp: u32, inv: array<f32, RPL>, stored: array<bool, RPL>) {
+    let n = min(BC, P.dv - min(P.dv, d0));
+    let dt = dtype_of(DT_O);
+    for (var k = 0u; k < RPL; k++) {
+        let rr = sl / LPR + k * rpp;
+        if (rr / FR == rb && stored[k]) {
+            let i = qt * BR + row0 + rr;
+            let row = off + (rr % FR) * BC + part * KPL;
+            let e0 = o_index(b, h, i, d0 + part * KPL, 0u);
+            if (dt != 0u && P.o_sd == 1u && (e0 & 1u) == 0u && part * KPL + KPL <= n) {
+                for (var c = 0u; c < KPL; c += 2u) {
+                    let x = vec2<f32>(ss[row + c], ss[row + c + 1u]) * inv[k];
+                    atomicStore(&o_buf[(e0 + c) >> 1u], encode16(x.x, dt) | (encode16(x.y, dt) << 16u));
+                }
+            } else {
+                for (var c = 0u; c < min(KPL, n - min(n, part * KPL)); c++) {
+                    store_o(e0 + c * P.o_sd, ss[row + c] * inv[k]);
+                }
+            }
+        }
+    }
 }
 
 // The rescale branch and the key loop are uniform across the workgroup by construction
@@ -165,11 +247,12 @@ fn main(
     // Q, unscaled (the scale is applied to the f32 scores).
     var qrows = 0u;
     if (b < P.batch) { qrows = min(BR, rc.qvalid - min(rc.qvalid, qt * BR)); }
-    stage(lid, 0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd);
+    let q_tile = Stage(0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd, false);
+    stage(lid, q_tile, q_tile, false);
     let tiles = workgroupUniformLoad(&sh_range);
-    var qf: array<CA, DKF * RBM>;
     // (Loops over RBM with a guard, not up to rb_n: a constant trip count unrolls, so the
     // fragment arrays are indexed by constants and stay in registers.)
+    var qf: array<CA, DKF * RBM>;
     for (var rb = 0u; rb < RBM; rb++) {
         if (rb < rb_n) {
             for (var dc = 0u; dc < DKF; dc++) {
@@ -192,13 +275,14 @@ fn main(
     }
     let kbase = P.k_off + k_batch(b) + tile.hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + tile.hk * P.v_sh;
-    // Whether logits get terms beyond the scaled score (then the softmax's first pass writes
-    // them back for its second).
+    // Whether logits get terms beyond the scaled score: those (and a mixed tile's bool mask)
+    // are applied in a loop over the lane's visible keys, which writes the logits back.
     let extra = has(F_BIAS) || has(F_ALIBI);
     // exp(x) is exp2(x·log2 e) on every GPU: the scale and log2 e fold into one factor.
     let scale2 = P.scale * LOG2E;
     if (cur.x < tiles.y) {
-        stage(lid, 1u, 0u, DKB, min(BC, rc.kvalid - cur.x), BC, P.dk, kbase + cur.x * P.k_ss, P.k_ss, P.k_sd);
+        let k_tile = Stage(1u, 0u, DKB, min(BC, rc.kvalid - cur.x), BC, P.dk, kbase + cur.x * P.k_ss, P.k_ss, P.k_sd, false);
+        stage(lid, k_tile, k_tile, false);
     }
     workgroupBarrier();
 
@@ -226,15 +310,15 @@ fn main(
         let nxt = sh_next[par];
         // Keys past the valid ones are staged as zeros: masked keys get weight 0, and 0 times
         // whatever padding holds (NaN) would not be 0.
-        stage(lid, 2u, VS, DVB, min(BC, rc.kvalid - j0), BC, P.dv, vbase + j0 * P.v_ss, P.v_ss, P.v_sd);
-        if (nxt.x < tiles.y) {
-            stage(lid, 1u, 0u, DKB, min(BC, rc.kvalid - nxt.x), BC, P.dk, kbase + nxt.x * P.k_ss, P.k_ss, P.k_sd);
-        }
+        // (And the next tile's K, if there is one.)
+        let v_tile = Stage(2u, VS, DVB, min(BC, rc.kvalid - j0), BC, P.dv, vbase + j0 * P.v_ss, P.v_ss, P.v_sd, true);
+        let kn = min(nxt.x, tiles.y);
+        let k_tile = Stage(1u, 0u, DKB, min(BC, rc.kvalid - min(rc.kvalid, kn)), BC, P.dk, kbase + kn * P.k_ss, P.k_ss, P.k_sd, false);
+        stage(lid, v_tile, k_tile, nxt.x < tiles.y);
         if (lid == 0u) { atomicStore(&sh_moved[1u - par], 0u); }
 
-        // The masked online softmax, LPR lanes per row, in two passes over the lane's KPL
-        // scores (no per-lane array: indexed in a loop, one lands in scratch memory). Pass 1
-        // finds the visible keys and their max; pass 2 writes the weights as f16.
+        // The masked online softmax, LPR lanes per row, in passes over the lane's KPL scores
+        // in workgroup memory (a per-lane array, indexed in a loop, would land in scratch).
         var alpha: array<f32, RPL>;
         var moved = false;
         for (var k = 0u; k < RPL; k++) {
@@ -245,31 +329,40 @@ fn main(
             // Keys [lo, hi) of the lane's KPL are inside the row's analytic range.
             let lo = min(max(ranges[k].x, jb), jb + KPL) - jb;
             let hi = max(min(ranges[k].y, jb + KPL), jb) - jb;
-            var bits = 0u;
+            var bits = select((1u << hi) - 1u, 0xffffffffu, hi >= 32u) & ~select((1u << lo) - 1u, 0xffffffffu, lo >= 32u);
+            if (state == 2u || extra) {
+                // The bool mask and the extra terms, over the visible keys only (a loop with
+                // bounds known only at run time: one copy of this code).
+                for (var c = lo; c < hi; c++) {
+                    let j = jb + c;
+                    var s = ss[sb + c] * P.scale;
+                    if (state == 2u && !bool_mask_at(b, h, i, j)) { bits &= ~(1u << c); }
+                    if (extra) {
+                        s += logit_extra(b, h, i, j, rc);
+                        ss[sb + c] = s;
+                    }
+                }
+            }
+            // (With extra terms the scores in memory are the logits themselves.)
+            let f = select(P.scale, 1.0, extra);
             var tmax = LOWEST;
             for (var c = 0u; c < KPL; c++) {
-                let j = jb + c;
-                var s = ss[sb + c] * P.scale;
-                var vis = c >= lo && c < hi;
-                if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
-                if (vis && extra) { s += logit_extra(b, h, i, j, rc); }
-                if (vis && finite_logit(s)) {
-                    bits |= 1u << c;
-                    tmax = max(tmax, s);
-                }
-                if (extra) { ss[sb + c] = s; }
+                let s = ss[sb + c] * f;
+                // (`&`, not `&&`: no branch per key.)
+                let vis = (bits & (1u << c)) != 0u & finite_logit(s);
+                bits = select(bits & ~(1u << c), bits, vis);
+                tmax = select(tmax, max(tmax, s), vis);
             }
             for (var x = 1u; x < LPR; x <<= 1u) { tmax = max(tmax, subgroupShuffleXor(tmax, x)); }
             let before = st[k];
             st[k] = online_fold(before, tmax, SLACK);
             alpha[k] = st[k].alpha;
             moved = moved || online_moved(before, st[k]);
-            var lsum = 0.0;
-            // (ss holds raw scores, or with extra terms the logits themselves.)
             let m2 = st[k].m * LOG2E;
-            let f = select(scale2, LOG2E, extra);
+            let f2 = f * LOG2E;
+            var lsum = 0.0;
             for (var c = 0u; c < KPL; c++) {
-                let p = select(0.0, exp2(ss[sb + c] * f - m2), (bits & (1u << c)) != 0u);
+                let p = select(0.0, exp2(ss[sb + c] * f2 - m2), (bits & (1u << c)) != 0u);
                 lsum += p;
                 ps[sb + c] = f16(p);
             }
@@ -281,35 +374,16 @@ fn main(
         workgroupBarrier();
 
         // Lazy rescaling: when some row's reference moved, every subgroup's accumulators make
-        // a round trip through its scratch (two halves of FR columns, alternating, so a
-        // fragment's store never overtakes the previous one's load). The condition is the
-        // same for the whole workgroup: it was set before barrier 2 and is cleared after the
-        // next barrier 1.
+        // a round trip through its scratch, BCF fragments side by side a round (the rounds
+        // written out by the host, src/kernels/flash/coop.rs, so that every fragment is named
+        // by a constant). The condition is the same for the whole workgroup: it was set
+        // before barrier 2 and is cleared after the next barrier 1.
         if (atomicLoad(&sh_moved[par]) != 0u) {
             if (lid == 0u) { count_rescale(); }
-            for (var f = 0u; f < DVF * RBM; f++) {
-                let rb = f / DVF;
-                if (rb < rb_n) {
-                    let off = (row0 + rb * FR) * BC + (f % 2u) * FR;
-                    coopStoreT(acc[f], &ss[off], BC);
-                    workgroupBarrier();
-                    for (var k = 0u; k < RPL; k++) {
-                        let rr = sl / LPR + k * rpp;
-                        if (rr / FR == rb) {
-                            for (var c = 0u; c < CPL; c++) {
-                                ss[off + (rr % FR) * BC + part * CPL + c] *= alpha[k];
-                            }
-                        }
-                    }
-                    workgroupBarrier();
-                    acc[f] = coopLoadT<CC>(&ss[off], BC);
-                }
-            }
-            // Every load is done before the next tile's scores overwrite the scratch.
-            workgroupBarrier();
+            //@RESCALE
         }
 
-        // O += P·V: A = P (row-major), B = V (row-major).
+        // O += P·V: A = P (row-major), B = V (read column-major from Vᵀ).
         for (var rb = 0u; rb < RBM; rb++) {
             if (rb < rb_n) {
                 var pa: array<CA, BCF>;
@@ -317,7 +391,7 @@ fn main(
                 for (var vc = 0u; vc < DVF; vc++) {
                     var a = acc[rb * DVF + vc];
                     for (var kc = 0u; kc < BCF; kc++) {
-                        a = coopMultiplyAdd(pa[kc], coopLoadT<CB>(&kv[VS + kc * FR * DVB + vc * FR], DVB), a);
+                        a = coopMultiplyAdd(pa[kc], coopLoad<CB>(&kv[VS + vc * FR * BC + kc * FR], BC), a);
                     }
                     acc[rb * DVF + vc] = a;
                 }
@@ -327,40 +401,15 @@ fn main(
         par = 1u - par;
     }
 
-    // The output: each fragment through the scratch, divided by l, two elements a store.
+    // The output: BCF fragments a round through the scratch (rounds as in the rescale),
+    // divided by l, two elements a store.
     var inv: array<f32, RPL>;
     var stored: array<bool, RPL>;
     for (var k = 0u; k < RPL; k++) {
         inv[k] = online_inv(st[k]);
         stored[k] = row_stored(b, qt * BR + row0 + sl / LPR + k * rpp, rc);
     }
-    // This loop's body is too large to unroll; the fragment it stores is picked out of the
-    // accumulators by a small loop that does unroll, so they are never indexed by a variable
-    // (which would put them in scratch memory).
-    for (var f = 0u; f < DVF * rb_n; f++) {
-        let rb = f / DVF;
-        let vc = f % DVF;
-        var frag = acc[0];
-        for (var x = 1u; x < DVF * RBM; x++) {
-            if (x == f) { frag = acc[x]; }
-        }
-        let off = (row0 + rb * FR) * BC + (vc % 2u) * FR;
-        workgroupBarrier();
-        coopStoreT(frag, &ss[off], BC);
-        workgroupBarrier();
-        for (var k = 0u; k < RPL; k++) {
-            let rr = sl / LPR + k * rpp;
-            if (rr / FR == rb && stored[k]) {
-                let i = qt * BR + row0 + rr;
-                for (var c = 0u; c < CPL; c += 2u) {
-                    let d = vc * FR + part * CPL + c;
-                    let o = ss[off + (rr % FR) * BC + part * CPL + c];
-                    let o1 = ss[off + (rr % FR) * BC + part * CPL + c + 1u];
-                    if (d < P.dv) { store_o_pair(o_index(b, h, i, d, 0u), o * inv[k], o1 * inv[k], d + 1u < P.dv); }
-                }
-            }
-        }
-    }
+    //@OUTPUT
     for (var k = 0u; k < RPL; k++) {
         let i = qt * BR + row0 + sl / LPR + k * rpp;
         if (part == 0u && stored[k]) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }

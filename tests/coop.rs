@@ -420,6 +420,15 @@ fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
                 bias: Some((random(hq * sq * sk, 8), [1, hq, sq, sk], DType::F16)),
                 ..Default::default()
             },
+            // A bias rising along the keys: a rescale round trip per tile, per row block.
+            MaskSpec {
+                bias: Some((
+                    (0..sq * sk).map(|e| 0.5 * (e % sk) as f32).collect(),
+                    [1, 1, sq, sk],
+                    DType::F32,
+                )),
+                ..Default::default()
+            },
         ];
         for (mi, mask) in masks.into_iter().enumerate() {
             let mut c = Case::new(b, hq, sq, sk, dk)
@@ -439,6 +448,47 @@ fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
             if let wgpu_attention::dispatch::ShaderVariant::FlashCoop(t) = plan.variant {
                 assert_eq!(t.row_blocks, 2, "{t:?}");
             }
+            assert_close(&got, &want, DType::F16, &c.label());
+        }
+    }
+}
+
+/// The lazy rescale's round trips, checked against the reference: a bias rising along the
+/// keys moves every row's reference on every tile (a round trip per tile), one falling then
+/// rising spreads the logits over hundreds of units, and the two-row-block context takes the
+/// same rounds per row block.
+#[test]
+fn rescaled_accumulators_match_the_reference() {
+    let ctx = coop_ctx();
+    let expect_coop = has_coop(ctx);
+    // (batch, heads, Sq, Sk, D, bias slope per key)
+    let shapes = [(1, 2, 70, 200, 64, 0.5f32), (2, 1, 33, 130, 128, 3.0)];
+    for (si, &(b, h, sq, sk, d, slope)) in shapes.iter().enumerate() {
+        for (pi, profile) in ["rising", "spread"].into_iter().enumerate() {
+            let bias: Vec<f32> = (0..sq * sk)
+                .map(|e| {
+                    let j = (e % sk) as f32;
+                    match profile {
+                        "rising" => slope * j,
+                        _ => slope * (j - sk as f32 / 2.0).abs(),
+                    }
+                })
+                .collect();
+            let mut c = Case::new(b, h, sq, sk, d)
+                .dtype(DType::F16)
+                .backend(Backend::Flash)
+                .mask(MaskSpec {
+                    bias: Some((bias, [1, 1, sq, sk], DType::F32)),
+                    ..Default::default()
+                });
+            c.seed = (si * 10 + pi) as u64;
+            c.lse = true;
+            let (got, want, plan) = run_plan(ctx, &c);
+            assert_eq!(
+                plan.variant.family() == Family::FlashCoop,
+                expect_coop,
+                "{plan}"
+            );
             assert_close(&got, &want, DType::F16, &c.label());
         }
     }

@@ -120,7 +120,12 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     generated = flash::unrolled::main_source(t);
                     ["", count, softmax, sources::FLASH_TILES, generated.as_str()]
                 }
-                ShaderVariant::FlashCoop(_) => ["", count, softmax, "", sources::FLASH_COOP],
+                ShaderVariant::FlashCoop(t) => {
+                    generated = sources::FLASH_COOP
+                        .replace("    //@RESCALE\n", &flash::coop::rescale_source(t))
+                        .replace("    //@OUTPUT\n", &flash::coop::output_source(t));
+                    ["", count, softmax, "", generated.as_str()]
+                }
                 ShaderVariant::MemoryEfficient(_) => ["", "", softmax, "", sources::MEMEFF],
                 ShaderVariant::Naive => ["", "", "", "", sources::NAIVE],
             };

@@ -243,10 +243,10 @@ pub(crate) fn bind(
         }
     };
 
-    // f16 K and V whose head-dim elements pair up into aligned 32-bit words.
+    // 16-bit K and V whose head-dim elements pair up into aligned 32-bit words.
     let pairs = |v: &TensorView, w: &Window, d: usize| {
         let st = strides(v, w);
-        v.dtype == DType::F16
+        matches!(v.dtype, DType::F16 | DType::BF16)
             && st[4] == 1
             && d.is_multiple_of(2)
             && st[..4].iter().all(|x| x.is_multiple_of(2))
