@@ -3,13 +3,15 @@
 // fragment types) and subgroups of at least SGS lanes.
 //
 // - A workgroup owns BR query rows in NSG = BR / FR row blocks and has NSG·SGS lanes, SGS
-//   the adapter's smallest subgroup size. Where the driver picks a larger size (RADV's
-//   wave64 of a 32–64 range), a subgroup of RB·SGS lanes owns RB row blocks (at most RBM);
-//   the driver knows the size when it compiles, so RB is a constant there. A subgroup keeps
-//   its rows' Q fragments in registers for the whole key loop, so every K/V byte the
-//   workgroup stages serves BR rows. Every fragment array is indexed by constants once
-//   the loops unroll (their trip counts are constants): an array indexed by a variable
-//   lands in scratch memory.
+//   the adapter's largest subgroup size: one subgroup per row block. Where the driver picks
+//   a smaller size (RADV's wave32 of a 32–64 range), WAYS = SGS / size subgroups share a row
+//   block, each computing every WAYS-th score and accumulator fragment; the driver knows the
+//   size when it compiles, so WAYS is a constant there. (Sized for the smallest instead, a
+//   wave64 subgroup would own two row blocks' Q fragments and accumulators: RDNA3's
+//   replicated fragment layout then spills.) A subgroup keeps its rows' Q fragments in
+//   registers for the whole key loop, so every K/V byte the workgroup stages serves BR
+//   rows. Every fragment array is indexed by constants once the loops unroll (their trip
+//   counts are constants): an array indexed by a variable lands in scratch memory.
 // - Key tiles of BC keys are staged in workgroup memory as f16 (16-bit inputs eight
 //   elements, four words, per load). O accumulates in DVB / FR C fragments that stay in
 //   registers across all key tiles.
@@ -25,7 +27,7 @@
 //   max grows by more than 8 (count_rescale() counts those in debug builds): on typical
 //   inputs a few of a row block's first tiles, at most.
 //
-// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, RBM, CA, CB, CC, SUM_BK, count_tile(),
+// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, CA, CB, CC, SUM_BK, count_tile(),
 // count_rescale(), and `enable f16; enable wgpu_cooperative_matrix;` (added by the host).
 
 const NSG: u32 = BR / FR;
@@ -33,11 +35,11 @@ const DKF: u32 = DKB / FR;
 const DVF: u32 = DVB / FR;
 const BCF: u32 = BC / FR;
 // The softmax's lanes: LPR lanes per row, each holding KPL of a tile's keys and CPL of an
-// accumulator fragment's columns; a lane owns RPL rows, a pass of the subgroup apart. SGS is
-// the adapter's smallest subgroup size, RBM the most row blocks a subgroup of its largest
-// size owns.
+// accumulator fragment's columns; a lane owns RPL rows, RPP apart. A lane's number among
+// its row block's SGS lanes is its way's first lane plus its subgroup lane.
 const LPR: u32 = max(SGS / FR, 1u);
-const RPL: u32 = FR * LPR / SGS;
+const RPP: u32 = SGS / LPR;
+const RPL: u32 = FR / RPP;
 const KPL: u32 = BC / LPR;
 const CPL: u32 = FR / LPR;
 const SLACK: f32 = 8.0;
@@ -174,30 +176,28 @@ fn next_tile(b: u32, h: u32, qt: u32, j: u32, end: u32) -> vec2<u32> {
     return vec2<u32>(end, 0u);
 }
 
-// A rescale round's rows: each lane scales its KPL columns of its rows in row block rb
-// of the subgroup's scratch at off.
-fn rescale_round(off: u32, rb: u32, sl: u32, part: u32, rpp: u32, alpha: array<f32, RPL>) {
+// A rescale round's rows: each lane scales its KPL columns of its rows in its row block's
+// scratch at off (ln: the lane's number among the row block's SGS lanes).
+fn rescale_round(off: u32, ln: u32, alpha: array<f32, RPL>) {
     for (var k = 0u; k < RPL; k++) {
-        let rr = sl / LPR + k * rpp;
-        if (rr / FR == rb) {
-            let row = off + (rr % FR) * BC + part * KPL;
-            for (var c = 0u; c < KPL; c++) { ss[row + c] *= alpha[k]; }
-        }
+        let row = off + (ln / LPR + k * RPP) * BC + (ln % LPR) * KPL;
+        for (var c = 0u; c < KPL; c++) { ss[row + c] *= alpha[k]; }
     }
 }
 
 // An output round's rows: each lane writes its KPL columns (dims d0 + column) of its rows
-// in row block rb, divided by l: two 16-bit elements a word where the output's dims are
-// contiguous and the round's columns all exist, else one element at a time (in a loop with
-// bounds known only at run time: one copy of that code).
-fn output_round(off: u32, rb: u32, d0: u32, b: u32, h: u32, qt: u32, row0: u32, sl: u32, part: u32, rpp: u32, inv: array<f32, RPL>, stored: array<bool, RPL>) {
+// (row0 + its row in the block), divided by l: two 16-bit elements a word where the output's
+// dims are contiguous and the round's columns all exist, else one element at a time (in a
+// loop with bounds known only at run time: one copy of that code).
+fn output_round(off: u32, d0: u32, b: u32, h: u32, qt: u32, row0: u32, ln: u32, inv: array<f32, RPL>, stored: array<bool, RPL>) {
     let n = min(BC, P.dv - min(P.dv, d0));
     let dt = dtype_of(DT_O);
+    let part = ln % LPR;
     for (var k = 0u; k < RPL; k++) {
-        let rr = sl / LPR + k * rpp;
-        if (rr / FR == rb && stored[k]) {
+        let rr = ln / LPR + k * RPP;
+        if (stored[k]) {
             let i = qt * BR + row0 + rr;
-            let row = off + (rr % FR) * BC + part * KPL;
+            let row = off + rr * BC + part * KPL;
             let e0 = o_index(b, h, i, d0 + part * KPL, 0u);
             if (dt != 0u && P.o_sd == 1u && (e0 & 1u) == 0u && part * KPL + KPL <= n) {
                 for (var c = 0u; c < KPL; c += 2u) {
@@ -231,13 +231,16 @@ fn main(
     let b = tile.b;
     let h = tile.h;
     let rc = row_ctx(b);
-    let part = sl % LPR;
     // The driver picks the subgroup size within the adapter's range (RADV: 32 or 64) and
-    // knows it when it compiles, so these fold to constants there: a subgroup of RB·SGS
-    // lanes owns RB row blocks of FR rows, its lanes a pass of RPP rows at a time.
-    let rb_n = sgsz / SGS;
-    let rpp = sgsz / LPR;
-    let row0 = sg * rb_n * FR;
+    // knows it when it compiles, so `ways` folds to a constant there: WAYS subgroups share
+    // row block rb, way `way` computing every WAYS-th fragment; ln is the lane's number among
+    // the row block's SGS lanes.
+    let ways = SGS / sgsz;
+    let rb = sg / ways;
+    let way = sg % ways;
+    let ln = way * sgsz + sl;
+    let part = ln % LPR;
+    let row0 = rb * FR;
 
     if (lid == 0u) {
         sh_range = tile_keys(tile, rc);
@@ -250,28 +253,24 @@ fn main(
     let q_tile = Stage(0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd, false);
     stage(lid, q_tile, q_tile, false);
     let tiles = workgroupUniformLoad(&sh_range);
-    // (Loops over RBM with a guard, not up to rb_n: a constant trip count unrolls, so the
-    // fragment arrays are indexed by constants and stay in registers.)
-    var qf: array<CA, DKF * RBM>;
-    for (var rb = 0u; rb < RBM; rb++) {
-        if (rb < rb_n) {
-            for (var dc = 0u; dc < DKF; dc++) {
-                qf[rb * DKF + dc] = coopLoadT<CA>(&kv[(row0 + rb * FR) * DKB + dc * FR], DKB);
-            }
-        }
+    var qf: array<CA, DKF>;
+    for (var dc = 0u; dc < DKF; dc++) {
+        qf[dc] = coopLoadT<CA>(&kv[row0 * DKB + dc * FR], DKB);
     }
     if (lid == 0u) { sh_next[1] = next_tile(b, h, qt, tiles.x, tiles.y); }
     // (Also: every subgroup has its Q fragments, so K may overwrite them.)
     workgroupBarrier();
     var cur = sh_next[1];
 
-    var acc: array<CC, DVF * RBM>;
-    for (var f = 0u; f < DVF * RBM; f++) { acc[f] = CC(); }
+    // (A way uses every WAYS-th accumulator; the loops over fragments run to constants with
+    // a guard, so they unroll and the fragments are indexed by constants.)
+    var acc: array<CC, DVF>;
+    for (var f = 0u; f < DVF; f++) { acc[f] = CC(); }
     var st: array<Online, RPL>;
     var ranges: array<vec2<u32>, RPL>;
     for (var k = 0u; k < RPL; k++) {
         st[k] = online_init();
-        ranges[k] = key_range(qt * BR + row0 + sl / LPR + k * rpp, rc);
+        ranges[k] = key_range(qt * BR + row0 + ln / LPR + k * RPP, rc);
     }
     let kbase = P.k_off + k_batch(b) + tile.hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + tile.hk * P.v_sh;
@@ -293,15 +292,13 @@ fn main(
         if (lid == 0u) { count_tile(state); }
 
         // S = Q·Kᵀ: A = Q (row-major), B = Kᵀ (K read column-major).
-        for (var rb = 0u; rb < RBM; rb++) {
-            if (rb < rb_n) {
-                for (var kc = 0u; kc < BCF; kc++) {
-                    var s = CC();
-                    for (var dc = 0u; dc < DKF; dc++) {
-                        s = coopMultiplyAdd(qf[rb * DKF + dc], coopLoad<CB>(&kv[kc * FR * DKB + dc * FR], DKB), s);
-                    }
-                    coopStoreT(s, &ss[(row0 + rb * FR) * BC + kc * FR], BC);
+        for (var kc = 0u; kc < BCF; kc++) {
+            if (kc % ways == way) {
+                var s = CC();
+                for (var dc = 0u; dc < DKF; dc++) {
+                    s = coopMultiplyAdd(qf[dc], coopLoad<CB>(&kv[kc * FR * DKB + dc * FR], DKB), s);
                 }
+                coopStoreT(s, &ss[row0 * BC + kc * FR], BC);
             }
         }
         if (lid == 0u) { sh_next[par] = next_tile(b, h, qt, j0 + BC, tiles.y); }
@@ -322,7 +319,7 @@ fn main(
         var alpha: array<f32, RPL>;
         var moved = false;
         for (var k = 0u; k < RPL; k++) {
-            let r = row0 + sl / LPR + k * rpp;
+            let r = row0 + ln / LPR + k * RPP;
             let i = qt * BR + r;
             let sb = r * BC + part * KPL;
             let jb = j0 + part * KPL;
@@ -384,17 +381,15 @@ fn main(
         }
 
         // O += P·V: A = P (row-major), B = V (read column-major from Vᵀ).
-        for (var rb = 0u; rb < RBM; rb++) {
-            if (rb < rb_n) {
-                var pa: array<CA, BCF>;
-                for (var kc = 0u; kc < BCF; kc++) { pa[kc] = coopLoadT<CA>(&ps[(row0 + rb * FR) * BC + kc * FR], BC); }
-                for (var vc = 0u; vc < DVF; vc++) {
-                    var a = acc[rb * DVF + vc];
-                    for (var kc = 0u; kc < BCF; kc++) {
-                        a = coopMultiplyAdd(pa[kc], coopLoad<CB>(&kv[VS + vc * FR * BC + kc * FR], BC), a);
-                    }
-                    acc[rb * DVF + vc] = a;
+        var pa: array<CA, BCF>;
+        for (var kc = 0u; kc < BCF; kc++) { pa[kc] = coopLoadT<CA>(&ps[row0 * BC + kc * FR], BC); }
+        for (var vc = 0u; vc < DVF; vc++) {
+            if (vc % ways == way) {
+                var a = acc[vc];
+                for (var kc = 0u; kc < BCF; kc++) {
+                    a = coopMultiplyAdd(pa[kc], coopLoad<CB>(&kv[VS + vc * FR * BC + kc * FR], BC), a);
                 }
+                acc[vc] = a;
             }
         }
         cur = nxt;
@@ -407,11 +402,11 @@ fn main(
     var stored: array<bool, RPL>;
     for (var k = 0u; k < RPL; k++) {
         inv[k] = online_inv(st[k]);
-        stored[k] = row_stored(b, qt * BR + row0 + sl / LPR + k * rpp, rc);
+        stored[k] = row_stored(b, qt * BR + row0 + ln / LPR + k * RPP, rc);
     }
     //@OUTPUT
     for (var k = 0u; k < RPL; k++) {
-        let i = qt * BR + row0 + sl / LPR + k * rpp;
+        let i = qt * BR + row0 + ln / LPR + k * RPP;
         if (part == 0u && stored[k]) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }
     }
 }

@@ -368,12 +368,13 @@ fn split_calls_on_a_callers_device() {
     }
 }
 
-/// Drivers with a range of subgroup sizes (RADV: 32 to 64) pick one when they compile, and a
-/// subgroup of k times the smallest size then owns k row blocks. Lavapipe's subgroups are 8:
-/// a context that believes the smallest is 4 builds the kernel for subgroups of 4, one per
-/// row block, so every subgroup of 8 runs two row blocks: the path RADV takes in wave64.
+/// Drivers with a range of subgroup sizes (RADV: 32 to 64) pick one when they compile; the
+/// kernel has one subgroup of the largest size per row block, and where the driver picks a
+/// smaller one, the subgroups sharing a row block split its fragments. Lavapipe's subgroups
+/// are 8: a context that believes the largest is 16 builds the kernel for subgroups of 16,
+/// so two subgroups of 8 share every row block: the path RADV takes in wave32.
 #[test]
-fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
+fn subgroups_smaller_than_the_largest_share_a_row_block() {
     // The shared context first, and this device made under its lock (on GL, two threads
     // opening EGL at once race).
     let shared = coop_ctx();
@@ -398,7 +399,7 @@ fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
     let mut info = adapter.get_info();
     if expect_coop {
         assert_eq!(info.subgroup_min_size, info.subgroup_max_size, "{info:?}");
-        info.subgroup_min_size /= 2;
+        info.subgroup_max_size *= 2;
     }
     let ctx = Context::from_adapter_device_as(&adapter, device, queue, &info);
     if !expect_coop {
@@ -420,7 +421,7 @@ fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
                 bias: Some((random(hq * sq * sk, 8), [1, hq, sq, sk], DType::F16)),
                 ..Default::default()
             },
-            // A bias rising along the keys: a rescale round trip per tile, per row block.
+            // A bias rising along the keys: a rescale round trip per tile, both ways.
             MaskSpec {
                 bias: Some((
                     (0..sq * sk).map(|e| 0.5 * (e % sk) as f32).collect(),
@@ -446,7 +447,7 @@ fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
                 "{plan}"
             );
             if let wgpu_attention::dispatch::ShaderVariant::FlashCoop(t) = plan.variant {
-                assert_eq!(t.row_blocks, 2, "{t:?}");
+                assert_eq!(t.ways, 2, "{t:?}");
             }
             assert_close(&got, &want, DType::F16, &c.label());
         }
@@ -455,8 +456,8 @@ fn subgroups_larger_than_the_smallest_own_several_row_blocks() {
 
 /// The lazy rescale's round trips, checked against the reference: a bias rising along the
 /// keys moves every row's reference on every tile (a round trip per tile), one falling then
-/// rising spreads the logits over hundreds of units, and the two-row-block context takes the
-/// same rounds per row block.
+/// rising spreads the logits over hundreds of units (the shared-row-block test takes the
+/// rounds with two ways).
 #[test]
 fn rescaled_accumulators_match_the_reference() {
     let ctx = coop_ctx();

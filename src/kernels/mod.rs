@@ -63,9 +63,9 @@ pub mod sources {
 /// The typed `const` lines of a variant (and, on cooperative matrices, the aliases of its
 /// fragment types).
 fn const_lines(v: &ShaderVariant) -> String {
-    let (fr, sgs, rbm) = match v {
-        ShaderVariant::FlashCoop(t) => (t.fragment, t.subgroup_size, t.row_blocks),
-        _ => (1, 1, 1),
+    let (fr, sgs) = match v {
+        ShaderVariant::FlashCoop(t) => (t.fragment, t.subgroup_size),
+        _ => (1, 1),
     };
     let aliases = if let ShaderVariant::FlashCoop(_) = v {
         format!(
@@ -75,7 +75,7 @@ fn const_lines(v: &ShaderVariant) -> String {
         String::new()
     };
     format!(
-        "{aliases}const FR: u32 = {fr}u;\nconst SGS: u32 = {sgs}u;\nconst RBM: u32 = {rbm}u;\n\
+        "{aliases}const FR: u32 = {fr}u;\nconst SGS: u32 = {sgs}u;\n\
          const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
          const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
         v.head_dim_qk().max(1),

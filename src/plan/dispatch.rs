@@ -422,22 +422,22 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         return Err("the cooperative-matrix kernel needs subgroups".into());
     }
     fused_buffers_fit("the cooperative-matrix kernel", caps)?;
-    // The workgroup has one subgroup of the smallest size per row block; a driver that
-    // picks a larger size gives each subgroup several row blocks, so the largest size must
-    // divide the workgroup. Lanes per row (smallest size / fragment) must not exceed the
-    // fragment, or a lane would hold no column of it.
-    let (min, max) = (
-        caps.subgroup_min_size,
-        caps.subgroup_max_size.max(caps.subgroup_min_size),
-    );
-    let row_blocks = max / min.max(1);
+    // The workgroup has one subgroup of the largest size per row block; where the driver
+    // picks a smaller one, `ways` subgroups share a row block. A row's LPR = largest / fragment
+    // lanes must sit in one subgroup of the smallest size, and hold a column of the fragment
+    // each.
+    let (min, max) = (caps.subgroup_min_size, caps.subgroup_max_size.max(caps.subgroup_min_size));
+    let ways = max / min.max(1);
+    let lanes_per_row = (max / caps.coop_fragment).max(1);
     if !min.is_power_of_two()
         || !max.is_power_of_two()
-        || min > caps.coop_fragment * caps.coop_fragment
-        || row_blocks > COOP_BLOCK_Q / caps.coop_fragment
+        || lanes_per_row > min
+        || lanes_per_row > caps.coop_fragment
+        || ways > COOP_BLOCK_K / caps.coop_fragment
     {
         return Err(format!(
-            "the cooperative-matrix kernel needs power-of-two subgroup sizes of at most the fragment's square, the largest dividing its workgroup; the adapter's range from {min} to {max}"
+            "the cooperative-matrix kernel needs power-of-two subgroup sizes whose largest is at most the fragment's square and the fragment times the smallest, and at most {} subgroups a row block; the adapter's range from {min} to {max}",
+            COOP_BLOCK_K / caps.coop_fragment
         ));
     }
     if [p.dtype_q, p.dtype_k, p.dtype_v].contains(&DType::F32) {
@@ -456,8 +456,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         block_q: COOP_BLOCK_Q,
         block_k: COOP_BLOCK_K,
         fragment: caps.coop_fragment,
-        subgroup_size: min,
-        row_blocks,
+        subgroup_size: max,
+        ways,
     });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
@@ -625,7 +625,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     problem.head_dim_qk,
                     problem.head_dim_v,
                     if caps.subgroup_max_size > caps.subgroup_min_size {
-                        format!("{} to {} (a subgroup of the larger size owns more rows)", caps.subgroup_min_size, caps.subgroup_max_size)
+                        format!("{} to {} (smaller subgroups share a row block)", caps.subgroup_min_size, caps.subgroup_max_size)
                     } else {
                         caps.subgroup_min_size.to_string()
                     }

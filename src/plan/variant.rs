@@ -93,13 +93,14 @@ pub struct CoopTile {
     pub block_k: u32,
     /// The fragment size (8 or 16: FR×FR×FR f16 products into f32).
     pub fragment: u32,
-    /// The adapter's smallest subgroup size: the workgroup has one subgroup of this size per
+    /// The adapter's largest subgroup size: the workgroup has one subgroup of this size per
     /// `fragment` rows.
     pub subgroup_size: u32,
-    /// The most row blocks of `fragment` rows one subgroup may own: the adapter's largest
+    /// How many subgroups of the adapter's smallest size share a row block: its largest
     /// subgroup size over its smallest (RADV: 64 / 32). The driver picks the size when it
-    /// compiles; a subgroup of k times the smallest owns k row blocks.
-    pub row_blocks: u32,
+    /// compiles; where it picks a smaller one, the subgroups sharing a row block split its
+    /// score and accumulator fragments.
+    pub ways: u32,
 }
 
 /// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).

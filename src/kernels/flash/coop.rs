@@ -12,51 +12,49 @@ use std::fmt::Write;
 
 use crate::plan::variant::CoopTile;
 
-/// The rounds as `(row block, first fragment)`, with the fragments a round holds.
-fn rounds(t: &CoopTile) -> (Vec<(u32, u32)>, u32) {
+/// The rounds' first fragments, and the fragments a round holds.
+fn rounds(t: &CoopTile) -> (Vec<u32>, u32) {
     let fr = t.fragment.max(1);
     let per_round = (t.block_k / fr).max(1);
     let dvf = t.head_dim_v / fr;
-    let mut r = Vec::new();
-    for rb in 0..t.row_blocks.max(1) {
-        for g in (0..dvf).step_by(per_round as usize) {
-            r.push((rb, rb * dvf + g));
-        }
+    ((0..dvf).step_by(per_round as usize).collect(), per_round)
+}
+
+/// A round's stores of its fragments into the row block's scratch (each by the way that
+/// holds it).
+fn store_round(s: &mut String, f0: u32, per: u32, indent: &str) {
+    for x in 0..per {
+        let f = f0 + x;
+        let _ = writeln!(
+            s,
+            "{indent}if ({f}u % ways == way) {{ coopStoreT(acc[{f}], &ss[off + {x}u * FR], BC); }}"
+        );
     }
-    (r, per_round)
 }
 
 /// The statements of the lazy rescale (inside `if (rescale) { ... }`).
 pub(crate) fn rescale_source(t: &CoopTile) -> String {
     let (rounds, per) = rounds(t);
     let mut s = String::new();
-    for (rb, f0) in rounds {
-        let _ = writeln!(s, "            if ({rb}u < rb_n) {{");
-        let _ = writeln!(s, "                let off = (row0 + {rb}u * FR) * BC;");
+    let ind = "            ";
+    let _ = writeln!(s, "{ind}let off = row0 * BC;");
+    for f0 in rounds {
+        let _ = writeln!(s, "{ind}{{");
+        store_round(&mut s, f0, per, "                ");
+        let _ = writeln!(s, "{ind}    workgroupBarrier();");
+        let _ = writeln!(s, "{ind}    rescale_round(off, ln, alpha);");
+        let _ = writeln!(s, "{ind}    workgroupBarrier();");
         for x in 0..per {
+            let f = f0 + x;
             let _ = writeln!(
                 s,
-                "                coopStoreT(acc[{}], &ss[off + {x}u * FR], BC);",
-                f0 + x
-            );
-        }
-        let _ = writeln!(s, "                workgroupBarrier();");
-        let _ = writeln!(
-            s,
-            "                rescale_round(off, {rb}u, sl, part, rpp, alpha);"
-        );
-        let _ = writeln!(s, "                workgroupBarrier();");
-        for x in 0..per {
-            let _ = writeln!(
-                s,
-                "                acc[{}] = coopLoadT<CC>(&ss[off + {x}u * FR], BC);",
-                f0 + x
+                "{ind}    if ({f}u % ways == way) {{ acc[{f}] = coopLoadT<CC>(&ss[off + {x}u * FR], BC); }}"
             );
         }
         // Every load is done before the next round's stores (or the next tile's scores)
         // overwrite the scratch.
-        let _ = writeln!(s, "                workgroupBarrier();");
-        let _ = writeln!(s, "            }}");
+        let _ = writeln!(s, "{ind}    workgroupBarrier();");
+        let _ = writeln!(s, "{ind}}}");
     }
     s
 }
@@ -64,24 +62,17 @@ pub(crate) fn rescale_source(t: &CoopTile) -> String {
 /// The statements that write the output.
 pub(crate) fn output_source(t: &CoopTile) -> String {
     let (rounds, per) = rounds(t);
-    let dvf = t.head_dim_v / t.fragment.max(1);
     let mut s = String::new();
-    for (rb, f0) in rounds {
-        let _ = writeln!(s, "    if ({rb}u < rb_n) {{");
-        let _ = writeln!(s, "        let off = (row0 + {rb}u * FR) * BC;");
+    let _ = writeln!(s, "    let off = row0 * BC;");
+    for f0 in rounds {
+        let _ = writeln!(s, "    {{");
         let _ = writeln!(s, "        workgroupBarrier();");
-        for x in 0..per {
-            let _ = writeln!(
-                s,
-                "        coopStoreT(acc[{}], &ss[off + {x}u * FR], BC);",
-                f0 + x
-            );
-        }
+        store_round(&mut s, f0, per, "        ");
         let _ = writeln!(s, "        workgroupBarrier();");
         let _ = writeln!(
             s,
-            "        output_round(off, {rb}u, {}u, b, h, qt, row0, sl, part, rpp, inv, stored);",
-            (f0 % dvf) * t.fragment
+            "        output_round(off, {}u, b, h, qt, row0, ln, inv, stored);",
+            f0 * t.fragment
         );
         let _ = writeln!(s, "    }}");
     }
@@ -94,7 +85,7 @@ mod tests {
 
     #[test]
     fn every_fragment_takes_one_round_trip() {
-        for (fr, dv, rbm) in [(16, 128, 1), (16, 64, 2), (8, 32, 1), (8, 128, 2)] {
+        for (fr, dv, ways) in [(16, 128, 1), (16, 64, 2), (8, 32, 1), (8, 128, 2)] {
             let t = CoopTile {
                 head_dim_qk: dv,
                 head_dim_v: dv,
@@ -102,9 +93,9 @@ mod tests {
                 block_k: 32,
                 fragment: fr,
                 subgroup_size: 32,
-                row_blocks: rbm,
+                ways,
             };
-            let n = dv / fr * rbm;
+            let n = dv / fr;
             for src in [rescale_source(&t), output_source(&t)] {
                 for f in 0..n {
                     assert_eq!(
