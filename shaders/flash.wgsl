@@ -16,6 +16,8 @@ const DPV: u32 = DVB / TPR;   // V dims per thread
 
 const PK4: u32 = DPK / 4u;
 const PV4: u32 = DPV / 4u;
+// Vectors of a thread's extra terms per row (BC / TPR of them).
+const PENDV: u32 = (BC / TPR + 3u) / 4u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -41,13 +43,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         rows[k] = i;
         ranges[k] = key_range(i, rc);
         let row_ok = i < P.seq_q && b < P.batch;
-        for (var t = 0u; t < PK4; t++) {
-            var x = vec4<f32>(0.0);
-            for (var c = 0u; c < 4u; c++) {
+        // (Components outermost: the dims loop, unrolled, indexes the array by constants,
+        // the component loop indexes a vector, which needs no memory.)
+        for (var t = 0u; t < PK4; t++) { q[k][t] = vec4<f32>(0.0); }
+        for (var c = 0u; c < 4u; c++) {
+            for (var t = 0u; t < PK4; t++) {
                 let d = sub * DPK + t * 4u + c;
-                if (row_ok && d < P.dk) { x[c] = load_q(q_index(b, h, i, d)) * P.scale; }
+                let ok = row_ok && d < P.dk;
+                q[k][t][c] = select(0.0, load_q(q_index(select(0u, b, ok), h, select(0u, i, ok), select(0u, d, ok))) * P.scale, ok);
             }
-            q[k][t] = x;
         }
         for (var t = 0u; t < PV4; t++) { acc[k][t] = vec4<f32>(0.0); }
         st[k] = online_init();
@@ -64,18 +68,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // none idles), and adds it to its partial sum when that key comes, so it rides along
         // in the row reduction.
         let loads_extra = has(F_BIAS) || state == 2u;
-        var pend: array<f32, RPT>;
-        for (var jj = 0u; jj < BC; jj++) {
-            let kb = jj * DK4 + sub * PK4;
-            if (loads_extra && jj % TPR == 0u) {
-                let jl = j0 + jj + sub;
+        // The extra terms first, each thread those of keys sub, sub + TPR, ... of its rows (in
+        // vectors: the score loop below, free of these loads, unrolls and indexes its arrays
+        // by constants).
+        var pend: array<array<vec4<f32>, PENDV>, RPT>;
+        for (var k = 0u; k < RPT; k++) {
+            for (var g = 0u; g < PENDV; g++) { pend[k][g] = vec4<f32>(0.0); }
+        }
+        if (loads_extra) {
+            for (var g = 0u; g < BC / TPR; g++) {
+                let jl = j0 + g * TPR + sub;
                 for (var k = 0u; k < RPT; k++) {
-                    pend[k] = 0.0;
                     if (jl >= ranges[k].x && jl < ranges[k].y) {
-                        pend[k] = loaded_extra(b, h, rows[k], jl, state);
+                        pend[k][g / 4u][g % 4u] = loaded_extra(b, h, rows[k], jl, state);
                     }
                 }
             }
+        }
+        for (var jj = 0u; jj < BC; jj++) {
+            let kb = jj * DK4 + sub * PK4;
             var s4: array<vec4<f32>, RPT>;
             for (var k = 0u; k < RPT; k++) { s4[k] = vec4<f32>(0.0); }
             for (var t = 0u; t < PK4; t++) {
@@ -84,7 +95,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             for (var k = 0u; k < RPT; k++) {
                 var part = s4[k].x + s4[k].y + s4[k].z + s4[k].w;
-                if (loads_extra && jj % TPR == sub) { part += pend[k]; }
+                if (jj % TPR == sub) { part += pend[k][jj / TPR / 4u][(jj / TPR) % 4u]; }
                 sc[k][jj] = row_reduce(part);
             }
         }
@@ -136,8 +147,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let i = rows[k];
         if (row_stored(b, i, rc)) {
             let inv = online_inv(st[k]);
-            for (var t = 0u; t < PV4; t++) {
-                for (var c = 0u; c < 4u; c++) {
+            for (var c = 0u; c < 4u; c++) {
+                for (var t = 0u; t < PV4; t++) {
                     let d = sub * DPV + t * 4u + c;
                     if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), acc[k][t][c] * inv); }
                 }
