@@ -290,11 +290,75 @@ enum Class {
     Other,
 }
 
-/// One basic block of a disassembly: its instructions' opcodes and the blocks it may branch to.
+/// One basic block of a disassembly: its instructions' opcodes and the blocks it may branch
+/// to (ACO's by label first).
 #[derive(Default)]
 struct Block {
     ops: Vec<String>,
     succs: Vec<usize>,
+    targets: Vec<usize>,
+}
+
+/// The natural loops of a control-flow graph (blocks in listing order, block 0 the entry),
+/// each as its blocks: for every branch back to a block that dominates its source, that
+/// block and every block that reaches the source without passing it; loops with one header
+/// merged.
+fn natural_loops(blocks: &[Block]) -> Vec<Vec<usize>> {
+    let n = blocks.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut preds = vec![Vec::new(); n];
+    for (i, b) in blocks.iter().enumerate() {
+        for &s in b.succs.iter().filter(|&&s| s < n) {
+            preds[s].push(i);
+        }
+    }
+    // Dominator sets as bit vectors, iterated to a fixed point.
+    let words = n.div_ceil(64);
+    let full = vec![u64::MAX; words];
+    let mut dom: Vec<Vec<u64>> = vec![full; n];
+    dom[0] = vec![0; words];
+    dom[0][0] = 1;
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for i in 1..n {
+            let mut d = vec![u64::MAX; words];
+            if preds[i].is_empty() {
+                d = vec![0; words];
+            }
+            for &p in &preds[i] {
+                for (w, x) in d.iter_mut().zip(&dom[p]) {
+                    *w &= x;
+                }
+            }
+            d[i / 64] |= 1 << (i % 64);
+            if d != dom[i] {
+                dom[i] = d;
+                changed = true;
+            }
+        }
+    }
+    let dominates = |h: usize, u: usize| dom[u][h / 64] >> (h % 64) & 1 == 1;
+    let mut loops: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
+    for (u, b) in blocks.iter().enumerate() {
+        for &h in b.succs.iter().filter(|&&h| h < n && dominates(h, u)) {
+            let body = loops.entry(h).or_insert_with(|| vec![false; n]);
+            body[h] = true;
+            let mut stack = vec![u];
+            while let Some(x) = stack.pop() {
+                if !body[x] {
+                    body[x] = true;
+                    stack.extend(preds[x].iter().copied());
+                }
+            }
+        }
+    }
+    loops
+        .into_values()
+        .map(|body| (0..n).filter(|&i| body[i]).collect())
+        .collect()
 }
 
 fn classify(op: &str) -> Class {
@@ -521,8 +585,8 @@ impl Parser {
                 .and_then(|l| l.strip_prefix("BB"))
                 .and_then(|n| n.parse::<usize>().ok())
         {
-            // Stored as a label; resolved to an index in `close`.
-            b.succs.push(usize::MAX - target);
+            // A label, resolved to an index in `close`.
+            b.targets.push(target);
         }
         b.ops.push(op.to_string());
     }
@@ -533,23 +597,22 @@ impl Parser {
             return;
         };
         self.in_disasm = false;
-        // ACO's branch targets to block indices.
-        for i in 0..self.blocks.len() {
-            let succs: Vec<usize> = self.blocks[i]
-                .succs
-                .iter()
-                .map(|&s| {
-                    if s > usize::MAX / 2 {
-                        self.labels
-                            .get(&(usize::MAX - s))
-                            .copied()
-                            .unwrap_or(usize::MAX)
-                    } else {
-                        s
-                    }
-                })
-                .collect();
-            self.blocks[i].succs = succs;
+        // ACO's listing names only branch targets (by label): a block that does not end in
+        // an unconditional branch (or the end) also falls through to the next.
+        if !self.labels.is_empty() {
+            let n = self.blocks.len();
+            for i in 0..n {
+                let mut succs: Vec<usize> = self.blocks[i]
+                    .targets
+                    .iter()
+                    .filter_map(|t| self.labels.get(t).copied())
+                    .collect();
+                let last = self.blocks[i].ops.last().map(String::as_str).unwrap_or("");
+                if i + 1 < n && last != "s_branch" && last != "s_endpgm" {
+                    succs.push(i + 1);
+                }
+                self.blocks[i].succs = succs;
+            }
         }
         if let Some(s) = self.subgroup_size {
             j.set("subgroup_size", s);
@@ -569,28 +632,35 @@ impl Parser {
         j.set("shared_stores", count(all, Class::SharedStore));
         j.set("barriers", count(all, Class::Barrier));
         j.set("scratch_ops", count(all, Class::Scratch));
-        // Loops: a branch from block s back to block d <= s spans blocks d..=s. The key loop
-        // is the one with the most matrix instructions (else shared loads), then the largest.
-        let mut best: Option<(usize, usize, (usize, usize, usize))> = None;
-        for (s, b) in self.blocks.iter().enumerate() {
-            for &d in &b.succs {
-                if d <= s {
-                    let span = &self.blocks[d..=s];
-                    let n: usize = span.iter().map(|b| b.ops.len()).sum();
-                    let score = (
-                        count(span, Class::Matrix),
-                        count(span, Class::SharedLoad),
-                        n,
-                    );
-                    if best.is_none_or(|(_, _, b)| score > b) {
-                        best = Some((d, s, score));
-                    }
-                }
+        // The key loop: of the natural loops (a branch back to a block that dominates its
+        // source, with every block that reaches the source without passing that block), the
+        // one with the most matrix instructions, then shared loads, then instructions.
+        let mut best: Option<(Vec<usize>, (usize, usize, usize))> = None;
+        for body in natural_loops(&self.blocks) {
+            let span: Vec<&Block> = body.iter().map(|&i| &self.blocks[i]).collect();
+            let n: usize = span.iter().map(|b| b.ops.len()).sum();
+            let c = |class| {
+                span.iter()
+                    .flat_map(|b| &b.ops)
+                    .filter(|o| classify(o) == class)
+                    .count()
+            };
+            let score = (c(Class::Matrix), c(Class::SharedLoad), n);
+            if best.as_ref().is_none_or(|(_, b)| score > *b) {
+                best = Some((body, score));
             }
         }
-        if let Some((d, s, (_, _, n))) = best {
-            let span = &self.blocks[d..=s];
+        if let Some((body, (_, _, n))) = best {
+            let span: Vec<Block> = body
+                .iter()
+                .map(|&i| Block {
+                    ops: self.blocks[i].ops.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            let span = &span[..];
             let mut lp = Json::default();
+            lp.set("blocks", span.len());
             lp.set("instructions", n);
             lp.set("matrix", count(span, Class::Matrix));
             lp.set("shared_loads", count(span, Class::SharedLoad));

@@ -45,6 +45,8 @@ const QD_ROW: u32 = DK4 + DV4;
 
 var<workgroup> qd: array<vec4<f32>, BR * QD_ROW>;
 var<workgroup> qd_stats: array<vec2<f32>, BR>;
+// `dbias`'s sums of dS over its BR × BC block.
+var<workgroup> dbacc: array<f32, BR * BC>;
 
 fn load_do(e: u32) -> f32 {
     let dt = dtype_of(DT_DO);
@@ -84,6 +86,18 @@ fn row_stats(b: u32, h: u32, i: u32, rc: RowCtx) -> vec2<f32> {
 
 // Dims d0..d0+3 of row i of Q (is_do false) or dO (true), zero past the ends and for rows
 // with no storage.
+// Dim d of row i of dO (is_do) or Q, 0 past the row's dims or where !ok. Branch-free (an
+// element that does not exist reads element 0), so that loops of these unroll.
+fn row_elem(is_do: bool, b: u32, h: u32, i: u32, d: u32, ok: bool) -> f32 {
+    let on = ok && d < select(P.dk, P.dv, is_do);
+    let bb = select(0u, b, on);
+    let ii = select(0u, i, on);
+    let dd = select(0u, d, on);
+    var x = 0.0;
+    if (is_do) { x = load_do(do_index(bb, h, ii, dd)); } else { x = load_q(q_index(bb, h, ii, dd)); }
+    return select(0.0, x, on);
+}
+
 fn row_vec4(is_do: bool, b: u32, h: u32, i: u32, d0: u32, ok: bool) -> vec4<f32> {
     var x = vec4<f32>(0.0);
     let dim = select(P.dk, P.dv, is_do);
@@ -94,6 +108,25 @@ fn row_vec4(is_do: bool, b: u32, h: u32, i: u32, d0: u32, ok: bool) -> vec4<f32>
         }
     }
     return x;
+}
+
+// Row r's slices of Q and dO (this thread's dims), components outermost: the dims loops
+// unroll and index the arrays by constants (indexed by a variable, they land in scratch
+// memory); the component index of a vector needs no memory.
+fn q_slice(b: u32, h: u32, r: BwdRow, sub: u32) -> array<vec4<f32>, PK4> {
+    var q: array<vec4<f32>, PK4>;
+    for (var c = 0u; c < 4u; c++) {
+        for (var t = 0u; t < PK4; t++) { q[t][c] = row_elem(false, b, h, r.i, sub * DPK + t * 4u + c, r.ok); }
+    }
+    return q;
+}
+
+fn do_slice(b: u32, h: u32, r: BwdRow, sub: u32) -> array<vec4<f32>, PV4> {
+    var o: array<vec4<f32>, PV4>;
+    for (var c = 0u; c < 4u; c++) {
+        for (var t = 0u; t < PV4; t++) { o[t][c] = row_elem(true, b, h, r.i, sub * DPV + t * 4u + c, r.ok); }
+    }
+    return o;
 }
 
 // Whether logit (i, j) is visible, and its value: the analytic range `kr`, the bool mask
@@ -222,6 +255,17 @@ fn store_dq4(b: u32, h: u32, r: BwdRow, d0: u32, x: vec4<f32>) {
     }
 }
 
+// Row r's dQ slice (this thread's dims, already scaled), components outermost (see q_slice).
+fn store_dq(b: u32, h: u32, r: BwdRow, sub: u32, g: array<vec4<f32>, PK4>) {
+    if (!r.ok) { return; }
+    for (var c = 0u; c < 4u; c++) {
+        for (var t = 0u; t < PK4; t++) {
+            let d = sub * DPK + t * 4u + c;
+            if (d < P.dk) { store_o(o_index(b, h, r.i, d, 0u), g[t][c] * P.scale); }
+        }
+    }
+}
+
 // --------------------------------------------------------------------------- dbias
 
 // The bias gradient's element (bb, hb, i, j), through the output strides.
@@ -243,7 +287,14 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     if (bb >= P.bg_b) { return; }
     let sub = lid % TPR;
     let j0 = kt * BC;
-    var acc: array<array<f32, BC>, RPT>;
+    // Each row's sums live in workgroup memory (dbacc), touched only by the row's first
+    // thread: indexed in the key loop, which does not unroll, a register array would land in
+    // scratch memory.
+    for (var k = 0u; k < RPT; k++) {
+        if (sub == 0u) {
+            for (var jj = 0u; jj < BC; jj++) { dbacc[(lid / TPR + k * STRIDE) * BC + jj] = 0.0; }
+        }
+    }
     // The batch items and heads that share this bias element.
     let nb = select(1u, P.batch, P.bg_b == 1u);
     let nh = select(1u, P.heads_q, P.bg_h == 1u);
@@ -261,12 +312,8 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             var dov: array<array<vec4<f32>, PV4>, RPT>;
             for (var k = 0u; k < RPT; k++) {
                 rows[k] = bwd_row(b, h, qt * BR + lid / TPR + k * STRIDE, rc);
-                for (var t = 0u; t < PK4; t++) {
-                    q[k][t] = row_vec4(false, b, h, rows[k].i, sub * DPK + t * 4u, rows[k].ok);
-                }
-                for (var t = 0u; t < PV4; t++) {
-                    dov[k][t] = row_vec4(true, b, h, rows[k].i, sub * DPV + t * 4u, rows[k].ok);
-                }
+                q[k] = q_slice(b, h, rows[k], sub);
+                dov[k] = do_slice(b, h, rows[k], sub);
             }
             for (var jj = 0u; jj < BC; jj++) {
                 var sp: array<f32, RPT>;
@@ -284,7 +331,9 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     let dp = row_reduce(dpp[k]);
                     let st = rows[k].st;
                     let sv = visible_logit(b, h, rows[k].i, j0 + jj, rows[k].range, state, sdot, st.x, rc);
-                    if (sv.y != 0.0) { acc[k][jj] += exp(sv.x - st.x) * (dp - st.y); }
+                    if (sv.y != 0.0 && sub == 0u) {
+                        dbacc[(lid / TPR + k * STRIDE) * BC + jj] += exp(sv.x - st.x) * (dp - st.y);
+                    }
                 }
             }
         }
@@ -294,7 +343,7 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             let i = qt * BR + lid / TPR + k * STRIDE;
             if (i < P.seq_q) {
                 for (var jj = 0u; jj < BC; jj++) {
-                    if (j0 + jj < P.seq_k) { store_o(dbias_index(bb, hb, i, j0 + jj), acc[k][jj]); }
+                    if (j0 + jj < P.seq_k) { store_o(dbias_index(bb, hb, i, j0 + jj), dbacc[(lid / TPR + k * STRIDE) * BC + jj]); }
                 }
             }
         }

@@ -96,13 +96,9 @@ fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
     var g: array<array<vec4<f32>, PK4>, RPT>;
     for (var k = 0u; k < RPT; k++) {
         rows[k] = bwd_row(b, h, tile.qt * BR + lid / TPR + k * STRIDE, rc);
-        for (var t = 0u; t < PK4; t++) {
-            q[k][t] = row_vec4(false, b, h, rows[k].i, sub * DPK + t * 4u, rows[k].ok);
-            g[k][t] = vec4<f32>(0.0);
-        }
-        for (var t = 0u; t < PV4; t++) {
-            dov[k][t] = row_vec4(true, b, h, rows[k].i, sub * DPV + t * 4u, rows[k].ok);
-        }
+        q[k] = q_slice(b, h, rows[k], sub);
+        dov[k] = do_slice(b, h, rows[k], sub);
+        for (var t = 0u; t < PK4; t++) { g[k][t] = vec4<f32>(0.0); }
     }
 
     let bases = kv_bases(b, tile.hk);
@@ -134,8 +130,6 @@ fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
             }
         }
     }
-    for (var k = 0u; k < RPT; k++) {
-        for (var t = 0u; t < PK4; t++) { store_dq4(b, h, rows[k], sub * DPK + t * 4u, g[k][t] * P.scale); }
-    }
+    for (var k = 0u; k < RPT; k++) { store_dq(b, h, rows[k], sub, g[k]); }
 }
 

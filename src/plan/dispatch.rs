@@ -426,7 +426,10 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
     // picks a smaller one, `ways` subgroups share a row block. A row's LPR = largest / fragment
     // lanes must sit in one subgroup of the smallest size, and hold a column of the fragment
     // each.
-    let (min, max) = (caps.subgroup_min_size, caps.subgroup_max_size.max(caps.subgroup_min_size));
+    let (min, max) = (
+        caps.subgroup_min_size,
+        caps.subgroup_max_size.max(caps.subgroup_min_size),
+    );
     let ways = max / min.max(1);
     let lanes_per_row = (max / caps.coop_fragment).max(1);
     if !min.is_power_of_two()

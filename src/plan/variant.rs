@@ -166,9 +166,11 @@ impl BackwardTile {
     }
 
     /// Workgroup memory of the largest kernel, in bytes: `kv`'s Q/dO tile with its row
-    /// statistics, or `dq`'s K/V tile (each entry point allocates only what it uses).
+    /// statistics, or `dbias`'s K/V tile with its block of bias gradients (`dq` has the K/V
+    /// tile alone; each entry point allocates only what it uses).
     pub fn workgroup_storage(&self) -> u32 {
-        self.block * (self.head_dim_qk + self.head_dim_v) * 4 + self.block * 8 + 32
+        let tile = self.block * (self.head_dim_qk + self.head_dim_v) * 4;
+        (tile + self.block * 8 + 32).max(tile + self.block * self.block * 4 + 16)
     }
 }
 
