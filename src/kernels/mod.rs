@@ -211,6 +211,7 @@ pub fn backward_sources() -> Vec<(String, String, bool)> {
             for (block, tpr, per_thread) in [
                 (BACKWARD_BLOCKS[0], 1, 1),
                 (16, 4, 1),
+                (32, 8, 1),
                 (32, 4, 2),
                 (8, 1, 1),
             ] {

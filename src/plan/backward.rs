@@ -17,6 +17,10 @@ use crate::plan::variant::BackwardTile;
 /// and K/V tiles fit the device's workgroup memory is used.
 pub const BACKWARD_BLOCKS: [u32; 3] = [32, 16, 8];
 
+/// Threads per row of the flash backward at head dims of 128 and more on GPUs (subgroups of
+/// at least this many).
+pub const BACKWARD_WIDE_THREADS_PER_ROW: u32 = 8;
+
 /// Rows or keys per thread of the flash backward on CPU adapters.
 pub const CPU_PER_THREAD: u32 = 4;
 
@@ -83,14 +87,20 @@ pub fn backward_tile(
     // thread: the kv kernel holds K, V, dK and dV slices); CPU drivers run one thread per
     // row. The forward's tuning of threads per row applies here too.
     let sg_ok = subgroup_rows_ok(caps, opts);
+    let wide_ok = sg_ok && caps.subgroup_min_size >= BACKWARD_WIDE_THREADS_PER_ROW;
     let threads_per_row = match opts.tuning.flash_threads_per_row {
         Some(1) => 1,
         Some(SUBGROUP_THREADS_PER_ROW) if sg_ok => SUBGROUP_THREADS_PER_ROW,
+        Some(BACKWARD_WIDE_THREADS_PER_ROW) if wide_ok => BACKWARD_WIDE_THREADS_PER_ROW,
         Some(t) => {
             return Err(format!(
-                "{t} threads per row: the flash backward runs 1, or {SUBGROUP_THREADS_PER_ROW} with subgroups of at least {SUBGROUP_THREADS_PER_ROW} (and Subgroups::Auto)"
+                "{t} threads per row: the flash backward runs 1, or {SUBGROUP_THREADS_PER_ROW} with subgroups of at least {SUBGROUP_THREADS_PER_ROW}, or {BACKWARD_WIDE_THREADS_PER_ROW} with subgroups of at least {BACKWARD_WIDE_THREADS_PER_ROW} (and Subgroups::Auto)"
             ));
         }
+        // At head dims of 128 and more, eight threads a row: the kv kernel's K, V, dK and dV
+        // slices then fit registers that leave 16 warps per SM on NVIDIA Ampere (measured
+        // through NAK: 4 threads a row need 216 registers, 8 warps).
+        None if wide_ok && !caps.cpu && dk.max(dv) >= 128 => BACKWARD_WIDE_THREADS_PER_ROW,
         None if sg_ok && !caps.cpu && dk >= 64 => SUBGROUP_THREADS_PER_ROW,
         None => 1,
     };
