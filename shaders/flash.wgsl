@@ -16,8 +16,11 @@ const DPV: u32 = DVB / TPR;   // V dims per thread
 
 const PK4: u32 = DPK / 4u;
 const PV4: u32 = DPV / 4u;
-// Vectors of a thread's extra terms per row (BC / TPR of them).
-const PENDV: u32 = (BC / TPR + 3u) / 4u;
+// A thread keeps the scores of its own keys, g·TPR + sub: OWN of them a row, in OWNV
+// vectors (loops over keys that do not unroll then index them as vector components, which
+// need no memory, where an array of BC scores would land in scratch).
+const OWN: u32 = BC / TPR;
+const OWNV: u32 = (OWN + 3u) / 4u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -36,7 +39,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var ranges: array<vec2<u32>, RPT>;
     var q: array<array<vec4<f32>, PK4>, RPT>;
     var acc: array<array<vec4<f32>, PV4>, RPT>;
-    var sc: array<array<f32, BC>, RPT>;
     var st: array<Online, RPT>;
     for (var k = 0u; k < RPT; k++) {
         let i = qt * BR + lid / TPR + k * ROW_STRIDE;
@@ -68,22 +70,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // none idles), and adds it to its partial sum when that key comes, so it rides along
         // in the row reduction.
         let loads_extra = has(F_BIAS) || state == 2u;
-        // The extra terms first, each thread those of keys sub, sub + TPR, ... of its rows (in
-        // vectors: the score loop below, free of these loads, unrolls and indexes its arrays
-        // by constants).
-        var pend: array<array<vec4<f32>, PENDV>, RPT>;
+        // Scores: each K vector loaded from workgroup memory serves RPT rows; the thread that
+        // owns a key keeps its score.
+        var own: array<array<vec4<f32>, OWNV>, RPT>;
         for (var k = 0u; k < RPT; k++) {
-            for (var g = 0u; g < PENDV; g++) { pend[k][g] = vec4<f32>(0.0); }
-        }
-        if (loads_extra) {
-            for (var g = 0u; g < BC / TPR; g++) {
-                let jl = j0 + g * TPR + sub;
-                for (var k = 0u; k < RPT; k++) {
-                    if (jl >= ranges[k].x && jl < ranges[k].y) {
-                        pend[k][g / 4u][g % 4u] = loaded_extra(b, h, rows[k], jl, state);
-                    }
-                }
-            }
+            for (var v = 0u; v < OWNV; v++) { own[k][v] = vec4<f32>(0.0); }
         }
         for (var jj = 0u; jj < BC; jj++) {
             let kb = jj * DK4 + sub * PK4;
@@ -94,50 +85,60 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 for (var k = 0u; k < RPT; k++) { s4[k] += q[k][t] * kv; }
             }
             for (var k = 0u; k < RPT; k++) {
-                var part = s4[k].x + s4[k].y + s4[k].z + s4[k].w;
-                if (jj % TPR == sub) { part += pend[k][jj / TPR / 4u][(jj / TPR) % 4u]; }
-                sc[k][jj] = row_reduce(part);
+                let s = row_reduce(s4[k].x + s4[k].y + s4[k].z + s4[k].w);
+                if (jj % TPR == sub) { own[k][jj / TPR / 4u][(jj / TPR) % 4u] = s; }
             }
         }
-        var vis_bits: array<u32, RPT>;
+        // The masked online softmax over each thread's own keys, the terms read from memory
+        // (bias, bool mask) loaded once per key by its owner; the row's max and sum across
+        // its TPR threads.
+        var vis_rows = 0u;
         for (var k = 0u; k < RPT; k++) {
             let i = rows[k];
             var tmax = LOWEST;
             var bits = 0u;
-            for (var jj = 0u; jj < BC; jj++) {
-                let j = j0 + jj;
-                var s = sc[k][jj];
+            for (var g = 0u; g < OWN; g++) {
+                let j = j0 + g * TPR + sub;
+                var s = own[k][g / 4u][g % 4u];
                 var vis = j >= ranges[k].x && j < ranges[k].y;
+                if (vis && loads_extra) { s += loaded_extra(b, h, i, j, state); }
                 if (vis) {
                     s += alibi_at(h, i, j, rc);
                     vis = finite_logit(s);
                 }
                 if (vis) {
-                    bits |= 1u << jj;
+                    bits |= 1u << g;
                     tmax = max(tmax, s);
                 }
-                sc[k][jj] = s;
+                own[k][g / 4u][g % 4u] = s;
             }
-            vis_bits[k] = bits;
-            if (bits != 0u) {
+            tmax = row_max(tmax);
+            // (Whether any thread of the row sees a key: the same branch for all of them.)
+            if (row_reduce(f32(countOneBits(bits))) > 0.0) {
+                vis_rows |= 1u << k;
                 st[k] = online_fold(st[k], tmax, 0.0);
                 for (var t = 0u; t < PV4; t++) { acc[k][t] *= st[k].alpha; }
                 var lsum = 0.0;
-                for (var jj = 0u; jj < BC; jj++) {
-                    let p = online_weight(sc[k][jj], (bits & (1u << jj)) != 0u, st[k]);
-                    sc[k][jj] = p;
+                for (var g = 0u; g < OWN; g++) {
+                    let p = online_weight(own[k][g / 4u][g % 4u], (bits & (1u << g)) != 0u, st[k]);
+                    own[k][g / 4u][g % 4u] = p;
                     lsum += p;
                 }
-                st[k].l += lsum;
+                st[k].l += row_reduce(lsum);
             }
         }
-        // P·V: each V vector loaded from workgroup memory serves RPT rows.
-        for (var jj = 0u; jj < BC; jj++) {
-            let vb = jj * DV4 + sub * PV4;
-            for (var t = 0u; t < PV4; t++) {
-                let vv = kvs[VS0 + vb + t];
-                for (var k = 0u; k < RPT; k++) {
-                    if (vis_bits[k] != 0u) { acc[k][t] += sc[k][jj] * vv; }
+        // P·V: each V vector loaded from workgroup memory serves RPT rows; the weights of a
+        // group of TPR keys come from their owners.
+        for (var g = 0u; g < OWN; g++) {
+            var pw: array<vec4<f32>, RPT>;
+            for (var k = 0u; k < RPT; k++) { pw[k] = row_gather(own[k][g / 4u][g % 4u]); }
+            for (var x = 0u; x < TPR; x++) {
+                let vb = (g * TPR + x) * DV4 + sub * PV4;
+                for (var t = 0u; t < PV4; t++) {
+                    let vv = kvs[VS0 + vb + t];
+                    for (var k = 0u; k < RPT; k++) {
+                        if ((vis_rows & (1u << k)) != 0u) { acc[k][t] += pw[k][x ^ sub] * vv; }
+                    }
                 }
             }
         }
