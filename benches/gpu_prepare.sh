@@ -16,4 +16,5 @@ for t in correctness semantics skipping llm coop backward; do
     cp "$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null | exe)" ".gl/bin/$t"
 done
 cp "$(cargo build --release --bench attention --message-format=json 2>/dev/null | exe | tail -1)" .gl/bin/attention
+cp "$(cargo build --release --example isa_report --message-format=json 2>/dev/null | exe | tail -1)" .gl/bin/isa_report
 du -sh .gl

@@ -39,9 +39,12 @@ done
 echo "== the backward pass: its lavapipe grid, then the GPU shapes against PyTorch's"
 timeout 60 $B --grid backward --iters 3 2>&1 | grep '^{' | tee "$OUT/backward.jsonl"
 PYTHONUNBUFFERED=1 timeout 60 python3 benches/torch_sdpa.py --iters 10 --backward 2>&1 | grep '^{' | tee "$OUT/torch-backward.jsonl"
-for s in 1024 4096; do for m in none causal pad50; do
-    timeout 20 $B --pass backward --dtype f16 --b 8 --h 16 --sq $s --sk $s --d 64 --mask $m --iters 5 2>&1 | grep '^{' | tee -a "$OUT/wgpu-backward.jsonl"
-done; done
+for d in 64 128; do for s in 1024 4096; do for m in none causal pad50; do
+    timeout 20 $B --pass backward --dtype f16 --b 8 --h 16 --sq $s --sk $s --d $d --mask $m --iters 5 2>&1 | grep '^{' | tee -a "$OUT/wgpu-backward.jsonl"
+done; done; done
+echo "== the ISA report on this driver (NVK or RADV print shader statistics; NVIDIA's own does not)"
+.gl/bin/isa_report --gpu native --out "$OUT/isa.jsonl" > "$OUT/isa.txt" 2>&1 \
+    || echo "no shader statistics from this driver (see $OUT/isa.txt)"
 echo "== table"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os

@@ -1,5 +1,5 @@
 // K/V tiles of the SIMT flash kernels (shaders/flash.wgsl and the unrolled kernel generated
-// by src/flash_unrolled.rs): BC keys of K and of V in workgroup memory, loaded by the whole
+// by src/kernels/flash/unrolled.rs): BC keys of K and of V in workgroup memory, loaded by the whole
 // workgroup, and the per-tile state the workgroup agrees on.
 // Needs from the prelude: DKB, DVB, BC, WG, count_tile().
 

@@ -56,7 +56,7 @@ pub const SUBGROUP_THREADS_PER_ROW: u32 = 4;
 pub const CPU_ROWS_PER_THREAD: u32 = 4;
 /// The key tile CPU adapters start from (halved until it fits workgroup memory).
 pub const CPU_BLOCK_K: u32 = 32;
-/// Rows per thread of the unrolled flash kernel (`src/flash_unrolled.rs`): one thread per
+/// Rows per thread of the unrolled flash kernel (`src/kernels/flash/unrolled.rs`): one thread per
 /// row, each thread's rows and head-dim vectors written out as named variables. CPU adapters
 /// run it by default (head dims up to [`UNROLLED_MAX_HEAD_DIM`]); asking for this many rows
 /// per thread selects it anywhere.
