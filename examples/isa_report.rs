@@ -24,8 +24,7 @@
 //! RX 7900 XTX, through RADV), `gfx1201` (RDNA4), or `native`: the Vulkan adapter wgpu
 //! picks, with the debug output of whichever of NVK or RADV drives it. `--check BASELINE`
 //! then fails (exit 1) when a hot kernel (forward or backward, head dim ≤ 128) uses scratch
-//! memory or spills beyond what the baseline records for it (those the baseline records
-//! are listed as open), when an f16 or bf16 forward call on a GPU with cooperative matrices
+//! memory or spills, when an f16 or bf16 forward call on a GPU with cooperative matrices
 //! does not run the cooperative-matrix kernel, or when a kernel's static cycle estimate
 //! (NAK's cycle count, ACO's latency) exceeds the baseline's by more than 10%, or a
 //! baseline kernel is gone. Refreshing the baseline is a deliberate commit of the new
@@ -131,10 +130,7 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        let (failures, open) = check(&lines, &parse_lines(&baseline));
-        for o in &open {
-            println!("OPEN {o} (as in the baseline)");
-        }
+        let failures = check(&lines, &parse_lines(&baseline));
         for f in &failures {
             println!("FAIL {f}");
         }
@@ -708,27 +704,15 @@ fn case_dim(case: &str) -> Option<u32> {
         .find_map(|p| p.strip_prefix('d').and_then(|n| n.parse().ok()))
 }
 
-/// The checks of `--check`: the failures, and the open items the baseline already records.
-fn check(lines: &[Json], baseline: &[Json]) -> (Vec<String>, Vec<String>) {
+/// The checks of `--check`: what fails.
+fn check(lines: &[Json], baseline: &[Json]) -> Vec<String> {
     let mut fails = Vec::new();
-    let mut open = Vec::new();
     let key = |j: &Json| {
         (
             j.str("gpu").unwrap_or_default(),
             j.str("kernel").unwrap_or_default(),
         )
     };
-    let debt = |j: &Json| {
-        (
-            j.num("scratch_bytes").unwrap_or(0.0),
-            j.num("spills").unwrap_or(0.0) + j.num("spilled_sgprs").unwrap_or(0.0),
-        )
-    };
-    let was: HashMap<_, _> = baseline
-        .iter()
-        .filter(|j| j.get("kernel").is_some())
-        .map(|j| (key(j), debt(j)))
-        .collect();
     for j in lines.iter().filter(|j| j.get("kernel").is_some()) {
         let (gpu, case, kernel) = (
             j.str("gpu").unwrap_or_default(),
@@ -736,19 +720,13 @@ fn check(lines: &[Json], baseline: &[Json]) -> (Vec<String>, Vec<String>) {
             j.str("kernel").unwrap_or_default(),
         );
         if hot(&kernel) && case_dim(&case).is_some_and(|d| d <= 128) {
-            let (scratch, spills) = debt(j);
+            let scratch = j.num("scratch_bytes").unwrap_or(0.0);
+            let spills = j.num("spills").unwrap_or(0.0) + j.num("spilled_sgprs").unwrap_or(0.0);
             if scratch > 0.0 || spills > 0.0 {
-                let line = format!(
+                fails.push(format!(
                     "{gpu} {case}: {} uses {scratch} bytes of scratch and {spills} spills",
                     short_kernel(&kernel)
-                );
-                // One the baseline records with as much is an open item, not a new fault.
-                let (s0, p0) = was.get(&key(j)).copied().unwrap_or((0.0, 0.0));
-                if scratch <= s0 && spills <= p0 {
-                    open.push(line);
-                } else {
-                    fails.push(line);
-                }
+                ));
             }
         }
     }
@@ -798,7 +776,7 @@ fn check(lines: &[Json], baseline: &[Json]) -> (Vec<String>, Vec<String>) {
             ));
         }
     }
-    (fails, open)
+    fails
 }
 
 /// A short table of the hot kernels on standard output.
