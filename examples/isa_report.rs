@@ -357,34 +357,26 @@ fn natural_loops(blocks: &[Block]) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// Opcode prefixes of each class, NAK's and ACO's.
+const CLASSES: [(Class, &[&str]); 5] = [
+    (Class::Matrix, &["hmma", "imma", "v_wmma", "v_swmmac"]),
+    (
+        Class::SharedLoad,
+        &["ldsm", "ld.shared", "lds", "ds_load", "ds_read"],
+    ),
+    (
+        Class::SharedStore,
+        &["st.shared", "sts", "ds_store", "ds_write"],
+    ),
+    (Class::Barrier, &["bar", "s_barrier"]),
+    (Class::Scratch, &["ld.local", "st.local", "scratch_"]),
+];
+
 fn classify(op: &str) -> Class {
-    let o = op;
-    if o.starts_with("hmma")
-        || o.starts_with("imma")
-        || o.starts_with("v_wmma")
-        || o.starts_with("v_swmmac")
-    {
-        Class::Matrix
-    } else if o.starts_with("ldsm")
-        || o.starts_with("ld.shared")
-        || o.starts_with("lds")
-        || o.starts_with("ds_load")
-        || o.starts_with("ds_read")
-    {
-        Class::SharedLoad
-    } else if o.starts_with("st.shared")
-        || o.starts_with("sts")
-        || o.starts_with("ds_store")
-        || o.starts_with("ds_write")
-    {
-        Class::SharedStore
-    } else if o.starts_with("bar") || o.starts_with("s_barrier") {
-        Class::Barrier
-    } else if o.starts_with("ld.local") || o.starts_with("st.local") || o.starts_with("scratch_") {
-        Class::Scratch
-    } else {
-        Class::Other
-    }
+    CLASSES
+        .iter()
+        .find(|(_, prefixes)| prefixes.iter().any(|p| op.starts_with(p)))
+        .map_or(Class::Other, |(c, _)| *c)
 }
 
 /// Reads the driver's output: NAK's (`NAK_DEBUG=print`) or RADV's

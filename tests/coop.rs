@@ -51,6 +51,30 @@ fn coop_ctx() -> &'static Context {
 }
 
 /// An f16 problem of one batch item.
+/// An adapter of the caller's and a device on it with wgpu's experimental cooperative
+/// matrices, the limits `limits` makes of the adapter's. Made after the shared context and
+/// under its lock: on GL, two threads opening EGL at once race.
+fn coop_device(
+    limits: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
+    let _held = coop_ctx().lock_device();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & (wgpu_attention::OPTIONAL_FEATURES | coop),
+        required_limits: limits(adapter.limits()),
+        // SAFETY: the test accepts wgpu's experimental features.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+        ..Default::default()
+    }))
+    .expect("device");
+    (adapter, device, queue)
+}
+
 fn f16_problem(h: usize, s: usize, d: usize) -> Problem {
     Problem {
         dtype_q: DType::F16,
@@ -317,24 +341,10 @@ fn packed_variable_length_batches() {
 /// must keep.
 #[test]
 fn split_calls_on_a_callers_device() {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .expect("adapter");
-    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-    let features = adapter.features() & (wgpu_attention::OPTIONAL_FEATURES | coop);
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: features,
-        required_limits: wgpu::Limits {
-            max_storage_buffer_binding_size: 6 * 1024,
-            ..adapter.limits()
-        },
-        // SAFETY: the test accepts wgpu's experimental features.
-        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
-        ..Default::default()
-    }))
-    .expect("device");
+    let (adapter, device, queue) = coop_device(|l| wgpu::Limits {
+        max_storage_buffer_binding_size: 6 * 1024,
+        ..l
+    });
     let ctx = Context::from_adapter_device(&adapter, device, queue);
     let expect_coop = has_coop(coop_ctx());
     let (b, hq, hkv, sq, sk, d) = (2, 4, 2, 77, 23, 16);
@@ -375,27 +385,8 @@ fn split_calls_on_a_callers_device() {
 /// so two subgroups of 8 share every row block: the path RADV takes in wave32.
 #[test]
 fn subgroups_smaller_than_the_largest_share_a_row_block() {
-    // The shared context first, and this device made under its lock (on GL, two threads
-    // opening EGL at once race).
-    let shared = coop_ctx();
-    let expect_coop = has_coop(shared);
-    let guard = shared.lock_device();
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .expect("adapter");
-    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-    let features = adapter.features() & (wgpu_attention::OPTIONAL_FEATURES | coop);
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: features,
-        required_limits: adapter.limits(),
-        // SAFETY: the test accepts wgpu's experimental features.
-        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
-        ..Default::default()
-    }))
-    .expect("device");
-    drop(guard);
+    let expect_coop = has_coop(coop_ctx());
+    let (adapter, device, queue) = coop_device(|l| l);
     let mut info = adapter.get_info();
     if expect_coop {
         assert_eq!(info.subgroup_min_size, info.subgroup_max_size, "{info:?}");
