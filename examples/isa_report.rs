@@ -1024,3 +1024,185 @@ impl Io {
         Ok(AttentionOptions::with_mask(m))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(gpu: &str, text: &str) -> Vec<Json> {
+        let mut p = Parser::new(gpu);
+        for line in text.lines() {
+            p.line(line);
+        }
+        p.finish()
+    }
+
+    /// NAK's print: the passes before the last are ignored, the final listing's blocks give
+    /// the loop (block 1 branches back to itself), the statistics block gives the figures.
+    const NAK: &str = "@@case fwd-f16-d128-none
+@@plan flash_coop_16x16 flash (...)
+@@pipeline wgpu-attention Attention { variant: FlashCoop(CoopTile { head_dim_qk: 128 }), counters: false } main
+NAK IR after opt_dce:
+block.u 0 L0 [] -> {
+      r0 = hmma.m16n8k16.f32 r1 r2 r3 // delay=1
+} -> [1]
+NAK IR after calc_instr_deps:
+block.u 0 L0 [] -> {
+      r0       = mov rZ                                           // delay=1
+} -> [1]
+block.u 1 L1 [0, 1] -> {
+      r4..8    = hmma.m16n8k16.f32 r0..4 r4..6 r8..12             // delay=1
+      r4..8    = hmma.m16n8k16.f32 r0..4 r4..6 r8..12             // delay=1
+      r9       = ld.shared.strong.cta.b32 [r1]                    // delay=1
+                 bar.sync 0x0                                     // delay=1
+                 nop                                              // delay=1
+                 bra pT L1                                        // delay=1
+} -> [1, 2]
+block.u 2 L2 [1] -> {
+                 st.local.strong.cta.b32 [rZ] r0                  // delay=1
+} -> []
+
+Stage: compute
+Instruction count: 9
+Static cycle count: 1234
+Max warps/SM: 20
+Spills to mem: 0
+Spills to reg: 0
+Num GPRs: 96
+SLM size: 16
+Encoded shader:
+";
+
+    /// RADV's: the NIR header's subgroup size, the `disasm:` listing (labels, a conditional
+    /// branch back to BB1, fall-through edges), the statistics.
+    const ACO: &str = "@@case bwd-f16-d64-none
+@@pipeline wgpu-attention Backward(BackwardTile { head_dim_qk: 64 }) kv
+shader: MESA_SHADER_COMPUTE
+api_subgroup_size: 64
+disasm:
+BB0:
+\ts_mov_b32 s0, s3                                            ; be800003
+BB1:
+\tv_wmma_f32_16x16x16_f16 v[0:7], v[8:15], v[16:23], v[0:7] ; 00000000
+\tds_load_b128 v[0:3], v4                                      ; 00000000
+\ts_barrier                                                    ; 00000000
+\ts_cbranch_scc1 BB1                                           ; 00000000
+BB2:
+\ts_endpgm                                                     ; bfb00000
+
+Compute Shader:
+*** SHADER STATS ***
+SGPRs: 108
+VGPRs: 120
+Spilled SGPRs: 3
+Spilled VGPRs: 0
+Scratch size: 0
+Subgroups per SIMD: 6
+Latency: 50240
+Inverse Throughput: 10000
+";
+
+    #[test]
+    fn nak_figures_and_the_key_loop() {
+        let out = parse("ampere", NAK);
+        let plan = out
+            .iter()
+            .find(|j| j.str("type").as_deref() == Some("case"));
+        assert_eq!(
+            plan.and_then(|j| j.str("variant")).as_deref(),
+            Some("flash_coop_16x16")
+        );
+        let k = out
+            .iter()
+            .find(|j| j.get("kernel").is_some())
+            .expect("a kernel line");
+        assert_eq!(k.num("registers"), Some(96.0));
+        assert_eq!(k.num("scratch_bytes"), Some(16.0));
+        assert_eq!(k.num("static_cycles"), Some(1234.0));
+        assert_eq!(k.num("occupancy"), Some(20.0));
+        // Counted from the final listing only (the earlier pass's hmma does not count).
+        assert_eq!(k.num("matrix"), Some(2.0));
+        assert_eq!(k.num("shared_loads"), Some(1.0));
+        assert_eq!(k.num("barriers"), Some(1.0));
+        assert_eq!(k.num("scratch_ops"), Some(1.0));
+        let lp = parse_lines(k.get("loop").expect("a key loop"))
+            .pop()
+            .expect("loop");
+        assert_eq!(lp.num("blocks"), Some(1.0));
+        assert_eq!(lp.num("matrix"), Some(2.0));
+        // mov, 2 hmma, ld, bar, bra (nop is not counted).
+        assert_eq!(lp.num("instructions"), Some(5.0));
+    }
+
+    #[test]
+    fn aco_figures_and_the_key_loop() {
+        let out = parse("navi31", ACO);
+        let k = out
+            .iter()
+            .find(|j| j.get("kernel").is_some())
+            .expect("a kernel line");
+        assert_eq!(k.num("registers"), Some(120.0));
+        assert_eq!(k.num("spilled_sgprs"), Some(3.0));
+        assert_eq!(k.num("subgroup_size"), Some(64.0));
+        assert_eq!(k.num("static_cycles"), Some(50240.0));
+        assert_eq!(k.num("matrix"), Some(1.0));
+        let lp = parse_lines(k.get("loop").expect("a key loop"))
+            .pop()
+            .expect("loop");
+        assert_eq!(lp.num("blocks"), Some(1.0));
+        assert_eq!(lp.num("instructions"), Some(4.0));
+        assert_eq!(lp.num("shared_loads"), Some(1.0));
+    }
+
+    #[test]
+    fn the_checks_fail_on_scratch_spills_fallbacks_and_slower_kernels() {
+        let nak = parse("ampere", NAK);
+        let aco = parse("navi31", ACO);
+        let mut all = nak.clone();
+        all.extend(aco.clone());
+        let fails = check(&all, &all);
+        // The NAK kernel's 16 bytes of scratch, the ACO kernel's SGPR spills.
+        assert_eq!(fails.len(), 2, "{fails:?}");
+        assert!(fails[0].contains("16 bytes of scratch"), "{fails:?}");
+        assert!(fails[1].contains("3 spills"), "{fails:?}");
+        // Clean kernels against a baseline whose estimate was lower by more than 10%, one
+        // kernel the baseline has that is gone, and an f16 call off the tensor cores.
+        let clean = |mut j: Json| {
+            j.set("scratch_bytes", 0);
+            j.set("spilled_sgprs", 0);
+            j
+        };
+        let now: Vec<Json> = all.iter().cloned().map(clean).collect();
+        assert!(check(&now, &now).is_empty());
+        let mut base = now.clone();
+        for j in base.iter_mut().filter(|j| j.get("kernel").is_some()) {
+            j.set("static_cycles", 1000);
+        }
+        let mut gone = now[0].clone();
+        gone.set_str("kernel", "a retired kernel");
+        gone.set_str("type", "kernel");
+        base.push(gone);
+        let mut simt = now.clone();
+        for j in simt
+            .iter_mut()
+            .filter(|j| j.str("type").as_deref() == Some("case"))
+        {
+            j.set_str("variant", "flash_simt_subgroup");
+        }
+        let fails = check(&simt, &base);
+        assert!(
+            fails.iter().any(|f| f.contains("more than 10% above")),
+            "{fails:?}"
+        );
+        assert!(
+            fails.iter().any(|f| f.contains("retired kernel")),
+            "{fails:?}"
+        );
+        assert!(
+            fails
+                .iter()
+                .any(|f| f.contains("rather than the cooperative-matrix")),
+            "{fails:?}"
+        );
+    }
+}
