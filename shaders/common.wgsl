@@ -106,7 +106,11 @@ fn load_bias(e: u32) -> f32 {
 // Writes one output element. 16-bit outputs share a word with a neighbour that another
 // invocation may write: clear and set only our half, atomically.
 fn store_o(e: u32, x: f32) {
-    let dt = dtype_of(DT_O);
+    store_o_as(e, x, dtype_of(DT_O));
+}
+
+// store_o for an output of dtype dt (a kernel built for one dtype passes a constant).
+fn store_o_as(e: u32, x: f32, dt: u32) {
     if (dt == 0u) {
         atomicStore(&o_buf[e], bitcast<u32>(x));
         return;

@@ -27,7 +27,10 @@
 //   max grows by more than 8 (count_rescale() counts those in debug builds): on typical
 //   inputs a few of a row block's first tiles, at most.
 //
-// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, CA, CB, CC, SUM_BK, count_tile(),
+// Needs from the prelude: DKB, DVB, BR, BC, WG, FR, SGS, CA, CB, CC, EXTRA_TERMS (the
+// variant has the code for bias and ALiBi terms), BOOL_MASK (for a bool mask), KV_PAIRS
+// (K and V staged a word pair at a time: the launch sets it as F_KV_PAIRS), DTQ, DTK, DTV,
+// DTO (the dtypes' codes, as the flags carry them), SUM_BK, count_tile(),
 // count_rescale(), and `enable f16; enable wgpu_cooperative_matrix;` (added by the host).
 
 const NSG: u32 = BR / FR;
@@ -77,12 +80,12 @@ struct Stage {
     tr: bool,
 }
 
-// Stages tile a, and tile b too where `with_b`. Where the host found whole words of 16-bit
-// K and V elements (F_KV_PAIRS), eight elements, four words, per load, in loops of constant
-// trip count (unrolled); else one element at a time, decoded, in one loop over both tiles'
+// Stages tile a, and tile b too where `with_b`. In the variant for whole words of 16-bit K
+// and V elements (KV_PAIRS), eight elements, four words, per load, in loops of constant trip
+// count (unrolled); else one element at a time, decoded, in one loop over both tiles'
 // elements (one copy of that code).
 fn stage(lid: u32, a: Stage, b: Stage, with_b: bool) {
-    if (a.which != 0u && has(F_KV_PAIRS)) {
+    if (a.which != 0u && KV_PAIRS) {
         stage_pairs(lid, a);
         if (with_b) { stage_pairs(lid, b); }
         return;
@@ -96,7 +99,7 @@ fn stage(lid: u32, a: Stage, b: Stage, with_b: bool) {
         let x = e - select(0u, na, in_b);
         let j = x / W;
         let d = x % W;
-        let dt = dtype_of(select(select(DT_Q, DT_K, which == 1u), DT_V, which == 2u));
+        let dt = select(select(DTQ, DTK, which == 1u), DTV, which == 2u);
         var v = 0.0;
         if (j < select(a.n, b.n, in_b) && d < select(a.dd, b.dd, in_b)) {
             let el = select(a.base, b.base, in_b) + j * select(a.rs, b.rs, in_b) + d * select(a.sd, b.sd, in_b);
@@ -107,7 +110,7 @@ fn stage(lid: u32, a: Stage, b: Stage, with_b: bool) {
 }
 
 fn stage_pairs(lid: u32, t: Stage) {
-    let dt = dtype_of(select(DT_K, DT_V, t.which == 2u));
+    let dt = select(DTK, DTV, t.which == 2u);
     for (var it = 0u; it < (t.rows * t.W + WG * 8u - 1u) / (WG * 8u); it++) {
         // Branch-free, so that the compiler can have every load in flight at once: words
         // that do not exist (rows past n, dims past dd: dd is even under F_KV_PAIRS, so words
@@ -149,7 +152,7 @@ fn kv_word(which: u32, w: u32) -> u32 {
 // The first key tile at or after j that the block summary does not mask entirely, and its
 // state (1 all visible, 2 mixed); (end, 0) if none.
 fn next_tile(b: u32, h: u32, qt: u32, j: u32, end: u32) -> vec2<u32> {
-    if (!has(F_BOOL)) {
+    if (!BOOL_MASK || !has(F_BOOL)) {
         return vec2<u32>(j, select(0u, 1u, j < end));
     }
     if (!has(F_SUMMARY)) {
@@ -187,11 +190,11 @@ fn rescale_round(off: u32, ln: u32, alpha: array<f32, RPL>) {
 
 // An output round's rows: each lane writes its KPL columns (dims d0 + column) of its rows
 // (row0 + its row in the block), divided by l: two 16-bit elements a word where the output's
-// dims are contiguous and the round's columns all exist, else one element at a time (in a
-// loop with bounds known only at run time: one copy of that code).
+// dims are contiguous and the round's columns all exist, else one element at a time. (A
+// loop of constant trip count: it unrolls, and the round's code runs straight, once.)
 fn output_round(off: u32, d0: u32, b: u32, h: u32, qt: u32, row0: u32, ln: u32, inv: array<f32, RPL>, stored: array<bool, RPL>) {
     let n = min(BC, P.dv - min(P.dv, d0));
-    let dt = dtype_of(DT_O);
+    let dt = DTO;
     let part = ln % LPR;
     for (var k = 0u; k < RPL; k++) {
         let rr = ln / LPR + k * RPP;
@@ -199,14 +202,14 @@ fn output_round(off: u32, d0: u32, b: u32, h: u32, qt: u32, row0: u32, ln: u32, 
             let i = qt * BR + row0 + rr;
             let row = off + rr * BC + part * KPL;
             let e0 = o_index(b, h, i, d0 + part * KPL, 0u);
-            if (dt != 0u && P.o_sd == 1u && (e0 & 1u) == 0u && part * KPL + KPL <= n) {
-                for (var c = 0u; c < KPL; c += 2u) {
-                    let x = vec2<f32>(ss[row + c], ss[row + c + 1u]) * inv[k];
+            let words = dt != 0u && P.o_sd == 1u && (e0 & 1u) == 0u && part * KPL + KPL <= n;
+            for (var c = 0u; c < KPL; c += 2u) {
+                let x = vec2<f32>(ss[row + c], ss[row + c + 1u]) * inv[k];
+                if (words) {
                     atomicStore(&o_buf[(e0 + c) >> 1u], encode16(x.x, dt) | (encode16(x.y, dt) << 16u));
-                }
-            } else {
-                for (var c = 0u; c < min(KPL, n - min(n, part * KPL)); c++) {
-                    store_o(e0 + c * P.o_sd, ss[row + c] * inv[k]);
+                } else {
+                    if (part * KPL + c < n) { store_o_as(e0 + c * P.o_sd, x.x, dt); }
+                    if (part * KPL + c + 1u < n) { store_o_as(e0 + (c + 1u) * P.o_sd, x.y, dt); }
                 }
             }
         }
@@ -276,7 +279,7 @@ fn main(
     let vbase = P.v_off + v_batch(b) + tile.hk * P.v_sh;
     // Whether logits get terms beyond the scaled score: those (and a mixed tile's bool mask)
     // are applied in a loop over the lane's visible keys, which writes the logits back.
-    let extra = has(F_BIAS) || has(F_ALIBI);
+    let extra = EXTRA_TERMS && (has(F_BIAS) || has(F_ALIBI));
     // exp(x) is exp2(x·log2 e) on every GPU: the scale and log2 e fold into one factor.
     let scale2 = P.scale * LOG2E;
     if (cur.x < tiles.y) {
@@ -327,7 +330,7 @@ fn main(
             let lo = min(max(ranges[k].x, jb), jb + KPL) - jb;
             let hi = max(min(ranges[k].y, jb + KPL), jb) - jb;
             var bits = select((1u << hi) - 1u, 0xffffffffu, hi >= 32u) & ~select((1u << lo) - 1u, 0xffffffffu, lo >= 32u);
-            if (state == 2u || extra) {
+            if ((BOOL_MASK && state == 2u) || extra) {
                 // The bool mask and the extra terms, over the visible keys only (a loop with
                 // bounds known only at run time: one copy of this code).
                 for (var c = lo; c < hi; c++) {

@@ -2,7 +2,7 @@
 //! a shader error shows up in `cargo test`, not at a user's runtime.
 
 use wgpu_attention::dispatch::{
-    COOP_MAX_HEAD_DIM, DeviceCaps, FLASH_HEAD_DIMS, Family, FlashTile, MEMEFF_HEAD_DIMS,
+    COOP_MAX_HEAD_DIM, CoopTile, DeviceCaps, FLASH_HEAD_DIMS, Family, FlashTile, MEMEFF_HEAD_DIMS,
     MemEffConfig, SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_MAX_HEAD_DIM,
     UNROLLED_ROWS_PER_THREAD, UnrolledTile, coop_variant, naive_variant,
 };
@@ -13,7 +13,7 @@ use wgpu_attention::{DType, Problem};
 type Built = (ShaderVariant, bool);
 
 /// Every cooperative-matrix variant `coop_variant` can return (with tile counting on and
-/// off), over fragment sizes, subgroup sizes, head dims and dtypes.
+/// off), over fragment sizes, subgroup sizes, head dims, dtypes and the mask code it carries.
 pub fn coop_variants() -> Vec<Built> {
     let mut out = Vec::new();
     for fragment in [8, 16] {
@@ -32,23 +32,41 @@ pub fn coop_variants() -> Vec<Built> {
             caps.coop_fragment = fragment;
             for &dk in FLASH_HEAD_DIMS.iter().filter(|&&d| d <= COOP_MAX_HEAD_DIM) {
                 for dv in [32, dk] {
-                    for dt in [DType::F16, DType::BF16] {
+                    for (dt, dto) in [
+                        (DType::F16, DType::F16),
+                        (DType::BF16, DType::BF16),
+                        (DType::BF16, DType::F32),
+                    ] {
                         let p = Problem {
                             dtype_q: dt,
                             dtype_k: dt,
                             dtype_v: dt,
-                            dtype_o: dt,
+                            dtype_o: dto,
                             ..Problem::new(1, 1, 64, 64, dk as usize)
                         };
-                        let p = Problem {
-                            head_dim_v: dv as usize,
-                            ..p
-                        };
-                        let v = coop_variant(&p, &caps)
-                            .unwrap_or_else(|e| panic!("{fragment} {sgs} {dk}/{dv}: {e}"));
-                        for count in [false, true] {
-                            if !out.contains(&(v, count)) {
-                                out.push((v, count));
+                        for (bias, bool_mask) in
+                            [(false, false), (true, false), (false, true), (true, true)]
+                        {
+                            let mut p = Problem {
+                                head_dim_v: dv as usize,
+                                ..p.clone()
+                            };
+                            p.mask.bias = bias.then_some(DType::F16);
+                            p.mask.bool_mask = bool_mask;
+                            let v = coop_variant(&p, &caps)
+                                .unwrap_or_else(|e| panic!("{fragment} {sgs} {dk}/{dv}: {e}"));
+                            // And its element-staging form, which the launch picks for views
+                            // whose K/V elements do not pair up into words.
+                            let ShaderVariant::FlashCoop(t) = v else {
+                                panic!("{v:?}")
+                            };
+                            let elements = ShaderVariant::FlashCoop(CoopTile { pairs: false, ..t });
+                            for v in [v, elements] {
+                                for count in [false, true] {
+                                    if !out.contains(&(v, count)) {
+                                        out.push((v, count));
+                                    }
+                                }
                             }
                         }
                     }

@@ -67,9 +67,18 @@ fn const_lines(v: &ShaderVariant) -> String {
         ShaderVariant::FlashCoop(t) => (t.fragment, t.subgroup_size),
         _ => (1, 1),
     };
-    let aliases = if let ShaderVariant::FlashCoop(_) = v {
+    let aliases = if let ShaderVariant::FlashCoop(t) = v {
         format!(
-            "alias CA = coop_mat{fr}x{fr}<f16, A>;\nalias CB = coop_mat{fr}x{fr}<f16, B>;\nalias CC = coop_mat{fr}x{fr}<f32, C>;\n"
+            "alias CA = coop_mat{fr}x{fr}<f16, A>;\nalias CB = coop_mat{fr}x{fr}<f16, B>;\nalias CC = coop_mat{fr}x{fr}<f32, C>;\n\
+             const EXTRA_TERMS: bool = {};\nconst BOOL_MASK: bool = {};\nconst KV_PAIRS: bool = {};\n\
+             const DTQ: u32 = {}u;\nconst DTK: u32 = {}u;\nconst DTV: u32 = {}u;\nconst DTO: u32 = {}u;\n",
+            t.extra,
+            t.bool_mask,
+            t.pairs,
+            t.dtypes[0].code(),
+            t.dtypes[1].code(),
+            t.dtypes[2].code(),
+            t.dtypes[3].code()
         )
     } else {
         String::new()

@@ -10,7 +10,7 @@ use crate::kernels::{attention, flash, memeff, merge, naive};
 use crate::plan::dispatch::Plan;
 use crate::plan::split::{Layout, PartRows, Split};
 use crate::plan::validate;
-use crate::plan::variant::{ModuleKey, ShaderVariant};
+use crate::plan::variant::{CoopTile, ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
 use crate::runtime::arena::CallScope;
 
@@ -76,6 +76,17 @@ pub(crate) fn pipelines(
         _ => &["main"],
     };
     let mut keys: Vec<(ModuleKey, &'static str)> = entries.iter().map(|e| (key, *e)).collect();
+    // The launch picks the cooperative-matrix kernel's K/V staging from the views.
+    if let ShaderVariant::FlashCoop(t) = variant {
+        let elements = ShaderVariant::FlashCoop(CoopTile { pairs: false, ..t });
+        keys.push((
+            ModuleKey::Attention {
+                variant: elements,
+                counters: false,
+            },
+            "main",
+        ));
+    }
     let bool_mask = opts.mask.bool_mask.as_ref();
     // The parts of a split call compute their own summaries.
     if variant.is_flash() && bool_mask.is_some_and(|b| b.summary.is_none() || split.is_some()) {

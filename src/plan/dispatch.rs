@@ -461,6 +461,10 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         fragment: caps.coop_fragment,
         subgroup_size: max,
         ways,
+        extra: p.mask.bias.is_some() || p.mask.alibi,
+        bool_mask: p.mask.bool_mask,
+        pairs: true,
+        dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],
     });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations

@@ -101,6 +101,20 @@ pub struct CoopTile {
     /// compiles; where it picks a smaller one, the subgroups sharing a row block split its
     /// score and accumulator fragments.
     pub ways: u32,
+    /// Built with the code for terms added to the logits (an additive bias, ALiBi): the
+    /// softmax then applies them in a loop over each lane's visible keys. Without, that code
+    /// is absent (the dispatcher sets it from the call's mask).
+    pub extra: bool,
+    /// Built with the bool mask's code (the block summary's scan for the next tile, the
+    /// per-key mask of mixed tiles).
+    pub bool_mask: bool,
+    /// K and V staged a word pair at a time (16-bit elements, contiguous head dims, even
+    /// offsets and strides); else element by element. The dispatcher plans the former, the
+    /// launch picks the one the call's views allow.
+    pub pairs: bool,
+    /// The dtypes of Q, K, V and the output, built in (each kernel reads and writes only
+    /// these).
+    pub dtypes: [DType; 4],
 }
 
 /// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).

@@ -94,6 +94,10 @@ mod tests {
                 fragment: fr,
                 subgroup_size: 32,
                 ways,
+                extra: false,
+                bool_mask: false,
+                pairs: true,
+                dtypes: [crate::data::tensor::DType::F16; 4],
             };
             let n = dv / fr;
             for src in [rescale_source(&t), output_source(&t)] {

@@ -7,9 +7,10 @@ pub(crate) mod unrolled;
 use crate::data::options::AttentionOptions;
 use crate::data::problem::Problem;
 use crate::error::Result;
+use crate::kernels::attention::params::flags;
 use crate::kernels::attention::{self, Bound};
 use crate::kernels::{bindings, spec, summary};
-use crate::plan::variant::{ModuleKey, ShaderVariant};
+use crate::plan::variant::{CoopTile, ModuleKey, ShaderVariant};
 use crate::runtime::Runtime;
 
 /// Records the flash kernel: one workgroup per (batch, head, block of `block_q` rows).
@@ -29,6 +30,15 @@ pub(crate) fn record(
             None => summary::record(rt, encoder, &bm.view, &bound.aux.buffer, slot.offset)?,
         }
     }
+    // The cooperative-matrix kernel is built for word-pair staging of K and V or for element
+    // staging: the call's views decide which.
+    let variant = match variant {
+        ShaderVariant::FlashCoop(t) => ShaderVariant::FlashCoop(CoopTile {
+            pairs: bound.params.flags & flags::KV_PAIRS != 0,
+            ..t
+        }),
+        v => v,
+    };
     let key = ModuleKey::Attention {
         variant,
         counters: counter.is_some(),
