@@ -266,7 +266,7 @@ impl PipelineCache {
         // - integer-division checks: every divisor is a constant, or a batch, head, sequence,
         //   head-dim, group or split count that validation requires to be at least 1, and no
         //   division is signed.
-        // Measured on an H100 (BENCHMARKS.md): 1.75-2.2x faster flash on cooperative matrices.
+        // (What the two checks cost flash on cooperative matrices is measured in BENCHMARKS.md.)
         let checks = self.checks.unwrap_or(wgpu::ShaderRuntimeChecks {
             force_loop_bounding: false,
             int_div_checks: false,
