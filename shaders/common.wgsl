@@ -260,13 +260,18 @@ fn loaded_extra(b: u32, h: u32, i: u32, j: u32, state: u32) -> f32 {
     return bias_at(b, h, i, j);
 }
 
+// Where the block summary's row block holding query tile qt's rows starts in the aux words
+// (the flash shaders' BR divides SUM_BQ).
+fn summary_row(b: u32, h: u32, qt: u32) -> u32 {
+    return P.sum_off + b * P.sum_sb + h * P.sum_sh + (qt * BR / SUM_BQ) * P.sum_nkb;
+}
+
 // (Used by the flash shaders, whose BR divides SUM_BQ.)
 // Tile state from the block summary: 0 all masked, 1 all visible, 2 mixed.
 fn tile_state(b: u32, h: u32, qt: u32, j0: u32) -> u32 {
     if (!has(F_BOOL)) { return 1u; }
     if (!has(F_SUMMARY)) { return 2u; }
-    // The summary row block holding this tile's rows (BR divides SUM_BQ).
-    let base = P.sum_off + b * P.sum_sb + h * P.sum_sh + (qt * BR / SUM_BQ) * P.sum_nkb;
+    let base = summary_row(b, h, qt);
     var any_vis = false;
     var any_masked = false;
     let c0 = j0 / SUM_BK;

@@ -160,7 +160,7 @@ fn next_tile(b: u32, h: u32, qt: u32, j: u32, end: u32) -> vec2<u32> {
     }
     // One loop over the summary's blocks from tile j on (tiles start at multiples of BC, so
     // a tile is BC / SUM_BK blocks), not a loop over tiles around tile_state's loop.
-    let base = P.sum_off + b * P.sum_sb + h * P.sum_sh + (qt * BR / SUM_BQ) * P.sum_nkb;
+    let base = summary_row(b, h, qt);
     let last = min((end + SUM_BK - 1u) / SUM_BK, P.sum_nkb);
     var any_vis = false;
     var any_masked = false;
