@@ -220,6 +220,14 @@ impl Context {
         self.rt().compiled_pipelines()
     }
 
+    /// Each pipeline this context has built, in order, with the host time its creation took
+    /// (its label names the kernel and variant). This is what cold calls pay: a driver that
+    /// compiles on the CPU (lavapipe, llvmpipe under GL) takes from a fraction of a second
+    /// to tens of seconds per pipeline. Empty on the web, which has no `Instant`.
+    pub fn pipeline_compile_times(&self) -> Vec<(String, std::time::Duration)> {
+        self.rt().compile_times()
+    }
+
     /// How many buffers, bind groups and pipelines this context has created so far: a warm
     /// call ([`Context::record_attention`] with shapes, buffers and options seen before)
     /// adds none.

@@ -213,6 +213,15 @@ pub enum InputProblem {
         /// Its value.
         value: f32,
     },
+    /// A scalar option is larger in magnitude than the crate takes.
+    OutOfRange {
+        /// Which option.
+        what: &'static str,
+        /// Its value.
+        value: f32,
+        /// The largest magnitude taken.
+        max: f32,
+    },
     /// A host slice does not hold the number of elements the view needs.
     HostLength {
         /// Elements expected.
@@ -278,6 +287,9 @@ impl fmt::Display for InputProblem {
             }
             InputProblem::NonFinite { what, value } => {
                 write!(f, "{what} is {value}, expected a finite number")
+            }
+            InputProblem::OutOfRange { what, value, max } => {
+                write!(f, "{what} is {value:e}, expected a magnitude of at most {max:e}")
             }
             InputProblem::HostLength { expected, got } => {
                 write!(

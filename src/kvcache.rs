@@ -5,7 +5,7 @@
 use crate::context::Context;
 use crate::data::mask::{CausalAlignment, Mask};
 use crate::data::tensor::{DType, TensorView};
-use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::error::{Result, TensorRole};
 use crate::gate::Gated;
 
 /// Preallocated K/V storage `[batch, heads_kv, capacity, head_dim]` with per-batch lengths.
@@ -58,34 +58,11 @@ impl KvCache {
         head_dim: usize,
         dtype: DType,
     ) -> Result<Self> {
-        if !dtype.is_float() {
-            return Err(Error::invalid(
-                TensorRole::KvCache,
-                InputProblem::WrongDType {
-                    expected: "f32, f16 or bf16".into(),
-                    got: dtype.to_string(),
-                },
-            ));
-        }
-        let elements = crate::data::tensor::checked_product(&[batch, heads_kv, capacity, head_dim]);
-        let bytes = elements.and_then(|n| n.checked_mul(dtype.size()));
-        if !(head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
-            return Err(Error::invalid(
-                TensorRole::KvCache,
-                InputProblem::Other(format!(
-                    "a cache needs non-zero sizes and head_dim * {} bytes a multiple of 4 (got batch {batch}, heads {heads_kv}, capacity {capacity}, head_dim {head_dim})",
-                    dtype.size()
-                )),
-            ));
-        }
-        let bytes = bytes.unwrap_or(u64::MAX);
-        if bytes > ctx.caps().max_buffer_size {
-            return Err(Error::limit(
-                "max_buffer_size",
-                bytes,
-                ctx.caps().max_buffer_size,
-            ));
-        }
+        let bytes = crate::plan::validate::kv_cache(
+            [batch, heads_kv, capacity, head_dim],
+            dtype,
+            ctx.caps().max_buffer_size,
+        )?;
         let rt = ctx.rt();
         let _held = rt.hold();
         let make = |label| {
@@ -155,38 +132,8 @@ impl KvCache {
     }
 
     fn check_new(&self, view: &TensorView, n: usize) -> Result<()> {
-        let role = TensorRole::KvCache;
         let want = [self.batch, self.heads, n, self.head_dim];
-        if view.dtype != self.dtype {
-            return Err(Error::invalid(
-                role,
-                InputProblem::WrongDType {
-                    expected: self.dtype.to_string(),
-                    got: view.dtype.to_string(),
-                },
-            ));
-        }
-        for (i, (&w, &got)) in want.iter().zip(&view.shape).enumerate() {
-            if w != got {
-                return Err(Error::invalid(
-                    role,
-                    InputProblem::ShapeMismatch {
-                        dim: crate::error::Dim::ALL[i],
-                        expected: w.to_string(),
-                        got,
-                    },
-                ));
-            }
-        }
-        if !view.is_contiguous() || !view.offset.is_multiple_of(4) {
-            return Err(Error::invalid(
-                role,
-                InputProblem::Other(
-                    "new rows must be a contiguous BHSD view at a 4-byte aligned offset".into(),
-                ),
-            ));
-        }
-        view.check_memory(role, wgpu::BufferUsages::COPY_SRC)
+        crate::plan::validate::kv_rows(view, want, self.dtype)
     }
 
     /// Records the copy of `n` new rows per batch item (`new_k`, `new_v`: contiguous
@@ -200,18 +147,7 @@ impl KvCache {
         let n = new_k.shape[2];
         self.check_new(new_k, n)?;
         self.check_new(new_v, n)?;
-        for (batch, &len) in self.lengths.iter().enumerate() {
-            if len as usize + n > self.capacity {
-                return Err(Error::invalid(
-                    TensorRole::KvCache,
-                    InputProblem::LengthTooLong {
-                        batch,
-                        len: len + n as u32,
-                        max: self.capacity,
-                    },
-                ));
-            }
-        }
+        crate::plan::validate::kv_room(&self.lengths, n, self.capacity)?;
         let es = self.dtype.size();
         let row = self.head_dim as u64 * es;
         for (b, &len) in self.lengths.iter().enumerate() {

@@ -36,7 +36,7 @@ pub mod dispatch {
 }
 /// The validated problem, [`Problem`], and the limits validation applies.
 pub mod validate {
-    pub use crate::data::problem::{MAX_SEQ, MaskKinds, Problem};
+    pub use crate::data::problem::{MAX_SCALE, MAX_SEQ, MaskKinds, Problem};
 }
 /// Per-adapter tuning of the flash tiles.
 pub mod tuning {

@@ -72,7 +72,8 @@ fn naive_f16() {
 /// The flash variants the dispatcher picks on other adapters (the product tests above run
 /// this adapter's default), over every mask: one thread per row with 1 and 2 rows, and 4
 /// threads per row with subgroup shuffles (lavapipe and every GPU we target have subgroups
-/// of at least 4; an adapter without them fails here rather than skipping).
+/// of at least 4). On an adapter without subgroups (GL) the shuffling forms are checked to
+/// be refused with a typed `Unsupported` error instead.
 #[test]
 fn flash_variants() {
     let ctx = ctx();

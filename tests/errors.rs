@@ -194,6 +194,35 @@ fn non_finite_scale() {
     }
 }
 
+/// A finite scale past `MAX_SCALE` is refused with the bound; one at the bound is exact
+/// (the softmax is then one-hot on each row's largest score, as in the f64 reference).
+#[test]
+fn huge_scale_refused_past_the_bound() {
+    let ctx = ctx();
+    let t = qkv(ctx, 1, 1, 4, 4);
+    let max = wgpu_attention::validate::MAX_SCALE;
+    for s in [f32::MAX, -f32::MAX, max * 2.0] {
+        let e = invalid(run(ctx, &t, &AttentionOptions::default().scale(s)));
+        assert_eq!(e.tensor, TensorRole::Options);
+        assert_eq!(
+            e.problem,
+            InputProblem::OutOfRange {
+                what: "scale",
+                value: s,
+                max
+            }
+        );
+        assert!(e.to_string().contains("at most 4.2949673e9"), "{e}");
+    }
+    for backend in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive] {
+        let mut c = Case::new(1, 2, 7, 59, 16).backend(backend);
+        c.scale = Some(max);
+        check(ctx, &c);
+        c.scale = Some(-max);
+        check(ctx, &c);
+    }
+}
+
 #[test]
 fn key_length_beyond_sequence() {
     let ctx = ctx();
@@ -410,12 +439,8 @@ fn block_summary_for_another_shape() {
 fn device_survives_bad_input() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 1, 8, 4);
-    let _ = ctx.attention_blocking(
-        &t.q,
-        &t.k,
-        &t.v,
-        &AttentionOptions::default().scale(f32::NAN),
-    );
+    let e = invalid(run(ctx, &t, &AttentionOptions::default().scale(f32::NAN)));
+    assert_eq!(e.tensor, TensorRole::Options);
     check(ctx, &Case::new(1, 1, 8, 8, 4));
 }
 

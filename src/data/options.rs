@@ -82,7 +82,8 @@ pub struct Tuning {
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct AttentionOptions {
-    /// Softmax scale; `None` means `1 / sqrt(head_dim)` (of Q/K).
+    /// Softmax scale; `None` means `1 / sqrt(head_dim)` (of Q/K). It must be finite and at
+    /// most [`MAX_SCALE`](crate::validate::MAX_SCALE) (2^32) in magnitude.
     pub scale: Option<f32>,
     /// The mask (any combination of kinds).
     pub mask: Mask,

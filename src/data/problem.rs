@@ -113,3 +113,11 @@ impl Problem {
 /// The longest sequence a call may have (keeps every shader loop counter and diagonal
 /// offset far from 32-bit overflow).
 pub const MAX_SEQ: usize = 1 << 30;
+
+/// The largest softmax scale a call takes, in magnitude (2^32); a larger one is refused
+/// with [`InputProblem::OutOfRange`](crate::error::InputProblem::OutOfRange). Scores
+/// `scale · q·k (+ bias)` are computed in f32, as in PyTorch: under this bound no score of
+/// f16 inputs can overflow (|q·k| ≤ 512 · 65504² < f32::MAX / 2^32), while a scale near
+/// `f32::MAX` would turn every score into ±inf and the output into NaN where the exact
+/// result is finite. With f32 or bf16 inputs the scores must still be finite in f32.
+pub const MAX_SCALE: f32 = 4_294_967_296.0;

@@ -19,7 +19,7 @@ pub(crate) fn record(
     lse_out: Option<&TensorView>,
 ) -> Result<()> {
     let _call = CallScope::begin();
-    merge::validate(parts, out, lse_out)?;
+    crate::plan::validate::merge(parts, out, lse_out)?;
     let shares = |w: &TensorView| {
         parts
             .iter()

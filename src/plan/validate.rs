@@ -3,7 +3,7 @@
 
 use crate::data::backward::{BackwardInputs, GradientViews};
 use crate::data::options::AttentionOptions;
-pub use crate::data::problem::{MAX_SEQ, MaskKinds, Problem};
+pub use crate::data::problem::{MAX_SCALE, MAX_SEQ, MaskKinds, Problem};
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
 
@@ -305,6 +305,16 @@ pub(crate) fn validate(
             },
         ));
     }
+    if scale.abs() > MAX_SCALE {
+        return Err(Error::invalid(
+            Options,
+            InputProblem::OutOfRange {
+                what: "scale",
+                value: scale,
+                max: MAX_SCALE,
+            },
+        ));
+    }
 
     // From here on, b/sq/sk are the problem's: for varlen the sequence count and lengths.
     let (b, sq, sk) = match &varlen {
@@ -523,4 +533,223 @@ pub(crate) fn validate_backward(
         }
     }
     Ok(p)
+}
+
+// ------------------------------------------------ merges, KV caches, summaries, downloads
+
+/// Checks the views of a user merge: every O has `out`'s shape, every LSE is f32
+/// `[B, H, S, 1]`, and the outputs alias no input.
+pub(crate) fn merge(
+    parts: &[(&TensorView, &TensorView)],
+    out: &TensorView,
+    lse_out: Option<&TensorView>,
+) -> Result<()> {
+    if parts.is_empty() {
+        return Err(Error::invalid(
+            TensorRole::Lse,
+            InputProblem::WrongCount {
+                expected: 1,
+                got: 0,
+                per: "at least one partial result",
+            },
+        ));
+    }
+    let [b, h, s, _] = out.shape;
+    let storage = wgpu::BufferUsages::STORAGE;
+    if let Some(i) = out.shape.iter().position(|&n| n == 0) {
+        return Err(Error::invalid(
+            TensorRole::Output,
+            InputProblem::ZeroDim { dim: Dim::ALL[i] },
+        ));
+    }
+    let check_lse = |l: &TensorView| -> Result<()> {
+        if l.dtype != DType::F32 {
+            return Err(Error::invalid(
+                TensorRole::Lse,
+                InputProblem::WrongDType {
+                    expected: "f32".into(),
+                    got: l.dtype.to_string(),
+                },
+            ));
+        }
+        let want = [b, h, s, 1];
+        for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&l.shape) {
+            if got != w {
+                return Err(Error::invalid(
+                    TensorRole::Lse,
+                    InputProblem::ShapeMismatch {
+                        dim: *dim,
+                        expected: w.to_string(),
+                        got,
+                    },
+                ));
+            }
+        }
+        l.check_memory(TensorRole::Lse, storage)
+    };
+    if !out.dtype.is_float() {
+        return Err(Error::invalid(
+            TensorRole::Output,
+            InputProblem::WrongDType {
+                expected: "f32, f16 or bf16".into(),
+                got: out.dtype.to_string(),
+            },
+        ));
+    }
+    out.check_memory(TensorRole::Output, storage)?;
+    out.check_no_overlap(TensorRole::Output)?;
+    if let Some(l) = lse_out {
+        check_lse(l)?;
+        l.check_no_overlap(TensorRole::Lse)?;
+    }
+    for (o, l) in parts {
+        if !o.dtype.is_float() {
+            return Err(Error::invalid(
+                TensorRole::Output,
+                InputProblem::WrongDType {
+                    expected: "f32, f16 or bf16".into(),
+                    got: o.dtype.to_string(),
+                },
+            ));
+        }
+        for ((dim, &w), &got) in Dim::ALL.iter().zip(&out.shape).zip(&o.shape) {
+            if got != w {
+                return Err(Error::invalid(
+                    TensorRole::Output,
+                    InputProblem::ShapeMismatch {
+                        dim: *dim,
+                        expected: w.to_string(),
+                        got,
+                    },
+                ));
+            }
+        }
+        o.check_memory(TensorRole::Output, storage)?;
+        check_lse(l)?;
+        for written in std::iter::once(out).chain(lse_out) {
+            for (input, role) in [(o, TensorRole::Output), (l, TensorRole::Lse)] {
+                if written.overlaps(input) {
+                    return Err(Error::invalid(
+                        TensorRole::Output,
+                        InputProblem::OutputAliasesInput { input: role },
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(l) = lse_out
+        && l.overlaps(out)
+    {
+        return Err(Error::invalid(
+            TensorRole::Lse,
+            InputProblem::OutputAliasesInput {
+                input: TensorRole::Output,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a KV cache's shape before its buffers are made: a float dtype, no zero size, rows
+/// whose bytes are a multiple of 4 (appends are buffer copies), and a buffer the device
+/// allows.
+pub(crate) fn kv_cache(
+    [batch, heads, capacity, head_dim]: [usize; 4],
+    dtype: DType,
+    max_buffer_size: u64,
+) -> Result<u64> {
+    if !dtype.is_float() {
+        return Err(Error::invalid(
+            TensorRole::KvCache,
+            InputProblem::WrongDType {
+                expected: "f32, f16 or bf16".into(),
+                got: dtype.to_string(),
+            },
+        ));
+    }
+    let elements = crate::data::tensor::checked_product(&[batch, heads, capacity, head_dim]);
+    if !(head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
+        return Err(Error::invalid(
+            TensorRole::KvCache,
+            InputProblem::Other(format!(
+                "a cache needs non-zero sizes and head_dim * {} bytes a multiple of 4 (got batch {batch}, heads {heads}, capacity {capacity}, head_dim {head_dim})",
+                dtype.size()
+            )),
+        ));
+    }
+    let bytes = elements
+        .and_then(|n| n.checked_mul(dtype.size()))
+        .unwrap_or(u64::MAX);
+    if bytes > max_buffer_size {
+        return Err(Error::limit("max_buffer_size", bytes, max_buffer_size));
+    }
+    Ok(bytes)
+}
+
+/// Checks `n` new rows for a KV cache of shape `[batch, heads, _, head_dim]` and `dtype`:
+/// the same dtype, shape `[batch, heads, n, head_dim]`, a contiguous view at a 4-byte
+/// aligned offset that can be copied from.
+pub(crate) fn kv_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
+    let role = TensorRole::KvCache;
+    if view.dtype != dtype {
+        return Err(Error::invalid(
+            role,
+            InputProblem::WrongDType {
+                expected: dtype.to_string(),
+                got: view.dtype.to_string(),
+            },
+        ));
+    }
+    for (i, (&w, &got)) in want.iter().zip(&view.shape).enumerate() {
+        if w != got {
+            return Err(mismatch(role, Dim::ALL[i], w, got));
+        }
+    }
+    if !view.is_contiguous() || !view.offset.is_multiple_of(4) {
+        return Err(Error::invalid(
+            role,
+            InputProblem::Other(
+                "new rows must be a contiguous BHSD view at a 4-byte aligned offset".into(),
+            ),
+        ));
+    }
+    view.check_memory(role, wgpu::BufferUsages::COPY_SRC)
+}
+
+/// Checks that `n` more rows fit behind each batch item's length.
+pub(crate) fn kv_room(lengths: &[u32], n: usize, capacity: usize) -> Result<()> {
+    for (batch, &len) in lengths.iter().enumerate() {
+        if len as usize + n > capacity {
+            return Err(Error::invalid(
+                TensorRole::KvCache,
+                InputProblem::LengthTooLong {
+                    batch,
+                    len: (len as usize + n).min(u32::MAX as usize) as u32,
+                    max: capacity,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a boolean mask handed to [`crate::Context::block_mask`]: bool, no zero size,
+/// a buffer the kernel can read.
+pub(crate) fn block_mask(view: &TensorView) -> Result<()> {
+    if view.dtype != DType::Bool {
+        return Err(Error::invalid(
+            TensorRole::BoolMask,
+            InputProblem::WrongDType {
+                expected: "bool".into(),
+                got: view.dtype.to_string(),
+            },
+        ));
+    }
+    check_nonzero(view, TensorRole::BoolMask)?;
+    view.check_memory(TensorRole::BoolMask, wgpu::BufferUsages::STORAGE)
+}
+
+/// Checks a view to download as f32 values: f32, f16 or bf16.
+pub(crate) fn download(view: &TensorView) -> Result<()> {
+    check_float(view, TensorRole::Download)
 }

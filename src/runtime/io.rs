@@ -117,15 +117,7 @@ impl Runtime {
 
     /// Downloads any f32, f16 or bf16 view (any strides) as f32 values in logical BHSD order.
     pub(crate) async fn download_f32(&self, view: &TensorView, how: Waiting) -> Result<Vec<f32>> {
-        if !view.dtype.is_float() {
-            return Err(Error::invalid(
-                TensorRole::Download,
-                InputProblem::WrongDType {
-                    expected: "f32, f16 or bf16".into(),
-                    got: view.dtype.to_string(),
-                },
-            ));
-        }
+        crate::plan::validate::download(view)?;
         let bytes = self.read_bytes(view, how).await?;
         let base = (view.offset % 4) as usize;
         let es = view.dtype.size() as usize;

@@ -153,7 +153,10 @@ impl Runtime {
             info.backend
         );
         drop(held);
-        let warm_up = gate.is_some();
+        // Native GL (llvmpipe under it) and Mesa's CPU drivers (lavapipe) compile a compute
+        // pipeline on its first dispatch: run each new one once, so that the compile happens
+        // where the pipeline is made (`prepare` compiles, and its time is the pipeline's).
+        let warm_up = gate.is_some() || info.device_type == wgpu::DeviceType::Cpu;
         Runtime {
             cache: PipelineCache::new(
                 checks,
@@ -240,6 +243,10 @@ impl Runtime {
         self.cache.len()
     }
 
+    pub(crate) fn compile_times(&self) -> Vec<(String, std::time::Duration)> {
+        self.cache.compile_times()
+    }
+
     // ------------------------------------------------------------------ resources
 
     /// Creates a buffer, counted.
@@ -288,6 +295,8 @@ impl Runtime {
         spec: impl FnOnce() -> PipelineSpec,
     ) -> Result<Arc<Compiled>> {
         // The device work happens under the gate; only the scope's pop is awaited.
+        #[cfg(not(target_arch = "wasm32"))]
+        let since = std::time::Instant::now();
         let started = {
             let _held = self.hold();
             self.cache.start(&self.device, key, entry, spec)?
@@ -301,8 +310,12 @@ impl Runtime {
             } => {
                 let error = scope.await;
                 let _held = self.hold();
-                self.cache
-                    .finish(&self.device, &self.queue, &spec, compiled, error)
+                let done = self
+                    .cache
+                    .finish(&self.device, &self.queue, &spec, compiled, error);
+                #[cfg(not(target_arch = "wasm32"))]
+                self.cache.note_time(&spec.label, since);
+                done
             }
         }
     }

@@ -91,10 +91,14 @@ pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu:
 #[derive(Debug, Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<(ModuleKey, &'static str), Arc<Compiled>>>,
+    /// Each pipeline built so far with the host time its creation (and warm-up) took: what
+    /// a cold call pays, per variant (native only: the web's clock is not `Instant`).
+    times: Mutex<Vec<(String, std::time::Duration)>>,
     /// The runtime checks wgpu injects into the shaders (`None`: all of them).
     checks: Option<wgpu::ShaderRuntimeChecks>,
     /// Run each new pipeline once, so that a driver that compiles a pipeline on its first
-    /// dispatch (llvmpipe under GL) compiles here rather than inside a caller's submit.
+    /// dispatch (llvmpipe under GL, lavapipe) compiles here rather than inside a caller's
+    /// submit.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     warm_up: bool,
     /// The shaders go to a browser's WebGPU, whose WGSL compiler wants an `enable
@@ -136,6 +140,7 @@ impl PipelineCache {
     ) -> Self {
         PipelineCache {
             map: Mutex::default(),
+            times: Mutex::default(),
             checks,
             warm_up,
             browser,
@@ -144,6 +149,20 @@ impl PipelineCache {
 
     pub(crate) fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The pipelines built so far, each with the host time its creation took.
+    pub(crate) fn compile_times(&self) -> Vec<(String, std::time::Duration)> {
+        self.times.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn note_time(&self, label: &str, since: std::time::Instant) {
+        let took = since.elapsed();
+        log::debug!("compiled pipeline {label} in {:.3} s", took.as_secs_f64());
+        if let Ok(mut t) = self.times.lock() {
+            t.push((label.to_string(), took));
+        }
     }
 
     fn cached(&self, key: &(ModuleKey, &'static str)) -> Result<Option<Arc<Compiled>>> {
@@ -170,9 +189,14 @@ impl PipelineCache {
             return Ok(c);
         }
         let spec = spec();
+        #[cfg(not(target_arch = "wasm32"))]
+        let since = std::time::Instant::now();
         let (compiled, scope) = self.build(device, key, &spec);
         let error = ready(scope).flatten();
-        self.finish(device, queue, &spec, compiled, error)
+        let done = self.finish(device, queue, &spec, compiled, error);
+        #[cfg(not(target_arch = "wasm32"))]
+        self.note_time(&spec.label, since);
+        done
     }
 
     /// The first half of [`PipelineCache::get`] for callers that wait for wgpu's verdict:
@@ -326,7 +350,9 @@ impl PipelineCache {
 /// scratch bindings of its own), so that a driver that compiles a pipeline on its first
 /// dispatch does so now. llvmpipe under GL does: a flash variant takes tens of seconds
 /// there, and inside a caller's submit that would hold wgpu's GL context lock long enough
-/// for another thread waiting on it to panic (see [`crate::gate`]). Native GL only.
+/// for another thread waiting on it to panic (see [`crate::gate`]). lavapipe does too, and
+/// there the warm-up makes [`crate::Context::prepare`] compile what it names. Native GL and
+/// CPU adapters only.
 #[cfg(not(target_arch = "wasm32"))]
 fn warm_up(
     device: &wgpu::Device,

@@ -23,7 +23,23 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
 /// The context of this test binary. No adapter is a failure, never a skip.
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| match Context::new_blocking() {
+    CTX.get_or_init(|| {
+        // RUST_LOG=wgpu_attention=debug names each pipeline compiled and its time, after
+        // the test that compiled it.
+        let _ = env_logger::builder()
+            .is_test(true)
+            .format(|f, r| {
+                use std::io::Write;
+                let t = std::thread::current();
+                writeln!(f, "[{}] {}", t.name().unwrap_or("?"), r.args())
+            })
+            .try_init();
+        open_ctx()
+    })
+}
+
+fn open_ctx() -> Context {
+    match Context::new_blocking() {
         Ok(c) => {
             let i = c.adapter_info();
             eprintln!("testing on {} ({:?}, {})", i.name, i.backend, i.driver_info);
@@ -52,7 +68,7 @@ pub fn ctx() -> &'static Context {
         Err(e) => panic!(
             "no wgpu adapter for the GPU tests: {e} (install mesa-vulkan-drivers for lavapipe)"
         ),
-    })
+    }
 }
 
 /// A device of the default adapter with the crate's optional features and the limits that

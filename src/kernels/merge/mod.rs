@@ -5,7 +5,7 @@
 pub(crate) mod params;
 
 use crate::data::tensor::{DType, TensorView};
-use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+use crate::error::{Error, Result, TensorRole};
 use crate::kernels::attention::{self, Window};
 use crate::kernels::{bindings, launch_with_params, spec};
 use crate::plan::variant::ModuleKey;
@@ -207,119 +207,6 @@ pub(crate) fn record(
         p.wg_x = c.x;
         let label = "wgpu-attention merge";
         launch_with_params(rt, encoder, label, &compiled, &p, e.clone(), (c.x, c.y))?;
-    }
-    Ok(())
-}
-
-/// Checks the views of a user merge: every O has `out`'s shape, every LSE is f32
-/// `[B, H, S, 1]`, and the outputs alias no input.
-pub(crate) fn validate(
-    parts: &[(&TensorView, &TensorView)],
-    out: &TensorView,
-    lse_out: Option<&TensorView>,
-) -> Result<()> {
-    if parts.is_empty() {
-        return Err(Error::invalid(
-            TensorRole::Lse,
-            InputProblem::WrongCount {
-                expected: 1,
-                got: 0,
-                per: "at least one partial result",
-            },
-        ));
-    }
-    let [b, h, s, _] = out.shape;
-    let storage = wgpu::BufferUsages::STORAGE;
-    if let Some(i) = out.shape.iter().position(|&n| n == 0) {
-        return Err(Error::invalid(
-            TensorRole::Output,
-            InputProblem::ZeroDim { dim: Dim::ALL[i] },
-        ));
-    }
-    let check_lse = |l: &TensorView| -> Result<()> {
-        if l.dtype != DType::F32 {
-            return Err(Error::invalid(
-                TensorRole::Lse,
-                InputProblem::WrongDType {
-                    expected: "f32".into(),
-                    got: l.dtype.to_string(),
-                },
-            ));
-        }
-        let want = [b, h, s, 1];
-        for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&l.shape) {
-            if got != w {
-                return Err(Error::invalid(
-                    TensorRole::Lse,
-                    InputProblem::ShapeMismatch {
-                        dim: *dim,
-                        expected: w.to_string(),
-                        got,
-                    },
-                ));
-            }
-        }
-        l.check_memory(TensorRole::Lse, storage)
-    };
-    if !out.dtype.is_float() {
-        return Err(Error::invalid(
-            TensorRole::Output,
-            InputProblem::WrongDType {
-                expected: "f32, f16 or bf16".into(),
-                got: out.dtype.to_string(),
-            },
-        ));
-    }
-    out.check_memory(TensorRole::Output, storage)?;
-    out.check_no_overlap(TensorRole::Output)?;
-    if let Some(l) = lse_out {
-        check_lse(l)?;
-        l.check_no_overlap(TensorRole::Lse)?;
-    }
-    for (o, l) in parts {
-        if !o.dtype.is_float() {
-            return Err(Error::invalid(
-                TensorRole::Output,
-                InputProblem::WrongDType {
-                    expected: "f32, f16 or bf16".into(),
-                    got: o.dtype.to_string(),
-                },
-            ));
-        }
-        for ((dim, &w), &got) in Dim::ALL.iter().zip(&out.shape).zip(&o.shape) {
-            if got != w {
-                return Err(Error::invalid(
-                    TensorRole::Output,
-                    InputProblem::ShapeMismatch {
-                        dim: *dim,
-                        expected: w.to_string(),
-                        got,
-                    },
-                ));
-            }
-        }
-        o.check_memory(TensorRole::Output, storage)?;
-        check_lse(l)?;
-        for written in std::iter::once(out).chain(lse_out) {
-            for (input, role) in [(o, TensorRole::Output), (l, TensorRole::Lse)] {
-                if written.overlaps(input) {
-                    return Err(Error::invalid(
-                        TensorRole::Output,
-                        InputProblem::OutputAliasesInput { input: role },
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(l) = lse_out
-        && l.overlaps(out)
-    {
-        return Err(Error::invalid(
-            TensorRole::Lse,
-            InputProblem::OutputAliasesInput {
-                input: TensorRole::Output,
-            },
-        ));
     }
     Ok(())
 }

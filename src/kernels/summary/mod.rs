@@ -4,8 +4,8 @@
 pub(crate) mod params;
 
 use crate::data::block_mask::BlockMask;
-use crate::data::tensor::{DType, TensorView};
-use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
+use crate::data::tensor::TensorView;
+use crate::error::{Error, Result, TensorRole};
 use crate::gate::Gated;
 use crate::kernels::{attention, bindings, launch_with_params, spec};
 use crate::plan::dispatch::{SUMMARY_BLOCK_K, SUMMARY_BLOCK_Q};
@@ -113,22 +113,7 @@ pub(crate) fn create(
     encoder: &mut wgpu::CommandEncoder,
     view: &TensorView,
 ) -> Result<BlockMask> {
-    if view.dtype != DType::Bool {
-        return Err(Error::invalid(
-            TensorRole::BoolMask,
-            InputProblem::WrongDType {
-                expected: "bool".into(),
-                got: view.dtype.to_string(),
-            },
-        ));
-    }
-    if let Some(i) = view.shape.iter().position(|&n| n == 0) {
-        return Err(Error::invalid(
-            TensorRole::BoolMask,
-            InputProblem::ZeroDim { dim: Dim::ALL[i] },
-        ));
-    }
-    view.check_memory(TensorRole::BoolMask, wgpu::BufferUsages::STORAGE)?;
+    crate::plan::validate::block_mask(view)?;
     let _call = crate::runtime::arena::CallScope::begin();
     let (_, _, n) = counts(view);
     let buffer = rt.create_buffer(&wgpu::BufferDescriptor {
