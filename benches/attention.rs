@@ -14,7 +14,9 @@
 //! `scratch_mb` the scratch the context keeps after the case, its forward's included),
 //! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
 //! cooperative-matrix kernel's rescale round trips).
-//! Each line carries the variant's cost line (`variant`, `rows_per_workgroup`,
+//! Each line says how many pipelines the case's first call compiled and in how long
+//! (`compiled`, `compile_s`: host time, warm-up run included; 0 when an earlier case compiled
+//! them). Each line carries the variant's cost line (`variant`, `rows_per_workgroup`,
 //! `keys_per_tile`, `barriers_per_tile`, `workgroup_bytes`; see `ShaderVariant::cost`).
 //! Each case prints one JSON line. With no case flags it runs the default grid.
 //! GPU timestamp queries are used when the adapter has them, else wall clock around a
@@ -72,6 +74,7 @@ struct Timer {
 }
 
 fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
+    let compiled_before = ctx.pipeline_compile_times().len();
     let backend = match c.backend.as_str() {
         "auto" => Backend::Auto,
         "flash" => Backend::Flash,
@@ -226,11 +229,30 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     let elem = if c.dtype == "f16" { 2.0 } else { 4.0 };
     let bytes = 2.0 * (c.b * c.h * (c.sq + c.sk) * c.d) as f64 * elem;
     let gbps = bytes / (median * 1e-3) / 1e9;
+    // What the case's first call compiled (nothing when an earlier case compiled it), each
+    // pipeline with its time.
+    let compiled = ctx.pipeline_compile_times();
+    let compile = &compiled[compiled_before.min(compiled.len())..];
+    let compile_s: f64 = compile.iter().map(|(_, t)| t.as_secs_f64()).sum();
+    let each: Vec<String> = compile
+        .iter()
+        .map(|(label, t)| {
+            let short = label
+                .trim_start_matches("wgpu-attention ")
+                .replace('"', "'");
+            format!("\"{short}\":{:.3}", t.as_secs_f64())
+        })
+        .collect();
+    let compiled = format!(
+        "\"compiled\":{},\"compile_s\":{compile_s:.3},\"compile_each\":{{{}}}",
+        compile.len(),
+        each.join(",")
+    );
     if let Some(p) = &bplan {
         let scratch_mb = ctx.created_resources().scratch_bytes as f64 / (1 << 20) as f64;
         let t = p.tile;
         return Ok(format!(
-            "{{\"pass\":\"backward\",\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"tile\":\"{}x{} tpr{}\",\"scratch_mb\":{:.2}}}",
+            "{{\"pass\":\"backward\",\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"ran\":\"{}\",\"tile\":\"{}x{} tpr{}\",\"scratch_mb\":{:.2},{}}}",
             c.backend,
             c.mask,
             c.dtype,
@@ -245,11 +267,12 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
             t.block,
             t.block,
             t.threads_per_row,
-            scratch_mb
+            scratch_mb,
+            compiled
         ));
     }
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{}{}}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{},{}{}}}",
         c.backend,
         c.mask,
         c.dtype,
@@ -266,6 +289,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         plan.variant.block_k(),
         plan.variant.rows_per_thread(),
         plan.variant.threads_per_row(),
+        compiled,
         plan.variant.cost(),
         counts
     ))

@@ -64,12 +64,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let scale = 1.0 / (d as f64).sqrt();
     let mut worst = 0.0f64;
+    let mut first_calls = 0.0f64;
     for (name, mask, host_mask) in cases {
         let opts = AttentionOptions::with_mask(mask);
         let plan = ctx.plan(q.view(), k.view(), v.view(), &opts)?;
-        // Warm-up (compiles the pipeline), then time one run.
+        // The first call compiles the pipeline (what a cold start costs), then one warm run
+        // is timed.
+        let t_first = Instant::now();
         let out = ctx.attention_blocking(q.view(), k.view(), v.view(), &opts)?;
         ctx.wait_blocking()?;
+        let first = t_first.elapsed().as_secs_f64();
+        first_calls += first;
         let t0 = Instant::now();
         ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)?;
         ctx.wait_blocking()?;
@@ -95,10 +100,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .fold(0.0, f64::max);
         worst = worst.max(err);
         println!(
-            "{name:<14} backend={:<7} time={ms:8.2} ms  max_abs_err={err:.3e}",
-            plan.backend.name()
+            "{name:<14} backend={:<7} time={ms:8.2} ms  first call={:7.1} ms  max_abs_err={err:.3e}",
+            plan.backend.name(),
+            first * 1e3
         );
     }
+    let compiled = ctx.pipeline_compile_times();
+    println!(
+        "first calls: {first_calls:.2} s in all, {} pipelines compiled in {:.2} s",
+        compiled.len(),
+        compiled.iter().map(|(_, t)| t.as_secs_f64()).sum::<f64>()
+    );
     if worst > 1e-5 {
         return Err(format!("max_abs_err {worst:.3e} exceeds 1e-5").into());
     }

@@ -192,6 +192,73 @@ fn fill_qd_tile(lid: u32, b: u32, h: u32, qt: u32, rc: RowCtx) {
     }
 }
 
+// The unrolled kernels' (src/kernels/backward/unrolled.rs) loads and stores: global memory
+// only in rolled loops, through workgroup memory, so that a thread's written-out vectors are
+// workgroup reads and writes. On lavapipe a written-out global load or store (its address
+// per thread, its dtype decoded) is a branchy loop over the SIMD lanes: the 128 loads a `dq`
+// thread wrote out took its pipeline minutes to compile.
+
+// K and V of a `kv` workgroup's BC keys into qd (key j's K at j * QD_ROW, its V after it),
+// zero past the keys; readable after the barrier. (qd, not kvs: with both, the kernel's
+// workgroup memory would pass 32 KiB.)
+fn stage_keys(lid: u32, k0: u32, bases: vec2<u32>) {
+    for (var e = lid; e < BC * DK4; e += WG) {
+        qd[e / DK4 * QD_ROW + e % DK4] = kv_vec4(false, bases.x, k0 + e / DK4, (e % DK4) * 4u);
+    }
+    for (var e = lid; e < BC * DV4; e += WG) {
+        qd[e / DV4 * QD_ROW + DK4 + e % DV4] = kv_vec4(true, bases.y, k0 + e / DV4, (e % DV4) * 4u);
+    }
+    workgroupBarrier();
+}
+
+// Stores the f32 dK and dV of a `kv` workgroup's keys that its threads wrote into qd (as
+// stage_keys placed K and V), after the barrier that ends those writes.
+fn store_staged_kv(lid: u32, kt: KeyTile) {
+    workgroupBarrier();
+    for (var e = lid; e < BC * DK4; e += WG) {
+        let j = kt.k0 + e / DK4;
+        if (j < P.seq_k) {
+            store_grad4(grad_base(kt, j, false), P.dk, (e % DK4) * 4u, qd[e / DK4 * QD_ROW + e % DK4]);
+        }
+    }
+    for (var e = lid; e < BC * DV4; e += WG) {
+        let j = kt.k0 + e / DV4;
+        if (j < P.seq_k) {
+            store_grad4(grad_base(kt, j, true), P.dv, (e % DV4) * 4u, qd[e / DV4 * QD_ROW + DK4 + e % DV4]);
+        }
+    }
+}
+
+// Q and dO of a `dq` workgroup's BR rows into kvs (BR = BC: row r's Q at r * DK4, its dO at
+// VS0 + r * DV4), zero where a row is not stored; readable after the barrier.
+fn stage_rows(lid: u32, b: u32, h: u32, qt: u32, rc: RowCtx) {
+    for (var e = lid; e < BR * DK4; e += WG) {
+        let i = qt * BR + e / DK4;
+        kvs[e] = row_vec4(false, b, h, i, (e % DK4) * 4u, row_stored(b, i, rc));
+    }
+    for (var e = lid; e < BR * DV4; e += WG) {
+        let i = qt * BR + e / DV4;
+        kvs[VS0 + e] = row_vec4(true, b, h, i, (e % DV4) * 4u, row_stored(b, i, rc));
+    }
+    workgroupBarrier();
+}
+
+// Stores the block's dQ rows (scaled) that its threads wrote into kvs (row r at r * DK4),
+// after the barrier that ends those writes.
+fn store_staged_dq(lid: u32, b: u32, h: u32, qt: u32, rc: RowCtx) {
+    workgroupBarrier();
+    for (var e = lid; e < BR * DK4; e += WG) {
+        let i = qt * BR + e / DK4;
+        if (row_stored(b, i, rc)) {
+            let x = kvs[e];
+            let d0 = (e % DK4) * 4u;
+            for (var c = 0u; c < 4u; c++) {
+                if (d0 + c < P.dk) { store_o(o_index(b, h, i, d0 + c, 0u), x[c]); }
+            }
+        }
+    }
+}
+
 // One row of a `dq` or `dbias` thread: where it is, what it sees, and its Q and dO slices.
 struct BwdRow {
     i: u32,

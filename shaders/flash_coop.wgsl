@@ -45,7 +45,6 @@ const RPP: u32 = SGS / LPR;
 const RPL: u32 = FR / RPP;
 const KPL: u32 = BC / LPR;
 const CPL: u32 = FR / LPR;
-const SLACK: f32 = 8.0;
 const LOG2E: f32 = 1.4426950408889634;
 // K's tile at 0 ([key][dim], so that Kᵀ is a column-major B), V's at VS transposed
 // ([dim][key], so that V is a column-major B too: a row-major B costs NVIDIA a transposing

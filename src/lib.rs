@@ -15,7 +15,7 @@ mod gate;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 pub(crate) mod kernels;
-pub mod kvcache;
+mod kvcache;
 mod ops;
 pub(crate) mod plan;
 pub mod reference;
@@ -25,38 +25,23 @@ pub(crate) mod runtime;
 pub use wgpu;
 
 /// The dispatcher: a pure function from (problem, device capabilities, options) to (backend,
-/// shader variant, reason).
+/// shader variant, reason), and the plans it makes.
 pub mod dispatch {
-    pub use crate::plan::backward::{
-        BACKWARD_AUX_TILE, BACKWARD_BLOCKS, BackwardPlan, CPU_PER_THREAD, backward_tile,
-        plan_backward,
+    pub use crate::plan::backward::{BackwardPlan, plan_backward};
+    pub use crate::plan::dispatch::{
+        DeviceCaps, FLASH_HEAD_DIMS, MEMEFF_HEAD_DIMS, Plan, coop_variant, plan,
     };
-    pub use crate::plan::dispatch::*;
-    pub use crate::plan::variant::BackwardTile;
+    pub use crate::plan::variant::{
+        BackwardTile, CoopTile, Cost, Family, FlashTile, MemEffConfig, ShaderVariant, UnrolledTile,
+    };
 }
-/// The validated problem, [`Problem`], and the limits validation applies.
+/// The limits validation applies, and what it makes of a call's mask.
 pub mod validate {
-    pub use crate::data::problem::{MAX_SCALE, MAX_SEQ, MaskKinds, Problem};
+    pub use crate::data::problem::{MAX_SCALE, MAX_SEQ, MaskKinds};
 }
 /// Per-adapter tuning of the flash tiles.
 pub mod tuning {
     pub use crate::plan::tuning::{ShapeBucket, TuneReport};
-}
-/// Typed views of a caller's `wgpu::Buffer`.
-pub mod tensor {
-    pub use crate::data::tensor::*;
-}
-/// Masks.
-pub mod mask {
-    pub use crate::data::mask::*;
-}
-/// Per-call options.
-pub mod options {
-    pub use crate::data::options::*;
-}
-/// Block summaries of boolean masks.
-pub mod blockmask {
-    pub use crate::data::block_mask::BlockMask;
 }
 
 pub use context::Context;
@@ -64,16 +49,13 @@ pub use context::Context;
 pub use context::KernelCounts;
 pub use data::backward::{BackwardInputs, GradientViews, Gradients};
 pub use data::block_mask::BlockMask;
-pub use data::mask::{CausalAlignment, Mask, Window};
+pub use data::mask::{BoolMask, CausalAlignment, Mask, Window};
 pub use data::options::{AttentionOptions, Backend, Subgroups, Tuning, Varlen};
 pub use data::problem::Problem;
 pub use data::tensor::{DType, Tensor, TensorView};
 pub use error::{Error, Result};
 pub use gate::DeviceGuard;
 pub use kvcache::KvCache;
-pub use plan::backward::BackwardPlan;
-pub use plan::dispatch::{Cost, DeviceCaps, Plan, ShaderVariant};
-pub use plan::tuning::{ShapeBucket, TuneReport};
 pub use runtime::ResourceCounts;
 pub use runtime::arena::{BIND_GROUPS_KEPT, RING_CALLS};
 pub use runtime::open::OPTIONAL_FEATURES;
@@ -84,4 +66,11 @@ pub use runtime::open::OPTIONAL_FEATURES;
 #[doc(hidden)]
 pub mod test_hooks {
     pub use crate::kernels::{all_sources_for, backward_sources, binding_table, param_layouts};
+    /// The dispatcher's tuning constants and helpers, which tests pin.
+    pub use crate::plan::backward::{
+        BACKWARD_AUX_TILE, BACKWARD_BLOCKS, BACKWARD_WIDE_THREADS_PER_ROW, CPU_PER_THREAD,
+        backward_tile,
+    };
+    pub use crate::plan::dispatch::*;
+    pub use crate::plan::variant::BackwardTile;
 }

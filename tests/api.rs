@@ -97,7 +97,7 @@ fn mask_kinds_any_and_score_terms() {
         assert_eq!(k.score_terms(), i >= 5, "{k:?}");
     }
     // The plan says where the mask goes exactly when there is one.
-    let caps = wgpu_attention::DeviceCaps::webgpu_default();
+    let caps = wgpu_attention::dispatch::DeviceCaps::webgpu_default();
     let plain = wgpu_attention::Problem::new(1, 2, 64, 64, 64);
     let masked = wgpu_attention::Problem {
         mask: each[0].clone(),

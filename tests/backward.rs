@@ -6,10 +6,11 @@
 mod common;
 
 use common::*;
+use wgpu_attention::dispatch::BackwardPlan;
 use wgpu_attention::reference::{self, HostGradients, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, BackwardInputs, BackwardPlan, CausalAlignment, DType, GradientViews,
-    Tensor, Tuning,
+    AttentionOptions, Backend, BackwardInputs, CausalAlignment, DType, GradientViews, Tensor,
+    Tuning,
 };
 
 /// Tolerances of the gradients: |gpu - ref| <= atol + rtol * |ref|. Wider than the

@@ -15,8 +15,8 @@ use common::*;
 use wgpu_attention::dispatch::Family;
 use wgpu_attention::reference::HostMask;
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Problem, TensorView, Varlen,
-    Window,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Problem, TensorView, Tuning,
+    Varlen, Window,
 };
 
 /// The experimental context of this binary (cooperative matrices where the adapter has them).
@@ -290,6 +290,14 @@ fn rescale_round_trips_are_counted() {
     let causal = counts(Mask::none().causal(CausalAlignment::TopLeft));
     assert_eq!(causal.key_tiles, 2, "{causal:?}");
     assert_eq!(causal.rescales, 0, "{causal:?}");
+    // Slack 0: random inputs' maxima rise on some later tile of some row block, and each
+    // rise is a round trip (the slack reaches the shader).
+    let opts = AttentionOptions::default().tuning(Tuning::default().rescale_slack(0));
+    let exact = ctx
+        .debug_kernel_counts(q.view(), k.view(), v.view(), out.view(), &opts)
+        .expect("counts");
+    assert!(exact.rescales > 0, "{exact:?}");
+    assert!(exact.rescales < tiles, "{exact:?}");
 }
 
 /// Packed variable-length batches with GQA run on the cooperative-matrix kernel too.
@@ -445,18 +453,25 @@ fn subgroups_smaller_than_the_largest_share_a_row_block() {
     }
 }
 
-/// The lazy rescale's round trips, checked against the reference: a bias rising along the
-/// keys moves every row's reference on every tile (a round trip per tile), one falling then
-/// rising spreads the logits over hundreds of units (the shared-row-block test takes the
-/// rounds with two ways).
+/// The lazy rescale's round trips, checked against the reference at the default slack (8)
+/// and at slack 0: a bias rising along the keys moves every row's reference on every tile
+/// (a round trip per tile), one falling then rising spreads the logits over hundreds of
+/// units (the shared-row-block test takes the rounds with two ways).
 #[test]
 fn rescaled_accumulators_match_the_reference() {
     let ctx = coop_ctx();
     let expect_coop = has_coop(ctx);
     // (batch, heads, Sq, Sk, D, bias slope per key)
     let shapes = [(1, 2, 70, 200, 64, 0.5f32), (2, 1, 33, 130, 128, 3.0)];
-    for (si, &(b, h, sq, sk, d, slope)) in shapes.iter().enumerate() {
-        for (pi, profile) in ["rising", "spread"].into_iter().enumerate() {
+    let each = shapes.iter().enumerate().flat_map(|s| {
+        ["rising", "spread"]
+            .into_iter()
+            .enumerate()
+            .map(move |p| (s, p))
+    });
+    // At the default slack (8: weights up to e^8) and at 0 (a round trip on every rise).
+    for slack in [8, 0] {
+        for ((si, &(b, h, sq, sk, d, slope)), (pi, profile)) in each.clone() {
             let bias: Vec<f32> = (0..sq * sk)
                 .map(|e| {
                     let j = (e % sk) as f32;
@@ -475,13 +490,22 @@ fn rescaled_accumulators_match_the_reference() {
                 });
             c.seed = (si * 10 + pi) as u64;
             c.lse = true;
+            c.tuning = Tuning::default().rescale_slack(slack);
             let (got, want, plan) = run_plan(ctx, &c);
             assert_eq!(
                 plan.variant.family() == Family::FlashCoop,
                 expect_coop,
                 "{plan}"
             );
-            assert_close(&got, &want, DType::F16, &c.label());
+            if let wgpu_attention::dispatch::ShaderVariant::FlashCoop(t) = plan.variant {
+                assert_eq!(t.slack, slack);
+            }
+            assert_close(
+                &got,
+                &want,
+                DType::F16,
+                &format!("{} slack {slack}", c.label()),
+            );
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The dispatcher is a pure function: tested here without any GPU.
 
-use wgpu_attention::dispatch::{
+use wgpu_attention::test_hooks::{
     CPU_BLOCK_K, CPU_ROWS_PER_THREAD, DeviceCaps, FLASH_HEAD_DIMS, Family, MEMEFF_HEAD_DIMS,
     SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_ROWS_PER_THREAD, UnrolledTile, plan,
 };
@@ -152,7 +152,7 @@ fn lavapipe_new() -> DeviceCaps {
 
 #[test]
 fn mesa_versions_are_read_from_driver_info() {
-    use wgpu_attention::dispatch::mesa_major;
+    use wgpu_attention::test_hooks::mesa_major;
     assert_eq!(mesa_major("Mesa 22.3.6 (LLVM 15.0.6)"), Some(22));
     assert_eq!(mesa_major("Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"), Some(25));
     assert_eq!(mesa_major("4.5 (Core Profile)"), None);
@@ -422,7 +422,7 @@ fn key_tile_grows_with_workgroup_memory() {
     assert!(big.variant.block_k() > small.variant.block_k());
     assert_eq!(
         big.variant.block_k(),
-        wgpu_attention::dispatch::FLASH_DEFAULT_BLOCK_K
+        wgpu_attention::test_hooks::FLASH_DEFAULT_BLOCK_K
     );
 }
 
@@ -459,7 +459,7 @@ fn unrolled(v: ShaderVariant) -> UnrolledTile {
 /// that allows fewer gets the naive kernel (6), with the reason, and below that a limit error.
 #[test]
 fn storage_buffer_limits_route_to_naive_then_refuse() {
-    use wgpu_attention::dispatch::{FUSED_STORAGE_BUFFERS, NAIVE_STORAGE_BUFFERS};
+    use wgpu_attention::test_hooks::{FUSED_STORAGE_BUFFERS, NAIVE_STORAGE_BUFFERS};
     let p = Problem::new(1, 8, 128, 128, 64);
     let opts = AttentionOptions::default();
     let webgpu = DeviceCaps::webgpu_default();
@@ -517,7 +517,8 @@ fn the_reason_speaks_of_webgpu_in_the_browser() {
 /// subgroups: four threads per row), naive with the reason where they do not.
 #[test]
 fn backward_plans_flash_where_its_tiles_fit_and_says_why_not() {
-    use wgpu_attention::dispatch::{BACKWARD_AUX_TILE, CPU_PER_THREAD, plan_backward};
+    use wgpu_attention::dispatch::plan_backward;
+    use wgpu_attention::test_hooks::{BACKWARD_AUX_TILE, CPU_PER_THREAD};
     let opts = AttentionOptions::default();
     // WebGPU's defaults: 8 storage buffers, 16 KiB of workgroup memory, no subgroups.
     let web = DeviceCaps::webgpu_default();
@@ -605,7 +606,7 @@ fn backward_plans_flash_where_its_tiles_fit_and_says_why_not() {
 /// Workgroup memory picks the backward tile: the largest whose Q/dO (or K/V) tile fits.
 #[test]
 fn backward_tile_shrinks_with_workgroup_memory() {
-    use wgpu_attention::dispatch::backward_tile;
+    use wgpu_attention::test_hooks::backward_tile;
     let opts = AttentionOptions::default();
     for (mem, d, block) in [
         (49152, 64, 32),
@@ -627,4 +628,47 @@ fn backward_tile_shrinks_with_workgroup_memory() {
     };
     let why = backward_tile(&Problem::new(1, 1, 64, 64, 128), &tiny, &opts).unwrap_err();
     assert!(why.contains("4096"), "{why}");
+}
+
+/// A GPU with 16x16x16 f16 cooperative matrices and subgroups of 32.
+fn coop_gpu() -> DeviceCaps {
+    DeviceCaps {
+        max_workgroup_storage: 49152,
+        subgroup: true,
+        subgroup_min_size: 32,
+        subgroup_max_size: 32,
+        shader_f16: true,
+        coop_matrix: true,
+        coop_fragment: 16,
+        ..DeviceCaps::webgpu_default()
+    }
+}
+
+/// The rescale slack reaches the cooperative-matrix variant (8 by default, 0 on request)
+/// without turning it off, as the SIMT tile overrides do; past 8 it is refused.
+#[test]
+fn rescale_slack_is_the_coop_variants() {
+    let mut p = Problem::new(1, 8, 256, 256, 128);
+    (p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o) = (DType::F16, DType::F16, DType::F16, DType::F16);
+    let slack_of = |t: Tuning| {
+        let pl = plan(&p, &coop_gpu(), &AttentionOptions::default().tuning(t)).unwrap();
+        match pl.variant {
+            ShaderVariant::FlashCoop(c) => c.slack,
+            v => panic!("{v:?}: {}", pl.reason),
+        }
+    };
+    assert_eq!(slack_of(Tuning::default()), 8);
+    assert_eq!(slack_of(Tuning::default().rescale_slack(0)), 0);
+    assert_eq!(slack_of(Tuning::default().rescale_slack(3)), 3);
+    let tiles = Tuning::default().block_k(16);
+    let pl = plan(&p, &coop_gpu(), &AttentionOptions::default().tuning(tiles)).unwrap();
+    assert_ne!(pl.variant.family(), Family::FlashCoop, "{}", pl.reason);
+    let opts = AttentionOptions::default().tuning(Tuning::default().rescale_slack(9));
+    match plan(&p, &coop_gpu(), &opts) {
+        Err(Error::InvalidInput(e)) => {
+            assert_eq!(e.tensor, wgpu_attention::error::TensorRole::Options);
+            assert!(e.to_string().contains("coop_rescale_slack"), "{e}");
+        }
+        other => panic!("slack 9: {other:?}"),
+    }
 }

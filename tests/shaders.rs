@@ -1,12 +1,12 @@
 //! CPU-only: every shader variant the crate can build parses and validates with naga, so
 //! a shader error shows up in `cargo test`, not at a user's runtime.
 
-use wgpu_attention::dispatch::{
+use wgpu_attention::test_hooks::all_sources_for;
+use wgpu_attention::test_hooks::{
     COOP_MAX_HEAD_DIM, CoopTile, DeviceCaps, FLASH_HEAD_DIMS, Family, FlashTile, MEMEFF_HEAD_DIMS,
     MemEffConfig, SUBGROUP_THREADS_PER_ROW, ShaderVariant, UNROLLED_MAX_HEAD_DIM,
     UNROLLED_ROWS_PER_THREAD, UnrolledTile, coop_variant, naive_variant,
 };
-use wgpu_attention::test_hooks::all_sources_for;
 use wgpu_attention::{DType, Problem};
 
 /// A variant and whether it is built with the debug counters.
@@ -383,7 +383,7 @@ fn binding_table_matches_the_wgsl() {
     let label = |v: ShaderVariant, counters: bool| {
         format!("Attention {{ variant: {v:?}, counters: {counters} }}")
     };
-    use wgpu_attention::dispatch::{BACKWARD_AUX_TILE, BackwardTile};
+    use wgpu_attention::test_hooks::{BACKWARD_AUX_TILE, BackwardTile};
     let bwd = |t: BackwardTile| format!("Backward({t:?})");
     let simt = BackwardTile {
         head_dim_qk: 64,
@@ -464,8 +464,8 @@ fn binding_table_matches_the_wgsl() {
 /// parameter block) and the rest storage.
 #[test]
 fn storage_buffer_counts_match_the_binding_table() {
-    use wgpu_attention::dispatch::{FUSED_STORAGE_BUFFERS, NAIVE_STORAGE_BUFFERS};
     use wgpu_attention::test_hooks::binding_table;
+    use wgpu_attention::test_hooks::{FUSED_STORAGE_BUFFERS, NAIVE_STORAGE_BUFFERS};
     let (mut fused, mut naive) = (0, 0);
     for (kind, entry, rows) in binding_table() {
         let storage = rows.len() as u32 - 1;

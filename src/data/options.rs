@@ -67,6 +67,13 @@ pub struct Tuning {
     /// Threads sharing one flash query row: 1, or 4 with subgroup shuffles (needs
     /// subgroups of at least 4).
     pub flash_threads_per_row: Option<u32>,
+    /// The cooperative-matrix kernel's rescale slack, in units of the natural log, 0 to 8:
+    /// a row's accumulators are rescaled only when its running max rises by more than this
+    /// (FlashAttention-4's lazy rescale), so its weights stay at most e^slack (in range for
+    /// the f16 products). `None` is 8; 0 rescales on every rise, as the SIMT kernels do.
+    /// Unlike the fields above it does not turn the cooperative-matrix kernel off. Not kept
+    /// in tuning tables.
+    pub coop_rescale_slack: Option<u32>,
 }
 
 /// Options of one attention call. Build them with the chained methods:
@@ -221,6 +228,7 @@ impl Tuning {
             flash_rows_per_thread: rows_per_thread,
             flash_block_k: block_k,
             flash_threads_per_row: threads_per_row,
+            coop_rescale_slack: None,
         }
     }
 
@@ -240,5 +248,19 @@ impl Tuning {
     pub fn threads_per_row(mut self, threads: u32) -> Self {
         self.flash_threads_per_row = Some(threads);
         self
+    }
+
+    /// Sets the cooperative-matrix kernel's rescale slack (0 to 8).
+    pub fn rescale_slack(mut self, slack: u32) -> Self {
+        self.coop_rescale_slack = Some(slack);
+        self
+    }
+
+    /// These overrides without the rescale slack: what the SIMT kernels' tiles take.
+    pub(crate) fn simt(self) -> Tuning {
+        Tuning {
+            coop_rescale_slack: None,
+            ..self
+        }
     }
 }

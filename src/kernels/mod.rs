@@ -71,14 +71,16 @@ fn const_lines(v: &ShaderVariant) -> String {
         format!(
             "alias CA = coop_mat{fr}x{fr}<f16, A>;\nalias CB = coop_mat{fr}x{fr}<f16, B>;\nalias CC = coop_mat{fr}x{fr}<f32, C>;\n\
              const EXTRA_TERMS: bool = {};\nconst BOOL_MASK: bool = {};\nconst KV_PAIRS: bool = {};\n\
-             const DTQ: u32 = {}u;\nconst DTK: u32 = {}u;\nconst DTV: u32 = {}u;\nconst DTO: u32 = {}u;\n",
+             const DTQ: u32 = {}u;\nconst DTK: u32 = {}u;\nconst DTV: u32 = {}u;\nconst DTO: u32 = {}u;\n\
+             const SLACK: f32 = {}.0;\n",
             t.extra,
             t.bool_mask,
             t.pairs,
             t.dtypes[0].code(),
             t.dtypes[1].code(),
             t.dtypes[2].code(),
-            t.dtypes[3].code()
+            t.dtypes[3].code(),
+            t.slack
         )
     } else {
         String::new()

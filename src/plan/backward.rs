@@ -46,7 +46,7 @@ pub const BACKWARD_AUX_TILE: BackwardTile = BackwardTile {
 pub struct BackwardPlan {
     /// [`Backend::Flash`] or [`Backend::Naive`].
     pub backend: Backend,
-    /// The tile of the flash kernels ([`BACKWARD_AUX_TILE`] for naive).
+    /// The tile of the flash kernels (the auxiliary passes' tile for naive).
     pub tile: BackwardTile,
     /// Why, in words.
     pub reason: Arc<str>,

@@ -3,7 +3,7 @@
 
 use crate::data::options::{AttentionOptions, Backend, Subgroups};
 use crate::data::tensor::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::plan::validate::Problem;
 pub use crate::plan::variant::{
     CoopTile, Cost, Family, FlashTile, MEMEFF_THREADS, MemEffConfig, ShaderVariant, UnrolledTile,
@@ -409,11 +409,14 @@ pub const COOP_BLOCK_Q: u32 = 64;
 pub const COOP_BLOCK_K: u32 = 32;
 /// Largest head dim of the cooperative-matrix kernel (its accumulators stay in registers).
 pub const COOP_MAX_HEAD_DIM: u32 = 128;
+/// The cooperative-matrix kernel's default rescale slack, and the largest it takes: weights
+/// up to e^8 (about 2981) stay in range for its f16 products.
+pub const COOP_RESCALE_SLACK: u32 = 8;
 
 /// The cooperative-matrix flash variant, or why there is none: it needs the adapter's
 /// FR×FR×FR f16 → f32 cooperative matrices (FR 16 or 8, [`DeviceCaps::coop_fragment`]) with
 /// subgroups of one fixed size, 16-bit Q/K/V (f16, or bf16 converted to
-/// f16 on load), and head dims up to [`COOP_MAX_HEAD_DIM`].
+/// f16 on load), and head dims up to 128.
 pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, String> {
     if !caps.coop_matrix || caps.coop_fragment == 0 {
         return Err("the device has no f16 cooperative matrices with f32 accumulation (Context::new_experimental enables them where the adapter has them)".into());
@@ -465,6 +468,7 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         bool_mask: p.mask.bool_mask,
         pairs: true,
         dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],
+        slack: COOP_RESCALE_SLACK,
     });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
@@ -551,8 +555,7 @@ pub fn decode_splits(p: &Problem) -> Option<u32> {
 
 /// Decides which backend and variant run `problem` on a device with `caps`.
 ///
-/// `Auto` picks the decode path for at most [`DECODE_MAX_QUERIES`] query rows over at least
-/// [`DECODE_MIN_KEYS`] keys; otherwise flash whenever its tiles fit the adapter, then
+/// `Auto` picks the decode path for at most 8 query rows over at least 1024 keys; otherwise flash whenever its tiles fit the adapter, then
 /// memory-efficient, then naive. A mask never changes the backend. A forced backend that cannot run returns
 /// [`Error::Unsupported`] with the reason.
 ///
@@ -574,9 +577,24 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
     } else {
         ""
     };
-    let coop = (opts.tuning == Default::default() && opts.subgroups == Subgroups::Auto)
+    let slack = opts.tuning.coop_rescale_slack.unwrap_or(COOP_RESCALE_SLACK);
+    if slack > COOP_RESCALE_SLACK {
+        return Err(Error::invalid(
+            TensorRole::Options,
+            InputProblem::OutOfRange {
+                what: "coop_rescale_slack",
+                value: slack as f32,
+                max: COOP_RESCALE_SLACK as f32,
+            },
+        ));
+    }
+    let coop = (opts.tuning.simt() == Default::default() && opts.subgroups == Subgroups::Auto)
         .then(|| coop_variant(problem, caps).ok())
-        .flatten();
+        .flatten()
+        .map(|v| match v {
+            ShaderVariant::FlashCoop(t) => ShaderVariant::FlashCoop(CoopTile { slack, ..t }),
+            v => v,
+        });
     let splits = decode_splits(problem);
     let decode_plan = |v: ShaderVariant, splits: u32, why: &str| {
         Plan {
@@ -703,7 +721,7 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
                     ).into(),
                 }
             }
-            Err(why_not_flash) if opts.tuning != Default::default() => {
+            Err(why_not_flash) if opts.tuning.simt() != Default::default() => {
                 return Err(Error::backend(format!(
                     "the flash tile overrides cannot run: {why_not_flash}"
                 )));

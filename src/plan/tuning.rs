@@ -108,6 +108,7 @@ pub(crate) fn candidates() -> impl Iterator<Item = Tuning> {
                 flash_rows_per_thread: Some(rpt),
                 flash_block_k: Some(bk),
                 flash_threads_per_row: Some(tpr),
+                coop_rescale_slack: None,
             })
         })
     })
@@ -165,6 +166,7 @@ impl TuningTable {
                             8 => Some(num(7)?),
                             _ => return None,
                         },
+                        coop_rescale_slack: None,
                     },
                 ))
             })();

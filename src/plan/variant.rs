@@ -15,9 +15,8 @@ pub enum Family {
     /// `shaders/flash.wgsl`.
     Flash,
     /// Flash generated with its per-row loops unrolled (`src/kernels/flash/unrolled.rs`): the
-    /// default on CPU adapters for head dims up to
-    /// [`UNROLLED_MAX_HEAD_DIM`](crate::dispatch::UNROLLED_MAX_HEAD_DIM), selected anywhere by
-    /// [`UNROLLED_ROWS_PER_THREAD`](crate::dispatch::UNROLLED_ROWS_PER_THREAD) rows per thread.
+    /// default on CPU adapters for head dims up to 128, selected anywhere by 8 rows per thread
+    /// ([`Tuning::rows_per_thread`](crate::Tuning::rows_per_thread)).
     FlashUnrolled,
     /// `shaders/flash_coop.wgsl`: flash on cooperative matrices (tensor cores).
     FlashCoop,
@@ -73,7 +72,7 @@ pub struct UnrolledTile {
     /// marks mixed (tiles marked all visible run through a key loop without it).
     pub bool_mask: bool,
     /// Built for a driver that loads memory one SIMD lane at a time and turns indexed local
-    /// arrays into branch ladders ([`DeviceCaps::cpu_serial_loads`](crate::DeviceCaps::cpu_serial_loads)):
+    /// arrays into branch ladders ([`DeviceCaps::cpu_serial_loads`](crate::dispatch::DeviceCaps::cpu_serial_loads)):
     /// Q and O then move between workgroup memory and named variables with one written-out
     /// load or store per vector; otherwise through a local array in a rolled loop, which
     /// lavapipe from Mesa 23 compiles 4-6x faster.
@@ -115,6 +114,9 @@ pub struct CoopTile {
     /// The dtypes of Q, K, V and the output, built in (each kernel reads and writes only
     /// these).
     pub dtypes: [DType; 4],
+    /// The lazy rescale's slack (natural-log units): a row's accumulators are rescaled when
+    /// its max rises by more than this ([`crate::Tuning::coop_rescale_slack`]).
+    pub slack: u32,
 }
 
 /// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).

@@ -480,12 +480,15 @@ impl Runtime {
     /// The plan for `p` with this runtime's tuned tiles (unless the call sets its own),
     /// cached: a warm call clones it (its reason is shared, not rebuilt).
     pub(crate) fn plan(&self, p: &Problem, opts: &AttentionOptions) -> Result<Plan> {
-        let tuned = (opts.tuning == Tuning::default())
+        let tuned = (opts.tuning.simt() == Tuning::default())
             .then(|| self.tuning.get(&ShapeBucket::of(p)))
             .flatten();
         let mut key = PlanKey::new(p, opts);
         if let Some(t) = tuned {
-            key.tuning = t;
+            key.tuning = Tuning {
+                coop_rescale_slack: opts.tuning.coop_rescale_slack,
+                ..t
+            };
         }
         if let Some(plan) = self
             .plans
@@ -498,7 +501,10 @@ impl Runtime {
         let plan = match tuned {
             Some(t) => {
                 let tuned_opts = AttentionOptions {
-                    tuning: t,
+                    tuning: Tuning {
+                        coop_rescale_slack: opts.tuning.coop_rescale_slack,
+                        ..t
+                    },
                     ..opts.clone()
                 };
                 let mut plan = dispatch::plan(p, &self.caps, &tuned_opts)?;

@@ -20,6 +20,30 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
     }
 }
 
+/// The test tier. The default run (the README's `cargo test --release`) covers every
+/// backend, mask kind, dtype and layout at least once, within minutes on a CPU adapter;
+/// `WGPU_ATTENTION_TESTS=full` (what `.ci/run` sets) runs every product in full. Any other
+/// value is a mistake, not a quiet default.
+pub fn full_tier() -> bool {
+    match std::env::var("WGPU_ATTENTION_TESTS").as_deref() {
+        Ok("full") => true,
+        Ok("default") | Err(_) => false,
+        Ok(other) => panic!("WGPU_ATTENTION_TESTS={other}: expected `full` or `default`"),
+    }
+}
+
+/// The items of a product the tier runs: all of them in the full tier, else those `keep`
+/// picks by index.
+pub fn tiered<T>(items: impl IntoIterator<Item = T>, keep: impl Fn(usize) -> bool) -> Vec<T> {
+    let full = full_tier();
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| full || keep(*i))
+        .map(|(_, x)| x)
+        .collect()
+}
+
 /// The context of this test binary. No adapter is a failure, never a skip.
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
@@ -56,7 +80,7 @@ fn open_ctx() -> Context {
                 let min: u32 = min
                     .parse()
                     .expect("WGPU_ATTENTION_EXPECT_MESA: a major version");
-                let got = wgpu_attention::dispatch::mesa_major(&i.driver_info);
+                let got = wgpu_attention::test_hooks::mesa_major(&i.driver_info);
                 assert!(
                     got.is_some_and(|v| v >= min),
                     "expected Mesa {min} or newer, the adapter's driver is {:?}",
@@ -496,7 +520,7 @@ pub fn scale_of(c: &Case) -> f64 {
 }
 
 /// [`run`], also returning the plan that ran.
-pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention::Plan) {
+pub fn run_plan(ctx: &Context, c: &Case) -> (Vec<f32>, Vec<f64>, wgpu_attention::dispatch::Plan) {
     let x = Prepared::new(ctx, c);
     let lse_out = nan_output(ctx, [c.b, c.hq, c.sq, 1], DType::F32);
     let out = nan_output(ctx, [c.b, c.hq, c.sq, c.dv], c.out_dtype);

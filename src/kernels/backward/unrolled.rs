@@ -79,21 +79,20 @@ pub(crate) fn source(t: &BackwardTile) -> String {
     w!(s, "    if (b >= P.batch) {{ return; }}");
     w!(s, "    let rc = row_ctx(b);");
     w!(s, "    let bases = kv_bases(b, kt.hk);");
+    w!(s, "    stage_keys(lid, kt.k0, bases);");
     for k in 0..n {
         w!(s, "    let j_{k} = kt.k0 + lid + {k}u * STRIDE;");
         for d in 0..dk4 {
             w!(
                 s,
-                "    let kr_{k}_{d} = kv_vec4(false, bases.x, j_{k}, {}u);",
-                d * 4
+                "    let kr_{k}_{d} = qd[(lid + {k}u * STRIDE) * QD_ROW + {d}u];"
             );
             w!(s, "    var gk_{k}_{d} = vec4<f32>(0.0);");
         }
         for d in 0..dv4 {
             w!(
                 s,
-                "    let vr_{k}_{d} = kv_vec4(true, bases.y, j_{k}, {}u);",
-                d * 4
+                "    let vr_{k}_{d} = qd[(lid + {k}u * STRIDE) * QD_ROW + DK4 + {d}u];"
             );
             w!(s, "    var gv_{k}_{d} = vec4<f32>(0.0);");
         }
@@ -141,22 +140,24 @@ pub(crate) fn source(t: &BackwardTile) -> String {
     w!(s, "            }}");
     w!(s, "        }}");
     w!(s, "    }}");
+    // The keys' dK and dV through qd (the last query tile's reads end at the barrier that
+    // begins the store).
+    w!(s, "    workgroupBarrier();");
     for k in 0..n {
-        w!(s, "    if (j_{k} < P.seq_k) {{");
-        w!(s, "        let kb = grad_base(kt, j_{k}, false);");
         for d in 0..dk4 {
             w!(
                 s,
-                "        store_grad4(kb, P.dk, {}u, gk_{k}_{d} * P.scale);",
-                d * 4
+                "    qd[(lid + {k}u * STRIDE) * QD_ROW + {d}u] = gk_{k}_{d} * P.scale;"
             );
         }
-        w!(s, "        let vb = grad_base(kt, j_{k}, true);");
         for d in 0..dv4 {
-            w!(s, "        store_grad4(vb, P.dv, {}u, gv_{k}_{d});", d * 4);
+            w!(
+                s,
+                "    qd[(lid + {k}u * STRIDE) * QD_ROW + DK4 + {d}u] = gv_{k}_{d};"
+            );
         }
-        w!(s, "    }}");
     }
+    w!(s, "    store_staged_kv(lid, kt);");
     w!(s, "}}");
     w!(s, "");
 
@@ -172,6 +173,7 @@ pub(crate) fn source(t: &BackwardTile) -> String {
     w!(s, "    if (b >= P.batch) {{ return; }}");
     w!(s, "    let rc = row_ctx(b);");
     w!(s, "    let tiles = block_tiles(lid, tile, rc);");
+    w!(s, "    stage_rows(lid, b, h, tile.qt, rc);");
     for k in 0..n {
         w!(
             s,
@@ -180,16 +182,14 @@ pub(crate) fn source(t: &BackwardTile) -> String {
         for d in 0..dk4 {
             w!(
                 s,
-                "    let q_{k}_{d} = row_vec4(false, b, h, r_{k}.i, {}u, r_{k}.ok);",
-                d * 4
+                "    let q_{k}_{d} = kvs[(lid + {k}u * STRIDE) * DK4 + {d}u];"
             );
             w!(s, "    var g_{k}_{d} = vec4<f32>(0.0);");
         }
         for d in 0..dv4 {
             w!(
                 s,
-                "    let o_{k}_{d} = row_vec4(true, b, h, r_{k}.i, {}u, r_{k}.ok);",
-                d * 4
+                "    let o_{k}_{d} = kvs[VS0 + (lid + {k}u * STRIDE) * DV4 + {d}u];"
             );
         }
     }
@@ -226,15 +226,18 @@ pub(crate) fn source(t: &BackwardTile) -> String {
     }
     w!(s, "        }}");
     w!(s, "    }}");
+    // The rows' dQ through kvs (the last tile's reads end at the barrier that begins the
+    // store).
+    w!(s, "    workgroupBarrier();");
     for k in 0..n {
         for d in 0..dk4 {
             w!(
                 s,
-                "    store_dq4(b, h, r_{k}, {}u, g_{k}_{d} * P.scale);",
-                d * 4
+                "    kvs[(lid + {k}u * STRIDE) * DK4 + {d}u] = g_{k}_{d} * P.scale;"
             );
         }
     }
+    w!(s, "    store_staged_dq(lid, b, h, tile.qt, rc);");
     w!(s, "}}");
     s
 }
