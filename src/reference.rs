@@ -183,6 +183,23 @@ pub fn attention_backward(
     scale: f64,
     m: &HostMask<'_>,
 ) -> HostGradients {
+    attention_backward_from(q, k, v, d_out, None, scale, m)
+}
+
+/// [`attention_backward`] with D = rowsum(dO∘O) taken from `out` (`[B, Hq, Sq, Dv]`), the
+/// forward's output as stored, when given: what a backward pass computes from a saved
+/// output (FlashAttention-2's and PyTorch's take D so, and so does this crate's), where a
+/// 16-bit output carries its rounding into D. The gradients of the loss are those with
+/// `out` `None` (D from the exact output).
+pub fn attention_backward_from(
+    q: &HostTensor<'_>,
+    k: &HostTensor<'_>,
+    v: &HostTensor<'_>,
+    d_out: &[f32],
+    out: Option<&[f32]>,
+    scale: f64,
+    m: &HostMask<'_>,
+) -> HostGradients {
     let [b, hq, sq, d] = q.shape;
     let [_, hkv, sk, _] = k.shape;
     let dv = v.shape[3];
@@ -224,6 +241,13 @@ pub fn attention_backward(
                         .map(|(&a, &c)| a as f64 * c as f64)
                         .sum();
                     dsum += p[j] * dp[j];
+                }
+                if let Some(o) = out {
+                    dsum = dorow
+                        .iter()
+                        .zip(&o[row * dv..][..dv])
+                        .map(|(&a, &c)| a as f64 * c as f64)
+                        .sum();
                 }
                 let qrow = &q.data[row * d..][..d];
                 for j in 0..sk {

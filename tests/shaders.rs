@@ -500,3 +500,274 @@ fn every_backward_tile_validates_and_translates() {
         translate(name, src, false);
     }
 }
+
+/// Workgroup barriers counted in naga's IR: `common` on the path every loaded tile takes,
+/// `rescale` only on the cooperative-matrix kernel's lazy rescale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Barriers {
+    common: u32,
+    rescale: u32,
+}
+
+impl Barriers {
+    fn add(self, o: Barriers) -> Barriers {
+        Barriers {
+            common: self.common + o.common,
+            rescale: self.rescale + o.rescale,
+        }
+    }
+
+    fn max(self, o: Barriers) -> Barriers {
+        Barriers {
+            common: self.common.max(o.common),
+            rescale: self.rescale.max(o.rescale),
+        }
+    }
+}
+
+/// Counts the barriers of a key loop in a parsed module (see
+/// `cost_barriers_per_tile_match_the_naga_ir` for the rules).
+struct BarrierCounter<'a> {
+    module: &'a naga::Module,
+    /// The lazy rescale's flag (`sh_moved`), where the module has one.
+    flag: Option<naga::Handle<naga::GlobalVariable>>,
+}
+
+impl BarrierCounter<'_> {
+    fn global(module: &naga::Module, name: &str) -> Option<naga::Handle<naga::GlobalVariable>> {
+        module
+            .global_variables
+            .iter()
+            .find(|(_, g)| g.name.as_deref() == Some(name))
+            .map(|(h, _)| h)
+    }
+
+    /// Whether expression `e` of `fun` reads global `g` through loads, accesses and
+    /// arithmetic on them (enough for a condition such as `atomicLoad(&flag[i]) != 0u`).
+    fn expr_reads(
+        fun: &naga::Function,
+        e: naga::Handle<naga::Expression>,
+        g: naga::Handle<naga::GlobalVariable>,
+    ) -> bool {
+        use naga::Expression as E;
+        match fun.expressions[e] {
+            E::GlobalVariable(h) => h == g,
+            E::Load { pointer } => Self::expr_reads(fun, pointer, g),
+            E::Access { base, index } => {
+                Self::expr_reads(fun, base, g) || Self::expr_reads(fun, index, g)
+            }
+            E::AccessIndex { base, .. } => Self::expr_reads(fun, base, g),
+            E::Unary { expr, .. } => Self::expr_reads(fun, expr, g),
+            E::Binary { left, right, .. } => {
+                Self::expr_reads(fun, left, g) || Self::expr_reads(fun, right, g)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `block` of `fun`, or a function it calls, indexes global `g` (reads an
+    /// element of it: every buffer read starts with an emitted `Access`/`AccessIndex` of the
+    /// global).
+    fn block_reads(
+        &self,
+        fun: &naga::Function,
+        block: &naga::Block,
+        g: naga::Handle<naga::GlobalVariable>,
+    ) -> bool {
+        use naga::Statement as S;
+        let is_g = |base: naga::Handle<naga::Expression>| matches!(fun.expressions[base], naga::Expression::GlobalVariable(h) if h == g);
+        block.iter().any(|st| match st {
+            S::Emit(range) => range.clone().any(|e| match fun.expressions[e] {
+                naga::Expression::Access { base, .. }
+                | naga::Expression::AccessIndex { base, .. } => is_g(base),
+                naga::Expression::Load { pointer } => is_g(pointer),
+                _ => false,
+            }),
+            S::Block(b) => self.block_reads(fun, b, g),
+            S::If { accept, reject, .. } => {
+                self.block_reads(fun, accept, g) || self.block_reads(fun, reject, g)
+            }
+            S::Switch { cases, .. } => cases.iter().any(|c| self.block_reads(fun, &c.body, g)),
+            S::Loop {
+                body, continuing, ..
+            } => self.block_reads(fun, body, g) || self.block_reads(fun, continuing, g),
+            S::Call { function, .. } => {
+                let f = &self.module.functions[*function];
+                self.block_reads(f, &f.body, g)
+            }
+            _ => false,
+        })
+    }
+
+    /// The barriers one pass through `block` of `fun` takes, on the path with the most.
+    fn count(&self, fun: &naga::Function, block: &naga::Block) -> Barriers {
+        use naga::Statement as S;
+        let mut n = Barriers::default();
+        for st in block.iter() {
+            let here = match st {
+                // A subgroup-only barrier does not synchronise the workgroup.
+                S::ControlBarrier(b) if *b != naga::Barrier::SUB_GROUP => Barriers {
+                    common: 1,
+                    rescale: 0,
+                },
+                // A barrier on each side of the load (naga's SPIR-V, MSL and HLSL backends).
+                S::WorkGroupUniformLoad { .. } => Barriers {
+                    common: 2,
+                    rescale: 0,
+                },
+                S::Block(b) => self.count(fun, b),
+                S::If {
+                    condition,
+                    accept,
+                    reject,
+                } => {
+                    let (a, r) = (self.count(fun, accept), self.count(fun, reject));
+                    if self
+                        .flag
+                        .is_some_and(|g| Self::expr_reads(fun, *condition, g))
+                    {
+                        // The lazy rescale: its barriers are the rescale path's alone.
+                        assert_eq!(r, Barriers::default(), "barriers beside the rescale");
+                        Barriers {
+                            common: 0,
+                            rescale: a.common + a.rescale,
+                        }
+                    } else {
+                        a.max(r)
+                    }
+                }
+                S::Switch { cases, .. } => cases
+                    .iter()
+                    .map(|c| self.count(fun, &c.body))
+                    .fold(Barriers::default(), Barriers::max),
+                S::Loop {
+                    body, continuing, ..
+                } => {
+                    // A per-tile figure cannot count barriers a run-time trip count repeats.
+                    let inner = self.count(fun, body).add(self.count(fun, continuing));
+                    assert_eq!(inner, Barriers::default(), "barriers in a nested loop");
+                    inner
+                }
+                S::Call { function, .. } => {
+                    let f = &self.module.functions[*function];
+                    self.count(f, &f.body)
+                }
+                _ => Barriers::default(),
+            };
+            n = n.add(here);
+        }
+        n
+    }
+
+    /// The outermost loops of `block` (loops not inside another loop of the same function).
+    fn outer_loops<'b>(block: &'b naga::Block, out: &mut Vec<&'b naga::Statement>) {
+        use naga::Statement as S;
+        for st in block.iter() {
+            match st {
+                S::Loop { .. } => out.push(st),
+                S::Block(b) => Self::outer_loops(b, out),
+                S::If { accept, reject, .. } => {
+                    Self::outer_loops(accept, out);
+                    Self::outer_loops(reject, out);
+                }
+                S::Switch { cases, .. } => {
+                    for c in cases {
+                        Self::outer_loops(&c.body, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The barriers per key tile of `main` in the module.
+    fn key_loop_barriers(module: &naga::Module) -> Barriers {
+        let counter = BarrierCounter {
+            module,
+            flag: Self::global(module, "sh_moved"),
+        };
+        let k_buf = Self::global(module, "k_buf").expect("no k_buf");
+        let main = &module
+            .entry_points
+            .iter()
+            .find(|e| e.name == "main")
+            .expect("no entry point main")
+            .function;
+        let mut loops = Vec::new();
+        Self::outer_loops(&main.body, &mut loops);
+        let key_loops: Vec<_> = loops
+            .into_iter()
+            .filter_map(|st| match st {
+                naga::Statement::Loop {
+                    body, continuing, ..
+                } => Some((body, continuing)),
+                _ => None,
+            })
+            .filter(|(body, continuing)| {
+                counter.block_reads(main, body, k_buf)
+                    || counter.block_reads(main, continuing, k_buf)
+            })
+            .collect();
+        assert_eq!(key_loops.len(), 1, "outermost loops of main that read K");
+        let (body, continuing) = key_loops[0];
+        counter
+            .count(main, body)
+            .add(counter.count(main, continuing))
+    }
+}
+
+/// `ShaderVariant::cost`'s barrier figures are the shaders': for every forward variant with
+/// a key loop (SIMT flash, unrolled flash, cooperative-matrix flash, memory-efficient), with
+/// the debug counters and without, the module is parsed with naga and its key loop's
+/// workgroup barriers counted, so a shader change that adds or removes one fails here.
+///
+/// - The key loop is the one outermost loop of the entry point `main` whose body (calls
+///   followed) reads an element of K (`k_buf`): every key tile is staged, or every key read,
+///   from there. Exactly one such loop must exist.
+/// - A `workgroupBarrier`/`storageBarrier` counts one (a subgroup-only barrier none), a
+///   `workgroupUniformLoad` two (naga's backends put a barrier on each side of the load), a
+///   call its callee's count at each call site, a branch its larger side (the path of a tile
+///   that is loaded: `next_tile`'s load sits in `if (state != 0u)`), and a loop nested in the
+///   key loop must have none (its trip count would multiply them).
+/// - The rescale path: an `if` whose condition reads the lazy rescale's flag (`sh_moved`,
+///   `shaders/flash_coop.wgsl`) puts its barriers in `Cost::rescale_barriers`, not
+///   `Cost::barriers_per_tile`.
+#[test]
+fn cost_barriers_per_tile_match_the_naga_ir() {
+    let all: Vec<Built> = variants()
+        .into_iter()
+        .filter(|(v, _)| v.family() != Family::Naive)
+        .collect();
+    let sources = all_sources_for(&all);
+    // (The block summary and merge modules come first.)
+    let sources = &sources[sources.len() - all.len()..];
+    let mut seen = std::collections::BTreeSet::new();
+    for ((v, _), (name, src)) in all.iter().zip(sources) {
+        assert!(name.contains(&format!("{v:?}")), "{name}");
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+        let ir = BarrierCounter::key_loop_barriers(&module);
+        let cost = v.cost();
+        assert_eq!(
+            (cost.barriers_per_tile, cost.rescale_barriers),
+            (ir.common, ir.rescale),
+            "{name}: cost (left) against the key loop's barriers in naga's IR (right)"
+        );
+        seen.insert((cost.variant, ir.common, ir.rescale));
+    }
+    // (variant, barriers per tile, rescale barriers)
+    for s in &seen {
+        eprintln!("{s:?}");
+    }
+    for family in [
+        "flash_simt",
+        "flash_simt_subgroup",
+        "flash_unrolled_cpu",
+        "flash_coop_8x8",
+        "flash_coop_16x16",
+        "memeff",
+    ] {
+        assert!(seen.iter().any(|s| s.0 == family), "no {family} variant");
+    }
+    assert!(seen.iter().any(|s| s.2 > 0), "no rescale path counted");
+}

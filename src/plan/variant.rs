@@ -330,6 +330,10 @@ impl ShaderVariant {
 
     /// What one workgroup of this variant costs per key tile: the figures that decide its
     /// speed on a GPU (bytes of K/V staged per row served, barriers, workgroup memory).
+    ///
+    /// The barrier figures are the shaders' own: `tests/shaders.rs`
+    /// (`cost_barriers_per_tile_match_the_naga_ir`) counts them in naga's IR of every
+    /// variant's key loop and fails where they differ.
     pub fn cost(&self) -> Cost {
         let (name, barriers) = match self {
             // Barrier 1 ends the previous tile's reads, barrier 2 the load (tile_state is
@@ -343,11 +347,22 @@ impl ShaderVariant {
             ShaderVariant::MemoryEfficient(_) => ("memeff", 4),
             ShaderVariant::Naive => ("naive", 0),
         };
+        let rescale = match self {
+            // The lazy rescale's round trip (`rescale_source`, src/kernels/flash/coop.rs): the
+            // accumulators in rounds of BC / FR fragments, three barriers a round (after the
+            // stores, after the scaling, after the loads back).
+            ShaderVariant::FlashCoop(t) => {
+                let fr = t.fragment.max(1);
+                3 * (t.head_dim_v / fr).div_ceil((t.block_k / fr).max(1))
+            }
+            _ => 0,
+        };
         Cost {
             variant: name,
             rows_per_workgroup: self.block_q(),
             keys_per_tile: self.block_k(),
             barriers_per_tile: barriers,
+            rescale_barriers: rescale,
             workgroup_bytes: self.workgroup_storage(),
         }
     }
@@ -364,8 +379,13 @@ pub struct Cost {
     pub rows_per_workgroup: u32,
     /// Keys per tile staged in workgroup memory (memory-efficient: per block).
     pub keys_per_tile: u32,
-    /// Workgroup barriers per key tile.
+    /// Workgroup barriers per key tile that is loaded (a `workgroupUniformLoad` counts two;
+    /// a tile the block summary skips takes fewer).
     pub barriers_per_tile: u32,
+    /// Workgroup barriers a tile adds when the cooperative-matrix kernel's lazy rescale runs
+    /// (some row's max rose by more than the slack): 3·⌈Dv / BC⌉. 0 for the other families.
+    /// Not in the cost line (`Display`).
+    pub rescale_barriers: u32,
     /// Workgroup memory, in bytes.
     pub workgroup_bytes: u32,
 }
