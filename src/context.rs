@@ -989,7 +989,7 @@ impl Context {
         let counter = {
             let _held = rt.hold();
             Gated::new(
-                rt.create_buffer_init(
+                rt.new_buffer_init(
                     "wgpu-attention tile counter",
                     bytemuck::cast_slice(&[0u32; 4]),
                     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,

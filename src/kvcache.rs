@@ -67,7 +67,7 @@ impl KvCache {
         let _held = rt.hold();
         let make = |label| {
             Gated::new(
-                rt.create_buffer(&wgpu::BufferDescriptor {
+                rt.new_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size: bytes,
                     usage: wgpu::BufferUsages::STORAGE

@@ -149,6 +149,11 @@ fn cooperative_matrix_flash_matches_the_reference() {
     ];
     let mut n = 0;
     for (si, &(b, hq, hkv, sq, sk, dk, dv)) in shapes.iter().enumerate() {
+        // Without cooperative matrices these cases check the fallback, which the other
+        // suites cover: the default tier runs two shapes of it (head dims in one bucket).
+        if !coop && !full_tier() && si != 0 && si != 2 {
+            continue;
+        }
         let masks = [
             MaskSpec::default(),
             MaskSpec {

@@ -184,3 +184,28 @@ fn the_scan_reads_crate_paths() {
         ]
     );
 }
+
+/// Every object the crate creates goes through `src/runtime/device.rs`, which counts it
+/// (`Context::created_resources`): no other file calls a wgpu `create_*` method, so a warm
+/// call's count cannot miss one.
+#[test]
+fn every_creation_goes_through_the_counted_device() {
+    let mut offenders = Vec::new();
+    for (module, path) in modules() {
+        if module == "runtime::device" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains(".create_") {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "uncounted creations:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -1,4 +1,5 @@
-//! The runtime: warm calls create no buffer and no bind group (the crate's own counters),
+//! The runtime: warm calls create nothing (counted at the wgpu boundary: every `create_*`
+//! the crate calls goes through one counted door, `src/runtime/device.rs`),
 //! calls recorded into one encoder each read their own parameters from the ring, outputs
 //! sub-allocated from one buffer with their inputs (Burn and cubecl's pools) work and
 //! overlaps are refused, and the async core runs under any executor.
@@ -8,7 +9,8 @@ mod common;
 use common::{assert_close, random};
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, KvCache, Mask, TensorView,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, KvCache, Mask,
+    ResourceCounts, TensorView,
 };
 
 /// A context of its own: its counters see this test's work only.
@@ -20,23 +22,31 @@ fn host<'a>(data: &'a [f32], shape: [usize; 4]) -> HostTensor<'a> {
     HostTensor { data, shape }
 }
 
-/// A call recorded and submitted; returns the buffers and bind groups that created.
+/// What a context created between two counts: buffers, bind groups, pipelines, and the rest
+/// (layouts, shader modules, command encoders), every `create_*` the crate calls.
+fn created_since(ctx: &Context, before: ResourceCounts) -> [u64; 4] {
+    let after = ctx.created_resources();
+    [
+        after.buffers - before.buffers,
+        after.bind_groups - before.bind_groups,
+        after.pipelines - before.pipelines,
+        after.other - before.other,
+    ]
+}
+
+/// A call recorded and submitted; returns what it created (see `created_since`).
 fn record_counted(
     ctx: &Context,
     [q, k, v, out]: [&TensorView; 4],
     opts: &AttentionOptions,
-) -> (u64, u64) {
+) -> [u64; 4] {
     // Our own use of the device: under its lock (on GL the context serialises its work).
     let _held = ctx.lock_device();
     let before = ctx.created_resources();
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     ctx.record_attention(&mut enc, q, k, v, out, opts).unwrap();
     ctx.queue().submit([enc.finish()]);
-    let after = ctx.created_resources();
-    (
-        after.buffers - before.buffers,
-        after.bind_groups - before.bind_groups,
-    )
+    created_since(ctx, before)
 }
 
 /// A call recorded and submitted, then downloaded (the download's staging buffer is the
@@ -144,7 +154,7 @@ fn warm_calls_create_no_buffer_and_no_bind_group() {
         for i in 0..3 {
             assert_eq!(
                 record_counted(&ctx, views, &opts),
-                (0, 0),
+                [0; 4],
                 "{name}: warm call {i} created buffers or bind groups"
             );
         }
@@ -192,16 +202,14 @@ fn a_kv_cache_decode_step_creates_nothing_once_warm() {
         cache.append_blocking(&ctx, k.view(), v.view()).unwrap();
         let opts = AttentionOptions::with_mask(cache.mask());
         let views = [q.view(), &cache.keys(), &cache.values(), out.view()];
-        let (buffers, groups) = record_counted(&ctx, views, &opts);
+        let in_call = record_counted(&ctx, views, &opts);
         let after = ctx.created_resources();
         if step >= 2 {
+            // The append submits for itself: one command encoder, nothing else.
             assert_eq!(
-                (
-                    after.buffers - before.buffers,
-                    after.bind_groups - before.bind_groups
-                ),
-                (0, 0),
-                "step {step}: {before:?} -> {after:?} ({buffers} and {groups} in the call)"
+                created_since(&ctx, before),
+                [0, 0, 0, 1],
+                "step {step}: {before:?} -> {after:?} ({in_call:?} in the call)"
             );
             warm += 1;
         }
@@ -264,6 +272,58 @@ fn calls_recorded_into_one_encoder_read_their_own_parameters() {
             );
         }
     }
+}
+
+/// A warm `attention_into` whose output shares a buffer with its inputs (staged through
+/// scratch and copied back) creates one command encoder per call (it submits for you) and
+/// nothing else: no buffer, bind group, layout, module or pipeline.
+#[test]
+fn warm_attention_into_with_a_staged_shared_output_creates_one_encoder() {
+    let ctx = own_ctx();
+    let (b, h, sq, sk, d) = (1, 2, 9, 33, 16);
+    let (nq, nk) = (b * h * sq * d, b * h * sk * d);
+    let (qh, kh, vh) = (random(nq, 21), random(nk, 22), random(nk, 23));
+    // The page: [Q | K | V | O], O right after V.
+    let mut page = vec![f32::NAN; nq + 2 * nk + nq];
+    page[..nq].copy_from_slice(&qh);
+    page[nq..nq + nk].copy_from_slice(&kh);
+    page[nq + nk..nq + 2 * nk].copy_from_slice(&vh);
+    let buf = common::buffer_of(&ctx, &page, DType::F32);
+    let view = |at: usize, shape| {
+        TensorView::bhsd(buf.buffer().clone(), DType::F32, shape).with_offset((at * 4) as u64)
+    };
+    let (q, k, v) = (
+        view(0, [b, h, sq, d]),
+        view(nq, [b, h, sk, d]),
+        view(nq + nk, [b, h, sk, d]),
+    );
+    let o = view(nq + 2 * nk, [b, h, sq, d]);
+    let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight));
+    for _ in 0..2 {
+        ctx.attention_into_blocking(&q, &k, &v, &o, &opts).unwrap();
+    }
+    for i in 0..3 {
+        let before = ctx.created_resources();
+        ctx.attention_into_blocking(&q, &k, &v, &o, &opts).unwrap();
+        assert_eq!(created_since(&ctx, before), [0, 0, 0, 1], "warm call {i}");
+    }
+    let want = reference::attention(
+        &host(&qh, [b, h, sq, d]),
+        &host(&kh, [b, h, sk, d]),
+        &host(&vh, [b, h, sk, d]),
+        1.0 / (d as f64).sqrt(),
+        &HostMask {
+            causal: true,
+            alignment: CausalAlignment::BottomRight,
+            ..Default::default()
+        },
+    );
+    assert_close(
+        &ctx.download_f32_blocking(&o).unwrap(),
+        &want,
+        DType::F32,
+        "shared",
+    );
 }
 
 /// Burn and cubecl sub-allocate tensors from shared pages: Q, K, V, the output and the

@@ -18,7 +18,7 @@ impl Runtime {
             bytes
         };
         let _held = self.hold();
-        self.create_buffer_init(
+        self.new_buffer_init(
             label,
             contents,
             wgpu::BufferUsages::STORAGE
@@ -49,7 +49,7 @@ impl Runtime {
             ));
         }
         let _held = self.hold();
-        let b = self.create_buffer(&wgpu::BufferDescriptor {
+        let b = self.new_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-attention tensor"),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE
@@ -75,7 +75,7 @@ impl Runtime {
                 .device()
                 .push_error_scope(wgpu::ErrorFilter::Validation);
             let staging = Gated::new(
-                self.create_buffer(&wgpu::BufferDescriptor {
+                self.new_buffer(&wgpu::BufferDescriptor {
                     label: Some("wgpu-attention download"),
                     size,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -83,7 +83,7 @@ impl Runtime {
                 }),
                 self.gate().cloned(),
             );
-            let mut enc = self.device().create_command_encoder(&Default::default());
+            let mut enc = self.dev().new_encoder(&Default::default());
             enc.copy_buffer_to_buffer(&view.buffer, start, &staging, 0, size);
             self.queue().submit([enc.finish()]);
             (staging, scope.pop())

@@ -4,13 +4,13 @@
 //! submission, and the GL gate.
 
 pub(crate) mod arena;
+pub(crate) mod device;
 pub(crate) mod io;
 pub(crate) mod open;
 pub(crate) mod pipeline;
 pub(crate) mod submit;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::data::options::{AttentionOptions, Subgroups, Tuning};
@@ -22,6 +22,7 @@ use crate::plan::dispatch::{self, DeviceCaps, Plan};
 use crate::plan::tuning::{ShapeBucket, TuningTable};
 use crate::plan::variant::ModuleKey;
 use arena::{Arena, BIND_GROUPS_KEPT, GroupKey, MAX_BINDINGS, Range};
+use device::{Counts, Dev};
 use pipeline::{Compiled, PipelineCache, PipelineSpec, Slot};
 
 /// How many GPU resources a context has created ([`crate::Context::created_resources`]).
@@ -32,17 +33,16 @@ pub struct ResourceCounts {
     pub buffers: u64,
     /// Bind groups.
     pub bind_groups: u64,
-    /// Compiled pipelines.
+    /// Compute pipelines created (each with its shader module and two layouts, counted in
+    /// `other`).
     pub pipelines: u64,
+    /// Everything else the context asked wgpu to create: shader modules, bind group and
+    /// pipeline layouts, command encoders. A warm recorded call creates none; a call that
+    /// submits for you creates one command encoder.
+    pub other: u64,
     /// Bytes of the scratch buffers kept for calls now (the parameter ring excluded): what
     /// a call needs beyond its tensors, at its largest so far.
     pub scratch_bytes: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    buffers: AtomicU64,
-    bind_groups: AtomicU64,
 }
 
 /// The plan inputs that decide a plan (the problem with its scale as bits, and the options
@@ -133,8 +133,13 @@ impl Runtime {
             bounds_checks: c.bounds_checks || caps.cpu,
             ..c
         });
+        let counts = Counts::default();
+        let dev = Dev {
+            device: &device,
+            counts: &counts,
+        };
         let small = |label, usage| {
-            device.create_buffer(&wgpu::BufferDescriptor {
+            dev.new_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: 16,
                 usage,
@@ -175,7 +180,7 @@ impl Runtime {
             dummy_rw,
             probe_dst,
             arena: Mutex::default(),
-            counts: Counts::default(),
+            counts,
         }
     }
 
@@ -230,9 +235,12 @@ impl Runtime {
 
     pub(crate) fn created(&self) -> ResourceCounts {
         ResourceCounts {
-            buffers: self.counts.buffers.load(Ordering::Relaxed),
-            bind_groups: self.counts.bind_groups.load(Ordering::Relaxed),
-            pipelines: self.cache.len() as u64,
+            buffers: Counts::get(&self.counts.buffers),
+            bind_groups: Counts::get(&self.counts.bind_groups),
+            pipelines: Counts::get(&self.counts.pipelines),
+            other: Counts::get(&self.counts.layouts)
+                + Counts::get(&self.counts.modules)
+                + Counts::get(&self.counts.encoders),
             scratch_bytes: self
                 .lock_arena()
                 .map_or(0, |a| a.scratch.values().map(|b| b.size()).sum()),
@@ -249,23 +257,28 @@ impl Runtime {
 
     // ------------------------------------------------------------------ resources
 
+    /// The device, its creations counted (the only way the crate creates anything).
+    pub(crate) fn dev(&self) -> Dev<'_> {
+        Dev {
+            device: &self.device,
+            counts: &self.counts,
+        }
+    }
+
     /// Creates a buffer, counted.
-    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
-        self.counts.buffers.fetch_add(1, Ordering::Relaxed);
-        self.device.create_buffer(desc)
+    pub(crate) fn new_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        self.dev().new_buffer(desc)
     }
 
     /// Creates a buffer holding `contents`, counted.
-    pub(crate) fn create_buffer_init(
+    pub(crate) fn new_buffer_init(
         &self,
         label: &str,
         contents: &[u8],
         usage: wgpu::BufferUsages,
     ) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
-        self.counts.buffers.fetch_add(1, Ordering::Relaxed);
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.dev()
+            .new_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
                 contents,
                 usage,
@@ -284,7 +297,7 @@ impl Runtime {
         spec: impl FnOnce() -> PipelineSpec,
     ) -> Result<Arc<Compiled>> {
         let _held = self.hold();
-        self.cache.get(&self.device, &self.queue, key, entry, spec)
+        self.cache.get(self.dev(), &self.queue, key, entry, spec)
     }
 
     /// [`Runtime::pipeline`], waiting for wgpu's verdict on a new pipeline.
@@ -299,7 +312,7 @@ impl Runtime {
         let since = std::time::Instant::now();
         let started = {
             let _held = self.hold();
-            self.cache.start(&self.device, key, entry, spec)?
+            self.cache.start(self.dev(), key, entry, spec)?
         };
         match started {
             pipeline::Started::Cached(c) => Ok(c),
@@ -312,7 +325,7 @@ impl Runtime {
                 let _held = self.hold();
                 let done = self
                     .cache
-                    .finish(&self.device, &self.queue, &spec, compiled, error);
+                    .finish(self.dev(), &self.queue, &spec, compiled, error);
                 #[cfg(not(target_arch = "wasm32"))]
                 self.cache.note_time(&spec.label, since);
                 done
@@ -338,7 +351,7 @@ impl Runtime {
             if need > size {
                 return Err(Error::limit("max_buffer_size", need, size));
             }
-            let ring = self.create_buffer(&wgpu::BufferDescriptor {
+            let ring = self.new_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-attention ring"),
                 size,
                 usage: wgpu::BufferUsages::UNIFORM
@@ -391,7 +404,7 @@ impl Runtime {
             a.groups
                 .retain(|k, _| !k.entries.iter().flatten().any(|(b, ..)| *b == old));
         }
-        let b = self.create_buffer(&wgpu::BufferDescriptor {
+        let b = self.new_buffer(&wgpu::BufferDescriptor {
             label: Some(purpose),
             size,
             usage: wgpu::BufferUsages::STORAGE
@@ -440,8 +453,7 @@ impl Runtime {
             });
         }
         let create = || {
-            self.counts.bind_groups.fetch_add(1, Ordering::Relaxed);
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            self.dev().new_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("wgpu-attention bind group"),
                 layout: &compiled.layout,
                 entries: &list,

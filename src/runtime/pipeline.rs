@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result, chain};
 use crate::plan::variant::ModuleKey;
+use crate::runtime::device::Dev;
 
 /// How a binding is declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +180,7 @@ impl PipelineCache {
     /// uncaptured-error handler; [`PipelineCache::start`] lets a caller wait for it instead.
     pub(crate) fn get(
         &self,
-        device: &wgpu::Device,
+        dev: Dev<'_>,
         queue: &wgpu::Queue,
         key: ModuleKey,
         entry: &'static str,
@@ -191,9 +192,9 @@ impl PipelineCache {
         let spec = spec();
         #[cfg(not(target_arch = "wasm32"))]
         let since = std::time::Instant::now();
-        let (compiled, scope) = self.build(device, key, &spec);
+        let (compiled, scope) = self.build(dev, key, &spec);
         let error = ready(scope).flatten();
-        let done = self.finish(device, queue, &spec, compiled, error);
+        let done = self.finish(dev, queue, &spec, compiled, error);
         #[cfg(not(target_arch = "wasm32"))]
         self.note_time(&spec.label, since);
         done
@@ -204,7 +205,7 @@ impl PipelineCache {
     /// work done here, where the caller holds the device; see [`crate::gate`]).
     pub(crate) fn start(
         &self,
-        device: &wgpu::Device,
+        dev: Dev<'_>,
         key: ModuleKey,
         entry: &'static str,
         spec: impl FnOnce() -> PipelineSpec,
@@ -213,7 +214,7 @@ impl PipelineCache {
             return Ok(Started::Cached(c));
         }
         let spec = spec();
-        let (compiled, scope) = self.build(device, key, &spec);
+        let (compiled, scope) = self.build(dev, key, &spec);
         Ok(Started::Built {
             compiled,
             spec,
@@ -224,7 +225,7 @@ impl PipelineCache {
     /// Keeps a new pipeline that wgpu raised no `error` for (after its warm-up run).
     pub(crate) fn finish(
         &self,
-        device: &wgpu::Device,
+        dev: Dev<'_>,
         queue: &wgpu::Queue,
         spec: &PipelineSpec,
         compiled: Compiled,
@@ -236,20 +237,20 @@ impl PipelineCache {
                 chain(&e),
             ));
         }
-        self.warm(device, queue, spec, &compiled)?;
+        self.warm(dev, queue, spec, &compiled)?;
         self.insert(compiled.key, compiled)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     fn warm(
         &self,
-        device: &wgpu::Device,
+        dev: Dev<'_>,
         queue: &wgpu::Queue,
         spec: &PipelineSpec,
         compiled: &Compiled,
     ) -> Result<()> {
         if self.warm_up {
-            warm_up(device, queue, spec, compiled)?;
+            warm_up(dev, queue, spec, compiled)?;
         }
         Ok(())
     }
@@ -268,13 +269,13 @@ impl PipelineCache {
     /// Creates the module, layout and pipeline under an error scope; returns the scope's pop.
     fn build(
         &self,
-        device: &wgpu::Device,
+        dev: Dev<'_>,
         key: ModuleKey,
         spec: &PipelineSpec,
     ) -> (Compiled, impl Future<Output = Option<wgpu::Error>> + use<>) {
         let label = &spec.label;
         log::debug!("compiling pipeline {label}");
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let source = dialect(&spec.source, self.browser && spec.subgroups);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
@@ -296,7 +297,7 @@ impl PipelineCache {
             int_div_checks: false,
             ..wgpu::ShaderRuntimeChecks::checked()
         });
-        let module = unsafe { device.create_shader_module_trusted(desc, checks) };
+        let module = unsafe { dev.new_shader_module_trusted(desc, checks) };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
             .bindings
             .iter()
@@ -316,16 +317,16 @@ impl PipelineCache {
                 count: None,
             })
             .collect();
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        let layout = dev.new_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(label),
             entries: &entries,
         });
-        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        let pl = dev.new_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(label),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = dev.new_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
             layout: Some(&pl),
             module: &module,
@@ -355,17 +356,16 @@ impl PipelineCache {
 /// CPU adapters only.
 #[cfg(not(target_arch = "wasm32"))]
 fn warm_up(
-    device: &wgpu::Device,
+    dev: Dev<'_>,
     queue: &wgpu::Queue,
     spec: &PipelineSpec,
     compiled: &Compiled,
 ) -> Result<()> {
-    use wgpu::util::DeviceExt;
     let what = || format!("warming up {}", spec.label);
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
     // One small zeroed buffer per binding (the parameter block in a buffer of its own): the
     // bindings never alias.
-    let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    let params = dev.new_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("wgpu-attention warm-up params"),
         contents: &spec.warm_params,
         usage: wgpu::BufferUsages::UNIFORM,
@@ -374,7 +374,7 @@ fn warm_up(
         .bindings
         .iter()
         .map(|_| {
-            device.create_buffer(&wgpu::BufferDescriptor {
+            dev.new_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-attention warm-up binding"),
                 size: 64,
                 usage: wgpu::BufferUsages::STORAGE,
@@ -394,7 +394,7 @@ fn warm_up(
             },
         })
         .collect();
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+    let bind_group = dev.new_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("wgpu-attention warm-up"),
         layout: &compiled.layout,
         entries: &entries,
@@ -405,7 +405,7 @@ fn warm_up(
         .filter(|b| b.slot.dynamic())
         .map(|_| 0)
         .collect();
-    let mut encoder = device.create_command_encoder(&Default::default());
+    let mut encoder = dev.new_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&compiled.pipeline);
@@ -413,7 +413,7 @@ fn warm_up(
         pass.dispatch_workgroups(1, 1, 1);
     }
     queue.submit([encoder.finish()]);
-    let polled = device.poll(wgpu::PollType::wait_indefinitely());
+    let polled = dev.device.poll(wgpu::PollType::wait_indefinitely());
     if let Some(Some(e)) = ready(scope.pop()) {
         return Err(Error::device_msg(what(), chain(&e)));
     }

@@ -114,7 +114,7 @@ impl Runtime {
             let device = self.device();
             let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
             let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            let mut enc = self.dev().new_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu-attention"),
             });
             let res = f(self, &mut enc);
@@ -184,20 +184,22 @@ impl Runtime {
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         if buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("wgpu-attention ownership probe"),
-                entries: &[wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: true },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                }],
-            });
-            let _probe = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            let layout = self
+                .dev()
+                .new_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some("wgpu-attention ownership probe"),
+                    entries: &[wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only: true },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    }],
+                });
+            let _probe = self.dev().new_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("wgpu-attention ownership probe"),
                 layout: &layout,
                 entries: &[wgpu::BindGroupEntry {
@@ -210,7 +212,7 @@ impl Runtime {
                 }],
             });
         } else if buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
-            let mut enc = device.create_command_encoder(&Default::default());
+            let mut enc = self.dev().new_encoder(&Default::default());
             enc.copy_buffer_to_buffer(buffer, 0, self.probe_dst(), 0, 4);
             drop(enc.finish());
         } else {

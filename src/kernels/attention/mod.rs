@@ -208,7 +208,7 @@ pub(crate) fn bind(
     // the ring's slots stay small.
     let (ring, ring_off) = if host_bytes > AUX_IN_RING_MAX {
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let own = rt.create_buffer_init("wgpu-attention aux", bytemuck::cast_slice(&aux), usage);
+        let own = rt.new_buffer_init("wgpu-attention aux", bytemuck::cast_slice(&aux), usage);
         (own, 0)
     } else {
         rt.ring_write(bytemuck::cast_slice(&aux))?

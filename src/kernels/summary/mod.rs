@@ -116,7 +116,7 @@ pub(crate) fn create(
     crate::plan::validate::block_mask(view)?;
     let _call = crate::runtime::arena::CallScope::begin();
     let (_, _, n) = counts(view);
-    let buffer = rt.create_buffer(&wgpu::BufferDescriptor {
+    let buffer = rt.new_buffer(&wgpu::BufferDescriptor {
         label: Some("wgpu-attention block mask"),
         size: (n.max(1) as u64) * 4,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
