@@ -6,7 +6,7 @@ use crate::data::tensor::DType;
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::plan::validate::Problem;
 pub use crate::plan::variant::{
-    CoopTile, Cost, Family, FlashTile, MEMEFF_THREADS, MemEffConfig, ShaderVariant, UnrolledTile,
+    CoopTile, Family, FlashTile, MEMEFF_THREADS, MemEffConfig, ShaderVariant, UnrolledTile,
 };
 
 /// Head-dim buckets of the flash shader (rounded up, tail masked), as in FlashAttention.
@@ -31,8 +31,6 @@ pub fn default_rows_per_thread(dk_plus_dv: u32, threads_per_row: u32) -> u32 {
 /// The flash key tile the dispatcher starts from (16 measured faster than 32 on an H100;
 /// see BENCHMARKS.md).
 pub const FLASH_DEFAULT_BLOCK_K: u32 = 16;
-/// Largest key tile of the flash shader.
-pub const FLASH_MAX_BLOCK_K: u32 = 32;
 /// Smallest key tile of the flash shader.
 pub const FLASH_MIN_BLOCK_K: u32 = 4;
 /// Rows of a block-mask summary block (equal to [`FLASH_BLOCK_Q`]).

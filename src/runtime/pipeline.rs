@@ -258,7 +258,7 @@ impl PipelineCache {
     #[cfg(target_arch = "wasm32")]
     fn warm(
         &self,
-        _: &wgpu::Device,
+        _: Dev<'_>,
         _: &wgpu::Queue,
         _: &PipelineSpec,
         _: &Compiled,

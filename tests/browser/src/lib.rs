@@ -198,7 +198,8 @@ fn check(got: &[f32], want: &[f64], tol: f64) -> Result<f64, String> {
     let mut worst = 0.0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
-        if !(err <= tol + tol * w.abs()) {
+        let within = err <= tol + tol * w.abs(); // false for NaN
+        if !within {
             return Err(format!("element {i}: got {g}, want {w}"));
         }
         worst = worst.max(err);
