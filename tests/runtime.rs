@@ -538,3 +538,32 @@ fn a_shared_output_without_copy_usage_is_a_typed_error() {
     drop(page);
     drop(held);
 }
+
+/// A warm recorded merge of partial results (what a split-KV or context-parallel caller
+/// records per step) creates nothing.
+#[test]
+fn warm_recorded_merges_create_nothing() {
+    let ctx = own_ctx();
+    let shape = [1, 2, 5, 8];
+    let n: usize = shape.iter().product();
+    let lse_shape = [1, 2, 5, 1];
+    let o = [1u64, 2].map(|s| ctx.upload_f32(&random(n, s), shape).unwrap());
+    let l = [3u64, 4].map(|s| ctx.upload_f32(&random(10, s), lse_shape).unwrap());
+    let out = ctx.empty(shape, DType::F32).unwrap();
+    let lse = ctx.empty(lse_shape, DType::F32).unwrap();
+    let pairs = [(o[0].view(), l[0].view()), (o[1].view(), l[1].view())];
+    let record = || {
+        let _held = ctx.lock_device();
+        let before = ctx.created_resources();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.record_merge(&mut enc, &pairs, out.view(), Some(lse.view()))
+            .unwrap();
+        ctx.queue().submit([enc.finish()]);
+        created_since(&ctx, before)
+    };
+    record();
+    record();
+    for i in 0..3 {
+        assert_eq!(record(), [0; 4], "warm merge {i}");
+    }
+}

@@ -494,3 +494,28 @@ fn outputs_in_the_block_summary_buffer_are_refused() {
     );
     drop((bad_out, bad_lse));
 }
+
+/// cu_seqlens with fewer than two entries is a count error naming `cu_seqlens_q` (with its
+/// count); exactly two, one packed sequence, runs. (A mutation of the count check survived
+/// the role-only assertions of the other varlen tests.)
+#[test]
+fn varlen_needs_two_cumulative_entries() {
+    use wgpu_attention::Varlen;
+    let ctx = ctx();
+    let t = packed_varlen(ctx, &random(10 * 2 * 8, 1), 10, 2, 8);
+    for cu in [vec![], vec![0]] {
+        let opts = AttentionOptions::default().varlen(Varlen::new(cu.clone(), cu.clone()));
+        let e = invalid(
+            "short cu_seqlens",
+            ctx.attention_blocking(&t, &t, &t, &opts),
+        );
+        assert_eq!(e.tensor, TensorRole::CuSeqlensQ);
+        assert!(
+            matches!(e.problem, InputProblem::WrongCount { expected: 2, got, .. } if got == cu.len()),
+            "{e}"
+        );
+    }
+    let one = AttentionOptions::default().varlen(Varlen::new(vec![0, 10], vec![0, 10]));
+    ctx.attention_blocking(&t, &t, &t, &one)
+        .expect("one packed sequence");
+}
