@@ -256,13 +256,7 @@ impl PipelineCache {
     }
 
     #[cfg(target_arch = "wasm32")]
-    fn warm(
-        &self,
-        _: Dev<'_>,
-        _: &wgpu::Queue,
-        _: &PipelineSpec,
-        _: &Compiled,
-    ) -> Result<()> {
+    fn warm(&self, _: Dev<'_>, _: &wgpu::Queue, _: &PipelineSpec, _: &Compiled) -> Result<()> {
         Ok(())
     }
 
