@@ -519,3 +519,34 @@ fn varlen_needs_two_cumulative_entries() {
     ctx.attention_blocking(&t, &t, &t, &one)
         .expect("one packed sequence");
 }
+
+/// Each cu_seqlens check with the problem it names, so that one check cannot stand in for
+/// another (the role alone could not tell them apart: a mutation run found four checks'
+/// mutants surviving): a start past 0, a decrease, Q ending short of its rows; and what is
+/// allowed: an empty sequence (two equal ends), K/V rows past cu_seqlens_k's end.
+#[test]
+fn every_varlen_check_names_its_problem() {
+    use wgpu_attention::Varlen;
+    let ctx = ctx();
+    let t = packed_varlen(ctx, &random(10 * 2 * 8, 2), 10, 2, 8);
+    let run = |q: &[u32], k: &[u32]| {
+        let opts = AttentionOptions::default().varlen(Varlen::new(q.to_vec(), k.to_vec()));
+        ctx.attention_blocking(&t, &t, &t, &opts)
+    };
+    let e = invalid("a start past 0", run(&[1, 4, 10], &[0, 4, 10]));
+    assert_eq!(e.tensor, TensorRole::CuSeqlensQ);
+    assert!(e.to_string().contains("must start at 0"), "{e}");
+    let e = invalid("a decrease", run(&[0, 6, 4, 10], &[0, 4, 6, 10]));
+    assert_eq!(e.tensor, TensorRole::CuSeqlensQ);
+    assert!(e.to_string().contains("never decrease"), "{e}");
+    let e = invalid("Q short of its rows", run(&[0, 4, 8], &[0, 4, 10]));
+    assert_eq!(
+        (e.tensor, e.problem),
+        (
+            TensorRole::CuSeqlensQ,
+            InputProblem::CumulativeEnd { end: 8, rows: 10 }
+        )
+    );
+    run(&[0, 4, 4, 10], &[0, 4, 4, 10]).expect("an empty sequence");
+    run(&[0, 4, 10], &[0, 4, 9]).expect("K/V rows past cu_seqlens_k's end are spare");
+}
