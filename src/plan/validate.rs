@@ -31,6 +31,16 @@ fn check_float(view: &TensorView, role: TensorRole) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `view` has exactly shape `want`, naming the first dimension that differs.
+fn check_shape(view: &TensorView, want: [usize; 4], role: TensorRole) -> Result<()> {
+    for (i, (&w, &got)) in want.iter().zip(&view.shape).enumerate() {
+        if w != got {
+            return Err(mismatch(role, Dim::ALL[i], w, got));
+        }
+    }
+    Ok(())
+}
+
 fn check_nonzero(view: &TensorView, role: TensorRole) -> Result<()> {
     for (i, &n) in view.shape.iter().enumerate() {
         if n == 0 {
@@ -556,12 +566,7 @@ pub(crate) fn merge(
     }
     let [b, h, s, _] = out.shape;
     let storage = wgpu::BufferUsages::STORAGE;
-    if let Some(i) = out.shape.iter().position(|&n| n == 0) {
-        return Err(Error::invalid(
-            TensorRole::Output,
-            InputProblem::ZeroDim { dim: Dim::ALL[i] },
-        ));
-    }
+    check_nonzero(out, TensorRole::Output)?;
     let check_lse = |l: &TensorView| -> Result<()> {
         if l.dtype != DType::F32 {
             return Err(Error::invalid(
@@ -572,30 +577,10 @@ pub(crate) fn merge(
                 },
             ));
         }
-        let want = [b, h, s, 1];
-        for ((dim, &w), &got) in Dim::ALL.iter().zip(&want).zip(&l.shape) {
-            if got != w {
-                return Err(Error::invalid(
-                    TensorRole::Lse,
-                    InputProblem::ShapeMismatch {
-                        dim: *dim,
-                        expected: w.to_string(),
-                        got,
-                    },
-                ));
-            }
-        }
+        check_shape(l, [b, h, s, 1], TensorRole::Lse)?;
         l.check_memory(TensorRole::Lse, storage)
     };
-    if !out.dtype.is_float() {
-        return Err(Error::invalid(
-            TensorRole::Output,
-            InputProblem::WrongDType {
-                expected: "f32, f16 or bf16".into(),
-                got: out.dtype.to_string(),
-            },
-        ));
-    }
+    check_float(out, TensorRole::Output)?;
     out.check_memory(TensorRole::Output, storage)?;
     out.check_no_overlap(TensorRole::Output)?;
     if let Some(l) = lse_out {
@@ -603,27 +588,8 @@ pub(crate) fn merge(
         l.check_no_overlap(TensorRole::Lse)?;
     }
     for (o, l) in parts {
-        if !o.dtype.is_float() {
-            return Err(Error::invalid(
-                TensorRole::Output,
-                InputProblem::WrongDType {
-                    expected: "f32, f16 or bf16".into(),
-                    got: o.dtype.to_string(),
-                },
-            ));
-        }
-        for ((dim, &w), &got) in Dim::ALL.iter().zip(&out.shape).zip(&o.shape) {
-            if got != w {
-                return Err(Error::invalid(
-                    TensorRole::Output,
-                    InputProblem::ShapeMismatch {
-                        dim: *dim,
-                        expected: w.to_string(),
-                        got,
-                    },
-                ));
-            }
-        }
+        check_float(o, TensorRole::Output)?;
+        check_shape(o, out.shape, TensorRole::Output)?;
         o.check_memory(TensorRole::Output, storage)?;
         check_lse(l)?;
         for written in std::iter::once(out).chain(lse_out) {
@@ -700,11 +666,7 @@ pub(crate) fn kv_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Resu
             },
         ));
     }
-    for (i, (&w, &got)) in want.iter().zip(&view.shape).enumerate() {
-        if w != got {
-            return Err(mismatch(role, Dim::ALL[i], w, got));
-        }
-    }
+    check_shape(view, want, role)?;
     if !view.is_contiguous() || !view.offset.is_multiple_of(4) {
         return Err(Error::invalid(
             role,
