@@ -12,6 +12,8 @@
 //! `--pass forward|backward` (backward: `Context::record_attention_backward` from the
 //! forward's output and log-sum-exp; GFLOP/s counted as 2.5x the forward's FLOPs, and
 //! `scratch_mb` the scratch the context keeps after the case, its forward's included),
+//! `--pipeline-cache FILE` (the driver pipeline cache, `Context::use_pipeline_cache`: seeded
+//! from FILE if it exists, its data written back at the end; Vulkan only),
 //! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
 //! cooperative-matrix kernel's rescale round trips).
 //! Each line says how many pipelines the case's first call compiled and in how long
@@ -367,6 +369,7 @@ fn main() {
     let mut explicit = false;
     let mut grid = "default".to_string();
     let mut max_binding = None;
+    let mut pipeline_cache: Option<std::path::PathBuf> = None;
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1).cloned().unwrap_or_default();
@@ -390,6 +393,7 @@ fn main() {
             "--bk" => base.bk = Some(num() as u32),
             "--tpr" => base.tpr = Some(num() as u32),
             "--max-binding" => max_binding = Some(num() as u64),
+            "--pipeline-cache" => pipeline_cache = Some(val.clone().into()),
             "--pass" => match val.as_str() {
                 "forward" => base.backward = false,
                 "backward" => base.backward = true,
@@ -411,6 +415,7 @@ fn main() {
                 | "--bk"
                 | "--tpr"
                 | "--max-binding"
+                | "--pipeline-cache"
                 | "--pass"
         ) {
             explicit = true;
@@ -432,6 +437,18 @@ fn main() {
         "adapter: {} ({:?}), date via `date -u`",
         info.name, info.backend
     );
+    if let Some(path) = &pipeline_cache {
+        let data = std::fs::read(path).ok();
+        eprintln!(
+            "pipeline cache {}: {} bytes read",
+            path.display(),
+            data.as_ref().map_or(0, Vec::len)
+        );
+        // SAFETY: the file holds what an earlier run of this bench wrote from
+        // `pipeline_cache_data`, on this machine's adapter.
+        unsafe { ctx.use_pipeline_cache(data.as_deref()) }
+            .unwrap_or_else(|e| panic!("--pipeline-cache: {e}"));
+    }
     let timer = if ctx.caps().timestamp_query {
         let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("bench"),
@@ -548,6 +565,17 @@ fn main() {
                 failed = true;
             }
         }
+    }
+    if let (Some(path), Some(data)) = (&pipeline_cache, ctx.pipeline_cache_data()) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &data)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        eprintln!(
+            "pipeline cache {}: {} bytes written",
+            path.display(),
+            data.len()
+        );
     }
     if failed {
         std::process::exit(1);

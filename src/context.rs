@@ -50,6 +50,9 @@ pub struct KernelCounts {
 }
 
 impl Context {
+    // On the web wgpu's handles are neither `Send` nor `Sync`, so the `Arc` shares nothing
+    // across threads there; it stays an `Arc` so that `Context` is one type on every target.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn wrap(rt: Runtime) -> Self {
         let gate = rt.gate().cloned();
         Context {
@@ -241,6 +244,70 @@ impl Context {
     /// buffers go at once.
     pub fn release_cached(&self) -> Result<()> {
         self.rt().release_cached()
+    }
+
+    // ------------------------------------------------------------------ driver pipeline cache
+
+    /// The name to keep this device's driver pipeline cache under
+    /// ([`wgpu::util::pipeline_cache_key`]: backend, vendor and device), or `None` where the
+    /// device keeps none: that needs wgpu's `PIPELINE_CACHE` feature, which only Vulkan
+    /// devices have and which the crate's own constructors request where the adapter offers
+    /// it (a device you open yourself needs it among its features).
+    ///
+    /// What a cache saves is the driver's own compile, once the data of an earlier run is
+    /// given back: on a GPU driver that keeps no cache of its own (Android's, for one) that
+    /// is most of a cold call. Mesa's drivers, lavapipe included, keep their own cache on
+    /// disk anyway, and lavapipe compiles a pipeline on its first dispatch, past the reach
+    /// of this cache (BENCHMARKS.md has the measurement).
+    pub fn pipeline_cache_key(&self) -> Option<String> {
+        self.rt().pipeline_cache_key()
+    }
+
+    /// Builds every pipeline this context compiles from now on with a driver pipeline cache,
+    /// seeded with `data` from an earlier [`Context::pipeline_cache_data`] (`None`: empty).
+    /// Data that wgpu's header check refuses (another adapter, driver or wgpu version, a
+    /// truncated copy) starts an empty cache instead; it is not an error. Pipelines this
+    /// context compiled before are not in it, so call this first.
+    ///
+    /// # Safety
+    ///
+    /// wgpu's contract for [`wgpu::Device::create_pipeline_cache`]: `data` must be bytes
+    /// [`Context::pipeline_cache_data`] returned on a device with the same
+    /// [`Context::pipeline_cache_key`], unaltered. The driver trusts what its header check
+    /// lets through, so other bytes are undefined behaviour.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] where [`Context::pipeline_cache_key`] is `None`;
+    /// [`Error::Device`] if wgpu refuses to create the cache.
+    ///
+    /// ```no_run
+    /// # fn main() -> wgpu_attention::Result<()> {
+    /// let ctx = wgpu_attention::Context::new_blocking()?;
+    /// if let Some(key) = ctx.pipeline_cache_key() {
+    ///     let path = std::env::temp_dir().join(key);
+    ///     let data = std::fs::read(&path).ok();
+    ///     // SAFETY: the file holds only what `pipeline_cache_data` returned for this key.
+    ///     unsafe { ctx.use_pipeline_cache(data.as_deref())? };
+    ///     // ... attention calls, which compile their pipelines through the cache ...
+    ///     if let Some(bytes) = ctx.pipeline_cache_data() {
+    ///         let _ = std::fs::write(&path, bytes);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub unsafe fn use_pipeline_cache(&self, data: Option<&[u8]>) -> Result<()> {
+        // SAFETY: this method's contract, passed on.
+        unsafe { self.rt().use_pipeline_cache(data) }
+    }
+
+    /// The driver pipeline cache's contents, to keep for the next run's
+    /// [`Context::use_pipeline_cache`] (write them to a temporary file and rename it over
+    /// the old one, so that a crash never leaves half a file). `None` before
+    /// `use_pipeline_cache`, or where the driver gives no data.
+    pub fn pipeline_cache_data(&self) -> Option<Vec<u8>> {
+        self.rt().pipeline_cache_data()
     }
 
     // ------------------------------------------------------------------ planning

@@ -567,3 +567,86 @@ fn warm_recorded_merges_create_nothing() {
         assert_eq!(record(), [0; 4], "warm merge {i}");
     }
 }
+
+/// The driver pipeline cache: on Vulkan a context builds its pipelines through the cache it
+/// is given, another context seeded with the first's data computes the same output, and
+/// bytes wgpu's header check refuses start an empty cache rather than fail; without the
+/// feature (GL) asking for one is a typed `Unsupported` and there is no data.
+#[test]
+fn a_driver_pipeline_cache_round_trips_where_the_device_has_one() {
+    let (b, h, s, d) = (1, 2, 37, 16);
+    let shape = [b, h, s, d];
+    let n = b * h * s * d;
+    let (qh, kh, vh) = (random(n, 61), random(n, 62), random(n, 63));
+    let run = |ctx: &Context| {
+        let q = ctx.upload_f32(&qh, shape).unwrap();
+        let k = ctx.upload_f32(&kh, shape).unwrap();
+        let v = ctx.upload_f32(&vh, shape).unwrap();
+        let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::TopLeft));
+        let out = ctx
+            .attention_blocking(q.view(), k.view(), v.view(), &opts)
+            .unwrap();
+        ctx.download_f32_blocking(out.view()).unwrap()
+    };
+    let ctx = own_ctx();
+    let has_feature = ctx
+        .device()
+        .features()
+        .contains(wgpu::Features::PIPELINE_CACHE);
+    assert_eq!(ctx.pipeline_cache_key().is_some(), has_feature);
+    assert!(
+        ctx.pipeline_cache_data().is_none(),
+        "no cache before one is asked for"
+    );
+    if !has_feature {
+        assert_ne!(
+            ctx.adapter_info().backend,
+            wgpu::Backend::Vulkan,
+            "wgpu offers it on Vulkan"
+        );
+        // SAFETY: no data.
+        match unsafe { ctx.use_pipeline_cache(None) } {
+            Err(Error::Unsupported(u)) => assert!(u.to_string().contains("PIPELINE_CACHE"), "{u}"),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        assert!(ctx.pipeline_cache_data().is_none());
+        return;
+    }
+    let before = ctx.created_resources();
+    // SAFETY: no data.
+    unsafe { ctx.use_pipeline_cache(None) }.unwrap();
+    assert_eq!(
+        created_since(&ctx, before),
+        [0, 0, 0, 1],
+        "the cache is counted"
+    );
+    let want = reference::attention(
+        &host(&qh, shape),
+        &host(&kh, shape),
+        &host(&vh, shape),
+        1.0 / (d as f64).sqrt(),
+        &HostMask {
+            causal: true,
+            ..Default::default()
+        },
+    );
+    let first = run(&ctx);
+    assert_close(&first, &want, DType::F32, "through an empty cache");
+    let data = ctx.pipeline_cache_data().expect("the driver's cache data");
+    assert!(!data.is_empty());
+
+    let seeded = own_ctx();
+    // SAFETY: `data` is what `pipeline_cache_data` returned on this adapter, unaltered.
+    unsafe { seeded.use_pipeline_cache(Some(&data)) }.unwrap();
+    assert_eq!(run(&seeded), first, "seeded with the first context's cache");
+
+    let refused = own_ctx();
+    // SAFETY: not from `pipeline_cache_data`, but wgpu's header check refuses it (too
+    // short for its header) before any driver sees it.
+    unsafe { refused.use_pipeline_cache(Some(b"not a pipeline cache")) }.unwrap();
+    assert_eq!(
+        run(&refused),
+        first,
+        "an empty cache instead of refused bytes"
+    );
+}

@@ -15,6 +15,8 @@ pub(crate) struct Counts {
     pub layouts: AtomicU64,
     pub modules: AtomicU64,
     pub pipelines: AtomicU64,
+    /// Driver pipeline caches ([`crate::Context::use_pipeline_cache`]).
+    pub caches: AtomicU64,
     pub encoders: AtomicU64,
 }
 
@@ -90,6 +92,18 @@ impl<'a> Dev<'a> {
     ) -> wgpu::ComputePipeline {
         Counts::add(&self.counts.pipelines);
         self.device.create_compute_pipeline(desc)
+    }
+
+    /// # Safety
+    /// As `wgpu::Device::create_pipeline_cache`: `desc.data`, if any, came from
+    /// `wgpu::PipelineCache::get_data` on an adapter with the same pipeline-cache key.
+    pub(crate) unsafe fn new_pipeline_cache(
+        self,
+        desc: &wgpu::PipelineCacheDescriptor<'_>,
+    ) -> wgpu::PipelineCache {
+        Counts::add(&self.counts.caches);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.device.create_pipeline_cache(desc) }
     }
 
     pub(crate) fn new_encoder(

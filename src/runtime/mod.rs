@@ -37,7 +37,7 @@ pub struct ResourceCounts {
     /// `other`).
     pub pipelines: u64,
     /// Everything else the context asked wgpu to create: shader modules, bind group and
-    /// pipeline layouts, command encoders. A warm recorded call creates none; a call that
+    /// pipeline layouts, command encoders, driver pipeline caches. A warm recorded call creates none; a call that
     /// submits for you creates one command encoder.
     pub other: u64,
     /// Bytes of the scratch buffers kept for calls now (the parameter ring excluded): what
@@ -240,6 +240,7 @@ impl Runtime {
             pipelines: Counts::get(&self.counts.pipelines),
             other: Counts::get(&self.counts.layouts)
                 + Counts::get(&self.counts.modules)
+                + Counts::get(&self.counts.caches)
                 + Counts::get(&self.counts.encoders),
             scratch_bytes: self
                 .lock_arena()
@@ -253,6 +254,66 @@ impl Runtime {
 
     pub(crate) fn compile_times(&self) -> Vec<(String, std::time::Duration)> {
         self.cache.compile_times()
+    }
+
+    /// See [`crate::Context::pipeline_cache_key`].
+    pub(crate) fn pipeline_cache_key(&self) -> Option<String> {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::PIPELINE_CACHE)
+        {
+            return None;
+        }
+        wgpu::util::pipeline_cache_key(&self.info)
+    }
+
+    /// See [`crate::Context::use_pipeline_cache`].
+    ///
+    /// # Safety
+    /// That method's contract.
+    pub(crate) unsafe fn use_pipeline_cache(&self, data: Option<&[u8]>) -> Result<()> {
+        if self.pipeline_cache_key().is_none() {
+            return Err(crate::error::Unsupported {
+                reason: crate::error::UnsupportedReason::Feature(format!(
+                    "PIPELINE_CACHE (wgpu keeps a driver pipeline cache on Vulkan only; this \
+                     device is on {:?}{})",
+                    self.info.backend,
+                    if self.info.backend == wgpu::Backend::Vulkan {
+                        " without the feature"
+                    } else {
+                        ""
+                    }
+                )),
+            }
+            .into());
+        }
+        let _held = self.hold();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // `fallback`: data that wgpu's header check refuses (another adapter or driver, a
+        // truncated file) starts an empty cache instead of failing.
+        // SAFETY: the caller's contract (the data came from `pipeline_cache_data`).
+        let cache = unsafe {
+            self.dev()
+                .new_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("wgpu-attention pipelines"),
+                    data,
+                    fallback: true,
+                })
+        };
+        if let Some(Some(e)) = pipeline::ready(scope.pop()) {
+            return Err(Error::device_msg(
+                "creating a pipeline cache",
+                crate::error::chain(&e),
+            ));
+        }
+        self.cache.set_driver_cache(cache)
+    }
+
+    /// See [`crate::Context::pipeline_cache_data`].
+    pub(crate) fn pipeline_cache_data(&self) -> Option<Vec<u8>> {
+        let _held = self.hold();
+        self.cache.driver_cache_data()
     }
 
     // ------------------------------------------------------------------ resources

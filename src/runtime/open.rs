@@ -6,9 +6,11 @@ use crate::plan::dispatch;
 use crate::runtime::Runtime;
 
 /// Optional features this crate uses when the adapter has them: subgroups (reductions and
-/// the cooperative-matrix kernel) and f16 arithmetic (the cooperative-matrix kernel).
-pub const OPTIONAL_FEATURES: wgpu::Features =
-    wgpu::Features::SUBGROUP.union(wgpu::Features::SHADER_F16);
+/// the cooperative-matrix kernel), f16 arithmetic (the cooperative-matrix kernel), and a
+/// driver pipeline cache ([`Context::use_pipeline_cache`](crate::Context::use_pipeline_cache)).
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::PIPELINE_CACHE);
 
 pub(crate) fn backends_from_env() -> wgpu::Backends {
     wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
@@ -18,6 +20,9 @@ pub(crate) fn backends_from_env() -> wgpu::Backends {
 /// `WGPU_POWER_PREF`) on `backends`, and a device on it with the adapter's full limits and
 /// [`OPTIONAL_FEATURES`] (and `extra` features where the adapter has them), cooperative
 /// matrices with `experimental`.
+// The adapter is dropped explicitly, under the gate (native GL objects must be); on the web
+// wgpu's adapter has no drop glue, which clippy reports there.
+#[cfg_attr(target_arch = "wasm32", allow(clippy::drop_non_drop))]
 pub(crate) async fn open(
     backends: wgpu::Backends,
     experimental: bool,

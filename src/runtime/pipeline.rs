@@ -95,6 +95,9 @@ pub(crate) struct PipelineCache {
     /// Each pipeline built so far with the host time its creation (and warm-up) took: what
     /// a cold call pays, per variant (native only: the web's clock is not `Instant`).
     times: Mutex<Vec<(String, std::time::Duration)>>,
+    /// The driver's pipeline cache every new pipeline is built with, once the caller gave
+    /// one ([`crate::Context::use_pipeline_cache`]).
+    driver: Mutex<Option<wgpu::PipelineCache>>,
     /// The runtime checks wgpu injects into the shaders (`None`: all of them).
     checks: Option<wgpu::ShaderRuntimeChecks>,
     /// Run each new pipeline once, so that a driver that compiles a pipeline on its first
@@ -142,6 +145,7 @@ impl PipelineCache {
         PipelineCache {
             map: Mutex::default(),
             times: Mutex::default(),
+            driver: Mutex::default(),
             checks,
             warm_up,
             browser,
@@ -164,6 +168,17 @@ impl PipelineCache {
         if let Ok(mut t) = self.times.lock() {
             t.push((label.to_string(), took));
         }
+    }
+
+    /// Builds every pipeline from now on with `cache`.
+    pub(crate) fn set_driver_cache(&self, cache: wgpu::PipelineCache) -> Result<()> {
+        *self.driver.lock().map_err(|_| poisoned())? = Some(cache);
+        Ok(())
+    }
+
+    /// The driver cache's contents (`None` without one, or where the driver gives none).
+    pub(crate) fn driver_cache_data(&self) -> Option<Vec<u8>> {
+        self.driver.lock().ok()?.as_ref()?.get_data()
     }
 
     fn cached(&self, key: &(ModuleKey, &'static str)) -> Result<Option<Arc<Compiled>>> {
@@ -269,6 +284,7 @@ impl PipelineCache {
     ) -> (Compiled, impl Future<Output = Option<wgpu::Error>> + use<>) {
         let label = &spec.label;
         log::debug!("compiling pipeline {label}");
+        let driver = self.driver.lock().ok().and_then(|d| d.clone());
         let scope = dev.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let source = dialect(&spec.source, self.browser && spec.subgroups);
         let desc = wgpu::ShaderModuleDescriptor {
@@ -329,7 +345,7 @@ impl PipelineCache {
                 constants: &[],
                 zero_initialize_workgroup_memory: false,
             },
-            cache: None,
+            cache: driver.as_ref(),
         });
         let compiled = Compiled {
             pipeline,
