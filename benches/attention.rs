@@ -14,6 +14,8 @@
 //! `scratch_mb` the scratch the context keeps after the case, its forward's included),
 //! `--pipeline-cache FILE` (the driver pipeline cache, `Context::use_pipeline_cache`: seeded
 //! from FILE if it exists, its data written back at the end; Vulkan only),
+//! `--softcap C` and `--sinks` (the score terms of `AttentionOptions::softcap` and `::sinks`,
+//! a sink of 0.5 per head; the line's `terms`),
 //! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
 //! cooperative-matrix kernel's rescale round trips).
 //! Each line says how many pipelines the case's first call compiled and in how long
@@ -50,6 +52,25 @@ struct Case {
     gain: f32,
     /// `--pass backward`: time the backward pass.
     backward: bool,
+    /// `--softcap C`: logits soft-capped at C.
+    softcap: Option<f32>,
+    /// `--sinks`: a sink logit per head (0.5 each).
+    sinks: bool,
+}
+
+impl Case {
+    /// The score terms, for the JSON line: `none`, `softcap<C>`, `sinks`, or both.
+    fn terms(&self) -> String {
+        let mut t: Vec<String> = self.softcap.iter().map(|c| format!("softcap{c}")).collect();
+        if self.sinks {
+            t.push("sinks".into());
+        }
+        if t.is_empty() {
+            "none".into()
+        } else {
+            t.join("+")
+        }
+    }
 }
 
 use wgpu_attention::reference::random_uniform as random;
@@ -130,6 +151,10 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     opts.tuning.flash_rows_per_thread = c.rpt;
     opts.tuning.flash_block_k = c.bk;
     opts.tuning.flash_threads_per_row = c.tpr;
+    opts.softcap = c.softcap;
+    if c.sinks {
+        opts.sinks = Some(vec![0.5; c.h]);
+    }
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let dtype = if c.dtype == "f16" {
         DType::F16
@@ -274,9 +299,10 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{},{}{}}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"terms\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{},{}{}}}",
         c.backend,
         c.mask,
+        c.terms(),
         c.dtype,
         c.b,
         c.h,
@@ -344,7 +370,13 @@ fn main() {
         .filter(|a| {
             !matches!(
                 a.as_str(),
-                "--bench" | "--unchecked" | "--experimental" | "--checks" | "bounds" | "--counts"
+                "--bench"
+                    | "--unchecked"
+                    | "--experimental"
+                    | "--checks"
+                    | "bounds"
+                    | "--counts"
+                    | "--sinks"
             )
         })
         .cloned()
@@ -365,6 +397,8 @@ fn main() {
         tpr: None,
         gain: 1.0,
         backward: false,
+        softcap: None,
+        sinks: false,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -394,6 +428,12 @@ fn main() {
             "--tpr" => base.tpr = Some(num() as u32),
             "--max-binding" => max_binding = Some(num() as u64),
             "--pipeline-cache" => pipeline_cache = Some(val.clone().into()),
+            "--softcap" => {
+                base.softcap = Some(
+                    val.parse()
+                        .unwrap_or_else(|_| panic!("--softcap needs a number, got {val:?}")),
+                )
+            }
             "--pass" => match val.as_str() {
                 "forward" => base.backward = false,
                 "backward" => base.backward = true,
@@ -422,6 +462,7 @@ fn main() {
         }
         i += 2;
     }
+    base.sinks = all.iter().any(|a| a == "--sinks");
     let experimental = all.iter().any(|a| a == "--experimental");
     let ctx = if let Some(max) = max_binding {
         limited_context(max)

@@ -25,7 +25,8 @@ struct Params {
     diag_off: u32, do_off: u32, do_sb: u32, do_sh: u32,
     do_ss: u32, do_sd: u32, stat_off: u32, g_off: u32,
     g_dv: u32, f_n0: u32, f_n1: u32, f_n2: u32,
-    f_n3: u32, bg_b: u32, bg_h: u32, _pad0: u32,
+    f_n3: u32, bg_b: u32, bg_h: u32, softcap: f32,
+    sink_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
 const F_CAUSAL: u32 = 1u;
@@ -45,6 +46,11 @@ const F_KV_PAIRS: u32 = 4096u;
 // A part of a call split to fit the storage-binding limit: the query and key lengths in aux
 // are the part's own, and the diagonal's offset per batch item is at aux[P.diag_off + b].
 const F_DIAG: u32 = 8192u;
+// Attention sinks: a logit per query head at aux[P.sink_off + h] (f32 bits) joins each row's
+// denominator (shaders/online_softmax.wgsl's online_sink).
+const F_SINK: u32 = 16384u;
+// Logits are soft-capped at P.softcap: cap · tanh(s / cap).
+const F_SOFTCAP: u32 = 32768u;
 // Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16.
 const DT_Q: u32 = 16u;
 const DT_K: u32 = 18u;
@@ -229,6 +235,37 @@ fn tile_key_range(i0: u32, i1: u32, rc: RowCtx) -> vec2<u32> {
 fn bool_mask_at(b: u32, h: u32, i: u32, j: u32) -> bool {
     let e = P.m_off + b * P.m_sb + h * P.m_sh + i * P.m_sq + j * P.m_sk;
     return ((m_buf[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu) != 0u;
+}
+
+// tanh to within a few ulps. Shader compilers lower tanh as (e^2x - 1) / (e^2x + 1), which
+// loses the digits of small values (a relative error of 1e-4 near 1e-3): below 0.625 this is
+// the odd polynomial of Cephes' tanhf instead. Past 15, tanh is 1 in f32, and the clamp keeps
+// the exponential finite. Branch-free: CPU drivers run both sides of a branch.
+fn tanh_exact(x: f32) -> f32 {
+    let z = x * x;
+    let small = ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
+        + 1.33314422036e-1) * z - 3.33332819422e-1) * z * x + x;
+    let e = exp(2.0 * min(abs(x), 15.0));
+    let large = sign(x) * (1.0 - 2.0 / (e + 1.0));
+    return select(large, small, abs(x) < 0.625);
+}
+
+// Gemma 2's soft cap of a scaled logit, cap · tanh(s / cap), applied before the mask terms.
+// A logit that is not finite (NaN) stays as it is, so that it stays masked.
+fn softcap_at(s: f32, cap: f32) -> f32 {
+    return select(s, cap * tanh_exact(s / cap), finite_logit(s));
+}
+
+// The soft cap where the call asks for it (the identity without).
+fn softcap(s: f32) -> f32 {
+    if (!has(F_SOFTCAP)) { return s; }
+    return softcap_at(s, P.softcap);
+}
+
+// The sink logit of query head h (LOWEST without sinks: no sink).
+fn sink_logit(h: u32) -> f32 {
+    if (!has(F_SINK)) { return LOWEST; }
+    return bitcast<f32>(aux_buf[P.sink_off + h]);
 }
 
 // The additive bias of logit (i, j) (0 without one).

@@ -99,7 +99,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             var bits = 0u;
             for (var g = 0u; g < OWN; g++) {
                 let j = j0 + g * TPR + sub;
-                var s = own[k][g / 4u][g % 4u];
+                var s = softcap(own[k][g / 4u][g % 4u]);
                 var vis = j >= ranges[k].x && j < ranges[k].y;
                 if (vis && loads_extra) { s += loaded_extra(b, h, i, j, state); }
                 if (vis) {
@@ -147,14 +147,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var k = 0u; k < RPT; k++) {
         let i = rows[k];
         if (row_stored(b, i, rc)) {
-            let inv = online_inv(st[k]);
+            let fin = online_sink(st[k], sink_logit(h));
+            let inv = online_out_scale(fin);
             for (var c = 0u; c < 4u; c++) {
                 for (var t = 0u; t < PV4; t++) {
                     let d = sub * DPV + t * 4u + c;
                     if (d < P.dv) { store_o(o_index(b, h, i, d, 0u), acc[k][t][c] * inv); }
                 }
             }
-            if (sub == 0u) { store_lse(b, h, i, 0u, st[k].m, st[k].l); }
+            if (sub == 0u) { store_lse(b, h, i, 0u, fin.m, fin.l); }
         }
     }
 }

@@ -276,9 +276,9 @@ fn main(
     }
     let kbase = P.k_off + k_batch(b) + tile.hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + tile.hk * P.v_sh;
-    // Whether logits get terms beyond the scaled score: those (and a mixed tile's bool mask)
-    // are applied in a loop over the lane's visible keys, which writes the logits back.
-    let extra = EXTRA_TERMS && (has(F_BIAS) || has(F_ALIBI));
+    // Whether logits get terms beyond the scaled score (bias, ALiBi, the soft cap): those (and
+    // a mixed tile's bool mask) are applied in a loop over the lane's visible keys, which writes the logits back.
+    let extra = EXTRA_TERMS && (has(F_BIAS) || has(F_ALIBI) || has(F_SOFTCAP));
     // exp(x) is exp2(x·log2 e) on every GPU: the scale and log2 e fold into one factor.
     let scale2 = P.scale * LOG2E;
     if (cur.x < tiles.y) {
@@ -337,7 +337,7 @@ fn main(
                     var s = ss[sb + c] * P.scale;
                     if (state == 2u && !bool_mask_at(b, h, i, j)) { bits &= ~(1u << c); }
                     if (extra) {
-                        s += logit_extra(b, h, i, j, rc);
+                        s = softcap(s) + logit_extra(b, h, i, j, rc);
                         ss[sb + c] = s;
                     }
                 }
@@ -402,8 +402,10 @@ fn main(
     // divided by l, two elements a store.
     var inv: array<f32, RPL>;
     var stored: array<bool, RPL>;
+    let sink = sink_logit(h);
     for (var k = 0u; k < RPL; k++) {
-        inv[k] = online_inv(st[k]);
+        st[k] = online_sink(st[k], sink);
+        inv[k] = online_out_scale(st[k]);
         stored[k] = row_stored(b, qt * BR + row0 + ln / LPR + k * RPP, rc);
     }
     //@OUTPUT

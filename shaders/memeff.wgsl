@@ -60,7 +60,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (vis) {
             let kr = kbase + j * P.k_ss;
             for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
-            s += logit_extra(b, h, i, j, rc);
+            s = softcap(s) + logit_extra(b, h, i, j, rc);
             vis = finite_logit(s);
         }
         ps[lid] = s;
@@ -96,11 +96,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 
     if (row_stored(b, i, rc)) {
-        let inv = online_inv(st);
+        // The sink joins the row once: in key split 0 (merge.wgsl's weights carry it over).
+        let fin = online_sink(st, select(LOWEST, sink_logit(h), split == 0u));
+        let inv = online_out_scale(fin);
         for (var c = 0u; c < NCOL; c++) {
             let d = lid + c * WG;
             if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc[c] * inv); }
         }
-        if (lid == 0u) { store_lse(b, h, i, split, st.m, st.l); }
+        if (lid == 0u) { store_lse(b, h, i, split, fin.m, fin.l); }
     }
 }

@@ -44,7 +44,7 @@ fn scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         for (var d = 0u; d < P.dk; d++) {
             s += load_q(q_index(id.b, id.h, id.i, d)) * load_k(kr + d * P.k_sd);
         }
-        s = s * P.scale + logit_extra(id.b, id.h, id.i, j, rc);
+        s = softcap(s * P.scale) + logit_extra(id.b, id.h, id.i, j, rc);
         if (finite_logit(s)) { out = bitcast<u32>(s); }
     }
     scratch[local_row * P.scratch_stride + j] = out;
@@ -88,15 +88,17 @@ fn softmax(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         workgroupBarrier();
     }
     let total = red[0];
+    // The row's state with its sink folded in (without one, (row_max, total) as it is).
+    let id = row_id(P.row_start + min(local_row, P.row_count - 1u));
+    let fin = online_sink(Online(row_max, total, 1.0), sink_logit(id.h));
     if (in_range && lid == 0u) {
-        let id = row_id(P.row_start + local_row);
-        if (row_stored(id.b, id.i, row_ctx(id.b))) { store_lse(id.b, id.h, id.i, 0u, row_max, total); }
+        if (row_stored(id.b, id.i, row_ctx(id.b))) { store_lse(id.b, id.h, id.i, 0u, fin.m, fin.l); }
     }
     if (in_range) {
         for (var j = lid; j < P.seq_k; j += WG) {
             let w = scratch[base + j];
             var p = 0.0;
-            if (w != MASKED && total > 0.0) { p = exp(bitcast<f32>(w) - row_max) / total; }
+            if (w != MASKED && fin.l > 0.0) { p = exp(bitcast<f32>(w) - fin.m) / fin.l; }
             scratch[base + j] = bitcast<u32>(p);
         }
     }

@@ -46,6 +46,26 @@ fn online_weight(s: f32, vis: bool, st: Online) -> f32 {
     return select(0.0, exp(s - st.m), vis);
 }
 
+// Folds a logit that has no value (an attention sink) into a row's finished state: it joins
+// the denominator l only. `alpha` is then the factor the accumulators need (applied with
+// 1 / l: see online_out_scale). A sink of LOWEST is no sink: the state stays as it is. A
+// row that saw no key (l = 0) gets l = 1 and alpha = 0: output 0, log-sum-exp the sink.
+fn online_sink(st: Online, sink: f32) -> Online {
+    let on = sink > LOWEST;
+    var r: Online;
+    r.m = select(st.m, max(st.m, sink), on);
+    r.alpha = exp(st.m - r.m);
+    r.l = st.l * r.alpha + select(0.0, exp(sink - r.m), on);
+    return r;
+}
+
+// The factor that turns a row's accumulators into its output, a sink folded in: alpha / l
+// (0 for a row whose l is 0).
+fn online_out_scale(st: Online) -> f32 {
+    if (st.l > 0.0) { return st.alpha / st.l; }
+    return 0.0;
+}
+
 // 1 / l: the factor that turns a row's accumulators into its output (0 for a row that saw
 // no key, whose output is 0).
 fn online_inv(st: Online) -> f32 {

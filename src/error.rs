@@ -33,6 +33,8 @@ pub enum TensorRole {
     QueryLengths,
     /// The ALiBi slopes.
     AlibiSlopes,
+    /// The attention sinks' logits ([`crate::AttentionOptions::sinks`]).
+    Sinks,
     /// A host slice given to an upload or download helper.
     HostData,
     /// The options of the call (scale, window, backend).
@@ -75,6 +77,7 @@ impl fmt::Display for TensorRole {
             TensorRole::KeyLengths => "key lengths",
             TensorRole::QueryLengths => "query lengths",
             TensorRole::AlibiSlopes => "alibi slopes",
+            TensorRole::Sinks => "sinks",
             TensorRole::HostData => "host data",
             TensorRole::Options => "options",
             TensorRole::Lse => "log-sum-exp",
@@ -213,6 +216,13 @@ pub enum InputProblem {
         /// Its value.
         value: f32,
     },
+    /// A scalar option that must be positive is not.
+    NotPositive {
+        /// Which option.
+        what: &'static str,
+        /// Its value.
+        value: f32,
+    },
     /// A scalar option is larger in magnitude than the crate takes.
     OutOfRange {
         /// Which option.
@@ -287,6 +297,9 @@ impl fmt::Display for InputProblem {
             }
             InputProblem::NonFinite { what, value } => {
                 write!(f, "{what} is {value}, expected a finite number")
+            }
+            InputProblem::NotPositive { what, value } => {
+                write!(f, "{what} is {value}, expected a positive number")
             }
             InputProblem::OutOfRange { what, value, max } => {
                 write!(f, "{what} is {value:e}, expected a magnitude of at most {max:e}")

@@ -51,6 +51,24 @@ pub struct HostMask<'a> {
     pub bias: Option<HostTensor<'a>>,
     /// ALiBi slopes per query head.
     pub alibi: Option<&'a [f32]>,
+    /// Logit soft cap: `cap · tanh(s / cap)` of the scaled logit, before bias and ALiBi
+    /// (Gemma 2).
+    pub softcap: Option<f32>,
+    /// Sink logits per query head: each joins its rows' softmax denominators with no value
+    /// (gpt-oss).
+    pub sinks: Option<&'a [f32]>,
+}
+
+/// The soft cap of an f32 logit, in f64, rounded to f32 as the kernels keep it.
+fn soft_capped(l: f32, cap: f32) -> f32 {
+    let cap = cap as f64;
+    (cap * (l as f64 / cap).tanh()) as f32
+}
+
+/// `d cap·tanh(s/cap) / ds` at the capped value `c`: `1 - (c / cap)²`.
+fn softcap_slope(c: f64, cap: f32) -> f64 {
+    let t = c / cap as f64;
+    1.0 - t * t
 }
 
 fn bcast_index(shape: [usize; 4], b: usize, h: usize, i: usize, j: usize) -> usize {
@@ -107,18 +125,40 @@ fn offset(m: &HostMask<'_>, qv: usize, kv: usize) -> i64 {
     }
 }
 
+/// One row's logits, soft-capped scores and visibility, reused across rows.
+struct RowScratch {
+    logits: Vec<f64>,
+    capped: Vec<f64>,
+    vis: Vec<bool>,
+}
+
+impl RowScratch {
+    fn new(sk: usize) -> Self {
+        RowScratch {
+            logits: vec![0.0; sk],
+            capped: vec![0.0; sk],
+            vis: vec![false; sk],
+        }
+    }
+}
+
 /// The logits of row `i` of batch `ib`, head `ih` (rounded to f32, as the kernels compute
-/// them) into `logits`, which keys take part into `vis`; returns their maximum (-inf when
-/// none does).
+/// them) into `row.logits`, with a soft cap the capped scores before bias and ALiBi into
+/// `row.capped`, which keys take part into `row.vis`; returns their maximum (-inf when none
+/// does).
 fn row_logits(
     q: &HostTensor<'_>,
     k: &HostTensor<'_>,
     scale: f64,
     m: &HostMask<'_>,
     [ib, ih, i]: [usize; 3],
-    logits: &mut [f64],
-    vis: &mut [bool],
+    row: &mut RowScratch,
 ) -> f64 {
+    let RowScratch {
+        logits,
+        capped,
+        vis,
+    } = row;
     let [_, hq, sq, d] = q.shape;
     let [_, hkv, sk, _] = k.shape;
     let hk = ih / (hq / hkv);
@@ -139,6 +179,10 @@ fn row_logits(
             .map(|(&a, &c)| a as f64 * c as f64)
             .sum();
         let mut l = (dot * scale) as f32;
+        if let Some(cap) = m.softcap {
+            l = soft_capped(l, cap);
+            capped[j] = l as f64;
+        }
         if let Some(bias) = &m.bias {
             l += bias.data[bcast_index(bias.shape, ib, ih, i, j)];
         }
@@ -168,6 +212,8 @@ pub struct HostGradients {
     pub dv: Vec<f64>,
     /// The bias gradient in the bias's shape (empty without a bias).
     pub dbias: Vec<f64>,
+    /// The sinks' gradient, one per query head (empty without sinks).
+    pub dsink: Vec<f64>,
 }
 
 /// Reference backward pass: the analytic gradients of attention with respect to Q, K, V and
@@ -209,20 +255,29 @@ pub fn attention_backward_from(
         dk: vec![0.0; k.data.len()],
         dv: vec![0.0; v.data.len()],
         dbias: vec![0.0; m.bias.as_ref().map_or(0, |t| t.data.len())],
+        dsink: vec![0.0; m.sinks.map_or(0, |s| s.len())],
     };
-    let (mut logits, mut vis) = (vec![0.0f64; sk], vec![false; sk]);
+    let mut row_s = RowScratch::new(sk);
     let (mut p, mut dp) = (vec![0.0f64; sk], vec![0.0f64; sk]);
     for ib in 0..b {
         for ih in 0..hq {
             let hk = ih / group;
             for i in 0..sq {
-                let mx = row_logits(q, k, scale, m, [ib, ih, i], &mut logits, &mut vis);
+                let mx = row_logits(q, k, scale, m, [ib, ih, i], &mut row_s);
+                let RowScratch {
+                    logits,
+                    capped,
+                    vis,
+                } = &row_s;
+                let sink = m.sinks.map(|s| s[ih] as f64);
                 if mx == f64::NEG_INFINITY {
+                    // No key: output 0 whatever the sink, and no gradient reaches it.
                     continue;
                 }
+                let mx = sink.map_or(mx, |s| mx.max(s));
                 let row = (ib * hq + ih) * sq + i;
                 let dorow = &d_out[row * dv..][..dv];
-                let mut sum = 0.0;
+                let mut sum = sink.map_or(0.0, |s| (s - mx).exp());
                 for j in 0..sk {
                     p[j] = if vis[j] { (logits[j] - mx).exp() } else { 0.0 };
                     sum += p[j];
@@ -249,16 +304,25 @@ pub fn attention_backward_from(
                         .map(|(&a, &c)| a as f64 * c as f64)
                         .sum();
                 }
+                // The sink's weight, its value 0: dS_sink = p_sink · (0 - D).
+                if let Some(s) = sink {
+                    g.dsink[ih] -= (s - mx).exp() / sum * dsum;
+                }
                 let qrow = &q.data[row * d..][..d];
                 for j in 0..sk {
                     if !vis[j] {
                         continue;
                     }
                     let ds = p[j] * (dp[j] - dsum);
+                    // The soft cap's slope carries dS back to the scores q·k (the bias is
+                    // added after the cap: its gradient is dS).
+                    let ds_qk = m
+                        .softcap
+                        .map_or(ds, |cap| ds * softcap_slope(capped[j], cap));
                     let kr = ((ib * hkv + hk) * sk + j) * d;
                     for (c, &qc) in qrow.iter().enumerate() {
-                        g.dq[row * d + c] += scale * ds * k.data[kr + c] as f64;
-                        g.dk[kr + c] += scale * ds * qc as f64;
+                        g.dq[row * d + c] += scale * ds_qk * k.data[kr + c] as f64;
+                        g.dk[kr + c] += scale * ds_qk * qc as f64;
                     }
                     let vr = ((ib * hkv + hk) * sk + j) * dv;
                     for (c, &gc) in dorow.iter().enumerate() {
@@ -301,18 +365,24 @@ pub fn attention_with_lse(
     let group = hq / hkv;
     let mut out = vec![0.0f64; b * hq * sq * dv];
     let mut lse = vec![f64::NEG_INFINITY; b * hq * sq];
-    let mut logits = vec![0.0f64; sk];
-    let mut vis = vec![false; sk];
+    let mut row_s = RowScratch::new(sk);
     for ib in 0..b {
         for ih in 0..hq {
             let hk = ih / group;
             for i in 0..sq {
-                let mx = row_logits(q, k, scale, m, [ib, ih, i], &mut logits, &mut vis);
+                let mx = row_logits(q, k, scale, m, [ib, ih, i], &mut row_s);
+                let RowScratch { logits, vis, .. } = &row_s;
                 let o = &mut out[((ib * hq + ih) * sq + i) * dv..][..dv];
+                let sink = m.sinks.map(|s| s[ih] as f64);
                 if mx == f64::NEG_INFINITY {
-                    continue; // fully masked row: zeros
+                    // A fully masked row: zeros; its log-sum-exp is the sink's, if any.
+                    if let Some(s) = sink {
+                        lse[(ib * hq + ih) * sq + i] = s;
+                    }
+                    continue;
                 }
-                let mut sum = 0.0;
+                let mx = sink.map_or(mx, |s| mx.max(s));
+                let mut sum = sink.map_or(0.0, |s| (s - mx).exp());
                 for j in 0..sk {
                     if vis[j] {
                         let p = (logits[j] - mx).exp();

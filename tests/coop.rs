@@ -211,6 +211,59 @@ fn cooperative_matrix_flash_matches_the_reference() {
     eprintln!("{n} cases, cooperative matrices: {coop}");
 }
 
+/// Gemma 2's soft cap and gpt-oss's sinks on cooperative matrices: the cap goes through the
+/// extra-terms loop over each lane's visible keys (with the bias and ALiBi where present),
+/// the sink into each row's state before the output.
+#[test]
+fn softcap_and_sinks_on_cooperative_matrices() {
+    let ctx = coop_ctx();
+    let coop = has_coop(ctx);
+    let mut n = 0;
+    for (si, &(b, hq, hkv, sq, sk, d)) in [(1, 4, 2, 70, 33, 64), (2, 2, 1, 59, 113, 128)]
+        .iter()
+        .enumerate()
+    {
+        // Without cooperative matrices the fallback is the other suites' (tests/serving.rs):
+        // the default tier runs the first shape of it (the d=128 one compiles slowest).
+        if !coop && !full_tier() && si != 0 {
+            continue;
+        }
+        let masks = [
+            MaskSpec::default(),
+            MaskSpec {
+                causal: Some(CausalAlignment::BottomRight),
+                key_lengths: Some((0..b).map(|i| [sk, 0][i % 2] as u32).collect()),
+                bias: Some((random(hq * sq * sk, 11), [1, hq, sq, sk], DType::F16)),
+                ..Default::default()
+            },
+        ];
+        for (mi, mask) in masks.into_iter().enumerate() {
+            for dtype in [DType::F16, DType::BF16] {
+                let mut c = Case::new(b, hq, sq, sk, d)
+                    .dtype(dtype)
+                    .backend(Backend::Flash)
+                    .mask(mask.clone());
+                c.hkv = hkv;
+                c.q_gain = 6.0;
+                c.softcap = Some(2.5);
+                c.sinks = Some([0.5, -2.0, 3.0, 9.0][..hq].to_vec());
+                c.lse = true;
+                c.seed = (si * 10 + mi) as u64;
+                let (got, want, plan) = run_plan(ctx, &c);
+                assert_eq!(
+                    plan.variant.family() == Family::FlashCoop,
+                    coop,
+                    "{}",
+                    plan.reason
+                );
+                assert_within(&got, &want, coop_tolerance(c.out_dtype), &c.label());
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, if coop || full_tier() { 8 } else { 4 });
+}
+
 /// The cooperative-matrix kernel's tolerance: its P·V multiplies f16 weights, whatever the
 /// inputs (bf16 Q/K/V convert to f16 exactly in range, so they add nothing), and the output
 /// rounds to its own dtype (`tolerance_for` says how each term is derived).

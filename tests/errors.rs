@@ -342,6 +342,75 @@ fn alibi_wrong_count_and_nan() {
 }
 
 #[test]
+fn sinks_wrong_count_and_not_finite() {
+    let ctx = ctx();
+    let t = qkv(ctx, 1, 2, 8, 4);
+    let e = invalid(run(ctx, &t, &AttentionOptions::default().sinks(vec![0.5])));
+    assert_eq!(e.tensor, TensorRole::Sinks);
+    assert_eq!(
+        e.problem,
+        InputProblem::WrongCount {
+            expected: 2,
+            got: 1,
+            per: "one per query head"
+        }
+    );
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let e = invalid(run(
+            ctx,
+            &t,
+            &AttentionOptions::default().sinks(vec![0.5, bad]),
+        ));
+        assert_eq!(e.tensor, TensorRole::Sinks);
+        assert!(
+            matches!(
+                e.problem,
+                InputProblem::NonFinite {
+                    what: "sink logit",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn softcap_must_be_positive_and_finite() {
+    let ctx = ctx();
+    let t = qkv(ctx, 1, 2, 8, 4);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let e = invalid(run(ctx, &t, &AttentionOptions::default().softcap(bad)));
+        assert_eq!(e.tensor, TensorRole::Options);
+        assert!(
+            matches!(
+                e.problem,
+                InputProblem::NonFinite {
+                    what: "softcap",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    for bad in [0.0, -0.0, -30.0] {
+        let e = invalid(run(ctx, &t, &AttentionOptions::default().softcap(bad)));
+        assert_eq!(e.tensor, TensorRole::Options);
+        assert!(
+            matches!(
+                e.problem,
+                InputProblem::NotPositive {
+                    what: "softcap",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("expected a positive number"), "{e}");
+    }
+}
+
+#[test]
 fn output_shape_overlap_and_alias() {
     let ctx = ctx();
     let t = qkv(ctx, 1, 2, 8, 4);

@@ -130,6 +130,8 @@ fn variants() -> Vec<Built> {
                         bias,
                         alibi,
                         bool_mask,
+                        // With every term (bias, ALiBi and the bool mask), soft-capped too.
+                        softcap: bias.is_some() && alibi && bool_mask,
                         serial_loads,
                     };
                     v.push((ShaderVariant::FlashUnrolled(tile), count));

@@ -309,3 +309,29 @@ fn merge_of_large_partials_splits() {
     let got_lse = ctx.download_f32_blocking(&merged_lse).unwrap();
     assert_close_lse(&got_lse, &want_lse, "merged lse");
 }
+
+/// Sinks and the soft cap in calls split over heads and chunks of keys: each part gets its
+/// heads' sinks, each sink joins its rows once (in the first chunk of keys, whose
+/// log-sum-exp carries it into the merge), and the cap applies in every chunk.
+#[test]
+fn split_calls_count_each_sink_once() {
+    let (b, hq, hkv, sq, sk, d) = (2, 4, 2, 37, 150, 16);
+    let ctx = small(6 * 1024);
+    for (i, backend) in [Backend::Auto, Backend::MemoryEfficient, Backend::Naive]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = Case::new(b, hq, sq, sk, d).backend(backend);
+        c.hkv = hkv;
+        c.layout = Layout::Bshd;
+        c.lse = true;
+        c.q_gain = 6.0;
+        c.softcap = Some(2.5);
+        c.sinks = Some(vec![0.5, -2.0, 3.0, 9.0]);
+        c.seed = 70 + i as u64;
+        let label = format!("sinks, key chunks: {}", c.label());
+        let (got, want, plan) = run_plan(&ctx, &c);
+        assert!(plan.reason.contains("chunks of keys"), "{label}: {plan}");
+        assert_close(&got, &want, c.out_dtype, &label);
+    }
+}

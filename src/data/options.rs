@@ -108,6 +108,16 @@ pub struct AttentionOptions {
     pub lse_output: Option<TensorView>,
     /// Packed variable-length batches (FlashAttention's varlen interface).
     pub varlen: Option<Varlen>,
+    /// Logit soft-capping (Gemma 2): each scaled logit `s = scale · q·k` becomes
+    /// `cap · tanh(s / cap)` before the mask terms (bias, ALiBi) are added. A positive,
+    /// finite `cap`.
+    pub softcap: Option<f32>,
+    /// Attention sinks (gpt-oss): one learned logit per query head that joins each row's
+    /// softmax denominator and carries no value, so a row's weights sum to less than 1:
+    /// `o = Σⱼ exp(sⱼ) vⱼ / (exp(sink) + Σⱼ exp(sⱼ))`. A row that sees no key gives 0 (its
+    /// log-sum-exp is the sink's logit). Host values (finite), one per query head, as with
+    /// ALiBi's slopes; the backward pass returns their gradient.
+    pub sinks: Option<Vec<f32>>,
 }
 
 /// Sequences of different lengths stored back to back, as FlashAttention's varlen
@@ -213,6 +223,20 @@ impl AttentionOptions {
     /// Runs a packed variable-length batch.
     pub fn varlen(mut self, varlen: Varlen) -> Self {
         self.varlen = Some(varlen);
+        self
+    }
+
+    /// Caps the scaled logits at `cap` in magnitude, smoothly: `cap · tanh(s / cap)`
+    /// (Gemma 2's attention soft-capping; see [`AttentionOptions::softcap`]).
+    pub fn softcap(mut self, cap: f32) -> Self {
+        self.softcap = Some(cap);
+        self
+    }
+
+    /// Adds one sink logit per query head to every row's softmax denominator (gpt-oss; see
+    /// [`AttentionOptions::sinks`]).
+    pub fn sinks(mut self, sinks: Vec<f32>) -> Self {
+        self.sinks = Some(sinks);
         self
     }
 }

@@ -79,6 +79,10 @@ pub struct Problem {
     pub varlen: bool,
     /// A log-sum-exp output is requested.
     pub lse: bool,
+    /// Logits are soft-capped ([`crate::AttentionOptions::softcap`]).
+    pub softcap: bool,
+    /// Rows have attention sinks ([`crate::AttentionOptions::sinks`]).
+    pub sinks: bool,
 }
 
 impl Problem {
@@ -100,6 +104,8 @@ impl Problem {
             mask: MaskKinds::default(),
             varlen: false,
             lse: false,
+            softcap: false,
+            sinks: false,
         }
     }
 

@@ -138,7 +138,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                     ["", count, softmax, "", generated.as_str()]
                 }
                 ShaderVariant::MemoryEfficient(_) => ["", "", softmax, "", sources::MEMEFF],
-                ShaderVariant::Naive => ["", "", "", "", sources::NAIVE],
+                ShaderVariant::Naive => ["", "", softmax, "", sources::NAIVE],
             };
             // Enable directives must precede every declaration.
             let enables = if let ShaderVariant::FlashCoop(_) = v {

@@ -157,6 +157,13 @@ pub fn plan_backward(
     caps: &DeviceCaps,
     opts: &AttentionOptions,
 ) -> Result<BackwardPlan> {
+    if p.softcap || p.sinks {
+        return Err(Error::backend(
+            "the backward pass of the soft cap and of attention sinks is not built yet: \
+             their forward runs on every backend, their gradients on none"
+                .to_string(),
+        ));
+    }
     let flash = backward_tile(p, caps, opts);
     let mask_note = if p.mask.any() {
         " Masks are applied inside the kernels; tiles no row sees are skipped."

@@ -387,6 +387,7 @@ pub fn flash_variant(
             bias: p.mask.bias,
             alibi: p.mask.alibi,
             bool_mask: p.mask.bool_mask,
+            softcap: p.softcap,
             serial_loads: caps.cpu_serial_loads,
         }));
     }
@@ -462,7 +463,7 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         fragment: caps.coop_fragment,
         subgroup_size: max,
         ways,
-        extra: p.mask.bias.is_some() || p.mask.alibi,
+        extra: p.mask.bias.is_some() || p.mask.alibi || p.softcap,
         bool_mask: p.mask.bool_mask,
         pairs: true,
         dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],

@@ -357,10 +357,17 @@ impl<'a> Layout<'a> {
         if let Some(s) = &mut m.alibi_slopes {
             *s = s[part.h0..part.h0 + part.nh].to_vec();
         }
+        // A sink joins a row's denominator once: in the first chunk of its keys only (the
+        // chunks' log-sum-exps carry it into the merge).
+        opts.sinks = match opts.sinks.take() {
+            Some(s) if part.k0 == 0 => Some(s[part.h0..part.h0 + part.nh].to_vec()),
+            _ => None,
+        };
         if let Some(l) = &mut opts.lse_output {
             *l = at(Kind::Rows, l);
         }
         let mut problem = p.clone();
+        problem.sinks = opts.sinks.is_some();
         problem.batch = part.nb;
         problem.heads_q = part.nh;
         problem.heads_kv = self.kv_heads(part);

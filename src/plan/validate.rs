@@ -380,6 +380,30 @@ pub(crate) fn validate(
             ));
         }
     }
+    if let Some(s) = &opts.sinks {
+        if s.len() != hq {
+            return Err(Error::invalid(
+                Sinks,
+                InputProblem::WrongCount {
+                    expected: hq,
+                    got: s.len(),
+                    per: "one per query head",
+                },
+            ));
+        }
+        if let Some(&bad) = s.iter().find(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                Sinks,
+                InputProblem::NonFinite {
+                    what: "sink logit",
+                    value: bad,
+                },
+            ));
+        }
+    }
+    if let Some(cap) = opts.softcap {
+        check_softcap(cap)?;
+    }
     if let Some(l) = &opts.lse_output {
         if l.dtype != DType::F32 {
             return Err(Error::invalid(
@@ -449,6 +473,8 @@ pub(crate) fn validate(
         scale,
         varlen: varlen.is_some(),
         lse: opts.lse_output.is_some(),
+        softcap: opts.softcap.is_some(),
+        sinks: opts.sinks.is_some(),
         mask: MaskKinds {
             causal: m.causal,
             alignment: m.alignment,
@@ -460,6 +486,30 @@ pub(crate) fn validate(
             alibi: m.alibi_slopes.is_some(),
         },
     })
+}
+
+/// A soft cap must be positive and finite (`cap · tanh(s / cap)` is undefined at 0 and
+/// the identity at infinity: leave the option unset for that).
+fn check_softcap(cap: f32) -> Result<()> {
+    if !cap.is_finite() {
+        return Err(Error::invalid(
+            TensorRole::Options,
+            InputProblem::NonFinite {
+                what: "softcap",
+                value: cap,
+            },
+        ));
+    }
+    if cap <= 0.0 {
+        return Err(Error::invalid(
+            TensorRole::Options,
+            InputProblem::NotPositive {
+                what: "softcap",
+                value: cap,
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that `view` is a float tensor of exactly `want`'s shape.

@@ -71,6 +71,8 @@ pub struct UnrolledTile {
     /// Whether the kernel reads a bool mask, key by key, in the tiles its block summary
     /// marks mixed (tiles marked all visible run through a key loop without it).
     pub bool_mask: bool,
+    /// Whether the kernel soft-caps every score ([`crate::AttentionOptions::softcap`]).
+    pub softcap: bool,
     /// Built for a driver that loads memory one SIMD lane at a time and turns indexed local
     /// arrays into branch ladders ([`DeviceCaps::cpu_serial_loads`](crate::dispatch::DeviceCaps::cpu_serial_loads)):
     /// Q and O then move between workgroup memory and named variables with one written-out
@@ -100,9 +102,9 @@ pub struct CoopTile {
     /// compiles; where it picks a smaller one, the subgroups sharing a row block split its
     /// score and accumulator fragments.
     pub ways: u32,
-    /// Built with the code for terms added to the logits (an additive bias, ALiBi): the
-    /// softmax then applies them in a loop over each lane's visible keys. Without, that code
-    /// is absent (the dispatcher sets it from the call's mask).
+    /// Built with the code for terms applied to the logits (an additive bias, ALiBi, the
+    /// soft cap): the softmax then applies them in a loop over each lane's visible keys.
+    /// Without, that code is absent (the dispatcher sets it from the call).
     pub extra: bool,
     /// Built with the bool mask's code (the block summary's scan for the next tile, the
     /// per-key mask of mixed tiles).

@@ -336,6 +336,10 @@ pub struct Case {
     pub q_gain: f32,
     /// Also request and check the log-sum-exp output.
     pub lse: bool,
+    /// Logit soft cap (`AttentionOptions::softcap`).
+    pub softcap: Option<f32>,
+    /// Sink logits, one per query head (`AttentionOptions::sinks`).
+    pub sinks: Option<Vec<f32>>,
 }
 
 impl Case {
@@ -359,6 +363,8 @@ impl Case {
             seed: 7,
             q_gain: 1.0,
             lse: false,
+            softcap: None,
+            sinks: None,
         }
     }
 
@@ -380,7 +386,7 @@ impl Case {
 
     pub fn label(&self) -> String {
         format!(
-            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={}",
+            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={} softcap={:?} sinks={:?}",
             self.backend,
             self.b,
             self.hq,
@@ -394,7 +400,9 @@ impl Case {
             self.layout,
             self.subgroups,
             self.tuning,
-            self.mask.name()
+            self.mask.name(),
+            self.softcap,
+            self.sinks
         )
     }
 }
@@ -502,6 +510,8 @@ impl Prepared {
         opts.subgroups = c.subgroups;
         opts.tuning = c.tuning;
         opts.scale = c.scale;
+        opts.softcap = c.softcap;
+        opts.sinks = c.sinks.clone();
         opts
     }
 
@@ -520,6 +530,8 @@ impl Prepared {
                 .as_ref()
                 .map(|(d, s, _)| HostTensor { data: d, shape: *s }),
             alibi: m.alibi.as_deref(),
+            softcap: c.softcap,
+            sinks: c.sinks.as_deref(),
         }
     }
 

@@ -161,13 +161,16 @@ pub(crate) fn bind(
     set(m.bool_mask.is_some(), flags::BOOL);
     set(m.bias.is_some(), flags::BIAS);
     set(m.alibi_slopes.is_some(), flags::ALIBI);
+    set(opts.sinks.is_some(), flags::SINK);
+    set(opts.softcap.is_some(), flags::SOFTCAP);
     f |= p.dtype_q.code() << flags::DT_Q;
     f |= p.dtype_k.code() << flags::DT_K;
     f |= p.dtype_v.code() << flags::DT_V;
     f |= p.dtype_o.code() << flags::DT_O;
     f |= m.bias.as_ref().map_or(0, |b| b.dtype.code()) << flags::DT_BIAS;
 
-    // Aux: [query lengths | key lengths | cu_seqlens q | cu_seqlens k | alibi | summary].
+    // Aux: [query lengths | key lengths | diagonals | cu_seqlens q | cu_seqlens k | alibi |
+    // sinks | summary].
     let mut aux: Vec<u32> = Vec::new();
     let qlen_off = aux.len() as u32;
     match (vl, part) {
@@ -189,6 +192,8 @@ pub(crate) fn bind(
     aux.extend(vl.iter().flat_map(|v| v.cu_seqlens_k.iter()));
     let alibi_off = aux.len() as u32;
     aux.extend(m.alibi_slopes.iter().flatten().map(|x| x.to_bits()));
+    let sink_off = aux.len() as u32;
+    aux.extend(opts.sinks.iter().flatten().map(|x| x.to_bits()));
     let host_words = aux.len();
     let mut summary = None;
     if let (true, Some(bm)) = (with_summary, &m.bool_mask) {
@@ -280,6 +285,8 @@ pub(crate) fn bind(
         qlen_off,
         klen_off,
         alibi_off,
+        sink_off,
+        softcap: opts.softcap.unwrap_or(0.0),
         cuq_off,
         cuk_off,
         n_splits: 1,

@@ -20,6 +20,10 @@ pub(crate) mod flags {
     pub const KV_PAIRS: u32 = 4096;
     /// A part of a split call: local lengths, and per-batch diagonal offsets in aux.
     pub const DIAG: u32 = 8192;
+    /// Attention sinks: one logit per query head in aux, at `sink_off`.
+    pub const SINK: u32 = 16384;
+    /// Soft-capped logits (`softcap`).
+    pub const SOFTCAP: u32 = 32768;
     /// Two-bit storage dtype codes (0 f32, 1 f16, 2 bf16) at these shifts.
     pub const DT_Q: u32 = 16;
     pub const DT_K: u32 = 18;
@@ -91,10 +95,14 @@ pub(crate) struct AttnParams {
     /// Backward: the bias's batch and head sizes (1 where it broadcasts).
     pub bg_b: u32,
     pub bg_h: u32,
-    pub _pad: [u32; 1],
+    /// With [`flags::SOFTCAP`]: the cap.
+    pub softcap: f32,
+    /// With [`flags::SINK`]: where the sink logits (f32 bits, one per query head) start in aux.
+    pub sink_off: u32,
+    pub _pad: [u32; 3],
 }
 
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 80 * 4);
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 84 * 4);
 const _: () = assert!(std::mem::size_of::<AttnParams>().is_multiple_of(16));
 
 #[cfg(feature = "test-hooks")]
@@ -162,7 +170,9 @@ impl AttnParams {
             spread("f", offset_of!(Self, fin), &["n0", "n1", "n2", "n3"]),
             one("bg_b", offset_of!(Self, bg_b)),
             one("bg_h", offset_of!(Self, bg_h)),
-            (0..1)
+            one("softcap", offset_of!(Self, softcap)),
+            one("sink_off", offset_of!(Self, sink_off)),
+            (0..3)
                 .map(|i| (format!("_pad{i}"), offset_of!(Self, _pad) + 4 * i))
                 .collect(),
         ]

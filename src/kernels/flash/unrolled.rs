@@ -22,9 +22,9 @@
 //!   written-out load from a per-thread address (a branchy loop over the lanes): there Q and
 //!   O move through a local array in a rolled loop. Mesa 22 turns such an array into a branch
 //!   ladder instead, so for it ([`ShaderVariant::serial_loads`]) each vector is written out.
-//! - Code for per-key mask terms is generated only in variants that need it
+//! - Code for per-key terms is generated only in variants that need it
 //!   ([`ShaderVariant::bias`], with its storage dtype, [`ShaderVariant::alibi`],
-//!   [`ShaderVariant::bool_mask`]): lavapipe runs both sides of every branch, so a per-key
+//!   [`ShaderVariant::bool_mask`], the soft cap): lavapipe runs both sides of every branch, so a per-key
 //!   test of a flag that is off still cost about 30% of the unmasked time there, and a bias
 //!   read through the other terms' code and a run-time dtype cost 1.25-1.5x of the bias
 //!   read alone. With a bool mask, tiles the block summary marks all visible run a key loop
@@ -126,6 +126,7 @@ pub(crate) fn main_source(v: &UnrolledTile) -> String {
         bool_mask: false,
         bias: v.bias,
         alibi: v.alibi,
+        softcap: v.softcap,
     };
     if v.bool_mask {
         // Tiles the block summary marks all visible need no bool-mask reads: a loop of their
@@ -138,6 +139,7 @@ pub(crate) fn main_source(v: &UnrolledTile) -> String {
     }
     s.push_str("        }\n    }\n");
     // Output, after the barrier that ends the last tile's reads.
+    w!(s, "    let sink = sink_logit(h);");
     for pass in 0..rows / o_groups {
         w!(s, "    workgroupBarrier();");
         if !v.serial_loads {
@@ -150,7 +152,8 @@ pub(crate) fn main_source(v: &UnrolledTile) -> String {
         for g in 0..o_groups {
             let r = pass * o_groups + g;
             w!(s, "    {{");
-            w!(s, "        let inv = online_inv(st_{r});");
+            w!(s, "        st_{r} = online_sink(st_{r}, sink);");
+            w!(s, "        let inv = online_out_scale(st_{r});");
             for t in 0..dv4 {
                 if v.serial_loads {
                     w!(
@@ -193,6 +196,8 @@ struct Terms {
     bias: Option<DType>,
     /// ALiBi's distance term.
     alibi: bool,
+    /// The soft cap, applied to every score before the other terms.
+    softcap: bool,
 }
 
 impl Terms {
@@ -245,8 +250,17 @@ fn key_loop(s: &mut String, rows: u32, dk4: u32, dv4: u32, count: &str, terms: T
         for k in 0..g {
             w!(
                 s,
-                "            var s_{r}_{k} = (a_{r}_{k}.x + a_{r}_{k}.y) + (a_{r}_{k}.z + a_{r}_{k}.w);
-            var vis_{r}_{k} = j + {k}u >= rg_{r}.x && j + {k}u < rg_{r}.y && finite_logit(s_{r}_{k});"
+                "            var s_{r}_{k} = (a_{r}_{k}.x + a_{r}_{k}.y) + (a_{r}_{k}.z + a_{r}_{k}.w);"
+            );
+            if terms.softcap {
+                w!(
+                    s,
+                    "            s_{r}_{k} = softcap_at(s_{r}_{k}, P.softcap);"
+                );
+            }
+            w!(
+                s,
+                "            var vis_{r}_{k} = j + {k}u >= rg_{r}.x && j + {k}u < rg_{r}.y && finite_logit(s_{r}_{k});"
             );
             if terms.bool_mask || terms.bias.is_some() || terms.alibi {
                 w!(s, "            if (vis_{r}_{k}) {{");
