@@ -130,17 +130,21 @@ fn do_slice(b: u32, h: u32, r: BwdRow, sub: u32) -> array<vec4<f32>, PV4> {
 }
 
 // Whether logit (i, j) is visible, and its value: the analytic range `kr`, the bool mask
-// where the tile is mixed (state 2), the bias and ALiBi, finiteness; and whether the row's
-// log-sum-exp is finite (a row that saw no key in the forward contributes nothing).
-fn visible_logit(b: u32, h: u32, i: u32, j: u32, kr: vec2<u32>, state: u32, dot: f32, lse: f32, rc: RowCtx) -> vec2<f32> {
+// where the tile is mixed (state 2), the soft cap, the bias and ALiBi, finiteness; and
+// whether the row's log-sum-exp is finite (a row that saw no key in the forward contributes
+// nothing). Returns (logit, visible 0/1, the soft cap's slope): dS reaches the scores q·k
+// times the slope 1 - (c / cap)² at the capped score c (1 without a cap), the bias as it is.
+fn visible_logit(b: u32, h: u32, i: u32, j: u32, kr: vec2<u32>, state: u32, dot: f32, lse: f32, rc: RowCtx) -> vec3<f32> {
     var vis = j >= kr.x && j < kr.y && finite_logit(lse);
     if (vis && state == 2u) { vis = bool_mask_at(b, h, i, j); }
-    var s = dot * P.scale;
+    let s0 = dot * P.scale;
+    var s = softcap(s0);
+    let slope = softcap_slope(s);
     if (vis) {
         s += logit_extra(b, h, i, j, rc);
         vis = finite_logit(s);
     }
-    return vec2<f32>(s, select(0.0, 1.0, vis));
+    return vec3<f32>(s, select(0.0, 1.0, vis), slope);
 }
 
 // --------------------------------------------------------------------------- prep
@@ -397,6 +401,7 @@ fn dbias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     let sdot = row_reduce(sp[k]);
                     let dp = row_reduce(dpp[k]);
                     let st = rows[k].st;
+                    // (dbias is dS itself: the bias is added after the cap.)
                     let sv = visible_logit(b, h, rows[k].i, j0 + jj, rows[k].range, state, sdot, st.x, rc);
                     if (sv.y != 0.0 && sub == 0u) {
                         dbacc[(lid / TPR + k * STRIDE) * BC + jj] += exp(sv.x - st.x) * (dp - st.y);
@@ -513,6 +518,27 @@ fn n_ds(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var dp = 0.0;
     for (var d = 0u; d < P.dv; d++) { dp += load_do(do_index(b, h, i, d)) * load_v(vb + d * P.v_sd); }
     pmat[at] = p * (dp - row_stats(b, h, i, row_ctx(b)).y);
+}
+
+// With the soft cap, dS to dS times the cap's slope in place (what the scores q·k get; the
+// bias gradient, taken before, is dS itself): one thread per (row of the chunk, key), each
+// score recomputed as the forward's naive `scores` computes it.
+@compute @workgroup_size(WG)
+fn n_slope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let g = naive_index(lid, wid);
+    let local_row = g / P.seq_k;
+    let j = g % P.seq_k;
+    if (local_row >= P.row_count) { return; }
+    let at = local_row * P.scratch_stride + j;
+    let ds = pmat[at];
+    if (ds == 0.0) { return; }
+    let row = grid_row(P.row_start + local_row);
+    let kr = P.k_off + k_batch(row.b) + (row.h / P.group) * P.k_sh + j * P.k_ss;
+    var s = 0.0;
+    for (var d = 0u; d < P.dk; d++) {
+        s += load_q(q_index(row.b, row.h, row.i, d)) * load_k(kr + d * P.k_sd);
+    }
+    pmat[at] = ds * softcap_slope(softcap(s * P.scale));
 }
 
 // dQ rows of the chunk: one thread per (row, dim).

@@ -61,7 +61,7 @@ fn kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
                     let sv = visible_logit(b, h, i, js[k], range, state, sdot, st.x, rc);
                     if (sv.y != 0.0) {
                         let p = exp(sv.x - st.x);
-                        let ds = p * (dp - st.y);
+                        let ds = p * (dp - st.y) * sv.z;
                         for (var t = 0u; t < PV4; t++) { gv[k][t] += p * dov[t]; }
                         for (var t = 0u; t < PK4; t++) { gk[k][t] += ds * qv[t]; }
                     }
@@ -124,7 +124,7 @@ fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
                 let st = rows[k].st;
                 let sv = visible_logit(b, h, rows[k].i, j0 + jj, rows[k].range, state, sdot, st.x, rc);
                 if (sv.y != 0.0) {
-                    let ds = exp(sv.x - st.x) * (dp - st.y);
+                    let ds = exp(sv.x - st.x) * (dp - st.y) * sv.z;
                     for (var t = 0u; t < PK4; t++) { g[k][t] += ds * kvv[t]; }
                 }
             }

@@ -262,6 +262,13 @@ fn softcap(s: f32) -> f32 {
     return softcap_at(s, P.softcap);
 }
 
+// d softcap(s) / ds at the capped value c: 1 - (c / cap)² (1 without the cap).
+fn softcap_slope(c: f32) -> f32 {
+    if (!has(F_SOFTCAP)) { return 1.0; }
+    let t = c / P.softcap;
+    return 1.0 - t * t;
+}
+
 // The sink logit of query head h (LOWEST without sinks: no sink).
 fn sink_logit(h: u32) -> f32 {
     if (!has(F_SINK)) { return LOWEST; }

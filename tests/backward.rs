@@ -264,6 +264,50 @@ fn naive_every_mask_shape_and_layout() {
     product(Backend::Naive, &[DType::F32, DType::F16]);
 }
 
+/// The soft cap's backward (Gemma 2): dS reaches the scores q·k times the cap's slope
+/// 1 − (c / cap)², the bias's gradient is dS itself (the bias is added after the cap).
+/// Flash (the unrolled kernels on CPU adapters; with four threads a row, the SIMT kernels
+/// where subgroups allow) and naive, unmasked and with every mask kind (bias included),
+/// GQA, f32 and f16, logits pushed past the cap.
+#[test]
+fn softcap_gradients_match_the_reference() {
+    let caps = ctx().caps();
+    let (b, hq, hkv, sq, sk, dk, dv) = SHAPES[1];
+    let mut n = 0;
+    for (backend, tpr) in [
+        (Backend::Flash, None),
+        (Backend::Flash, Some(4)),
+        (Backend::Naive, None),
+    ] {
+        if tpr.is_some_and(|t| !caps.subgroup || caps.subgroup_min_size < t) {
+            continue;
+        }
+        for (mi, mask) in masks(b, hq, sq, sk, 400).into_iter().enumerate() {
+            if mi != 0 && mi != 7 {
+                continue;
+            }
+            for dtype in [DType::F32, DType::F16] {
+                let mut c = Case::new(b, hq, sq, sk, dk)
+                    .dtype(dtype)
+                    .backend(backend)
+                    .mask(mask.clone());
+                c.hkv = hkv;
+                c.dv = dv;
+                c.q_gain = 6.0;
+                c.softcap = Some(2.5);
+                c.layout = [Layout::Bhsd, Layout::Bshd][mi % 2];
+                c.seed = 90 + n;
+                if let Some(t) = tpr {
+                    c.tuning = Tuning::default().threads_per_row(t);
+                }
+                check_backward(&c, true);
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 8, "{n}");
+}
+
 /// The analytic reference against central differences of the f64 forward, on small cases
 /// with GQA, causal masking, a broadcast bias and ALiBi: the gradients the GPU is held to
 /// are the loss's.

@@ -397,6 +397,7 @@ fn binding_table_matches_the_wgsl() {
         bias: false,
         alibi: false,
         bool_mask: false,
+        softcap: false,
     };
     let unrolled = BackwardTile {
         per_thread: 4,

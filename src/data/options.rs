@@ -110,13 +110,15 @@ pub struct AttentionOptions {
     pub varlen: Option<Varlen>,
     /// Logit soft-capping (Gemma 2): each scaled logit `s = scale · q·k` becomes
     /// `cap · tanh(s / cap)` before the mask terms (bias, ALiBi) are added. A positive,
-    /// finite `cap`.
+    /// finite `cap`. The backward pass carries dS to Q and K through the cap's slope
+    /// `1 − tanh²`; the bias's gradient is dS itself.
     pub softcap: Option<f32>,
     /// Attention sinks (gpt-oss): one learned logit per query head that joins each row's
     /// softmax denominator and carries no value, so a row's weights sum to less than 1:
     /// `o = Σⱼ exp(sⱼ) vⱼ / (exp(sink) + Σⱼ exp(sⱼ))`. A row that sees no key gives 0 (its
     /// log-sum-exp is the sink's logit). Host values (finite), one per query head, as with
-    /// ALiBi's slopes; the backward pass returns their gradient.
+    /// ALiBi's slopes. Their backward is not built yet: a backward call with sinks returns
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
     pub sinks: Option<Vec<f32>>,
 }
 

@@ -236,6 +236,7 @@ pub fn backward_sources() -> Vec<(String, String, bool)> {
                     bias: false,
                     alibi: false,
                     bool_mask: false,
+                    softcap: false,
                 });
             }
             if dk <= UNROLLED_MAX_HEAD_DIM && dv <= UNROLLED_MAX_HEAD_DIM {
@@ -258,6 +259,7 @@ pub fn backward_sources() -> Vec<(String, String, bool)> {
                         bias,
                         alibi,
                         bool_mask,
+                        softcap: bool_mask,
                     });
                 }
             }
@@ -362,6 +364,8 @@ pub(crate) mod bindings {
     pub const BWD_N_DS: &[Binding] = &[P, VB, AB, DB, PM];
     pub const BWD_N_DQ: &[Binding] = &[P, KB, OB, AB, PM];
     pub const BWD_N_DBIAS: &[Binding] = &[P, AB, GB, PM];
+    /// The soft cap's slope applied to dS (recomputing each score from Q and K).
+    pub const BWD_N_SLOPE: &[Binding] = &[P, QB, KB, AB, PM];
     /// The block summary's mask and its output words.
     pub const SUMMARY_MASK: u32 = 1;
     pub const SUMMARY_OUT: u32 = 2;
@@ -403,6 +407,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [Binding]
             "n_dv" | "n_dk" => bindings::BWD_N_KV,
             "n_ds" => bindings::BWD_N_DS,
             "n_dq" => bindings::BWD_N_DQ,
+            "n_slope" => bindings::BWD_N_SLOPE,
             _ => bindings::BWD_N_DBIAS,
         },
         (ModuleKey::Attention { variant, counters }, e) => match (variant, e) {
@@ -453,6 +458,7 @@ pub fn binding_table() -> Vec<(&'static str, &'static str, BindingRows)> {
         ("backward", "n_ds", list(bindings::BWD_N_DS)),
         ("backward", "n_dq", list(bindings::BWD_N_DQ)),
         ("backward", "n_dbias", list(bindings::BWD_N_DBIAS)),
+        ("backward", "n_slope", list(bindings::BWD_N_SLOPE)),
     ]
 }
 

@@ -62,6 +62,9 @@ pub(crate) fn pipelines(
         if dbias {
             keys.push(key("n_dbias"));
         }
+        if opts.softcap.is_some() {
+            keys.push(key("n_slope"));
+        }
     } else {
         keys.extend([key("kv"), key("dq")]);
         if dbias {

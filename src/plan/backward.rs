@@ -38,6 +38,7 @@ pub const BACKWARD_AUX_TILE: BackwardTile = BackwardTile {
     bias: false,
     alibi: false,
     bool_mask: false,
+    softcap: false,
 };
 
 /// The dispatcher's decision for a backward call.
@@ -112,7 +113,8 @@ pub fn backward_tile(
         && threads_per_row == 1
         && dk <= UNROLLED_MAX_HEAD_DIM
         && dv <= UNROLLED_MAX_HEAD_DIM;
-    let terms = unrolled && (p.mask.bias.is_some() || p.mask.alibi || p.mask.bool_mask);
+    let terms =
+        unrolled && (p.mask.bias.is_some() || p.mask.alibi || p.mask.bool_mask || p.softcap);
     let tile = |block: u32| BackwardTile {
         head_dim_qk: dk,
         head_dim_v: dv,
@@ -128,6 +130,7 @@ pub fn backward_tile(
         bias: terms,
         alibi: terms,
         bool_mask: terms,
+        softcap: terms,
     };
     BACKWARD_BLOCKS
         .iter()
@@ -157,10 +160,10 @@ pub fn plan_backward(
     caps: &DeviceCaps,
     opts: &AttentionOptions,
 ) -> Result<BackwardPlan> {
-    if p.softcap || p.sinks {
+    if p.sinks {
         return Err(Error::backend(
-            "the backward pass of the soft cap and of attention sinks is not built yet: \
-             their forward runs on every backend, their gradients on none"
+            "the backward pass of attention sinks (their gradient) is not built yet: their \
+             forward runs on every backend"
                 .to_string(),
         ));
     }

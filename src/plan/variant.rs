@@ -175,6 +175,9 @@ pub struct BackwardTile {
     pub alibi: bool,
     /// See [`BackwardTile::bias`].
     pub bool_mask: bool,
+    /// Unrolled only: the soft cap's code (applied where the call sets it). Set with the
+    /// mask terms: the dispatcher sets all four or none.
+    pub softcap: bool,
 }
 
 impl BackwardTile {

@@ -329,15 +329,19 @@ fn naive(
         let bias_elems = x.dbias.map_or(0, |_| {
             (params.bg_b as u64) * (params.bg_h as u64) * seq_q * sk
         });
-        let mut passes = vec![
-            ("n_dv", n_kv * p.head_dim_v as u64),
-            ("n_ds", rows * sk),
-            ("n_dk", n_kv * p.head_dim_qk as u64),
-            ("n_dq", rows * p.head_dim_qk as u64),
-        ];
+        // dS in place of P, then the bias gradient (dS itself), then with the soft cap dS
+        // times the cap's slope (what the scores q·k get), then dK and dQ from it.
+        let mut passes = vec![("n_dv", n_kv * p.head_dim_v as u64), ("n_ds", rows * sk)];
         if bias_elems > 0 {
             passes.push(("n_dbias", bias_elems));
         }
+        if p.softcap {
+            passes.push(("n_slope", rows * sk));
+        }
+        passes.extend([
+            ("n_dk", n_kv * p.head_dim_qk as u64),
+            ("n_dq", rows * p.head_dim_qk as u64),
+        ]);
         for (entry, n) in passes {
             let key = module_for(call.tile, entry);
             let compiled = rt.pipeline(key, entry, || spec(&key, entry))?;

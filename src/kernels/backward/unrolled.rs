@@ -32,7 +32,7 @@ fn dots(n: u32, x: impl Fn(u32) -> String, y: impl Fn(u32) -> String) -> String 
 fn logit_fn(s: &mut String, t: &BackwardTile) {
     w!(
         s,
-        "fn logit_u(b: u32, h: u32, i: u32, j: u32, kr: vec2<u32>, state: u32, dot: f32, lse: f32, rc: RowCtx) -> vec2<f32> {{"
+        "fn logit_u(b: u32, h: u32, i: u32, j: u32, kr: vec2<u32>, state: u32, dot: f32, lse: f32, rc: RowCtx) -> vec3<f32> {{"
     );
     w!(
         s,
@@ -44,7 +44,13 @@ fn logit_fn(s: &mut String, t: &BackwardTile) {
             "    if (vis && state == 2u) {{ vis = bool_mask_at(b, h, i, j); }}"
         );
     }
-    let mut s_expr = "dot * P.scale".to_string();
+    // With the soft cap: the capped score, and its slope for dS (see `visible_logit`).
+    let (mut s_expr, slope) = if t.softcap {
+        w!(s, "    let c = softcap(dot * P.scale);");
+        ("c".to_string(), "softcap_slope(c)")
+    } else {
+        ("dot * P.scale".to_string(), "1.0")
+    };
     if t.bias {
         s_expr.push_str(" + bias_at(b, h, i, j)");
     }
@@ -54,7 +60,7 @@ fn logit_fn(s: &mut String, t: &BackwardTile) {
     w!(s, "    let s = {s_expr};");
     w!(
         s,
-        "    return vec2<f32>(s, select(0.0, 1.0, vis && finite_logit(s)));"
+        "    return vec3<f32>(s, select(0.0, 1.0, vis && finite_logit(s)), {slope});"
     );
     w!(s, "}}");
     w!(s, "");
@@ -128,7 +134,10 @@ pub(crate) fn source(t: &BackwardTile) -> String {
         );
         w!(s, "                if (sv_{k}.y != 0.0) {{");
         w!(s, "                    let p = exp(sv_{k}.x - st.x);");
-        w!(s, "                    let ds = p * ({dp} - st.y);");
+        w!(
+            s,
+            "                    let ds = p * ({dp} - st.y) * sv_{k}.z;"
+        );
         for d in 0..dv4 {
             w!(s, "                    gv_{k}_{d} += p * o_{d};");
         }
@@ -217,7 +226,7 @@ pub(crate) fn source(t: &BackwardTile) -> String {
         w!(s, "            if (sv_{k}.y != 0.0) {{");
         w!(
             s,
-            "                let ds = exp(sv_{k}.x - r_{k}.st.x) * ({dp} - r_{k}.st.y);"
+            "                let ds = exp(sv_{k}.x - r_{k}.st.x) * ({dp} - r_{k}.st.y) * sv_{k}.z;"
         );
         for d in 0..dk4 {
             w!(s, "                g_{k}_{d} += ds * k_{d};");
