@@ -179,6 +179,11 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
             dk: ctx.empty(ks, dtype).map_err(e)?,
             dv: ctx.empty(ks, dtype).map_err(e)?,
             dbias: None,
+            dsink: if c.sinks {
+                Some(ctx.empty([1, c.h, 1, 1], DType::F32).map_err(e)?)
+            } else {
+                None
+            },
         };
         Some((lse, d_out, grads))
     } else {

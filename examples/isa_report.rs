@@ -961,6 +961,7 @@ fn child() -> Res<()> {
                         "bias" => Some(ctx.empty([1, h, s, s], dtype)?.view().clone()),
                         _ => None,
                     },
+                    dsink: None,
                 };
                 let inputs = BackwardInputs {
                     q: t.q.view(),

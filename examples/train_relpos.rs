@@ -179,6 +179,7 @@ fn main() -> Res<()> {
         dk: ctx.empty(shape, DType::F32)?,
         dv: ctx.empty(shape, DType::F32)?,
         dbias: Some(ctx.empty([1, H, S, S], DType::F32)?),
+        dsink: None,
     };
     let grad_views = grads.views();
     let inputs = BackwardInputs {

@@ -177,6 +177,33 @@ fn prep(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     stats_out[2u * r + 1u] = bitcast<u32>(dsum);
 }
 
+// --------------------------------------------------------------------------- dsink
+
+var<workgroup> dsink_sum: array<f32, WG>;
+
+// The sinks' gradient, one workgroup per query head h: a sink is a logit whose value is 0,
+// so dS_sink = P_sink · (0 − D) in each row, and dsink[h] = −Σ exp(sink − lse) · D over the
+// rows of head h whose log-sum-exp (which includes the sink) is finite: rows without storage
+// have none, rows that saw no key have D = 0. Summed in a fixed order (deterministic).
+@compute @workgroup_size(WG)
+fn dsink(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = linear_wg(wid);
+    let sink = sink_logit(h);
+    var acc = 0.0;
+    for (var r = lid; r < P.batch * P.seq_q; r += WG) {
+        let b = r / P.seq_q;
+        let st = row_stats(b, h, r % P.seq_q, row_ctx(b));
+        if (finite_logit(st.x)) { acc += exp(sink - st.x) * st.y; }
+    }
+    dsink_sum[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { dsink_sum[lid] += dsink_sum[lid + s]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u && h < P.heads_q) { store_o(o_index(0u, h, 0u, 0u, 0u), -dsink_sum[0]); }
+}
+
 // --------------------------------------------------------------------------- kv
 
 // Loads rows qt*BR.. of Q and dO, and their statistics, into workgroup memory (no barrier).

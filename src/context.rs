@@ -528,7 +528,8 @@ impl Context {
 
     /// Runs the backward pass into new gradient tensors (each its input's shape and dtype,
     /// contiguous; packed like the inputs for variable-length batches) and submits. The
-    /// bias gradient is computed whenever the mask has an additive bias.
+    /// bias gradient is computed whenever the mask has an additive bias, the sinks' (f32)
+    /// whenever the call has sinks.
     pub async fn attention_backward(
         &self,
         inputs: &BackwardInputs<'_>,
@@ -550,6 +551,10 @@ impl Context {
             dv: like(inputs.v)?,
             dbias: match &opts.mask.bias {
                 Some(b) => Some(self.empty(b.shape, b.dtype)?),
+                None => None,
+            },
+            dsink: match &opts.sinks {
+                Some(s) => Some(self.empty([1, s.len(), 1, 1], DType::F32)?),
                 None => None,
             },
         };

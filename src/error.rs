@@ -63,6 +63,8 @@ pub enum TensorRole {
     ValueGrad,
     /// The backward pass's bias gradient.
     BiasGrad,
+    /// The backward pass's gradient of the attention sinks.
+    SinkGrad,
 }
 
 impl fmt::Display for TensorRole {
@@ -91,6 +93,7 @@ impl fmt::Display for TensorRole {
             TensorRole::KeyGrad => "key gradient (dK)",
             TensorRole::ValueGrad => "value gradient (dV)",
             TensorRole::BiasGrad => "bias gradient",
+            TensorRole::SinkGrad => "sink gradient",
         };
         f.write_str(s)
     }

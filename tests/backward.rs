@@ -88,7 +88,7 @@ fn saved<'a>(
 /// The GPU's gradients of a case (forward on the GPU for O and the log-sum-exp, then the
 /// backward into NaN-poisoned gradients) and the reference's.
 struct Run {
-    got: [Vec<f32>; 4],
+    got: [Vec<f32>; 5],
     want: HostGradients,
     plan: BackwardPlan,
 }
@@ -121,11 +121,16 @@ fn run_backward(c: &Case, dbias: bool) -> Run {
     let gb = bias_dt
         .filter(|_| dbias)
         .map(|(s, dt)| nan_output(ctx, s, dt));
+    let gs = c
+        .sinks
+        .as_ref()
+        .map(|s| nan_output(ctx, [1, s.len(), 1, 1], DType::F32));
     let grads = GradientViews {
         dq: g[0].view().clone(),
         dk: g[1].view().clone(),
         dv: g[2].view().clone(),
         dbias: gb.as_ref().map(|t| t.view().clone()),
+        dsink: gs.as_ref().map(|t| t.view().clone()),
     };
     let inputs = saved(&x, &out, &d_out, &lse);
     let plan = ctx
@@ -140,6 +145,7 @@ fn run_backward(c: &Case, dbias: bool) -> Run {
         down(&g[1]),
         down(&g[2]),
         gb.as_ref().map(down).unwrap_or_default(),
+        gs.as_ref().map(down).unwrap_or_default(),
     ];
     let [qh, kh, vh] = x.host();
     // D from the forward's output as stored, as the kernel takes it.
@@ -167,6 +173,12 @@ fn check_backward(c: &Case, dbias: bool) -> BackwardPlan {
         // Stored in the bias's dtype.
         let t = grad_tolerance(Grad::Bias, *dt, c);
         assert_grad(&r.got[3], &r.want.dbias, t, &format!("{l} dBias"));
+    }
+    if c.sinks.is_some() {
+        // f32, a sum over every row of the head of exp(sink − lse)·D, D a dot product over
+        // Dv: as the bias's gradient summed over batch items and rows.
+        let t = sum_tolerance(c.b * c.sq * c.dv, DType::F32);
+        assert_grad(&r.got[4], &r.want.dsink, t, &format!("{l} dSink"));
     }
     r.plan
 }
@@ -306,6 +318,37 @@ fn softcap_gradients_match_the_reference() {
         }
     }
     assert!(n >= 8, "{n}");
+}
+
+/// The sinks' backward (gpt-oss): dQ, dK and dV come from P against the log-sum-exp, which
+/// includes the sinks; dsink[h] = −Σ exp(sink − lse)·D over head h's rows. Flash and naive,
+/// every mask kind (rows with no key included: their D is 0), GQA, f32 and f16, with and
+/// without the soft cap.
+#[test]
+fn sink_gradients_match_the_reference() {
+    let (b, hq, hkv, sq, sk, dk, dv) = SHAPES[1];
+    let mut n = 0;
+    for backend in [Backend::Flash, Backend::Naive] {
+        for (mi, mask) in masks(b, hq, sq, sk, 500).into_iter().enumerate() {
+            if !full_tier() && mi != 0 && mi != 7 {
+                continue;
+            }
+            let mut c = Case::new(b, hq, sq, sk, dk)
+                .dtype([DType::F32, DType::F16][mi % 2])
+                .backend(backend)
+                .mask(mask);
+            c.hkv = hkv;
+            c.dv = dv;
+            c.q_gain = 4.0;
+            c.sinks = Some(vec![0.5, -2.0, 3.0, 9.0]);
+            c.softcap = (mi == 7).then_some(2.5);
+            c.layout = [Layout::Bhsd, Layout::Offset][mi % 2];
+            c.seed = 120 + n;
+            check_backward(&c, true);
+            n += 1;
+        }
+    }
+    assert_eq!(n, if full_tier() { 16 } else { 4 });
 }
 
 /// The analytic reference against central differences of the f64 forward, on small cases
@@ -588,6 +631,7 @@ fn shared_pages_and_calls_recorded_together() {
         dk: gk.view().clone(),
         dv: gv.view().clone(),
         dbias: None,
+        dsink: None,
     };
     let inputs = saved(&x, &out, &d_out, &lse);
     // Twice into one encoder: the second call sees the same inputs and writes the same.
@@ -714,6 +758,7 @@ fn warm_backward_calls_create_nothing() {
             dk: g[1].view().clone(),
             dv: g[2].view().clone(),
             dbias: Some(g[3].view().clone()),
+            dsink: None,
         };
         let inputs = saved(&x, &out, &d_out, &lse);
         ctx.attention_backward_into_blocking(&inputs, &grads, &opts)
@@ -853,6 +898,7 @@ fn sixteen_bit_gradients_sharing_words_with_each_other() {
         dk: gk.view().clone(),
         dv: gv.view().clone(),
         dbias: None,
+        dsink: None,
     };
     let inputs = saved(&x, &out, &d_out, &lse);
     ctx.attention_backward_into_blocking(&inputs, &grads, &opts)

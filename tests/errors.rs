@@ -1101,6 +1101,7 @@ fn backward_rejects_bad_inputs_and_gradients() {
         dk: gk.view().clone(),
         dv: gv.view().clone(),
         dbias: None,
+        dsink: None,
     };
     let inputs = BackwardInputs {
         q: &t.q,
@@ -1161,6 +1162,47 @@ fn backward_rejects_bad_inputs_and_gradients() {
     g.dbias = Some(bias8.view().clone());
     let e = rejected(&inputs, &g, &opts);
     assert_eq!(e.tensor, TensorRole::BiasGrad);
+    // A sink gradient without sinks, of the wrong shape, or over dO.
+    let sink_g = mk([1, 2, 1, 1], DType::F32);
+    let mut g = grads();
+    g.dsink = Some(sink_g.view().clone());
+    let e = rejected(&inputs, &g, &opts);
+    assert_eq!(e.tensor, TensorRole::SinkGrad);
+    assert!(e.to_string().contains("no sinks"), "{e}");
+    let sinks = AttentionOptions::default().sinks(vec![0.5, 1.0]);
+    let mut g = grads();
+    g.dsink = Some(k8.view().clone());
+    let e = rejected(&inputs, &g, &sinks);
+    assert_eq!(e.tensor, TensorRole::SinkGrad);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::ShapeMismatch {
+                dim: Dim::Seq,
+                got: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut g = grads();
+    g.dsink = Some(d_out.view().narrowed(2, 0, 1).narrowed(3, 0, 1));
+    let e = rejected(&inputs, &g, &sinks);
+    assert_eq!(e.tensor, TensorRole::SinkGrad);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::OutputAliasesInput {
+                input: TensorRole::OutputGrad
+            }
+        ),
+        "{e}"
+    );
+    // The good call with sinks and their gradient runs.
+    let mut g = grads();
+    g.dsink = Some(sink_g.view().clone());
+    ctx.attention_backward_into_blocking(&inputs, &g, &sinks)
+        .expect("a backward call with sinks");
     // dV overlapping dO, and dQ overlapping dK.
     let mut g = grads();
     g.dv = d_out.view().clone();

@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use wgpu_attention::reference;
-use wgpu_attention::{AttentionOptions, Backend, BackwardInputs, DType, Error};
+use wgpu_attention::{Backend, DType};
 
 /// (b, hq, hkv, sq, sk, d): GQA with ragged lengths, Sq > Sk, and a decode shape (one query
 /// row over 1023 keys: the decode path splits the keys).
@@ -165,33 +165,6 @@ fn the_terms_change_the_output_by_more_than_the_tolerance() {
             diff > 20.0 * atol,
             "{t:?} moves the output by {diff:e} only"
         );
-    }
-}
-
-/// The sinks' backward (their gradient) is not built yet: a backward call with sinks is
-/// refused with a typed `Unsupported` that says so (never gradients that ignore them). The
-/// soft cap's backward runs (tests/backward.rs).
-#[test]
-fn the_backward_of_sinks_is_refused_as_unsupported() {
-    let ctx = ctx();
-    let c = Case::new(1, 2, 5, 7, 16);
-    let x = Prepared::new(ctx, &c);
-    let out = nan_output(ctx, [1, 2, 5, 16], DType::F32);
-    let lse = nan_output(ctx, [1, 2, 5, 1], DType::F32);
-    let inputs = BackwardInputs {
-        q: x.q.view(),
-        k: x.k.view(),
-        v: x.v.view(),
-        out: out.view(),
-        d_out: out.view(),
-        lse: lse.view(),
-    };
-    let opts = AttentionOptions::default()
-        .softcap(3.0)
-        .sinks(vec![0.5, 1.0]);
-    match ctx.attention_backward_blocking(&inputs, &opts) {
-        Err(Error::Unsupported(u)) => assert!(u.to_string().contains("not built yet"), "{u}"),
-        other => panic!("expected Unsupported, got {other:?}"),
     }
 }
 

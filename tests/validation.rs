@@ -475,6 +475,7 @@ fn outputs_in_the_block_summary_buffer_are_refused() {
         dk: dk.view().clone(),
         dv: dv.view().clone(),
         dbias: None,
+        dsink: None,
     };
     let dq = nan_output(ctx, [1, 1, sq, d], DType::F32);
     ctx.attention_backward_into_blocking(&inputs, &grads(&dq), &opts)

@@ -38,6 +38,9 @@ pub struct GradientViews {
     /// The additive bias's gradient, the bias's shape (summed over the dimensions it
     /// broadcasts over); `None` skips it. Only with [`Mask::bias`](crate::Mask::bias).
     pub dbias: Option<TensorView>,
+    /// The attention sinks' gradient, `[1, Hq, 1, 1]` (summed over batch items and rows);
+    /// `None` skips it. Only with [`AttentionOptions::sinks`](crate::AttentionOptions::sinks).
+    pub dsink: Option<TensorView>,
 }
 
 /// The gradients [`Context::attention_backward`](crate::Context::attention_backward)
@@ -52,6 +55,8 @@ pub struct Gradients {
     pub dv: Tensor,
     /// The bias gradient, when the mask has an additive bias.
     pub dbias: Option<Tensor>,
+    /// The sinks' gradient (f32, `[1, Hq, 1, 1]`), when the call has sinks.
+    pub dsink: Option<Tensor>,
 }
 
 impl Gradients {
@@ -62,6 +67,7 @@ impl Gradients {
             dk: self.dk.view().clone(),
             dv: self.dv.view().clone(),
             dbias: self.dbias.as_ref().map(|t| t.view().clone()),
+            dsink: self.dsink.as_ref().map(|t| t.view().clone()),
         }
     }
 }

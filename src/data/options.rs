@@ -117,8 +117,8 @@ pub struct AttentionOptions {
     /// softmax denominator and carries no value, so a row's weights sum to less than 1:
     /// `o = Σⱼ exp(sⱼ) vⱼ / (exp(sink) + Σⱼ exp(sⱼ))`. A row that sees no key gives 0 (its
     /// log-sum-exp is the sink's logit). Host values (finite), one per query head, as with
-    /// ALiBi's slopes. Their backward is not built yet: a backward call with sinks returns
-    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    /// ALiBi's slopes. The backward pass gives their gradient
+    /// ([`GradientViews::dsink`](crate::GradientViews::dsink)).
     pub sinks: Option<Vec<f32>>,
 }
 

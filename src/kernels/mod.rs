@@ -366,6 +366,8 @@ pub(crate) mod bindings {
     pub const BWD_N_DBIAS: &[Binding] = &[P, AB, GB, PM];
     /// The soft cap's slope applied to dS (recomputing each score from Q and K).
     pub const BWD_N_SLOPE: &[Binding] = &[P, QB, KB, AB, PM];
+    /// The sinks' gradient, from the row statistics in aux.
+    pub const BWD_DSINK: &[Binding] = &[P, OB, AB];
     /// The block summary's mask and its output words.
     pub const SUMMARY_MASK: u32 = 1;
     pub const SUMMARY_OUT: u32 = 2;
@@ -408,6 +410,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [Binding]
             "n_ds" => bindings::BWD_N_DS,
             "n_dq" => bindings::BWD_N_DQ,
             "n_slope" => bindings::BWD_N_SLOPE,
+            "dsink" => bindings::BWD_DSINK,
             _ => bindings::BWD_N_DBIAS,
         },
         (ModuleKey::Attention { variant, counters }, e) => match (variant, e) {
@@ -459,6 +462,7 @@ pub fn binding_table() -> Vec<(&'static str, &'static str, BindingRows)> {
         ("backward", "n_dq", list(bindings::BWD_N_DQ)),
         ("backward", "n_dbias", list(bindings::BWD_N_DBIAS)),
         ("backward", "n_slope", list(bindings::BWD_N_SLOPE)),
+        ("backward", "dsink", list(bindings::BWD_DSINK)),
     ]
 }
 

@@ -29,6 +29,7 @@ pub(crate) fn call_buffers<'a>(
         (&g.dv.buffer, TensorRole::ValueGrad),
     ]);
     b.extend(g.dbias.as_ref().map(|x| (&x.buffer, TensorRole::BiasGrad)));
+    b.extend(g.dsink.as_ref().map(|x| (&x.buffer, TensorRole::SinkGrad)));
     b
 }
 
@@ -52,6 +53,9 @@ pub(crate) fn pipelines(
 ) -> Vec<(ModuleKey, &'static str)> {
     let key = |entry| (backward::module_for(plan.tile, entry), entry);
     let mut keys = vec![key("prep"), key("finish")];
+    if opts.sinks.is_some() {
+        keys.push(key("dsink"));
+    }
     if plan.backend == Backend::Naive {
         let fwd = ModuleKey::Attention {
             variant: ShaderVariant::Naive,
@@ -106,12 +110,19 @@ pub(crate) fn record(
     // Gradients that share a buffer with an input are written through scratch: all those
     // of one buffer through one span of it, copied in and back once, so that copying one
     // back cannot restore a word another wrote (16-bit gradients may share a word).
-    let grads = [Some(&g.dq), Some(&g.dk), Some(&g.dv), g.dbias.as_ref()];
+    let grads = [
+        Some(&g.dq),
+        Some(&g.dk),
+        Some(&g.dv),
+        g.dbias.as_ref(),
+        g.dsink.as_ref(),
+    ];
     let roles = [
         TensorRole::QueryGrad,
         TensorRole::KeyGrad,
         TensorRole::ValueGrad,
         TensorRole::BiasGrad,
+        TensorRole::SinkGrad,
     ];
     // (buffer, first byte, end byte, the first gradient's role), word-aligned.
     let mut spans: Vec<(wgpu::Buffer, u64, u64, TensorRole)> = Vec::new();
@@ -126,11 +137,12 @@ pub(crate) fn record(
             None => spans.push((w.buffer.clone(), start, end, role)),
         }
     }
-    const PURPOSES: [&str; 4] = [
+    const PURPOSES: [&str; 5] = [
         "wgpu-attention staged gradients 0",
         "wgpu-attention staged gradients 1",
         "wgpu-attention staged gradients 2",
         "wgpu-attention staged gradients 3",
+        "wgpu-attention staged gradients 4",
     ];
     let mut staged: Vec<(u64, Staged)> = Vec::new();
     for ((buffer, start, end, role), purpose) in spans.iter().zip(PURPOSES) {
@@ -162,6 +174,7 @@ pub(crate) fn record(
     let dk = pick(&g.dk);
     let dv = pick(&g.dv);
     let dbias = g.dbias.as_ref().map(pick);
+    let dsink = g.dsink.as_ref().map(pick);
     let views = backward::Views {
         q: x.q,
         k: x.k,
@@ -173,6 +186,7 @@ pub(crate) fn record(
         dk: &dk,
         dv: &dv,
         dbias: dbias.as_ref(),
+        dsink: dsink.as_ref(),
     };
     let fwd_opts = AttentionOptions {
         lse_output: None,

@@ -160,13 +160,6 @@ pub fn plan_backward(
     caps: &DeviceCaps,
     opts: &AttentionOptions,
 ) -> Result<BackwardPlan> {
-    if p.sinks {
-        return Err(Error::backend(
-            "the backward pass of attention sinks (their gradient) is not built yet: their \
-             forward runs on every backend"
-                .to_string(),
-        ));
-    }
     let flash = backward_tile(p, caps, opts);
     let mask_note = if p.mask.any() {
         " Masks are applied inside the kernels; tiles no row sees are skipped."

@@ -555,6 +555,18 @@ pub(crate) fn validate_backward(
         }
         (None, _) => {}
     }
+    match (&g.dsink, &opts.sinks) {
+        (Some(ds), Some(s)) => check_like(ds, SinkGrad, [1, s.len(), 1, 1])?,
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                SinkGrad,
+                InputProblem::Other(
+                    "a sink gradient was asked for, but the call has no sinks".into(),
+                ),
+            ));
+        }
+        (None, _) => {}
+    }
     let m = &opts.mask;
     let inputs = [
         (Some(x.q), Query),
@@ -572,6 +584,7 @@ pub(crate) fn validate_backward(
         (Some(&g.dk), KeyGrad),
         (Some(&g.dv), ValueGrad),
         (g.dbias.as_ref(), BiasGrad),
+        (g.dsink.as_ref(), SinkGrad),
     ];
     for (n, (written, role)) in grads.iter().enumerate() {
         let Some(w) = written else { continue };

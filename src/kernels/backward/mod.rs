@@ -30,6 +30,7 @@ pub(crate) struct Views<'a> {
     pub dk: &'a TensorView,
     pub dv: &'a TensorView,
     pub dbias: Option<&'a TensorView>,
+    pub dsink: Option<&'a TensorView>,
 }
 
 /// Threads per workgroup of the passes that run one thread per element.
@@ -185,6 +186,19 @@ pub(crate) fn record(
         }
     }
     prep(&call, encoder, x, rows)?;
+    if let Some(ds) = x.dsink {
+        // One workgroup per query head, over the row statistics `prep` left in aux.
+        let params = call.bound.params;
+        let role = TensorRole::SinkGrad;
+        call.run(
+            encoder,
+            "dsink",
+            params,
+            Some((ds, role)),
+            p.heads_q as u64,
+            &[],
+        )?;
+    }
 
     if flash {
         let n_kt = p.seq_k.div_ceil(tile.block as usize) as u64;
