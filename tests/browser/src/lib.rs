@@ -55,9 +55,11 @@ enum Kind {
     Alibi,
     /// Bottom-right causal, key lengths and a bias at once.
     Combined,
+    /// LLM serving's score terms: Gemma 2's soft cap and gpt-oss's sinks, with causal.
+    Serving,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 11] = [
     Kind::None,
     Kind::CausalTopLeft,
     Kind::CausalBottomRight,
@@ -68,6 +70,7 @@ const KINDS: [Kind; 10] = [
     Kind::Bias,
     Kind::Alibi,
     Kind::Combined,
+    Kind::Serving,
 ];
 
 struct Case {
@@ -104,6 +107,9 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
     let bias_shape = [1, hq, sq, sk];
     let bias_h = random(hq * sq * sk, 5);
     let slopes: Vec<f32> = (0..hq).map(|i| 0.5f32.powi(i as i32 + 1)).collect();
+    let sinks: Vec<f32> = (0..hq).map(|i| [0.5, -2.0, 3.0][i % 3]).collect();
+    // (Logits of these inputs stay within about ±1: a cap of 0.3 bends them.)
+    let cap = 0.3;
     let bool_t = ctx.upload_bool(&bool_h, bool_shape).map_err(e)?;
     let bias_t = ctx.upload_f32(&bias_h, bias_shape).map_err(e)?;
     let bias_host = HostTensor {
@@ -155,8 +161,17 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
             host.alibi = Some(&slopes);
             Mask::none().alibi(slopes.clone())
         }
+        Kind::Serving => {
+            host.causal = true;
+            host.softcap = Some(cap);
+            host.sinks = Some(&sinks);
+            Mask::none().causal(CausalAlignment::TopLeft)
+        }
     };
-    let opts = AttentionOptions::with_mask(mask).backend(c.backend);
+    let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
+    if let Kind::Serving = c.kind {
+        opts = opts.softcap(cap).sinks(sinks.clone());
+    }
     if let Some(want) = c.expect {
         let plan = ctx.plan(q.view(), k.view(), v.view(), &opts).map_err(e)?;
         if plan.backend != want {
@@ -383,7 +398,12 @@ pub async fn run_suite() -> String {
                     expect: None,
                 });
             }
-            for kind in [Kind::None, Kind::CausalBottomRight, Kind::Bias] {
+            for kind in [
+                Kind::None,
+                Kind::CausalBottomRight,
+                Kind::Bias,
+                Kind::Serving,
+            ] {
                 cases.push(Case {
                     backend,
                     kind,
