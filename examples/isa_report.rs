@@ -891,7 +891,11 @@ fn child() -> Res<()> {
     let (b, h, s) = (1, 2, 256);
     for dtype in [DType::F16, DType::BF16, DType::F32] {
         for d in [64, 128, 256] {
-            for mask in ["none", "causal", "bias"] {
+            // ("serving": causal with Gemma 2's soft cap and gpt-oss's sinks.)
+            for mask in ["none", "causal", "bias", "serving"] {
+                if mask == "serving" && d > 128 {
+                    continue;
+                }
                 let name = format!("fwd-{}-d{d}-{mask}", dtype.name());
                 if !wanted(&name) {
                     continue;
@@ -944,7 +948,7 @@ fn child() -> Res<()> {
     }
     for dtype in [DType::F16, DType::BF16, DType::F32] {
         for d in [64, 128] {
-            for mask in ["none", "causal", "bias"] {
+            for mask in ["none", "causal", "bias", "serving"] {
                 let name = format!("bwd-{}-d{d}-{mask}", dtype.name());
                 if !wanted(&name) {
                     continue;
@@ -961,7 +965,10 @@ fn child() -> Res<()> {
                         "bias" => Some(ctx.empty([1, h, s, s], dtype)?.view().clone()),
                         _ => None,
                     },
-                    dsink: None,
+                    dsink: match mask {
+                        "serving" => Some(ctx.empty([1, h, 1, 1], DType::F32)?.view().clone()),
+                        _ => None,
+                    },
                 };
                 let inputs = BackwardInputs {
                     q: t.q.view(),
@@ -1008,7 +1015,7 @@ impl Io {
     fn options(&self, ctx: &Context, mask: &str, dtype: DType) -> Res<AttentionOptions> {
         let [_, h, s, _] = self.q.view().shape;
         let m = match mask {
-            "causal" => Mask::none().causal(CausalAlignment::TopLeft),
+            "causal" | "serving" => Mask::none().causal(CausalAlignment::TopLeft),
             "bias" => {
                 let bias = ctx.empty(
                     [1, h, s, s],
@@ -1022,7 +1029,11 @@ impl Io {
             }
             _ => Mask::none(),
         };
-        Ok(AttentionOptions::with_mask(m))
+        let opts = AttentionOptions::with_mask(m);
+        Ok(match mask {
+            "serving" => opts.softcap(30.0).sinks(vec![0.5; h]),
+            _ => opts,
+        })
     }
 }
 

@@ -482,7 +482,8 @@ fn gradients_are_deterministic() {
 }
 
 /// A packed variable-length batch: each sequence's gradients are those of the sequence on
-/// its own.
+/// its own, with attention sinks: the sinks' gradient is the sum of the sequences' (the
+/// padded grid's rows past a sequence's end have no log-sum-exp and add nothing).
 #[test]
 fn varlen_matches_each_sequence_alone() {
     use wgpu_attention::{Mask, Varlen};
@@ -501,8 +502,10 @@ fn varlen_matches_each_sequence_alone() {
     let d_out = packed_varlen(ctx, &doh, tq, hq, d);
     let vl = Varlen::new(cu_q.clone(), cu_k.clone());
     let lse_t = nan_output(ctx, [1, hq, tq, 1], DType::F32);
-    let opts =
-        AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight)).varlen(vl);
+    let sinks = vec![0.7f32, -1.3];
+    let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight))
+        .varlen(vl)
+        .sinks(sinks.clone());
     let fwd = opts.clone().lse_output(lse_t.view().clone());
     let out = ctx
         .attention_blocking(q.view(), k.view(), v.view(), &fwd)
@@ -522,6 +525,9 @@ fn varlen_matches_each_sequence_alone() {
             .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
         let got =
             [&g.dq, &g.dk, &g.dv].map(|t| ctx.download_f32_blocking(t.view()).expect("download"));
+        let dsink = g.dsink.as_ref().expect("a sink gradient");
+        let got_dsink = ctx.download_f32_blocking(dsink.view()).expect("download");
+        let mut want_dsink = vec![0.0f64; hq];
         for s in 0..3 {
             let (q0, q1) = (cu_q[s] as usize, cu_q[s + 1] as usize);
             let (k0, k1) = (cu_k[s] as usize, cu_k[s + 1] as usize);
@@ -546,6 +552,7 @@ fn varlen_matches_each_sequence_alone() {
             let m = reference::HostMask {
                 causal: true,
                 alignment: CausalAlignment::BottomRight,
+                sinks: Some(&sinks),
                 ..Default::default()
             };
             let t = |data, heads, n| HostTensor {
@@ -584,6 +591,9 @@ fn varlen_matches_each_sequence_alone() {
                 sum_tolerance(tq * hq * d, DType::F32),
                 &format!("{l} dK"),
             );
+            for (x, w) in want_dsink.iter_mut().zip(&w.dsink) {
+                *x += w;
+            }
             assert_grad(
                 &pick(&got[2], hkv, tk, k0, kl),
                 &w.dv,
@@ -591,6 +601,12 @@ fn varlen_matches_each_sequence_alone() {
                 &format!("{l} dV"),
             );
         }
+        assert_grad(
+            &got_dsink,
+            &want_dsink,
+            sum_tolerance(tq * d, DType::F32),
+            &format!("{backend:?} dSink"),
+        );
     }
 }
 
