@@ -360,46 +360,10 @@ pub(crate) fn validate(
         bias.check_memory(Bias, storage)?;
     }
     if let Some(s) = &m.alibi_slopes {
-        if s.len() != hq {
-            return Err(Error::invalid(
-                AlibiSlopes,
-                InputProblem::WrongCount {
-                    expected: hq,
-                    got: s.len(),
-                    per: "one per query head",
-                },
-            ));
-        }
-        if let Some(&bad) = s.iter().find(|x| !x.is_finite()) {
-            return Err(Error::invalid(
-                AlibiSlopes,
-                InputProblem::NonFinite {
-                    what: "alibi slope",
-                    value: bad,
-                },
-            ));
-        }
+        check_per_head(s, AlibiSlopes, "alibi slope", hq)?;
     }
     if let Some(s) = &opts.sinks {
-        if s.len() != hq {
-            return Err(Error::invalid(
-                Sinks,
-                InputProblem::WrongCount {
-                    expected: hq,
-                    got: s.len(),
-                    per: "one per query head",
-                },
-            ));
-        }
-        if let Some(&bad) = s.iter().find(|x| !x.is_finite()) {
-            return Err(Error::invalid(
-                Sinks,
-                InputProblem::NonFinite {
-                    what: "sink logit",
-                    value: bad,
-                },
-            ));
-        }
+        check_per_head(s, Sinks, "sink logit", hq)?;
     }
     if let Some(cap) = opts.softcap {
         check_softcap(cap)?;
@@ -486,6 +450,27 @@ pub(crate) fn validate(
             alibi: m.alibi_slopes.is_some(),
         },
     })
+}
+
+/// One finite value per query head (ALiBi's slopes, the sinks' logits).
+fn check_per_head(values: &[f32], role: TensorRole, what: &'static str, hq: usize) -> Result<()> {
+    if values.len() != hq {
+        return Err(Error::invalid(
+            role,
+            InputProblem::WrongCount {
+                expected: hq,
+                got: values.len(),
+                per: "one per query head",
+            },
+        ));
+    }
+    if let Some(&bad) = values.iter().find(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            role,
+            InputProblem::NonFinite { what, value: bad },
+        ));
+    }
+    Ok(())
 }
 
 /// A soft cap must be positive and finite (`cap · tanh(s / cap)` is undefined at 0 and
