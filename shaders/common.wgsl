@@ -26,7 +26,7 @@ struct Params {
     do_ss: u32, do_sd: u32, stat_off: u32, g_off: u32,
     g_dv: u32, f_n0: u32, f_n1: u32, f_n2: u32,
     f_n3: u32, bg_b: u32, bg_h: u32, softcap: f32,
-    sink_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    sink_off: u32, pt_off: u32, page_size: u32, pt_cols: u32,
 }
 
 const F_CAUSAL: u32 = 1u;
@@ -51,7 +51,12 @@ const F_DIAG: u32 = 8192u;
 const F_SINK: u32 = 16384u;
 // Logits are soft-capped at P.softcap: cap · tanh(s / cap).
 const F_SOFTCAP: u32 = 32768u;
-// Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16.
+// K and V live in pages of P.page_size keys: key j of batch item b is in page
+// aux[P.pt_off + b * P.pt_cols + j / P.page_size], at slot j % P.page_size; the batch stride
+// of K and V is then the page stride (key_row).
+const F_PAGED: u32 = 268435456u;
+// Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16 (the backward's
+// dO at 26).
 const DT_Q: u32 = 16u;
 const DT_K: u32 = 18u;
 const DT_V: u32 = 20u;
@@ -127,7 +132,8 @@ fn store_o_as(e: u32, x: f32, dt: u32) {
 }
 
 // Where batch item b starts in Q/O (rows) and K/V (keys): its stride times b, or for
-// packed variable-length batches its cumulative offset times the row stride.
+// packed variable-length batches its cumulative offset times the row stride (paged K/V: 0,
+// key_offset finds each key's page).
 fn q_batch(b: u32) -> u32 {
     if (has(F_VARLEN)) { return aux_buf[P.cuq_off + b] * P.q_ss; }
     return b * P.q_sb;
@@ -139,13 +145,27 @@ fn o_batch(b: u32) -> u32 {
 }
 
 fn k_batch(b: u32) -> u32 {
+    if (has(F_PAGED)) { return 0u; }
     if (has(F_VARLEN)) { return aux_buf[P.cuk_off + b] * P.k_ss; }
     return b * P.k_sb;
 }
 
 fn v_batch(b: u32) -> u32 {
+    if (has(F_PAGED)) { return 0u; }
     if (has(F_VARLEN)) { return aux_buf[P.cuk_off + b] * P.v_ss; }
     return b * P.v_sb;
+}
+
+// Where key j of batch item b starts in K (x) and V (y), from its batch item's base
+// (k_batch, v_batch): j rows in, or under F_PAGED in its page (the batch stride is then the
+// page stride, and the batch item's base 0).
+fn key_offset(b: u32, j: u32) -> vec2<u32> {
+    if (has(F_PAGED)) {
+        let page = aux_buf[P.pt_off + b * P.pt_cols + j / P.page_size];
+        let slot = j % P.page_size;
+        return vec2<u32>(page * P.k_sb + slot * P.k_ss, page * P.v_sb + slot * P.v_ss);
+    }
+    return vec2<u32>(j * P.k_ss, j * P.v_ss);
 }
 
 fn q_index(b: u32, h: u32, i: u32, d: u32) -> u32 {

@@ -65,7 +65,8 @@ var<workgroup> sh_moved: array<atomic<u32>, 2>;
 
 // A tile to stage as f16 at kv[dst..]: rows [0, n) × dims [0, dd) of Q (which 0), K (1)
 // or V (2), row j, dim d at dst + j·W + d, or transposed (`tr`) at dst + d·rows + j; from
-// element base + row·rs + d·sd. Zero past the rows and dims that exist.
+// element base + row·rs + d·sd, or for paged K and V (kv_stage) from key j0 + row of batch
+// item b. Zero past the rows and dims that exist.
 struct Stage {
     which: u32,
     dst: u32,
@@ -77,6 +78,21 @@ struct Stage {
     rs: u32,
     sd: u32,
     tr: bool,
+    b: u32,
+    j0: u32,
+}
+
+// The K (which 1) or V (2) tile of keys [j0, j0 + n) of batch item b, from the head's base.
+fn kv_stage(which: u32, dst: u32, W: u32, n: u32, dd: u32, b: u32, base: u32, j0: u32, rs: u32, sd: u32) -> Stage {
+    let first = select(j0 * rs, 0u, has(F_PAGED));
+    return Stage(which, dst, W, n, BC, dd, base + first, rs, sd, which == 2u, b, j0);
+}
+
+// Where row j of a staged tile starts, from its base.
+fn stage_row(t: Stage, j: u32) -> u32 {
+    if (t.which == 0u || !has(F_PAGED)) { return j * t.rs; }
+    let r = key_offset(t.b, t.j0 + j);
+    return select(r.x, r.y, t.which == 2u);
 }
 
 // Stages tile a, and tile b too where `with_b`. In the variant for whole words of 16-bit K
@@ -101,7 +117,9 @@ fn stage(lid: u32, a: Stage, b: Stage, with_b: bool) {
         let dt = select(select(DTQ, DTK, which == 1u), DTV, which == 2u);
         var v = 0.0;
         if (j < select(a.n, b.n, in_b) && d < select(a.dd, b.dd, in_b)) {
-            let el = select(a.base, b.base, in_b) + j * select(a.rs, b.rs, in_b) + d * select(a.sd, b.sd, in_b);
+            var row: u32;
+            if (in_b) { row = stage_row(b, j); } else { row = stage_row(a, j); }
+            let el = select(a.base, b.base, in_b) + row + d * select(a.sd, b.sd, in_b);
             v = decode(kv_word(which, word_index(el, dt)), el, dt);
         }
         kv[select(x, d * rows + j, select(a.tr, b.tr, in_b)) + select(a.dst, b.dst, in_b)] = f16(v);
@@ -118,7 +136,7 @@ fn stage_pairs(lid: u32, t: Stage) {
         let j = e / t.W;
         let d = e % t.W;
         let row_ok = e < t.rows * t.W & j < t.n;
-        let w0 = (t.base + j * t.rs + d) >> 1u;
+        let w0 = (t.base + stage_row(t, j) + d) >> 1u;
         var w: vec4<u32>;
         for (var c = 0u; c < 4u; c++) {
             let ok = row_ok & d + 2u * c < t.dd;
@@ -252,7 +270,7 @@ fn main(
     // Q, unscaled (the scale is applied to the f32 scores).
     var qrows = 0u;
     if (b < P.batch) { qrows = min(BR, rc.qvalid - min(rc.qvalid, qt * BR)); }
-    let q_tile = Stage(0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd, false);
+    let q_tile = Stage(0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd, false, b, 0u);
     stage(lid, q_tile, q_tile, false);
     let tiles = workgroupUniformLoad(&sh_range);
     var qf: array<CA, DKF>;
@@ -282,7 +300,7 @@ fn main(
     // exp(x) is exp2(x·log2 e) on every GPU: the scale and log2 e fold into one factor.
     let scale2 = P.scale * LOG2E;
     if (cur.x < tiles.y) {
-        let k_tile = Stage(1u, 0u, DKB, min(BC, rc.kvalid - cur.x), BC, P.dk, kbase + cur.x * P.k_ss, P.k_ss, P.k_sd, false);
+        let k_tile = kv_stage(1u, 0u, DKB, min(BC, rc.kvalid - cur.x), P.dk, b, kbase, cur.x, P.k_ss, P.k_sd);
         stage(lid, k_tile, k_tile, false);
     }
     workgroupBarrier();
@@ -310,9 +328,9 @@ fn main(
         // Keys past the valid ones are staged as zeros: masked keys get weight 0, and 0 times
         // whatever padding holds (NaN) would not be 0.
         // (And the next tile's K, if there is one.)
-        let v_tile = Stage(2u, VS, DVB, min(BC, rc.kvalid - j0), BC, P.dv, vbase + j0 * P.v_ss, P.v_ss, P.v_sd, true);
+        let v_tile = kv_stage(2u, VS, DVB, min(BC, rc.kvalid - j0), P.dv, b, vbase, j0, P.v_ss, P.v_sd);
         let kn = min(nxt.x, tiles.y);
-        let k_tile = Stage(1u, 0u, DKB, min(BC, rc.kvalid - min(rc.kvalid, kn)), BC, P.dk, kbase + kn * P.k_ss, P.k_ss, P.k_sd, false);
+        let k_tile = kv_stage(1u, 0u, DKB, min(BC, rc.kvalid - min(rc.kvalid, kn)), P.dk, b, kbase, kn, P.k_ss, P.k_sd);
         stage(lid, v_tile, k_tile, nxt.x < tiles.y);
         if (lid == 0u) { atomicStore(&sh_moved[1u - par], 0u); }
 

@@ -15,14 +15,16 @@ fn kv_word(is_v: bool, w: u32) -> u32 {
     return k_buf[w];
 }
 
-// Head dims d0..d0+3 of key j of K (is_v false) or V (is_v true), zero past the ends. With
-// 16-bit storage and contiguous head dims, two words hold the four values.
-fn kv_vec4(is_v: bool, base: u32, j: u32, d0: u32) -> vec4<f32> {
+// Head dims d0..d0+3 of key j of batch item b of K (is_v false) or V (is_v true), from the
+// bases of kv_bases; zero past the ends. With 16-bit storage and contiguous head dims, two
+// words hold the four values.
+fn kv_vec4(is_v: bool, b: u32, base: u32, j: u32, d0: u32) -> vec4<f32> {
     var x = vec4<f32>(0.0);
     if (j >= P.seq_k) { return x; }
     let dim = select(P.dk, P.dv, is_v);
     let sd = select(P.k_sd, P.v_sd, is_v);
-    let e0 = base + j * select(P.k_ss, P.v_ss, is_v) + d0 * sd;
+    let row = key_offset(b, j);
+    let e0 = base + select(row.x, row.y, is_v) + d0 * sd;
     let dt = dtype_of(select(DT_K, DT_V, is_v));
     if (dt != 0u && sd == 1u && (e0 & 1u) == 0u && d0 + 4u <= dim) {
         let w0 = kv_word(is_v, e0 >> 1u);
@@ -47,7 +49,7 @@ fn next_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec2<u32>) -> u3
     let state = tile_state(b, h, qt, j0);
     if (state != 0u) {
         if (lid == 0u) { count_tile(state); }
-        load_kv_tile(lid, j0, bases);
+        load_kv_tile(lid, b, j0, bases);
     }
     return state;
 }
@@ -65,17 +67,17 @@ fn kv_bases(b: u32, hk: u32) -> vec2<u32> {
 
 // Loads the K and V tile at j0 (bases from kv_bases). Ends with the barrier after which
 // every thread may read them.
-fn load_kv_tile(lid: u32, j0: u32, bases: vec2<u32>) {
-    fill_kv_tile(lid, j0, bases);
+fn load_kv_tile(lid: u32, b: u32, j0: u32, bases: vec2<u32>) {
+    fill_kv_tile(lid, b, j0, bases);
     workgroupBarrier();
 }
 
 // Writes the K and V tile at j0 into kvs, with no barrier.
-fn fill_kv_tile(lid: u32, j0: u32, bases: vec2<u32>) {
+fn fill_kv_tile(lid: u32, b: u32, j0: u32, bases: vec2<u32>) {
     for (var e = lid; e < BC * DK4; e += WG) {
-        kvs[e] = kv_vec4(false, bases.x, j0 + e / DK4, (e % DK4) * 4u);
+        kvs[e] = kv_vec4(false, b, bases.x, j0 + e / DK4, (e % DK4) * 4u);
     }
     for (var e = lid; e < BC * DV4; e += WG) {
-        kvs[VS0 + e] = kv_vec4(true, bases.y, j0 + e / DV4, (e % DV4) * 4u);
+        kvs[VS0 + e] = kv_vec4(true, b, bases.y, j0 + e / DV4, (e % DV4) * 4u);
     }
 }

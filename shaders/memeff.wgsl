@@ -58,7 +58,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (vis && has(F_BOOL)) { vis = bool_mask_at(b, h, i, j); }
         var s = 0.0;
         if (vis) {
-            let kr = kbase + j * P.k_ss;
+            let kr = kbase + key_offset(b, j).x;
             for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
             s = softcap(s) + logit_extra(b, h, i, j, rc);
             vis = finite_logit(s);
@@ -84,7 +84,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let p = ps[t];
                 st.l += p;
                 if (p != 0.0) {
-                    let vr = vbase + (j0 + t) * P.v_ss;
+                    let vr = vbase + key_offset(b, j0 + t).y;
                     for (var c = 0u; c < NCOL; c++) {
                         let d = lid + c * WG;
                         if (d < P.dv) { acc[c] += p * load_v(vr + d * P.v_sd); }

@@ -40,7 +40,7 @@ fn scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     if (vis) {
         let hk = id.h / P.group;
         var s = 0.0;
-        let kr = P.k_off + k_batch(id.b) + hk * P.k_sh + j * P.k_ss;
+        let kr = P.k_off + k_batch(id.b) + hk * P.k_sh + key_offset(id.b, j).x;
         for (var d = 0u; d < P.dk; d++) {
             s += load_q(q_index(id.b, id.h, id.i, d)) * load_k(kr + d * P.k_sd);
         }
@@ -118,7 +118,7 @@ fn pv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
     let base = local_row * P.scratch_stride;
     for (var j = 0u; j < P.seq_k; j++) {
         let p = bitcast<f32>(scratch[base + j]);
-        if (p != 0.0) { acc += p * load_v(vb + j * P.v_ss); }
+        if (p != 0.0) { acc += p * load_v(vb + key_offset(id.b, j).y); }
     }
     if (row_stored(id.b, id.i, row_ctx(id.b))) { store_o(o_index(id.b, id.h, id.i, c, 0u), acc); }
 }

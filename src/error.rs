@@ -65,6 +65,8 @@ pub enum TensorRole {
     BiasGrad,
     /// The backward pass's gradient of the attention sinks.
     SinkGrad,
+    /// The page table of paged K/V ([`crate::PagedKv`]).
+    PageTable,
 }
 
 impl fmt::Display for TensorRole {
@@ -94,6 +96,7 @@ impl fmt::Display for TensorRole {
             TensorRole::ValueGrad => "value gradient (dV)",
             TensorRole::BiasGrad => "bias gradient",
             TensorRole::SinkGrad => "sink gradient",
+            TensorRole::PageTable => "page table",
         };
         f.write_str(s)
     }
@@ -235,6 +238,17 @@ pub enum InputProblem {
         /// The largest magnitude taken.
         max: f32,
     },
+    /// A page table names a page the pool does not have.
+    PageOutOfRange {
+        /// The batch item.
+        batch: usize,
+        /// The table's column (the sequence's page number).
+        column: usize,
+        /// The page it names.
+        page: u32,
+        /// The pages the pool has (the K/V views' first dimension).
+        pages: usize,
+    },
     /// A host slice does not hold the number of elements the view needs.
     HostLength {
         /// Elements expected.
@@ -307,6 +321,15 @@ impl fmt::Display for InputProblem {
             InputProblem::OutOfRange { what, value, max } => {
                 write!(f, "{what} is {value:e}, expected a magnitude of at most {max:e}")
             }
+            InputProblem::PageOutOfRange {
+                batch,
+                column,
+                page,
+                pages,
+            } => write!(
+                f,
+                "batch {batch}'s page {column} is page {page}, but the pool has {pages} pages"
+            ),
             InputProblem::HostLength { expected, got } => {
                 write!(
                     f,

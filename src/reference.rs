@@ -338,6 +338,28 @@ pub fn attention_backward_from(
     g
 }
 
+/// The contiguous `[B, H, seq_len, D]` keys (or values) that paged attention reads
+/// ([`crate::PagedKv`]): key `j` of batch item `b` from slot `j % page_size` of page
+/// `table[b * pages_per_seq + j / page_size]` of `pool`, a logical
+/// `[num_pages, H, page_size, D]` host tensor.
+pub fn gather_pages(pool: &HostTensor<'_>, paged: &crate::data::options::PagedKv) -> Vec<f32> {
+    let [_, h, ps, d] = pool.shape;
+    let pps = paged.pages_per_seq;
+    let b = paged.table.len() / pps.max(1);
+    let sk = paged.seq_len;
+    let mut out = Vec::with_capacity(b * h * sk * d);
+    for ib in 0..b {
+        for ih in 0..h {
+            for j in 0..sk {
+                let page = paged.table[ib * pps + j / ps] as usize;
+                let at = ((page * h + ih) * ps + j % ps) * d;
+                out.extend_from_slice(&pool.data[at..at + d]);
+            }
+        }
+    }
+    out
+}
+
 /// Reference attention. `q`: `[B, Hq, Sq, D]`, `k`: `[B, Hkv, Sk, D]`, `v`: `[B, Hkv, Sk, Dv]`.
 /// Returns `[B, Hq, Sq, Dv]` in f64.
 pub fn attention(

@@ -1233,3 +1233,266 @@ fn backward_rejects_bad_inputs_and_gradients() {
     ctx.attention_backward_into_blocking(&inputs, &grads(), &opts)
         .expect("the device survives");
 }
+
+/// Paged K/V: the page table's size and entries, the pool's page size and pages, the key
+/// axis, and what paged calls do not take (varlen, the backward pass) each get their error.
+#[test]
+fn paged_kv_rejects_bad_tables_and_pools() {
+    use wgpu_attention::{BackwardInputs, GradientViews, PagedKv};
+    let ctx = ctx();
+    // Q: 2 batch items, 2 heads, 3 rows; a pool of 5 pages of 4 keys.
+    let q = ctx
+        .upload_f32(&random(2 * 2 * 3 * 8, 1), [2, 2, 3, 8])
+        .unwrap();
+    let k = ctx
+        .upload_f32(&random(5 * 2 * 4 * 8, 2), [5, 2, 4, 8])
+        .unwrap();
+    let v = ctx
+        .upload_f32(&random(5 * 2 * 4 * 8, 3), [5, 2, 4, 8])
+        .unwrap();
+    let call = |k: &Tensor, v: &Tensor, pg: PagedKv, opts: AttentionOptions| {
+        ctx.attention_blocking(&q, k, v, &opts.paged(pg))
+            .expect_err("bad paged input must be rejected")
+    };
+    let good = || PagedKv::new(4, 2, vec![3, 1, 0, 4]);
+    let plain = AttentionOptions::default;
+    // The good call runs.
+    ctx.attention_blocking(&q, &k, &v, &plain().paged(good()))
+        .expect("a good paged call");
+    // A table with an entry per batch item missing.
+    let e = invalid(call(&k, &v, PagedKv::new(4, 2, vec![3, 1, 0]), plain()));
+    assert_eq!(e.tensor, TensorRole::PageTable);
+    assert_eq!(
+        e.problem,
+        InputProblem::WrongCount {
+            expected: 4,
+            got: 3,
+            per: "pages_per_seq per batch item"
+        }
+    );
+    // A page the pool does not have (batch 1's second page).
+    let e = invalid(call(&k, &v, PagedKv::new(4, 2, vec![3, 1, 0, 5]), plain()));
+    assert_eq!(e.tensor, TensorRole::PageTable);
+    assert_eq!(
+        e.problem,
+        InputProblem::PageOutOfRange {
+            batch: 1,
+            column: 1,
+            page: 5,
+            pages: 5
+        }
+    );
+    assert!(e.to_string().contains("page 5"), "{e}");
+    // ... unless the key axis ends before that page: its entry is never read.
+    ctx.attention_blocking(
+        &q,
+        &k,
+        &v,
+        &plain().paged(PagedKv::new(4, 2, vec![3, 1, 0, 99]).seq_len(4)),
+    )
+    .expect("entries past the key axis are not read");
+    // Pages of another size than the views'.
+    let e = invalid(call(&k, &v, PagedKv::new(8, 1, vec![3, 1]), plain()));
+    assert_eq!(e.tensor, TensorRole::Key);
+    assert!(
+        matches!(&e.problem, InputProblem::ShapeMismatch { dim: Dim::Seq, got: 4, expected } if expected.contains('8')),
+        "{e}"
+    );
+    // Pools of different sizes for K and V.
+    let v4 = ctx
+        .upload_f32(&random(4 * 2 * 4 * 8, 4), [4, 2, 4, 8])
+        .unwrap();
+    let e = invalid(call(&k, &v4, good(), plain()));
+    assert_eq!(e.tensor, TensorRole::Value);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::ShapeMismatch {
+                dim: Dim::Batch,
+                got: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A key axis longer than the pages hold, or empty; no page per batch item.
+    for bad in [
+        PagedKv::new(4, 2, vec![3, 1, 0, 4]).seq_len(9),
+        PagedKv::new(4, 2, vec![3, 1, 0, 4]).seq_len(0),
+        PagedKv::new(4, 0, vec![]),
+    ] {
+        let e = invalid(call(&k, &v, bad.clone(), plain()));
+        assert_eq!(e.tensor, TensorRole::PageTable, "{bad:?}");
+    }
+    // Key lengths past the key axis.
+    let e = invalid(call(
+        &k,
+        &v,
+        good().seq_len(6),
+        AttentionOptions::with_mask(Mask::none().key_lengths(vec![6, 7])),
+    ));
+    assert_eq!(e.tensor, TensorRole::KeyLengths);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::LengthTooLong {
+                batch: 1,
+                len: 7,
+                max: 6
+            }
+        ),
+        "{e}"
+    );
+    // Packed variable-length batches are not paged.
+    let e = call(
+        &k,
+        &v,
+        good(),
+        plain().varlen(Varlen::from_lengths(&[1, 2], &[3, 3])),
+    );
+    assert!(
+        matches!(&e, Error::Unsupported(_)) && e.to_string().contains("paged"),
+        "{e}"
+    );
+    // Nor is the backward pass.
+    let shape = [2, 2, 3, 8];
+    let lse = ctx.empty([2, 2, 3, 1], DType::F32).unwrap();
+    let out = ctx.empty(shape, DType::F32).unwrap();
+    let d_out = ctx.upload_f32(&random(96, 9), shape).unwrap();
+    let (gq, gk, gv) = (
+        ctx.empty(shape, DType::F32).unwrap(),
+        ctx.empty([5, 2, 4, 8], DType::F32).unwrap(),
+        ctx.empty([5, 2, 4, 8], DType::F32).unwrap(),
+    );
+    let inputs = BackwardInputs {
+        q: q.view(),
+        k: k.view(),
+        v: v.view(),
+        out: out.view(),
+        d_out: d_out.view(),
+        lse: lse.view(),
+    };
+    let grads = GradientViews {
+        dq: gq.view().clone(),
+        dk: gk.view().clone(),
+        dv: gv.view().clone(),
+        dbias: None,
+        dsink: None,
+    };
+    let e = ctx
+        .attention_backward_into_blocking(&inputs, &grads, &plain().paged(good()))
+        .expect_err("paged backward");
+    assert!(
+        matches!(&e, Error::Unsupported(_)) && e.to_string().contains("paged"),
+        "{e}"
+    );
+}
+
+/// The paged cache's inputs: its pool's sizes, new tokens of the wrong dtype, shape or
+/// memory order, sequences that do not exist or repeat, and a pool out of pages (which
+/// changes nothing).
+#[test]
+fn paged_cache_rejects_bad_input() {
+    use wgpu_attention::PagedKvCache;
+    let ctx = ctx();
+    // heads · head_dim · 2 bytes must be a multiple of 4.
+    let e = invalid(PagedKvCache::new(ctx, 4, 4, 1, 3, DType::F16).expect_err("odd f16 tokens"));
+    assert_eq!(e.tensor, TensorRole::KvCache);
+    let e = invalid(PagedKvCache::new(ctx, 0, 4, 1, 4, DType::F32).expect_err("no pages"));
+    assert_eq!(e.tensor, TensorRole::KvCache);
+    let e = invalid(PagedKvCache::new(ctx, 4, 4, 1, 4, DType::Bool).expect_err("bool"));
+    assert!(matches!(e.problem, InputProblem::WrongDType { .. }), "{e}");
+
+    let (h, d) = (2, 4);
+    let mut cache = PagedKvCache::new(ctx, 2, 4, h, d, DType::F32).unwrap();
+    let a = cache.add_sequence();
+    let tokens = |n: usize| {
+        let t = ctx.upload_f32(&random(n * h * d, 5), [1, n, h, d]).unwrap();
+        let v = TensorView::bshd(t.buffer().clone(), DType::F32, [1, n, h, d]);
+        t.reshaped(DType::F32, v.shape, v.strides, 0)
+    };
+    let t3 = tokens(3);
+    // BHSD memory with more than one token: not token-major.
+    let bhsd = ctx.upload_f32(&random(3 * h * d, 6), [1, h, 3, d]).unwrap();
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &[a], bhsd.view(), bhsd.view())
+            .expect_err("bhsd"),
+    );
+    assert_eq!(e.tensor, TensorRole::KvCache);
+    assert!(e.to_string().contains("token"), "{e}");
+    // Another dtype, another head count.
+    let f16 = ctx
+        .upload_f16(&vec![half::f16::ZERO; h * d], [1, h, 1, d])
+        .unwrap();
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &[a], f16.view(), f16.view())
+            .expect_err("f16"),
+    );
+    assert!(matches!(e.problem, InputProblem::WrongDType { .. }), "{e}");
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &[a, a], t3.view(), t3.view())
+            .expect_err("two sequences, one's tokens"),
+    );
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::ShapeMismatch {
+                dim: Dim::Batch,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The same sequence twice.
+    let two = ctx.upload_f32(&random(2 * h * d, 7), [2, h, 1, d]).unwrap();
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &[a, a], two.view(), two.view())
+            .expect_err("twice"),
+    );
+    assert!(e.to_string().contains("twice"), "{e}");
+    // Out of pages: 3 + 6 tokens need 3 pages of 4; the pool has 2. Nothing changes.
+    cache
+        .append_blocking(ctx, &[a], t3.view(), t3.view())
+        .unwrap();
+    let t6 = tokens(6);
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &[a], t6.view(), t6.view())
+            .expect_err("full"),
+    );
+    assert!(e.to_string().contains("free pages"), "{e}");
+    assert_eq!((cache.len(a).unwrap(), cache.free_pages()), (3, 1));
+    // A forked sequence appending needs a page for its copy of the shared one.
+    let b = cache.fork(a).unwrap();
+    let t1 = tokens(1);
+    cache
+        .append_blocking(ctx, &[b], t1.view(), t1.view())
+        .unwrap();
+    assert_eq!(cache.free_pages(), 0);
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &[a], t3.view(), t3.view())
+            .expect_err("full"),
+    );
+    assert!(e.to_string().contains("free pages"), "{e}");
+    // A removed sequence.
+    cache.remove(b).unwrap();
+    assert_eq!(cache.free_pages(), 1);
+    for e in [
+        cache.len(b).expect_err("removed"),
+        cache.fork(b).expect_err("removed"),
+        cache.remove(b).expect_err("removed"),
+        cache.options(&[a, b]).expect_err("removed"),
+        cache
+            .append_blocking(ctx, &[b], t1.view(), t1.view())
+            .expect_err("removed"),
+    ] {
+        let e = invalid(e);
+        assert_eq!(e.tensor, TensorRole::KvCache);
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+}

@@ -120,6 +120,59 @@ pub struct AttentionOptions {
     /// ALiBi's slopes. The backward pass gives their gradient
     /// ([`GradientViews::dsink`](crate::GradientViews::dsink)).
     pub sinks: Option<Vec<f32>>,
+    /// K and V in pages (vLLM's and FlashInfer's paged KV cache): see [`PagedKv`].
+    pub paged: Option<PagedKv>,
+}
+
+/// Keys and values stored in fixed-size pages of one pool, found through a page table
+/// (vLLM's block tables, FlashInfer's paged KV).
+///
+/// K and V are then views of the pool, `[num_pages, heads_kv, page_size, head_dim]` with any
+/// strides: [`TensorView::bshd`] over `[num_pages, page_size, heads_kv, head_dim]` memory
+/// (vLLM's layout), or head-major pages. Batch item `b`'s key `j` is slot `j % page_size`
+/// of page `table[b * pages_per_seq + j / page_size]`. Each batch item has `seq_len` keys on
+/// the call's key axis (the key dimension of a bias or bool mask); key lengths
+/// ([`Mask::key_lengths`]) say how many of them hold tokens, as with a contiguous
+/// [`crate::KvCache`]. Every table entry for the pages that hold those `seq_len` keys must
+/// name a page of the pool (entries of pages past a sequence's tokens are read but
+/// their keys are masked: 0 will do).
+///
+/// Every forward backend reads the pages in its kernels, with every mask kind, GQA, sinks,
+/// the soft cap and the log-sum-exp output. Not with packed variable-length batches
+/// ([`Varlen`]; give the queries query lengths instead), the backward pass, or a call so
+/// large that it would be split into parts: those are [`crate::Error::Unsupported`].
+/// [`crate::PagedKvCache`] manages a pool and its tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PagedKv {
+    /// Keys per page: the third dimension of the K and V views.
+    pub page_size: usize,
+    /// Pages per batch item: the page table's columns.
+    pub pages_per_seq: usize,
+    /// `[batch, pages_per_seq]`, row-major: each batch item's pages, in key order.
+    pub table: Vec<u32>,
+    /// Keys per batch item on the call's key axis (at most `pages_per_seq * page_size`).
+    pub seq_len: usize,
+}
+
+impl PagedKv {
+    /// A page table of `pages_per_seq` pages per batch item (`table.len() / pages_per_seq`
+    /// batch items), each with `pages_per_seq * page_size` keys on the key axis.
+    pub fn new(page_size: usize, pages_per_seq: usize, table: Vec<u32>) -> Self {
+        PagedKv {
+            page_size,
+            pages_per_seq,
+            table,
+            seq_len: page_size.saturating_mul(pages_per_seq),
+        }
+    }
+
+    /// Sets the keys per batch item on the call's key axis (for a key axis that ends inside
+    /// a page).
+    pub fn seq_len(mut self, keys: usize) -> Self {
+        self.seq_len = keys;
+        self
+    }
 }
 
 /// Sequences of different lengths stored back to back, as FlashAttention's varlen
@@ -239,6 +292,12 @@ impl AttentionOptions {
     /// [`AttentionOptions::sinks`]).
     pub fn sinks(mut self, sinks: Vec<f32>) -> Self {
         self.sinks = Some(sinks);
+        self
+    }
+
+    /// Reads K and V through a page table ([`PagedKv`]).
+    pub fn paged(mut self, paged: PagedKv) -> Self {
+        self.paged = Some(paged);
         self
     }
 }

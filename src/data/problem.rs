@@ -83,6 +83,8 @@ pub struct Problem {
     pub softcap: bool,
     /// Rows have attention sinks ([`crate::AttentionOptions::sinks`]).
     pub sinks: bool,
+    /// K and V are read through a page table ([`crate::PagedKv`]).
+    pub paged: bool,
 }
 
 impl Problem {
@@ -106,6 +108,7 @@ impl Problem {
             lse: false,
             softcap: false,
             sinks: false,
+            paged: false,
         }
     }
 

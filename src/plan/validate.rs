@@ -2,7 +2,7 @@
 //! the plain-data description the dispatcher and the backends work from.
 
 use crate::data::backward::{BackwardInputs, GradientViews};
-use crate::data::options::AttentionOptions;
+use crate::data::options::{AttentionOptions, PagedKv};
 pub use crate::data::problem::{MAX_SCALE, MAX_SEQ, MaskKinds, Problem};
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
@@ -237,16 +237,31 @@ pub(crate) fn validate(
     }
     // Rows of the views (for varlen: all sequences' tokens) vs the problem's batch/lengths.
     let (rows_q, rows_k) = (sq, sk);
-    let varlen = match &opts.varlen {
-        Some(vl) => Some(check_varlen(vl, q, k, v, rows_q, rows_k, &opts.mask)?),
-        None => None,
+    let varlen = match (&opts.varlen, &opts.paged) {
+        (Some(_), Some(_)) => {
+            return Err(Error::backend(
+                "paged K/V with a packed variable-length batch (give the queries query lengths instead)",
+            ));
+        }
+        (Some(vl), None) => Some(check_varlen(vl, q, k, v, rows_q, rows_k, &opts.mask)?),
+        (None, _) => None,
     };
-    if kb != b {
-        return Err(mismatch(Key, Dim::Batch, b, kb));
-    }
-    if vb != b {
-        return Err(mismatch(Value, Dim::Batch, b, vb));
-    }
+    // Paged K/V: the views are the page pool, and the key axis is the table's.
+    let sk = match &opts.paged {
+        Some(pg) => check_paged(pg, k, v, b)?,
+        None => {
+            if kb != b {
+                return Err(mismatch(Key, Dim::Batch, b, kb));
+            }
+            if vb != b {
+                return Err(mismatch(Value, Dim::Batch, b, vb));
+            }
+            if vs != sk {
+                return Err(mismatch(Value, Dim::Seq, sk, vs));
+            }
+            sk
+        }
+    };
     if hq % hkv != 0 {
         return Err(mismatch(
             Key,
@@ -258,9 +273,6 @@ pub(crate) fn validate(
     if vh != hkv {
         return Err(mismatch(Value, Dim::Heads, hkv, vh));
     }
-    if vs != sk {
-        return Err(mismatch(Value, Dim::Seq, sk, vs));
-    }
     if kd != dk {
         return Err(mismatch(Key, Dim::HeadDim, dk, kd));
     }
@@ -268,7 +280,7 @@ pub(crate) fn validate(
     // output's elements, must be countable in a u32 (wrapping counts would also make the
     // planner tile a problem of 2^64 parts).
     check_count(Query, &[b, hq, sq])?;
-    check_count(Key, &[kb, hkv, sk])?;
+    check_count(Key, &[kb, hkv, k.shape[2]])?;
     // Q's rows fit (checked above), so an output that does not comes from V's head dim.
     let out_role = if out.is_some() { Output } else { Value };
     check_count(out_role, &[b, hq, sq, dv])?;
@@ -439,6 +451,7 @@ pub(crate) fn validate(
         lse: opts.lse_output.is_some(),
         softcap: opts.softcap.is_some(),
         sinks: opts.sinks.is_some(),
+        paged: opts.paged.is_some(),
         mask: MaskKinds {
             causal: m.causal,
             alignment: m.alignment,
@@ -450,6 +463,79 @@ pub(crate) fn validate(
             alibi: m.alibi_slopes.is_some(),
         },
     })
+}
+
+/// Checks paged K/V's views and page table for `b` batch items; returns the key axis's length.
+fn check_paged(pg: &PagedKv, k: &TensorView, v: &TensorView, b: usize) -> Result<usize> {
+    use TensorRole::*;
+    let pages = k.shape[0];
+    if v.shape[0] != pages {
+        return Err(mismatch(
+            Value,
+            Dim::Batch,
+            format!("{pages} (the key pool's pages)"),
+            v.shape[0],
+        ));
+    }
+    for (view, role) in [(k, Key), (v, Value)] {
+        if view.shape[2] != pg.page_size {
+            return Err(mismatch(
+                role,
+                Dim::Seq,
+                format!("{} (the page size)", pg.page_size),
+                view.shape[2],
+            ));
+        }
+    }
+    if pg.pages_per_seq == 0 {
+        return Err(Error::invalid(
+            PageTable,
+            InputProblem::Other(
+                "pages_per_seq is 0, expected at least one page per batch item".into(),
+            ),
+        ));
+    }
+    let want = b.saturating_mul(pg.pages_per_seq);
+    if pg.table.len() != want {
+        return Err(Error::invalid(
+            PageTable,
+            InputProblem::WrongCount {
+                expected: want,
+                got: pg.table.len(),
+                per: "pages_per_seq per batch item",
+            },
+        ));
+    }
+    let room = pg.page_size.saturating_mul(pg.pages_per_seq);
+    if pg.seq_len == 0 || pg.seq_len > room {
+        return Err(Error::invalid(
+            PageTable,
+            InputProblem::Other(format!(
+                "seq_len is {}, expected 1 to {room} (pages_per_seq {} times page_size {})",
+                pg.seq_len, pg.pages_per_seq, pg.page_size
+            )),
+        ));
+    }
+    // The pages that hold the key axis are read (past a sequence's key length too, masked).
+    let used = pg.seq_len.div_ceil(pg.page_size);
+    for (batch, row) in pg.table.chunks(pg.pages_per_seq).enumerate() {
+        if let Some((column, &page)) = row[..used]
+            .iter()
+            .enumerate()
+            .find(|(_, p)| **p as usize >= pages)
+        {
+            return Err(Error::invalid(
+                PageTable,
+                InputProblem::PageOutOfRange {
+                    batch,
+                    column,
+                    page,
+                    pages,
+                },
+            ));
+        }
+    }
+    Ok(pg.seq_len)
 }
 
 /// One finite value per query head (ALiBi's slopes, the sinks' logits).
@@ -518,6 +604,11 @@ pub(crate) fn validate_backward(
     opts: &AttentionOptions,
 ) -> Result<Problem> {
     use TensorRole::*;
+    if opts.paged.is_some() {
+        return Err(Error::backend(
+            "the backward pass with paged K/V (gather the pages into contiguous K and V)",
+        ));
+    }
     let fwd = AttentionOptions {
         lse_output: Some(x.lse.clone()),
         ..opts.clone()
@@ -721,6 +812,78 @@ pub(crate) fn kv_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Resu
             InputProblem::Other(
                 "new rows must be a contiguous BHSD view at a 4-byte aligned offset".into(),
             ),
+        ));
+    }
+    view.check_memory(role, wgpu::BufferUsages::COPY_SRC)
+}
+
+/// Checks a paged KV pool of `pages` pages of `page_size` tokens of `heads` vectors of
+/// `head_dim`, token-major (a token's heads together, so that appends are copies of whole
+/// tokens); returns its bytes.
+pub(crate) fn paged_kv_pool(
+    [pages, page_size, heads, head_dim]: [usize; 4],
+    dtype: DType,
+    max_buffer_size: u64,
+) -> Result<u64> {
+    let role = TensorRole::KvCache;
+    if !dtype.is_float() {
+        return Err(Error::invalid(
+            role,
+            InputProblem::WrongDType {
+                expected: "f32, f16 or bf16".into(),
+                got: dtype.to_string(),
+            },
+        ));
+    }
+    let elements = crate::data::tensor::checked_product(&[pages, page_size, heads, head_dim]);
+    if !(heads as u64 * head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
+        return Err(Error::invalid(
+            role,
+            InputProblem::Other(format!(
+                "a paged cache needs non-zero sizes and heads * head_dim * {} bytes a multiple of 4 (got pages {pages}, page_size {page_size}, heads {heads}, head_dim {head_dim})",
+                dtype.size()
+            )),
+        ));
+    }
+    // The attention kernels index the pool in 32 bits.
+    check_count(role, &[pages, page_size, heads, head_dim])?;
+    let bytes = elements
+        .and_then(|n| n.checked_mul(dtype.size()))
+        .unwrap_or(u64::MAX);
+    if bytes > max_buffer_size {
+        return Err(Error::limit("max_buffer_size", bytes, max_buffer_size));
+    }
+    Ok(bytes)
+}
+
+/// Checks new tokens for a paged KV cache: `dtype`, shape `want` (`[sequences, heads, n,
+/// head_dim]`), token-major and contiguous (`[sequences, n, heads, head_dim]` memory, which
+/// for one token is also BHSD's), at a 4-byte aligned offset, copyable.
+pub(crate) fn paged_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
+    let role = TensorRole::KvCache;
+    if view.dtype != dtype {
+        return Err(Error::invalid(
+            role,
+            InputProblem::WrongDType {
+                expected: dtype.to_string(),
+                got: view.dtype.to_string(),
+            },
+        ));
+    }
+    check_shape(view, want, role)?;
+    let [b, h, n, d] = view.shape;
+    let s = view.strides;
+    let token_major = s[3] == 1
+        && (h == 1 || s[1] == d)
+        && (n == 1 || s[2] == h * d)
+        && (b == 1 || s[0] == n * h * d);
+    if !token_major || !view.offset.is_multiple_of(4) {
+        return Err(Error::invalid(
+            role,
+            InputProblem::Other(format!(
+                "new tokens must be contiguous [sequences, tokens, heads, head_dim] memory (TensorView::bshd; for one token, BHSD) at a 4-byte aligned offset; got strides {s:?} at byte {}",
+                view.offset
+            )),
         ));
     }
     view.check_memory(role, wgpu::BufferUsages::COPY_SRC)

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use half::f16;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, Subgroups, Tensor,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, PagedKv, Subgroups, Tensor,
     TensorView, Tuning, Window,
 };
 
@@ -224,6 +224,54 @@ pub fn upload(
     view_of(&buffer_of(ctx, &mem, dtype))
 }
 
+/// A case's K and V (logical BHSD host data) scattered into pools of `ps`-key pages in the
+/// case's layout (BHSD: head-major pages; BSHD: token-major, vLLM's), the pages of every
+/// batch item shuffled among two spare pages. Every slot no key lands in holds large junk,
+/// so a key read from the wrong place cannot pass. Checks `reference::gather_pages` against
+/// the contiguous data on the way.
+pub fn paged_pool(
+    ctx: &Context,
+    c: &Case,
+    kh: &[f32],
+    vh: &[f32],
+    ps: usize,
+) -> (Tensor, Tensor, PagedKv) {
+    let pps = c.sk.div_ceil(ps);
+    let pages = c.b * pps + 2;
+    // A seeded shuffle of the pages (Fisher-Yates on the reference's generator).
+    let mut order: Vec<u32> = (0..pages as u32).collect();
+    let r = random(pages, c.seed + 17);
+    for i in (1..pages).rev() {
+        let j = (((r[i] + 1.0) / 2.0) * (i + 1) as f32) as usize % (i + 1);
+        order.swap(i, j);
+    }
+    let table: Vec<u32> = order[..c.b * pps].to_vec();
+    let paged = PagedKv::new(ps, pps, table.clone()).seq_len(c.sk);
+    let pool = |data: &[f32], d: usize, seed: u64| {
+        let mut m: Vec<f32> = random(pages * c.hkv * ps * d, seed)
+            .iter()
+            .map(|x| 300.0 + 100.0 * x)
+            .collect();
+        for ib in 0..c.b {
+            for ih in 0..c.hkv {
+                for j in 0..c.sk {
+                    let page = table[ib * pps + j / ps] as usize;
+                    let at = ((page * c.hkv + ih) * ps + j % ps) * d;
+                    let from = ((ib * c.hkv + ih) * c.sk + j) * d;
+                    m[at..at + d].copy_from_slice(&data[from..from + d]);
+                }
+            }
+        }
+        let shape = [pages, c.hkv, ps, d];
+        let host = HostTensor { data: &m, shape };
+        assert_eq!(reference::gather_pages(&host, &paged), data, "gather_pages");
+        upload(ctx, &m, shape, c.dtype, c.layout)
+    };
+    let k = pool(kh, c.dk, c.seed + 18);
+    let v = pool(vh, c.dv, c.seed + 19);
+    (k, v, paged)
+}
+
 /// Contiguous BHSD strides of `shape`.
 pub fn bhsd_strides([_, h, s, d]: [usize; 4]) -> [usize; 4] {
     [h * s * d, s * d, d, 1]
@@ -340,6 +388,8 @@ pub struct Case {
     pub softcap: Option<f32>,
     /// Sink logits, one per query head (`AttentionOptions::sinks`).
     pub sinks: Option<Vec<f32>>,
+    /// K and V in a shuffled pool of pages of this many keys (`AttentionOptions::paged`).
+    pub paged: Option<usize>,
 }
 
 impl Case {
@@ -365,6 +415,7 @@ impl Case {
             lse: false,
             softcap: None,
             sinks: None,
+            paged: None,
         }
     }
 
@@ -386,7 +437,7 @@ impl Case {
 
     pub fn label(&self) -> String {
         format!(
-            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={} softcap={:?} sinks={:?}",
+            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={} softcap={:?} sinks={:?} paged={:?}",
             self.backend,
             self.b,
             self.hq,
@@ -402,7 +453,8 @@ impl Case {
             self.tuning,
             self.mask.name(),
             self.softcap,
-            self.sinks
+            self.sinks,
+            self.paged
         )
     }
 }
@@ -428,6 +480,8 @@ pub struct Prepared {
     pub bias_rounded: Option<(Vec<f32>, [usize; 4], DType)>,
     pub bias: Option<Tensor>,
     pub bools: Option<Tensor>,
+    /// With `Case::paged`: `k` and `v` are the page pool, read through this table.
+    pub paged: Option<PagedKv>,
 }
 
 impl Prepared {
@@ -445,8 +499,17 @@ impl Prepared {
         let kh = round_to(c.dtype, &random(ks.iter().product(), c.seed + 1));
         let vh = round_to(c.dtype, &random(vs.iter().product(), c.seed + 2));
         let q = upload(ctx, &qh, qs, c.dtype, c.layout);
-        let k = upload(ctx, &kh, ks, c.dtype, c.layout);
-        let v = upload(ctx, &vh, vs, c.dtype, c.layout);
+        let (k, v, paged) = match c.paged {
+            Some(ps) => {
+                let (k, v, table) = paged_pool(ctx, c, &kh, &vh, ps);
+                (k, v, Some(table))
+            }
+            None => (
+                upload(ctx, &kh, ks, c.dtype, c.layout),
+                upload(ctx, &vh, vs, c.dtype, c.layout),
+                None,
+            ),
+        };
         let bias_rounded = c
             .mask
             .bias
@@ -473,6 +536,7 @@ impl Prepared {
             bias_rounded,
             bias,
             bools,
+            paged,
         }
     }
 
@@ -512,6 +576,7 @@ impl Prepared {
         opts.scale = c.scale;
         opts.softcap = c.softcap;
         opts.sinks = c.sinks.clone();
+        opts.paged = self.paged.clone();
         opts
     }
 

@@ -163,6 +163,7 @@ pub(crate) fn bind(
     set(m.alibi_slopes.is_some(), flags::ALIBI);
     set(opts.sinks.is_some(), flags::SINK);
     set(opts.softcap.is_some(), flags::SOFTCAP);
+    set(opts.paged.is_some(), flags::PAGED);
     f |= p.dtype_q.code() << flags::DT_Q;
     f |= p.dtype_k.code() << flags::DT_K;
     f |= p.dtype_v.code() << flags::DT_V;
@@ -170,7 +171,7 @@ pub(crate) fn bind(
     f |= m.bias.as_ref().map_or(0, |b| b.dtype.code()) << flags::DT_BIAS;
 
     // Aux: [query lengths | key lengths | diagonals | cu_seqlens q | cu_seqlens k | alibi |
-    // sinks | summary].
+    // sinks | page table | summary].
     let mut aux: Vec<u32> = Vec::new();
     let qlen_off = aux.len() as u32;
     match (vl, part) {
@@ -194,6 +195,8 @@ pub(crate) fn bind(
     aux.extend(m.alibi_slopes.iter().flatten().map(|x| x.to_bits()));
     let sink_off = aux.len() as u32;
     aux.extend(opts.sinks.iter().flatten().map(|x| x.to_bits()));
+    let pt_off = aux.len() as u32;
+    aux.extend(opts.paged.iter().flat_map(|pg| pg.table.iter()));
     let host_words = aux.len();
     let mut summary = None;
     if let (true, Some(bm)) = (with_summary, &m.bool_mask) {
@@ -287,6 +290,9 @@ pub(crate) fn bind(
         alibi_off,
         sink_off,
         softcap: opts.softcap.unwrap_or(0.0),
+        pt_off,
+        page_size: opts.paged.as_ref().map_or(0, |pg| pg.page_size as u32),
+        pt_cols: opts.paged.as_ref().map_or(0, |pg| pg.pages_per_seq as u32),
         cuq_off,
         cuk_off,
         n_splits: 1,

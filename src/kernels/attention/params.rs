@@ -32,6 +32,8 @@ pub(crate) mod flags {
     pub const DT_BIAS: u32 = 24;
     /// The backward pass's dO.
     pub const DT_DO: u32 = 26;
+    /// K and V in pages through a page table in aux (`pt_off`, `page_size`, `pt_cols`).
+    pub const PAGED: u32 = 1 << 28;
 }
 
 /// The `Params` uniform of `shaders/common.wgsl` (flash, memory-efficient and naive).
@@ -99,7 +101,11 @@ pub(crate) struct AttnParams {
     pub softcap: f32,
     /// With [`flags::SINK`]: where the sink logits (f32 bits, one per query head) start in aux.
     pub sink_off: u32,
-    pub _pad: [u32; 3],
+    /// With [`flags::PAGED`]: where the page table (`pt_cols` page indices per batch item)
+    /// starts in aux, and the keys per page.
+    pub pt_off: u32,
+    pub page_size: u32,
+    pub pt_cols: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() == 84 * 4);
@@ -172,9 +178,9 @@ impl AttnParams {
             one("bg_h", offset_of!(Self, bg_h)),
             one("softcap", offset_of!(Self, softcap)),
             one("sink_off", offset_of!(Self, sink_off)),
-            (0..3)
-                .map(|i| (format!("_pad{i}"), offset_of!(Self, _pad) + 4 * i))
-                .collect(),
+            one("pt_off", offset_of!(Self, pt_off)),
+            one("page_size", offset_of!(Self, page_size)),
+            one("pt_cols", offset_of!(Self, pt_cols)),
         ]
         .concat()
     }

@@ -85,7 +85,7 @@ pub(crate) fn source(t: &BackwardTile) -> String {
     w!(s, "    if (b >= P.batch) {{ return; }}");
     w!(s, "    let rc = row_ctx(b);");
     w!(s, "    let bases = kv_bases(b, kt.hk);");
-    w!(s, "    stage_keys(lid, kt.k0, bases);");
+    w!(s, "    stage_keys(lid, b, kt.k0, bases);");
     for k in 0..n {
         w!(s, "    let j_{k} = kt.k0 + lid + {k}u * STRIDE;");
         for d in 0..dk4 {

@@ -384,7 +384,7 @@ fn start_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec2<u32>) -> u
     let state = tile_state(b, h, qt, j0);
     if (state != 0u) {
         if (lid == 0u) { count_tile(state); }
-        fill_kv_tile(lid, j0, bases);
+        fill_kv_tile(lid, b, j0, bases);
     }
     workgroupBarrier();
     return state;

@@ -1,6 +1,9 @@
 //! A key/value cache for autoregressive decoding: preallocated K and V buffers of a fixed
 //! capacity, per-batch lengths, and an on-GPU append: a decode step (append, then a
-//! recorded attention call) creates no buffer and no bind group once warm.
+//! recorded attention call) creates no buffer and no bind group once warm. [`paged`] holds
+//! the paged cache.
+
+pub(crate) mod paged;
 
 use crate::context::Context;
 use crate::data::mask::{CausalAlignment, Mask};

@@ -1,0 +1,418 @@
+//! A paged key/value cache: one pool of fixed-size pages shared by many sequences, each
+//! holding a list of pages (its row of the page table), appended to on the GPU, and forked
+//! so that sequences share their prefix's pages (copy on write of the page being filled).
+//! The bookkeeping is host data; the pages stay on the GPU.
+
+use crate::context::Context;
+use crate::data::mask::{CausalAlignment, Mask};
+use crate::data::options::{AttentionOptions, PagedKv};
+use crate::data::tensor::{DType, TensorView};
+use crate::error::{Error, InputProblem, Result, TensorRole};
+use crate::gate::Gated;
+
+/// A sequence of a [`PagedKvCache`] (from [`PagedKvCache::add_sequence`] or
+/// [`PagedKvCache::fork`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqId(usize);
+
+#[derive(Clone, Debug, Default)]
+struct Sequence {
+    pages: Vec<u32>,
+    len: usize,
+}
+
+/// The host bookkeeping, cloned before an append so that a refused submission changes
+/// nothing.
+#[derive(Clone, Debug)]
+struct Book {
+    /// References to each page (0: free).
+    refs: Vec<u32>,
+    /// Free pages, taken from the end.
+    free: Vec<u32>,
+    /// Sequences by id (`None`: removed).
+    seqs: Vec<Option<Sequence>>,
+}
+
+/// K and V in a pool of `num_pages` pages of `page_size` tokens, token-major
+/// (`[num_pages, page_size, heads_kv, head_dim]` memory, vLLM's layout), shared by sequences
+/// that each own a list of pages.
+///
+/// Attention reads the pages in its kernels: pass [`PagedKvCache::keys`] and
+/// [`PagedKvCache::values`] as K and V, with [`PagedKvCache::options`] for the sequences of
+/// the call (their page table, their lengths as key lengths and bottom-right causal
+/// alignment, so a chunk of new queries sees its sequence's cache and itself causally).
+///
+/// ```
+/// use wgpu_attention::{Context, DType, PagedKvCache};
+/// # fn main() -> Result<(), wgpu_attention::Error> {
+/// let ctx = Context::new_blocking()?;
+/// let (h, d) = (2, 16);
+/// let mut cache = PagedKvCache::new(&ctx, 8, 4, h, d, DType::F32)?;
+/// let a = cache.add_sequence();
+/// // A prompt of 6 tokens ([sequences, heads, tokens, d] over token-major memory).
+/// let k = ctx.upload_f32(&vec![0.5; 6 * h * d], [1, 6, h, d])?;
+/// let v = ctx.upload_f32(&(0..6 * h * d).map(|i| (i / (h * d)) as f32).collect::<Vec<_>>(), [1, 6, h, d])?;
+/// let as_tokens = |t: &wgpu_attention::Tensor| {
+///     wgpu_attention::TensorView::bshd(t.buffer().clone(), DType::F32, [1, 6, h, d])
+/// };
+/// cache.append_blocking(&ctx, &[a], &as_tokens(&k), &as_tokens(&v))?;
+/// // A second sequence sharing the prompt's pages.
+/// let b = cache.fork(a)?;
+/// assert_eq!(cache.free_pages(), 6);
+/// // One query per sequence: equal keys, so each output is the mean of its values, 0 .. 5.
+/// let q = ctx.upload_f32(&vec![0.0; 2 * h * d], [2, h, 1, d])?;
+/// let opts = cache.options(&[a, b])?;
+/// let out = ctx.attention_blocking(q.view(), &cache.keys(), &cache.values(), &opts)?;
+/// let o = ctx.download_f32_blocking(out.view())?;
+/// assert!((o[0] - 2.5).abs() < 1e-5 && (o[2 * h * d - 1] - 2.5).abs() < 1e-5);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PagedKvCache {
+    k: Gated<wgpu::Buffer>,
+    v: Gated<wgpu::Buffer>,
+    /// One page: a shared page is copied through it (wgpu copies between two buffers only).
+    spare: Gated<wgpu::Buffer>,
+    pages: usize,
+    page_size: usize,
+    heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    book: Book,
+}
+
+impl PagedKvCache {
+    /// An empty cache of `num_pages` pages of `page_size` tokens. `heads_kv * head_dim *
+    /// dtype size` must be a multiple of 4 bytes (appends are buffer copies).
+    pub fn new(
+        ctx: &Context,
+        num_pages: usize,
+        page_size: usize,
+        heads_kv: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let bytes = crate::plan::validate::paged_kv_pool(
+            [num_pages, page_size, heads_kv, head_dim],
+            dtype,
+            ctx.caps().max_buffer_size,
+        )?;
+        let rt = ctx.rt();
+        let _held = rt.hold();
+        let page_bytes = bytes / num_pages as u64;
+        let make = |label, size| {
+            Gated::new(
+                rt.new_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                rt.gate().cloned(),
+            )
+        };
+        Ok(PagedKvCache {
+            k: make("wgpu-attention paged kv cache keys", bytes),
+            v: make("wgpu-attention paged kv cache values", bytes),
+            spare: make("wgpu-attention paged kv cache spare page", page_bytes),
+            pages: num_pages,
+            page_size,
+            heads: heads_kv,
+            head_dim,
+            dtype,
+            book: Book {
+                refs: vec![0; num_pages],
+                // Taken from the end: page 0 first.
+                free: (0..num_pages as u32).rev().collect(),
+                seqs: Vec::new(),
+            },
+        })
+    }
+
+    /// A new, empty sequence.
+    pub fn add_sequence(&mut self) -> SeqId {
+        self.book.seqs.push(Some(Sequence::default()));
+        SeqId(self.book.seqs.len() - 1)
+    }
+
+    /// A new sequence with `seq`'s tokens, sharing its pages: a page is copied only when one
+    /// of the sequences appends into a page another still holds.
+    pub fn fork(&mut self, seq: SeqId) -> Result<SeqId> {
+        let s = self.book.seq(seq)?.clone();
+        for &p in &s.pages {
+            self.book.refs[p as usize] += 1;
+        }
+        self.book.seqs.push(Some(s));
+        Ok(SeqId(self.book.seqs.len() - 1))
+    }
+
+    /// Forgets a sequence; pages no other sequence holds become free.
+    pub fn remove(&mut self, seq: SeqId) -> Result<()> {
+        let s = self.book.seq(seq)?.clone();
+        for &p in &s.pages {
+            self.book.release(p);
+        }
+        self.book.seqs[seq.0] = None;
+        Ok(())
+    }
+
+    /// The tokens a sequence holds.
+    pub fn len(&self, seq: SeqId) -> Result<usize> {
+        Ok(self.book.seq(seq)?.len)
+    }
+
+    /// Whether a sequence holds no token.
+    pub fn is_empty(&self, seq: SeqId) -> Result<bool> {
+        Ok(self.len(seq)? == 0)
+    }
+
+    /// The pages a sequence holds, in token order (its page-table row).
+    pub fn pages(&self, seq: SeqId) -> Result<&[u32]> {
+        Ok(&self.book.seq(seq)?.pages)
+    }
+
+    /// Pages no sequence holds.
+    pub fn free_pages(&self) -> usize {
+        self.book.free.len()
+    }
+
+    /// Tokens per page.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    fn pool_view(&self, buffer: &wgpu::Buffer) -> TensorView {
+        TensorView::bshd(
+            buffer.clone(),
+            self.dtype,
+            [self.pages, self.page_size, self.heads, self.head_dim],
+        )
+    }
+
+    /// The key pool, as the `[num_pages, heads_kv, page_size, head_dim]` view paged
+    /// attention takes.
+    pub fn keys(&self) -> TensorView {
+        self.pool_view(&self.k)
+    }
+
+    /// The value pool (see [`PagedKvCache::keys`]).
+    pub fn values(&self) -> TensorView {
+        self.pool_view(&self.v)
+    }
+
+    /// The page table of `seqs` (one batch item each, in order): as many columns as the
+    /// longest holds pages (at least one); the shorter rows padded with page 0, whose keys
+    /// their key lengths mask.
+    pub fn page_table(&self, seqs: &[SeqId]) -> Result<PagedKv> {
+        let rows = seqs
+            .iter()
+            .map(|&s| self.book.seq(s))
+            .collect::<Result<Vec<_>>>()?;
+        let cols = rows.iter().map(|s| s.pages.len()).max().unwrap_or(0).max(1);
+        let mut table = Vec::with_capacity(rows.len() * cols);
+        for s in rows {
+            table.extend(&s.pages);
+            table.resize(table.len() + cols - s.pages.len(), 0);
+        }
+        Ok(PagedKv::new(self.page_size, cols, table))
+    }
+
+    /// The mask for attending over `seqs`: their lengths as key lengths, with bottom-right
+    /// causal alignment.
+    pub fn mask(&self, seqs: &[SeqId]) -> Result<Mask> {
+        let lengths = seqs
+            .iter()
+            .map(|&s| Ok(self.book.seq(s)?.len as u32))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Mask::none()
+            .causal(CausalAlignment::BottomRight)
+            .key_lengths(lengths))
+    }
+
+    /// Options for attending over `seqs` (batch item `b` is `seqs[b]`): their page table and
+    /// [`PagedKvCache::mask`]. Add further options (a bias, sinks, the soft cap) to them.
+    pub fn options(&self, seqs: &[SeqId]) -> Result<AttentionOptions> {
+        Ok(AttentionOptions::with_mask(self.mask(seqs)?).paged(self.page_table(seqs)?))
+    }
+
+    /// Records the copies of `n` new tokens of each of `seqs` (`new_k`, `new_v`: `[seqs,
+    /// heads_kv, n, head_dim]` views over token-major memory, [`TensorView::bshd`]; for one
+    /// token BHSD is the same) behind each sequence's tokens: one copy per page touched,
+    /// taking free pages as needed, and first copying a page being filled that another
+    /// sequence shares. Nothing is recorded or changed if the pool has too few free pages.
+    pub fn record_append(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        seqs: &[SeqId],
+        new_k: &TensorView,
+        new_v: &TensorView,
+    ) -> Result<()> {
+        let n = new_k.shape[2];
+        let want = [seqs.len(), self.heads, n, self.head_dim];
+        crate::plan::validate::paged_rows(new_k, want, self.dtype)?;
+        crate::plan::validate::paged_rows(new_v, want, self.dtype)?;
+        for (i, s) in seqs.iter().enumerate() {
+            self.book.seq(*s)?;
+            if seqs[..i].contains(s) {
+                return Err(Error::invalid(
+                    TensorRole::KvCache,
+                    InputProblem::Other(format!("sequence {} appears twice in one append", s.0)),
+                ));
+            }
+        }
+        // Pages needed: new ones, and a copy of each shared page that will be written.
+        let ps = self.page_size;
+        let mut need = 0;
+        for &s in seqs {
+            let q = self.book.seq(s)?;
+            need += (q.len + n).div_ceil(ps).saturating_sub(q.pages.len());
+            if n > 0
+                && !q.len.is_multiple_of(ps)
+                && self.book.refs[q.pages[q.len / ps] as usize] > 1
+            {
+                need += 1;
+            }
+        }
+        if need > self.book.free.len() {
+            return Err(Error::invalid(
+                TensorRole::KvCache,
+                InputProblem::Other(format!(
+                    "appending {n} tokens to {} sequences needs {need} free pages; the pool has {} of {}",
+                    seqs.len(),
+                    self.book.free.len(),
+                    self.pages
+                )),
+            ));
+        }
+        let es = self.dtype.size();
+        let token = (self.heads * self.head_dim) as u64 * es;
+        let page_bytes = ps as u64 * token;
+        for (b, &s) in seqs.iter().enumerate() {
+            let mut seq = self.book.seqs[s.0].take().unwrap_or_default();
+            let len = seq.len;
+            if n > 0 && !len.is_multiple_of(ps) {
+                let tail = seq.pages[len / ps];
+                if self.book.refs[tail as usize] > 1 {
+                    let copy = self.book.take();
+                    for buf in [&*self.k, &*self.v] {
+                        let spare = &*self.spare;
+                        encoder.copy_buffer_to_buffer(
+                            buf,
+                            tail as u64 * page_bytes,
+                            spare,
+                            0,
+                            page_bytes,
+                        );
+                        encoder.copy_buffer_to_buffer(
+                            spare,
+                            0,
+                            buf,
+                            copy as u64 * page_bytes,
+                            page_bytes,
+                        );
+                    }
+                    self.book.release(tail);
+                    seq.pages[len / ps] = copy;
+                }
+            }
+            while seq.pages.len() < (len + n).div_ceil(ps) {
+                let p = self.book.take();
+                seq.pages.push(p);
+            }
+            // Runs of tokens within one page: one copy each, for K and for V.
+            let mut t = 0;
+            while t < n {
+                let pos = len + t;
+                let run = (ps - pos % ps).min(n - t);
+                let dst = (seq.pages[pos / ps] as u64 * ps as u64 + (pos % ps) as u64) * token;
+                for (src, dst_buf) in [(new_k, &*self.k), (new_v, &*self.v)] {
+                    let at = (b * src.strides[0] + t * src.strides[2]) as u64 * es;
+                    encoder.copy_buffer_to_buffer(
+                        &src.buffer,
+                        src.offset + at,
+                        dst_buf,
+                        dst,
+                        run as u64 * token,
+                    );
+                }
+                t += run;
+            }
+            seq.len = len + n;
+            self.book.seqs[s.0] = Some(seq);
+        }
+        Ok(())
+    }
+
+    /// [`PagedKvCache::record_append`] in its own submission. If wgpu refuses it (a buffer of
+    /// another device, a destroyed buffer), nothing is appended.
+    pub async fn append(
+        &mut self,
+        ctx: &Context,
+        seqs: &[SeqId],
+        new_k: &TensorView,
+        new_v: &TensorView,
+    ) -> Result<()> {
+        let book = self.book.clone();
+        let buffers = || {
+            vec![
+                (&new_k.buffer, TensorRole::KvCache),
+                (&new_v.buffer, TensorRole::KvCache),
+            ]
+        };
+        let res = ctx
+            .rt()
+            .submit_scoped("appending to a paged kv cache", buffers, |_, enc| {
+                self.record_append(enc, seqs, new_k, new_v)
+            })
+            .await;
+        if res.is_err() {
+            self.book = book;
+        }
+        res
+    }
+
+    /// [`PagedKvCache::append`], blocking (on the submission's error scopes only).
+    #[cfg(all(feature = "blocking", not(target_arch = "wasm32")))]
+    pub fn append_blocking(
+        &mut self,
+        ctx: &Context,
+        seqs: &[SeqId],
+        new_k: &TensorView,
+        new_v: &TensorView,
+    ) -> Result<()> {
+        pollster::block_on(self.append(ctx, seqs, new_k, new_v))
+    }
+}
+
+impl Book {
+    fn seq(&self, id: SeqId) -> Result<&Sequence> {
+        self.seqs.get(id.0).and_then(Option::as_ref).ok_or_else(|| {
+            Error::invalid(
+                TensorRole::KvCache,
+                InputProblem::Other(format!(
+                    "sequence {} does not exist (removed, or from another cache)",
+                    id.0
+                )),
+            )
+        })
+    }
+
+    /// A free page, referenced once (the caller checked that enough are free).
+    fn take(&mut self) -> u32 {
+        let p = self.free.pop().unwrap_or(0);
+        self.refs[p as usize] = 1;
+        p
+    }
+
+    /// Drops a reference to a page; frees it at the last.
+    fn release(&mut self, p: u32) {
+        let r = &mut self.refs[p as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.free.push(p);
+        }
+    }
+}
