@@ -16,6 +16,9 @@
 //! from FILE if it exists, its data written back at the end; Vulkan only),
 //! `--softcap C` and `--sinks` (the score terms of `AttentionOptions::softcap` and `::sinks`,
 //! a sink of 0.5 per head; the line's `terms`),
+//! `--hkv N` (key/value heads, a divisor of `--h`: GQA), `--paged N` (K and V in a pool of
+//! N-key pages read through a page table, `AttentionOptions::paged`; the pages in reverse
+//! order; the line's `kv`),
 //! `--gain X` (Q uniform in [-X, X): wider logits), `--counts` (one more run with the kernel's debug counters: key tiles loaded and the
 //! cooperative-matrix kernel's rescale round trips).
 //! Each line says how many pipelines the case's first call compiled and in how long
@@ -56,6 +59,10 @@ struct Case {
     softcap: Option<f32>,
     /// `--sinks`: a sink logit per head (0.5 each).
     sinks: bool,
+    /// `--hkv N`: key/value heads (default: `h`).
+    hkv: Option<usize>,
+    /// `--paged N`: K and V in pages of N keys.
+    paged: Option<usize>,
 }
 
 impl Case {
@@ -105,15 +112,27 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         "naive" => Backend::Naive,
         other => return Err(format!("unknown backend {other}")),
     };
+    let hkv = c.hkv.unwrap_or(c.h);
     let qs = [c.b, c.h, c.sq, c.d];
-    let ks = [c.b, c.h, c.sk, c.d];
+    let ks = [c.b, hkv, c.sk, c.d];
     let qh: Vec<f32> = random(qs.iter().product(), 1)
         .iter()
         .map(|x| x * c.gain)
         .collect();
     let q = upload(ctx, &qh, qs, &c.dtype)?;
-    let k = upload(ctx, &random(ks.iter().product(), 2), ks, &c.dtype)?;
-    let v = upload(ctx, &random(ks.iter().product(), 3), ks, &c.dtype)?;
+    // Paged: a pool of exactly the pages the batch needs, handed out in reverse order.
+    let (pool, paged) = match c.paged {
+        Some(ps) => {
+            let pps = c.sk.div_ceil(ps);
+            let pages = c.b * pps;
+            let table = (0..pages as u32).rev().collect();
+            let pg = wgpu_attention::PagedKv::new(ps, pps, table).seq_len(c.sk);
+            ([pages, hkv, ps, c.d], Some(pg))
+        }
+        None => (ks, None),
+    };
+    let k = upload(ctx, &random(pool.iter().product(), 2), pool, &c.dtype)?;
+    let v = upload(ctx, &random(pool.iter().product(), 3), pool, &c.dtype)?;
     let mask = match c.mask.as_str() {
         "none" => Mask::none(),
         "causal" => Mask::none().causal(CausalAlignment::TopLeft),
@@ -155,6 +174,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     if c.sinks {
         opts.sinks = Some(vec![0.5; c.h]);
     }
+    opts.paged = paged;
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let dtype = if c.dtype == "f16" {
         DType::F16
@@ -176,8 +196,8 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         let d_out = upload(ctx, &random(qs.iter().product(), 5), qs, &c.dtype)?;
         let grads = Gradients {
             dq: ctx.empty(qs, dtype).map_err(e)?,
-            dk: ctx.empty(ks, dtype).map_err(e)?,
-            dv: ctx.empty(ks, dtype).map_err(e)?,
+            dk: ctx.empty(pool, dtype).map_err(e)?,
+            dv: ctx.empty(pool, dtype).map_err(e)?,
             dbias: None,
             dsink: if c.sinks {
                 Some(ctx.empty([1, c.h, 1, 1], DType::F32).map_err(e)?)
@@ -259,7 +279,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     // The least traffic a call needs (Q, K, V read once, O written once): what decode is
     // bound by.
     let elem = if c.dtype == "f16" { 2.0 } else { 4.0 };
-    let bytes = 2.0 * (c.b * c.h * (c.sq + c.sk) * c.d) as f64 * elem;
+    let bytes = 2.0 * (c.b * (c.h * c.sq + hkv * c.sk) * c.d) as f64 * elem;
     let gbps = bytes / (median * 1e-3) / 1e9;
     // What the case's first call compiled (nothing when an earlier case compiled it), each
     // pipeline with its time.
@@ -304,10 +324,12 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"terms\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{},{}{}}}",
+        "{{\"backend\":\"{}\",\"mask\":\"{}\",\"terms\":\"{}\",\"kv\":\"{}\",\"dtype\":\"{}\",\"b\":{},\"h\":{},\"hkv\":{hkv},\"sq\":{},\"sk\":{},\"d\":{},\"median_ms\":{:.3},\"gflops\":{:.2},\"gbps\":{:.1},\"ran\":\"{}\",\"parts\":{},\"tile\":\"bk{} rpt{} tpr{}\",{},{}{}}}",
         c.backend,
         c.mask,
         c.terms(),
+        c.paged
+            .map_or("contiguous".to_string(), |n| format!("paged{n}")),
         c.dtype,
         c.b,
         c.h,
@@ -404,6 +426,8 @@ fn main() {
         backward: false,
         softcap: None,
         sinks: false,
+        hkv: None,
+        paged: None,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -425,6 +449,8 @@ fn main() {
             "--sq" => base.sq = num(),
             "--sk" => base.sk = num(),
             "--d" => base.d = num(),
+            "--hkv" => base.hkv = Some(num()),
+            "--paged" => base.paged = Some(num()),
             "--iters" => base.iters = num().max(1),
             "--grid" => grid = val.clone(),
             "--subgroups" => base.subgroups = val != "off",

@@ -24,8 +24,8 @@
 //! RX 7900 XTX, through RADV), `gfx1201` (RDNA4), or `native`: the Vulkan adapter wgpu
 //! picks, with the debug output of whichever of NVK or RADV drives it. `--check BASELINE`
 //! then fails (exit 1) when a hot kernel (forward or backward, head dim ≤ 128) uses scratch
-//! memory or spills, when an f16 or bf16 forward call on a GPU with cooperative matrices
-//! does not run the cooperative-matrix kernel, or when a kernel's static cycle estimate
+//! memory or spills, when an f16 or bf16 forward call (paged f16 prefill included) on a GPU
+//! with cooperative matrices does not run the cooperative-matrix kernel, or when a kernel's static cycle estimate
 //! (NAK's cycle count, ACO's latency) exceeds the baseline's by more than 10%, or a
 //! baseline kernel is gone. Refreshing the baseline is a deliberate commit of the new
 //! report over it.
@@ -40,7 +40,7 @@ use std::process::{Command, Stdio};
 
 use wgpu_attention::{
     AttentionOptions, Backend, BackwardInputs, CausalAlignment, Context, DType, GradientViews,
-    Mask, Tensor,
+    Mask, PagedKv, Tensor, TensorView,
 };
 
 /// A GPU reached through a Mesa DRM shim: the shim library and its environment.
@@ -733,7 +733,9 @@ fn check(lines: &[Json], baseline: &[Json]) -> Vec<String> {
         let coop = j
             .str("variant")
             .is_some_and(|v| v.starts_with("flash_coop"));
-        let sixteen = case.starts_with("fwd-f16") || case.starts_with("fwd-bf16");
+        let sixteen = case.starts_with("fwd-f16")
+            || case.starts_with("fwd-bf16")
+            || case.starts_with("paged-prefill-f16");
         if sixteen && case_dim(&case).is_some_and(|d| d <= 128) && !coop {
             fails.push(format!(
                 "{gpu} {case}: ran {} rather than the cooperative-matrix kernel",
@@ -925,6 +927,33 @@ fn child() -> Res<()> {
             let opts = AttentionOptions::default();
             let plan = ctx.prepare_blocking(t.q.view(), t.k.view(), t.v.view(), &opts)?;
             eprintln!("@@plan decode {}", one_line(&plan));
+        }
+    }
+    // Paged K/V (pages of 16 keys, token-major as vLLM's, key lengths, bottom-right causal):
+    // a prefill chunk (flash) and a decode step (the decode path).
+    for dtype in [DType::F16, DType::F32] {
+        for d in [64, 128] {
+            for (kind, sq, sk) in [("prefill", s, s), ("decode", 1, 8192)] {
+                let name = format!("paged-{kind}-{}-d{d}", dtype.name());
+                if !wanted(&name) {
+                    continue;
+                }
+                eprintln!("@@case {name}");
+                let pages = sk / 16;
+                let q = ctx.empty([b, h, sq, d], dtype)?;
+                let pool = ctx.empty([1, 1, 1, pages * 16 * h * d], dtype)?;
+                let kv = TensorView::bshd(pool.buffer().clone(), dtype, [pages, 16, h, d]);
+                let mask = Mask::none()
+                    .causal(CausalAlignment::BottomRight)
+                    .key_lengths(vec![sk as u32 - 3; b]);
+                let opts = AttentionOptions::with_mask(mask).paged(PagedKv::new(
+                    16,
+                    pages,
+                    (0..pages as u32).collect(),
+                ));
+                let plan = ctx.prepare_blocking(q.view(), &kv, &kv, &opts)?;
+                eprintln!("@@plan {} {}", plan.variant.cost().variant, one_line(&plan));
+            }
         }
     }
     if wanted("merge") {

@@ -3,7 +3,7 @@
 // algebra.
 //
 // The host prepends typed `const` lines generated from its ShaderVariant (DKB, DVB, BR,
-// BC, TPR, WG, SUM_BQ, SUM_BK).
+// BC, TPR, WG, SUM_BQ, SUM_BK, PAGED).
 
 struct Params {
     batch: u32, heads_q: u32, heads_kv: u32, seq_q: u32,
@@ -90,6 +90,12 @@ fn has(f: u32) -> bool {
     return (P.flags & f) != 0u;
 }
 
+// Whether K and V are read through a page table: a variant built without the paging code
+// (PAGED false) leaves it out, so unpaged calls do not pay for it.
+fn paged() -> bool {
+    return PAGED && has(F_PAGED);
+}
+
 fn dtype_of(shift: u32) -> u32 {
     return (P.flags >> shift) & 3u;
 }
@@ -145,13 +151,13 @@ fn o_batch(b: u32) -> u32 {
 }
 
 fn k_batch(b: u32) -> u32 {
-    if (has(F_PAGED)) { return 0u; }
+    if (paged()) { return 0u; }
     if (has(F_VARLEN)) { return aux_buf[P.cuk_off + b] * P.k_ss; }
     return b * P.k_sb;
 }
 
 fn v_batch(b: u32) -> u32 {
-    if (has(F_PAGED)) { return 0u; }
+    if (paged()) { return 0u; }
     if (has(F_VARLEN)) { return aux_buf[P.cuk_off + b] * P.v_ss; }
     return b * P.v_sb;
 }
@@ -160,7 +166,7 @@ fn v_batch(b: u32) -> u32 {
 // (k_batch, v_batch): j rows in, or under F_PAGED in its page (the batch stride is then the
 // page stride, and the batch item's base 0).
 fn key_offset(b: u32, j: u32) -> vec2<u32> {
-    if (has(F_PAGED)) {
+    if (paged()) {
         let page = aux_buf[P.pt_off + b * P.pt_cols + j / P.page_size];
         let slot = j % P.page_size;
         return vec2<u32>(page * P.k_sb + slot * P.k_ss, page * P.v_sb + slot * P.v_ss);

@@ -84,13 +84,13 @@ struct Stage {
 
 // The K (which 1) or V (2) tile of keys [j0, j0 + n) of batch item b, from the head's base.
 fn kv_stage(which: u32, dst: u32, W: u32, n: u32, dd: u32, b: u32, base: u32, j0: u32, rs: u32, sd: u32) -> Stage {
-    let first = select(j0 * rs, 0u, has(F_PAGED));
+    let first = select(j0 * rs, 0u, paged());
     return Stage(which, dst, W, n, BC, dd, base + first, rs, sd, which == 2u, b, j0);
 }
 
 // Where row j of a staged tile starts, from its base.
 fn stage_row(t: Stage, j: u32) -> u32 {
-    if (t.which == 0u || !has(F_PAGED)) { return j * t.rs; }
+    if (t.which == 0u || !paged()) { return j * t.rs; }
     let r = key_offset(t.b, t.j0 + j);
     return select(r.x, r.y, t.which == 2u);
 }

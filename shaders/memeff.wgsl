@@ -14,6 +14,10 @@ const NCOL: u32 = max(CPT, 1u);
 var<workgroup> qs: array<f32, DKB>;
 var<workgroup> ps: array<f32, WG>;
 var<workgroup> vis_w: array<u32, WG>;
+// Paged K/V: where each visible key of the block starts in V, found once by the thread that
+// scores it (a page-table read and a division) rather than by every thread of the P·V loop
+// (which reads only keys of nonzero weight).
+var<workgroup> v_rows: array<u32, WG>;
 var<workgroup> sh_range: vec2<u32>;
 
 @compute @workgroup_size(WG)
@@ -58,7 +62,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (vis && has(F_BOOL)) { vis = bool_mask_at(b, h, i, j); }
         var s = 0.0;
         if (vis) {
-            let kr = kbase + key_offset(b, j).x;
+            let r = key_offset(b, j);
+            if (PAGED) { v_rows[lid] = r.y; }
+            let kr = kbase + r.x;
             for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
             s = softcap(s) + logit_extra(b, h, i, j, rc);
             vis = finite_logit(s);
@@ -84,7 +90,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 let p = ps[t];
                 st.l += p;
                 if (p != 0.0) {
-                    let vr = vbase + key_offset(b, j0 + t).y;
+                    var vr: u32;
+                    if (PAGED) { vr = vbase + v_rows[t]; } else { vr = vbase + key_offset(b, j0 + t).y; }
                     for (var c = 0u; c < NCOL; c++) {
                         let d = lid + c * WG;
                         if (d < P.dv) { acc[c] += p * load_v(vr + d * P.v_sd); }

@@ -264,6 +264,56 @@ fn softcap_and_sinks_on_cooperative_matrices() {
     assert_eq!(n, if coop || full_tier() { 8 } else { 4 });
 }
 
+/// Paged K/V on cooperative matrices: the K and V tiles staged row by row through the page
+/// table, in word pairs (f16, vLLM's token-major pages) and element by element (bf16 at an odd
+/// offset), with pages that divide the key tile (16) and that end inside it (7).
+#[test]
+fn paged_kv_on_cooperative_matrices() {
+    let ctx = coop_ctx();
+    let coop = has_coop(ctx);
+    let mut n = 0;
+    for (si, &(b, hq, hkv, sq, sk, d)) in [(2, 4, 2, 70, 33, 64), (2, 2, 1, 59, 113, 128)]
+        .iter()
+        .enumerate()
+    {
+        if !coop && !full_tier() && si != 0 {
+            continue;
+        }
+        let masks = [
+            MaskSpec::default(),
+            MaskSpec {
+                causal: Some(CausalAlignment::BottomRight),
+                key_lengths: Some((0..b).map(|i| [sk, sk / 2][i % 2] as u32).collect()),
+                bias: Some((random(hq * sq * sk, 12), [1, hq, sq, sk], DType::F16)),
+                ..Default::default()
+            },
+        ];
+        for (mi, mask) in masks.into_iter().enumerate() {
+            for (dtype, layout) in [(DType::F16, Layout::Bshd), (DType::BF16, Layout::Offset)] {
+                let mut c = Case::new(b, hq, sq, sk, d)
+                    .dtype(dtype)
+                    .backend(Backend::Flash)
+                    .mask(mask.clone());
+                c.hkv = hkv;
+                c.layout = layout;
+                c.paged = Some([16, 7][(mi + n) % 2]);
+                c.lse = true;
+                c.seed = (si * 10 + mi + 40) as u64;
+                let (got, want, plan) = run_plan(ctx, &c);
+                assert_eq!(
+                    plan.variant.family() == Family::FlashCoop,
+                    coop,
+                    "{}",
+                    plan.reason
+                );
+                assert_within(&got, &want, coop_tolerance(c.out_dtype), &c.label());
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, if coop || full_tier() { 8 } else { 4 });
+}
+
 /// The cooperative-matrix kernel's tolerance: its P·V multiplies f16 weights, whatever the
 /// inputs (bf16 Q/K/V convert to f16 exactly in range, so they add nothing), and the output
 /// rounds to its own dtype (`tolerance_for` says how each term is derived).

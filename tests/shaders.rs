@@ -53,6 +53,8 @@ pub fn coop_variants() -> Vec<Built> {
                             };
                             p.mask.bias = bias.then_some(DType::F16);
                             p.mask.bool_mask = bool_mask;
+                            // Paged with the bias alone.
+                            p.paged = bias && !bool_mask;
                             let v = coop_variant(&p, &caps)
                                 .unwrap_or_else(|e| panic!("{fragment} {sgs} {dk}/{dv}: {e}"));
                             // And its element-staging form, which the launch picks for views
@@ -92,6 +94,8 @@ fn variants() -> Vec<Built> {
                             threads_per_row: tpr,
                             rows_per_thread: rpt,
                             subgroups: sg,
+                            // The paging code in the variants with the debug counters.
+                            paged: count,
                         };
                         v.push((ShaderVariant::Flash(tile), count));
                     }
@@ -133,6 +137,7 @@ fn variants() -> Vec<Built> {
                         // With every term (bias, ALiBi and the bool mask), soft-capped too.
                         softcap: bias.is_some() && alibi && bool_mask,
                         serial_loads,
+                        paged: count || bool_mask,
                     };
                     v.push((ShaderVariant::FlashUnrolled(tile), count));
                 }
@@ -141,11 +146,14 @@ fn variants() -> Vec<Built> {
     }
     for &dk in &MEMEFF_HEAD_DIMS {
         for &dv in &MEMEFF_HEAD_DIMS {
-            let config = MemEffConfig {
-                head_dim_qk: dk,
-                head_dim_v: dv,
-            };
-            v.push((ShaderVariant::MemoryEfficient(config), false));
+            for paged in [false, true] {
+                let config = MemEffConfig {
+                    head_dim_qk: dk,
+                    head_dim_v: dv,
+                    paged,
+                };
+                v.push((ShaderVariant::MemoryEfficient(config), false));
+            }
         }
     }
     v
@@ -365,10 +373,12 @@ fn binding_table_matches_the_wgsl() {
         threads_per_row: 1,
         rows_per_thread: 4,
         subgroups: false,
+        paged: false,
     });
     let memeff = ShaderVariant::MemoryEfficient(MemEffConfig {
         head_dim_qk: 64,
         head_dim_v: 64,
+        paged: false,
     });
     let sources = all_sources_for(&[
         (flash, false),

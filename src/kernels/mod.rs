@@ -88,7 +88,7 @@ fn const_lines(v: &ShaderVariant) -> String {
     format!(
         "{aliases}const FR: u32 = {fr}u;\nconst SGS: u32 = {sgs}u;\n\
          const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
-         const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\n",
+         const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\nconst PAGED: bool = {};\n",
         v.head_dim_qk().max(1),
         v.head_dim_v().max(1),
         v.block_q(),
@@ -97,7 +97,8 @@ fn const_lines(v: &ShaderVariant) -> String {
         v.rows_per_thread(),
         v.workgroup_size(),
         SUMMARY_BLOCK_Q,
-        SUMMARY_BLOCK_K
+        SUMMARY_BLOCK_K,
+        v.paged()
     )
 }
 
@@ -174,7 +175,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
             };
             format!(
                 "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {b}u;\nconst BC: u32 = {b}u;\n\
-                 const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\n{}\n{}\n{reduce}\n{}\n{}\n{}\n{flash}",
+                 const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\nconst PAGED: bool = false;\n{}\n{}\n{reduce}\n{}\n{}\n{}\n{flash}",
                 t.head_dim_qk,
                 t.head_dim_v,
                 t.threads_per_row,

@@ -389,6 +389,7 @@ pub fn flash_variant(
             bool_mask: p.mask.bool_mask,
             softcap: p.softcap,
             serial_loads: caps.cpu_serial_loads,
+            paged: p.paged,
         }));
     }
     Ok(ShaderVariant::Flash(FlashTile {
@@ -399,6 +400,7 @@ pub fn flash_variant(
         threads_per_row,
         rows_per_thread,
         subgroups: use_sg,
+        paged: p.paged,
     }))
 }
 
@@ -468,6 +470,7 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         pairs: true,
         dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],
         slack: COOP_RESCALE_SLACK,
+        paged: p.paged,
     });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
@@ -500,6 +503,7 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
     let v = ShaderVariant::MemoryEfficient(MemEffConfig {
         head_dim_qk: dk,
         head_dim_v: dv,
+        paged: p.paged,
     });
     if v.workgroup_storage() > caps.max_workgroup_storage {
         return Err(format!(

@@ -44,6 +44,9 @@ pub struct FlashTile {
     pub rows_per_thread: u32,
     /// Whether subgroup operations are used.
     pub subgroups: bool,
+    /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
+    /// is absent (the dispatcher sets it from the call).
+    pub paged: bool,
 }
 
 /// The unrolled flash kernel's configuration (generated per variant, for CPU drivers).
@@ -79,6 +82,9 @@ pub struct UnrolledTile {
     /// load or store per vector; otherwise through a local array in a rolled loop, which
     /// lavapipe from Mesa 23 compiles 4-6x faster.
     pub serial_loads: bool,
+    /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
+    /// is absent (the dispatcher sets it from the call).
+    pub paged: bool,
 }
 
 /// The cooperative-matrix flash kernel's configuration (`shaders/flash_coop.wgsl`).
@@ -119,6 +125,9 @@ pub struct CoopTile {
     /// The lazy rescale's slack (natural-log units): a row's accumulators are rescaled when
     /// its max rises by more than this ([`crate::Tuning::coop_rescale_slack`]).
     pub slack: u32,
+    /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
+    /// is absent (the dispatcher sets it from the call).
+    pub paged: bool,
 }
 
 /// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).
@@ -128,6 +137,9 @@ pub struct MemEffConfig {
     pub head_dim_qk: u32,
     /// V head-dim bucket.
     pub head_dim_v: u32,
+    /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
+    /// is absent (the dispatcher sets it from the call).
+    pub paged: bool,
 }
 
 /// A compiled specialisation of an attention family: a closed set, one configuration type
@@ -256,6 +268,17 @@ impl ShaderVariant {
         }
     }
 
+    /// Whether the variant reads K and V through a page table (naive's test at run time).
+    pub fn paged(&self) -> bool {
+        match self {
+            ShaderVariant::Flash(t) => t.paged,
+            ShaderVariant::FlashUnrolled(t) => t.paged,
+            ShaderVariant::FlashCoop(t) => t.paged,
+            ShaderVariant::MemoryEfficient(c) => c.paged,
+            ShaderVariant::Naive => true,
+        }
+    }
+
     /// Query rows per workgroup.
     pub fn block_q(&self) -> u32 {
         match self {
@@ -328,7 +351,10 @@ impl ShaderVariant {
                 let kv = (br * t.head_dim_qk).max(bc * (t.head_dim_qk + t.head_dim_v));
                 kv * 2 + br * bc * 6 + 32
             }
-            ShaderVariant::MemoryEfficient(c) => (c.head_dim_qk + 2 * MEMEFF_THREADS + 8) * 4,
+            ShaderVariant::MemoryEfficient(c) => {
+                // Paged: each block's V rows too.
+                (c.head_dim_qk + (2 + u32::from(c.paged)) * MEMEFF_THREADS + 8) * 4
+            }
             ShaderVariant::Naive => 64 * 4 * 2,
         }
     }

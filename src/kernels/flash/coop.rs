@@ -98,6 +98,7 @@ mod tests {
                 bool_mask: false,
                 pairs: true,
                 dtypes: [crate::data::tensor::DType::F16; 4],
+                paged: false,
                 slack: 8,
             };
             let n = dv / fr;

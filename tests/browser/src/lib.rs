@@ -9,7 +9,8 @@ use wasm_bindgen::prelude::*;
 use wgpu_attention::error::{InputProblem, TensorRole};
 use wgpu_attention::reference::{self, HostMask, HostTensor, random_uniform as random};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, Mask, Tensor, Window, wgpu,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, Mask, PagedKv, Tensor,
+    TensorView, Window, wgpu,
 };
 
 fn log(line: &str) {
@@ -57,9 +58,12 @@ enum Kind {
     Combined,
     /// LLM serving's score terms: Gemma 2's soft cap and gpt-oss's sinks, with causal.
     Serving,
+    /// K and V in a pool of pages (token-major, shuffled) read through a page table, with
+    /// bottom-right causal and key lengths.
+    Paged,
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::None,
     Kind::CausalTopLeft,
     Kind::CausalBottomRight,
@@ -71,7 +75,34 @@ const KINDS: [Kind; 11] = [
     Kind::Alibi,
     Kind::Combined,
     Kind::Serving,
+    Kind::Paged,
 ];
+
+/// Keys per page of the `Paged` kind: pages end inside every key tile.
+const PAGE: usize = 7;
+
+/// `[b, h, sk, d]` host data in a pool of `PAGE`-key token-major pages (`[pages, PAGE, h, d]`
+/// memory): batch item `b`'s page `c` is pool page `table[b * pps + c]`, the pages handed out
+/// in reverse behind one spare page of junk. Returns the pool and the table.
+fn paged_pool(x: &[f32], [b, h, sk, d]: [usize; 4]) -> (Vec<f32>, Vec<u32>) {
+    let pps = sk.div_ceil(PAGE);
+    let pages = b * pps + 1;
+    let table: Vec<u32> = (0..(b * pps) as u32)
+        .map(|i| pages as u32 - 1 - i)
+        .collect();
+    let mut pool = vec![100.0; pages * PAGE * h * d];
+    for ib in 0..b {
+        for ih in 0..h {
+            for j in 0..sk {
+                let page = table[ib * pps + j / PAGE] as usize;
+                let at = ((page * PAGE + j % PAGE) * h + ih) * d;
+                let from = ((ib * h + ih) * sk + j) * d;
+                pool[at..at + d].copy_from_slice(&x[from..from + d]);
+            }
+        }
+    }
+    (pool, table)
+}
 
 struct Case {
     backend: Backend,
@@ -167,11 +198,38 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
             host.sinks = Some(&sinks);
             Mask::none().causal(CausalAlignment::TopLeft)
         }
+        Kind::Paged => {
+            host.causal = true;
+            host.alignment = CausalAlignment::BottomRight;
+            host.key_lengths = Some(&key_lengths);
+            Mask::none()
+                .causal(CausalAlignment::BottomRight)
+                .key_lengths(key_lengths.clone())
+        }
     };
     let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
     if let Kind::Serving = c.kind {
         opts = opts.softcap(cap).sinks(sinks.clone());
     }
+    // Paged: K and V replaced by their pools (the reference reads the contiguous data).
+    let pools = if let Kind::Paged = c.kind {
+        let (kp, table) = paged_pool(&kh, ks);
+        let (vp, _) = paged_pool(&vh, ks);
+        let pages = kp.len() / (PAGE * hkv * d);
+        let pool = |x: &[f32]| -> Result<Tensor, Error> {
+            let t = upload(ctx, x, [1, 1, 1, x.len()], c.dtype)?;
+            let v = TensorView::bshd(t.buffer().clone(), c.dtype, [pages, PAGE, hkv, d]);
+            Ok(t.reshaped(c.dtype, v.shape, v.strides, 0))
+        };
+        opts = opts.paged(PagedKv::new(PAGE, sk.div_ceil(PAGE), table).seq_len(sk));
+        Some((pool(&kp).map_err(e)?, pool(&vp).map_err(e)?))
+    } else {
+        None
+    };
+    let (k, v) = match &pools {
+        Some((kp, vp)) => (kp, vp),
+        None => (&k, &v),
+    };
     if let Some(want) = c.expect {
         let plan = ctx.plan(q.view(), k.view(), v.view(), &opts).map_err(e)?;
         if plan.backend != want {
@@ -403,6 +461,7 @@ pub async fn run_suite() -> String {
                 Kind::CausalBottomRight,
                 Kind::Bias,
                 Kind::Serving,
+                Kind::Paged,
             ] {
                 cases.push(Case {
                     backend,
