@@ -53,7 +53,7 @@ const F_SINK: u32 = 16384u;
 const F_SOFTCAP: u32 = 32768u;
 // K and V live in pages of P.page_size keys: key j of batch item b is in page
 // aux[P.pt_off + b * P.pt_cols + j / P.page_size], at slot j % P.page_size; the batch stride
-// of K and V is then the page stride (key_row).
+// of K and V is then the page stride (key_offset). Read only by variants built with PAGED.
 const F_PAGED: u32 = 268435456u;
 // Storage dtypes, two bits per tensor at these shifts: 0 f32, 1 f16, 2 bf16 (the backward's
 // dO at 26).

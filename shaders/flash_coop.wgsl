@@ -88,10 +88,12 @@ fn kv_stage(which: u32, dst: u32, W: u32, n: u32, dd: u32, b: u32, base: u32, j0
     return Stage(which, dst, W, n, BC, dd, base + first, rs, sd, which == 2u, b, j0);
 }
 
-// Where row j of a staged tile starts, from its base.
+// Where row j of a staged tile starts, from its base. (Rows past n are not loaded, but
+// stage_pairs asks for them: they get row n - 1's, so the page table is read only for keys
+// the call has.)
 fn stage_row(t: Stage, j: u32) -> u32 {
     if (t.which == 0u || !paged()) { return j * t.rs; }
-    let r = key_offset(t.b, t.j0 + j);
+    let r = key_offset(t.b, t.j0 + min(j, max(t.n, 1u) - 1u));
     return select(r.x, r.y, t.which == 2u);
 }
 
