@@ -1421,6 +1421,24 @@ fn paged_cache_rejects_bad_input() {
     );
     assert_eq!(e.tensor, TensorRole::KvCache);
     assert!(e.to_string().contains("token"), "{e}");
+    // Token-major but padded: heads 5 apart (not 4), tokens 12 apart (not 8), or two
+    // sequences' tokens 9 apart (not 8).
+    let spare = ctx.upload_f32(&random(64, 8), [1, 1, 1, 64]).unwrap();
+    let other = cache.add_sequence();
+    for (shape, strides) in [
+        ([1, h, 1, d], [10, 5, 10, 1]),
+        ([1, h, 3, d], [36, 4, 12, 1]),
+        ([2, h, 1, d], [9, 4, 9, 1]),
+    ] {
+        let padded = spare.reshaped(DType::F32, shape, strides, 0);
+        let seqs = [a, other];
+        let e = invalid(
+            cache
+                .append_blocking(ctx, &seqs[..shape[0]], padded.view(), padded.view())
+                .expect_err("padded"),
+        );
+        assert!(e.to_string().contains("token"), "{strides:?}: {e}");
+    }
     // Another dtype, another head count.
     let f16 = ctx
         .upload_f16(&vec![half::f16::ZERO; h * d], [1, h, 1, d])
