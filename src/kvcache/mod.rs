@@ -190,18 +190,10 @@ impl KvCache {
         new_v: &TensorView,
     ) -> Result<()> {
         let lengths = self.lengths.clone();
-        let buffers = || {
-            vec![
-                (&new_k.buffer, TensorRole::KvCache),
-                (&new_v.buffer, TensorRole::KvCache),
-            ]
-        };
-        let res = ctx
-            .rt()
-            .submit_scoped("appending to a kv cache", buffers, |_, enc| {
-                self.record_append(enc, new_k, new_v)
-            })
-            .await;
+        let res = submit_append(ctx, "appending to a kv cache", [new_k, new_v], |enc| {
+            self.record_append(enc, new_k, new_v)
+        })
+        .await;
         if res.is_err() {
             self.lengths = lengths;
         }
@@ -218,4 +210,18 @@ impl KvCache {
     ) -> Result<()> {
         pollster::block_on(self.append(ctx, new_k, new_v))
     }
+}
+
+/// Records an append (reading `new`, the new keys and values) in its own submission, inside
+/// error scopes.
+pub(crate) async fn submit_append(
+    ctx: &Context,
+    what: &str,
+    new: [&TensorView; 2],
+    record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<()> {
+    let buffers = || new.map(|t| (&t.buffer, TensorRole::KvCache)).to_vec();
+    ctx.rt()
+        .submit_scoped(what, buffers, |_, enc| record(enc))
+        .await
 }

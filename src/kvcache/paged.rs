@@ -356,18 +356,11 @@ impl PagedKvCache {
         new_v: &TensorView,
     ) -> Result<()> {
         let book = self.book.clone();
-        let buffers = || {
-            vec![
-                (&new_k.buffer, TensorRole::KvCache),
-                (&new_v.buffer, TensorRole::KvCache),
-            ]
-        };
-        let res = ctx
-            .rt()
-            .submit_scoped("appending to a paged kv cache", buffers, |_, enc| {
-                self.record_append(enc, seqs, new_k, new_v)
-            })
-            .await;
+        let what = "appending to a paged kv cache";
+        let res = super::submit_append(ctx, what, [new_k, new_v], |enc| {
+            self.record_append(enc, seqs, new_k, new_v)
+        })
+        .await;
         if res.is_err() {
             self.book = book;
         }

@@ -763,24 +763,43 @@ pub(crate) fn kv_cache(
     dtype: DType,
     max_buffer_size: u64,
 ) -> Result<u64> {
+    cache_bytes(
+        [batch, heads, capacity, head_dim],
+        head_dim,
+        dtype,
+        max_buffer_size,
+        || {
+            format!(
+                "a cache needs non-zero sizes and head_dim * {} bytes a multiple of 4 (got batch {batch}, heads {heads}, capacity {capacity}, head_dim {head_dim})",
+                dtype.size()
+            )
+        },
+    )
+}
+
+/// The bytes of a cache buffer of `dims` elements of `dtype` (checked: a float dtype, no
+/// zero size, `row` elements copied at a time a multiple of 4 bytes, within the device's
+/// largest buffer); `why` says what a bad size breaks.
+fn cache_bytes(
+    dims: [usize; 4],
+    row: usize,
+    dtype: DType,
+    max_buffer_size: u64,
+    why: impl Fn() -> String,
+) -> Result<u64> {
+    let role = TensorRole::KvCache;
     if !dtype.is_float() {
         return Err(Error::invalid(
-            TensorRole::KvCache,
+            role,
             InputProblem::WrongDType {
                 expected: "f32, f16 or bf16".into(),
                 got: dtype.to_string(),
             },
         ));
     }
-    let elements = crate::data::tensor::checked_product(&[batch, heads, capacity, head_dim]);
-    if !(head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
-        return Err(Error::invalid(
-            TensorRole::KvCache,
-            InputProblem::Other(format!(
-                "a cache needs non-zero sizes and head_dim * {} bytes a multiple of 4 (got batch {batch}, heads {heads}, capacity {capacity}, head_dim {head_dim})",
-                dtype.size()
-            )),
-        ));
+    let elements = crate::data::tensor::checked_product(&dims);
+    if !(row as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
+        return Err(Error::invalid(role, InputProblem::Other(why())));
     }
     let bytes = elements
         .and_then(|n| n.checked_mul(dtype.size()))
@@ -791,21 +810,26 @@ pub(crate) fn kv_cache(
     Ok(bytes)
 }
 
-/// Checks `n` new rows for a KV cache of shape `[batch, heads, _, head_dim]` and `dtype`:
-/// the same dtype, shape `[batch, heads, n, head_dim]`, a contiguous view at a 4-byte
-/// aligned offset that can be copied from.
-pub(crate) fn kv_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
-    let role = TensorRole::KvCache;
+/// Checks that new cache rows have the cache's dtype and shape `want`.
+fn cache_rows_like(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
     if view.dtype != dtype {
         return Err(Error::invalid(
-            role,
+            TensorRole::KvCache,
             InputProblem::WrongDType {
                 expected: dtype.to_string(),
                 got: view.dtype.to_string(),
             },
         ));
     }
-    check_shape(view, want, role)?;
+    check_shape(view, want, TensorRole::KvCache)
+}
+
+/// Checks `n` new rows for a KV cache of shape `[batch, heads, _, head_dim]` and `dtype`:
+/// the same dtype, shape `[batch, heads, n, head_dim]`, a contiguous view at a 4-byte
+/// aligned offset that can be copied from.
+pub(crate) fn kv_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
+    let role = TensorRole::KvCache;
+    cache_rows_like(view, want, dtype)?;
     if !view.is_contiguous() || !view.offset.is_multiple_of(4) {
         return Err(Error::invalid(
             role,
@@ -825,34 +849,20 @@ pub(crate) fn paged_kv_pool(
     dtype: DType,
     max_buffer_size: u64,
 ) -> Result<u64> {
-    let role = TensorRole::KvCache;
-    if !dtype.is_float() {
-        return Err(Error::invalid(
-            role,
-            InputProblem::WrongDType {
-                expected: "f32, f16 or bf16".into(),
-                got: dtype.to_string(),
-            },
-        ));
-    }
-    let elements = crate::data::tensor::checked_product(&[pages, page_size, heads, head_dim]);
-    if !(heads as u64 * head_dim as u64 * dtype.size()).is_multiple_of(4) || elements == Some(0) {
-        return Err(Error::invalid(
-            role,
-            InputProblem::Other(format!(
+    let bytes = cache_bytes(
+        [pages, page_size, heads, head_dim],
+        heads * head_dim,
+        dtype,
+        max_buffer_size,
+        || {
+            format!(
                 "a paged cache needs non-zero sizes and heads * head_dim * {} bytes a multiple of 4 (got pages {pages}, page_size {page_size}, heads {heads}, head_dim {head_dim})",
                 dtype.size()
-            )),
-        ));
-    }
+            )
+        },
+    )?;
     // The attention kernels index the pool in 32 bits.
-    check_count(role, &[pages, page_size, heads, head_dim])?;
-    let bytes = elements
-        .and_then(|n| n.checked_mul(dtype.size()))
-        .unwrap_or(u64::MAX);
-    if bytes > max_buffer_size {
-        return Err(Error::limit("max_buffer_size", bytes, max_buffer_size));
-    }
+    check_count(TensorRole::KvCache, &[pages, page_size, heads, head_dim])?;
     Ok(bytes)
 }
 
@@ -861,16 +871,7 @@ pub(crate) fn paged_kv_pool(
 /// for one token is also BHSD's), at a 4-byte aligned offset, copyable.
 pub(crate) fn paged_rows(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
     let role = TensorRole::KvCache;
-    if view.dtype != dtype {
-        return Err(Error::invalid(
-            role,
-            InputProblem::WrongDType {
-                expected: dtype.to_string(),
-                got: view.dtype.to_string(),
-            },
-        ));
-    }
-    check_shape(view, want, role)?;
+    cache_rows_like(view, want, dtype)?;
     let [b, h, n, d] = view.shape;
     let s = view.strides;
     let token_major = s[3] == 1
