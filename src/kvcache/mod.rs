@@ -10,6 +10,7 @@ use crate::data::mask::{CausalAlignment, Mask};
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Result, TensorRole};
 use crate::gate::Gated;
+use crate::runtime::Runtime;
 
 /// Preallocated K/V storage `[batch, heads_kv, capacity, head_dim]` with per-batch lengths.
 ///
@@ -68,19 +69,7 @@ impl KvCache {
         )?;
         let rt = ctx.rt();
         let _held = rt.hold();
-        let make = |label| {
-            Gated::new(
-                rt.new_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }),
-                rt.gate().cloned(),
-            )
-        };
+        let make = |label| cache_buffer(rt, label, bytes);
         Ok(KvCache {
             k: make("wgpu-attention kv cache keys"),
             v: make("wgpu-attention kv cache values"),
@@ -224,4 +213,19 @@ pub(crate) async fn submit_append(
     ctx.rt()
         .submit_scoped(what, buffers, |_, enc| record(enc))
         .await
+}
+
+/// A cache buffer: bound as storage, appended to and copied from by copies.
+pub(crate) fn cache_buffer(rt: &Runtime, label: &str, size: u64) -> Gated<wgpu::Buffer> {
+    Gated::new(
+        rt.new_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }),
+        rt.gate().cloned(),
+    )
 }

@@ -101,19 +101,7 @@ impl PagedKvCache {
         let rt = ctx.rt();
         let _held = rt.hold();
         let page_bytes = bytes / num_pages as u64;
-        let make = |label, size| {
-            Gated::new(
-                rt.new_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }),
-                rt.gate().cloned(),
-            )
-        };
+        let make = |label, size| super::cache_buffer(rt, label, size);
         Ok(PagedKvCache {
             k: make("wgpu-attention paged kv cache keys", bytes),
             v: make("wgpu-attention paged kv cache values", bytes),
