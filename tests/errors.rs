@@ -1343,15 +1343,26 @@ fn paged_kv_rejects_bad_tables_and_pools() {
         ),
         "{e}"
     );
-    // Packed variable-length batches are not paged.
-    let e = call(
-        &k,
-        &v,
-        good(),
-        plain().varlen(Varlen::from_lengths(&[1, 2], &[3, 3])),
+    // Packed variable-length queries over paged keys: each sequence's keys must fit the
+    // table's key axis (8 here), not packed rows.
+    let packed_q = ctx.upload_f32(&random(2 * 3 * 8, 6), [1, 2, 3, 8]).unwrap();
+    let varlen = |kl: u32| plain().varlen(Varlen::from_lengths(&[1, 2], &[3, kl]));
+    ctx.attention_blocking(&packed_q, &k, &v, &varlen(8).paged(good()))
+        .expect("varlen over pages");
+    let e = invalid(
+        ctx.attention_blocking(&packed_q, &k, &v, &varlen(9).paged(good()))
+            .expect_err("a sequence longer than its pages"),
     );
+    assert_eq!(e.tensor, TensorRole::CuSeqlensK);
     assert!(
-        matches!(&e, Error::Unsupported(_)) && e.to_string().contains("paged"),
+        matches!(
+            e.problem,
+            InputProblem::LengthTooLong {
+                batch: 1,
+                len: 9,
+                max: 8
+            }
+        ),
         "{e}"
     );
     // Nor is the backward pass.

@@ -321,3 +321,67 @@ fn a_paged_cache_appends_forks_and_frees() {
         check_all(&cache, &mirrors, &[1, 3, 2], &ids, 2, 30);
     }
 }
+
+/// Packed variable-length queries (FlashInfer's ragged Q) over paged keys: sequences of
+/// different lengths, each with its own pages, checked per sequence against the reference
+/// over its own keys; causal bottom-right (each chunk of new queries sees its prefix and
+/// itself), GQA, on every backend that takes varlen, f32 and f16.
+#[test]
+fn packed_queries_over_paged_keys() {
+    use wgpu_attention::reference::HostMask;
+    use wgpu_attention::{AttentionOptions, CausalAlignment, Mask, TensorView, Varlen};
+    let ctx = ctx();
+    let (hq, hkv, d, ps) = (4, 2, 32, 16);
+    let (ql, kl) = ([3u32, 1, 7], [40u32, 17, 7]);
+    let vl = Varlen::from_lengths(&ql, &kl);
+    let (tq, tk) = (11, 64);
+    let pps = 3; // the longest sequence's 40 keys
+    for (n, backend) in [Backend::Flash, Backend::MemoryEfficient, Backend::Naive]
+        .into_iter()
+        .enumerate()
+    {
+        let dtype = [DType::F32, DType::F16, DType::F32][n];
+        // Packed host data, [tokens, heads, d].
+        let qh = round_to(dtype, &random(tq * hq * d, 70 + n as u64));
+        let kh = round_to(dtype, &random(tk * hkv * d, 71 + n as u64));
+        let vh = round_to(dtype, &random(tk * hkv * d, 72 + n as u64));
+        // Pages, token-major, in reverse order behind a spare page of junk.
+        let pages = vl.batch() * pps + 1;
+        let table: Vec<u32> = (0..(vl.batch() * pps) as u32)
+            .map(|i| pages as u32 - 1 - i)
+            .collect();
+        let pool = |x: &[f32]| {
+            let mut m = vec![300.0f32; pages * ps * hkv * d];
+            for s in 0..vl.batch() {
+                let k0 = vl.cu_seqlens_k[s] as usize;
+                for j in 0..kl[s] as usize {
+                    let at = (table[s * pps + j / ps] as usize * ps + j % ps) * hkv * d;
+                    let from = (k0 + j) * hkv * d;
+                    m[at..at + hkv * d].copy_from_slice(&x[from..from + hkv * d]);
+                }
+            }
+            let t = buffer_of(ctx, &m, dtype);
+            let v = TensorView::bshd(t.buffer().clone(), dtype, [pages, ps, hkv, d]);
+            t.reshaped(dtype, v.shape, v.strides, 0)
+        };
+        let (k, v) = (pool(&kh), pool(&vh));
+        let qt = buffer_of(ctx, &qh, dtype);
+        let qv = TensorView::packed_varlen(qt.buffer().clone(), dtype, tq, hq, d);
+        let q = qt.reshaped(dtype, qv.shape, qv.strides, 0);
+        let out = nan_output(ctx, [1, hq, tq, d], DType::F32);
+        let opts = AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight))
+            .backend(backend)
+            .varlen(vl.clone())
+            .paged(PagedKv::new(ps, pps, table.clone()));
+        ctx.attention_into_blocking(q.view(), k.view(), v.view(), out.view(), &opts)
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        let got = ctx.download_f32_blocking(out.view()).expect("download");
+        let host = HostMask {
+            causal: true,
+            alignment: CausalAlignment::BottomRight,
+            ..Default::default()
+        };
+        let want = varlen_reference(&vl, (hq, hkv, d), [&qh, &kh, &vh], &host);
+        assert_close(&got, &want, DType::F32, &format!("{backend:?} {dtype:?}"));
+    }
+}

@@ -138,9 +138,11 @@ pub struct AttentionOptions {
 /// their keys are masked: 0 will do).
 ///
 /// Every forward backend reads the pages in its kernels, with every mask kind, GQA, sinks,
-/// the soft cap and the log-sum-exp output. Not with packed variable-length batches
-/// ([`Varlen`]; give the queries query lengths instead), the backward pass, or a call so
-/// large that it would be split into parts: those are [`crate::Error::Unsupported`].
+/// the soft cap and the log-sum-exp output, and with packed variable-length queries
+/// ([`Varlen`]: FlashInfer's ragged Q over paged KV; `cu_seqlens_k` then gives each
+/// sequence's key count, at most `seq_len`, and the table has a row per sequence). Not in
+/// the backward pass, nor for a call so large that it would be split into parts: those are
+/// [`crate::Error::Unsupported`].
 /// [`crate::PagedKvCache`] manages a pool and its tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -101,18 +101,22 @@ fn check_lengths(lens: &[u32], role: TensorRole, b: usize, max: usize) -> Result
 }
 
 /// Checks a varlen description against the views; returns (sequences, longest query,
-/// longest key sequence).
+/// longest key sequence). With paged K/V, K and V are the page pool: each sequence's keys
+/// must fit the page table's key axis instead of packed rows.
 fn check_varlen(
     vl: &crate::data::options::Varlen,
-    q: &TensorView,
-    k: &TensorView,
-    v: &TensorView,
+    [q, k, v]: [&TensorView; 3],
     rows_q: usize,
     rows_k: usize,
     mask: &crate::data::mask::Mask,
+    paged: Option<&PagedKv>,
 ) -> Result<(usize, usize, usize)> {
     use TensorRole::*;
-    for (view, role) in [(q, Query), (k, Key), (v, Value)] {
+    let packed: &[(&TensorView, TensorRole)] = match paged {
+        Some(_) => &[(q, Query)],
+        None => &[(q, Query), (k, Key), (v, Value)],
+    };
+    for &(view, role) in packed {
         if view.shape[0] != 1 {
             return Err(mismatch(
                 role,
@@ -156,12 +160,12 @@ fn check_varlen(
             ));
         }
         // Query rows past the last end would be left unwritten: Q must end exactly at its
-        // rows. Keys past it are never read: a packed K/V buffer may have spare rows.
+        // rows. Keys past it are never read: a packed K/V buffer may have spare rows. Paged
+        // keys are not packed: their lengths are checked against the page table below.
         let end = cu[n - 1];
-        let bad = if role == CuSeqlensQ {
-            end as usize != rows
-        } else {
-            end as usize > rows
+        let bad = match role {
+            CuSeqlensQ => end as usize != rows,
+            _ => paged.is_none() && end as usize > rows,
         };
         if bad {
             return Err(Error::invalid(
@@ -178,6 +182,10 @@ fn check_varlen(
                     .into(),
             ),
         ));
+    }
+    if let Some(pg) = paged {
+        let lengths = crate::data::options::Varlen::lengths(&vl.cu_seqlens_k);
+        check_lengths(&lengths, CuSeqlensK, n - 1, pg.seq_len)?;
     }
     let longest = |cu: &[u32]| {
         crate::data::options::Varlen::lengths(cu)
@@ -237,18 +245,22 @@ pub(crate) fn validate(
     }
     // Rows of the views (for varlen: all sequences' tokens) vs the problem's batch/lengths.
     let (rows_q, rows_k) = (sq, sk);
-    let varlen = match (&opts.varlen, &opts.paged) {
-        (Some(_), Some(_)) => {
-            return Err(Error::backend(
-                "paged K/V with a packed variable-length batch (give the queries query lengths instead)",
-            ));
-        }
-        (Some(vl), None) => Some(check_varlen(vl, q, k, v, rows_q, rows_k, &opts.mask)?),
-        (None, _) => None,
+    let paged = opts.paged.as_ref();
+    let varlen = match &opts.varlen {
+        Some(vl) => Some(check_varlen(
+            vl,
+            [q, k, v],
+            rows_q,
+            rows_k,
+            &opts.mask,
+            paged,
+        )?),
+        None => None,
     };
-    // Paged K/V: the views are the page pool, and the key axis is the table's.
-    let sk = match &opts.paged {
-        Some(pg) => check_paged(pg, k, v, b)?,
+    // Paged K/V: the views are the page pool, and the key axis is the table's (one row a
+    // sequence of a packed batch).
+    let sk = match paged {
+        Some(pg) => check_paged(pg, k, v, varlen.map_or(b, |(n, _, _)| n))?,
         None => {
             if kb != b {
                 return Err(mismatch(Key, Dim::Batch, b, kb));
