@@ -99,6 +99,7 @@ fn the_decode_path_reads_pages() {
         c.lse = true;
         let (got, want, plan) = run_plan(ctx, &c);
         assert!(plan.key_splits > 1, "{plan}");
+        assert!(plan.reason.contains("page table"), "{plan}");
         assert_close(&got, &want, c.out_dtype, &c.label());
     }
 }

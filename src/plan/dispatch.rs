@@ -575,10 +575,13 @@ pub fn decode_splits(p: &Problem) -> Option<u32> {
 /// ```
 pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Result<Plan> {
     let mask = problem.mask.clone();
-    let mask_note = if mask.any() {
-        " The mask is applied inside the kernel; fully masked tiles are skipped."
-    } else {
-        ""
+    let mask_note = match (mask.any(), problem.paged) {
+        (true, false) => " The mask is applied inside the kernel; fully masked tiles are skipped.",
+        (true, true) => {
+            " The mask is applied inside the kernel; fully masked tiles are skipped. K and V are read through the page table, each key from its page."
+        }
+        (false, true) => " K and V are read through the page table, each key from its page.",
+        (false, false) => "",
     };
     let slack = opts.tuning.coop_rescale_slack.unwrap_or(COOP_RESCALE_SLACK);
     if slack > COOP_RESCALE_SLACK {
