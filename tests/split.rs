@@ -335,3 +335,50 @@ fn split_calls_count_each_sink_once() {
         assert_close(&got, &want, c.out_dtype, &label);
     }
 }
+
+/// Paged calls too large for a binding run in parts too: Q, the output, the log-sum-exp and
+/// the mask tensors split over batch items and groups of heads, each part reading its rows
+/// of the page table from the whole pool (narrowed to its heads). A pool larger than one
+/// binding cannot be split (every part may read any page): that names the key tensor.
+#[test]
+fn paged_calls_split_over_batch_items_and_heads() {
+    let (b, hq, hkv, sq, sk, d) = (3, 4, 2, 77, 23, 16);
+    for (max, level) in &LEVELS[..2] {
+        let ctx = small(*max);
+        for (mi, mask) in masks(b, hq, sq, sk).into_iter().enumerate() {
+            let mut c = Case::new(b, hq, sq, sk, d)
+                .dtype([DType::F32, DType::F16][mi % 2])
+                .backend([Backend::Auto, Backend::MemoryEfficient, Backend::Naive][mi % 3])
+                .mask(mask);
+            c.hkv = hkv;
+            c.layout = [Layout::Bhsd, Layout::Bshd][mi % 2];
+            c.paged = Some([8, 5][mi % 2]);
+            c.lse = mi % 2 == 1;
+            c.seed = 90 + mi as u64;
+            let label = format!("{level} ({max} bytes): {}", c.label());
+            let (got, want, plan) = run_plan(&ctx, &c);
+            assert!(plan.parts > 1, "{label}: not split ({plan})");
+            assert_close(&got, &want, c.out_dtype, &label);
+        }
+    }
+    // A pool of 11 pages of 8 keys of 2 heads of 16 f32 (11 KiB) in 3 KiB bindings.
+    let ctx = small(3 * 1024);
+    let mut c = Case::new(b, hq, sq, sk, d);
+    c.hkv = hkv;
+    c.paged = Some(8);
+    let x = Prepared::new(&ctx, &c);
+    let opts = x.opts(&ctx, &c);
+    match ctx.attention_blocking(x.q.view(), x.k.view(), x.v.view(), &opts) {
+        Err(Error::Unsupported(u)) => assert!(
+            matches!(
+                u.reason,
+                UnsupportedReason::Binding {
+                    tensor: TensorRole::Key,
+                    ..
+                }
+            ),
+            "{u:?}"
+        ),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}

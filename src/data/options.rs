@@ -140,9 +140,11 @@ pub struct AttentionOptions {
 /// Every forward backend reads the pages in its kernels, with every mask kind, GQA, sinks,
 /// the soft cap and the log-sum-exp output, and with packed variable-length queries
 /// ([`Varlen`]: FlashInfer's ragged Q over paged KV; `cu_seqlens_k` then gives each
-/// sequence's key count, at most `seq_len`, and the table has a row per sequence). Not in
-/// the backward pass, nor for a call so large that it would be split into parts: those are
-/// [`crate::Error::Unsupported`].
+/// sequence's key count, at most `seq_len`, and the table has a row per sequence). A call
+/// too large for the device's storage bindings is split over batch items, heads and query
+/// rows as any other, each part reading its rows of the table; the pool itself (narrowed to
+/// a part's heads) must fit one binding, since any part may read any page. Paged calls have
+/// no backward pass. What cannot run is [`crate::Error::Unsupported`].
 /// [`crate::PagedKvCache`] manages a pool and its tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -55,11 +55,6 @@ pub(crate) fn plan(
 ) -> Result<(Problem, Plan, Option<Split>)> {
     let p = validate::validate(q, k, v, out, opts)?;
     let mut plan = rt.plan(&p, opts)?;
-    // A paged call is never split (its K and V are one pool, not per batch item): a tensor
-    // larger than a storage binding gets `Unsupported` from its binding.
-    if p.paged {
-        return Ok((p, plan, None));
-    }
     let layout = Layout::new(&p, [q, k, v], out, opts).for_plan(&plan);
     let split = split(rt, &layout, &mut plan)?;
     Ok((p, plan, split))

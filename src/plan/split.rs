@@ -18,7 +18,7 @@
 //! part is an ordinary call on narrowed views, with the plan of the whole call.
 
 use crate::data::mask::CausalAlignment;
-use crate::data::options::{AttentionOptions, Varlen};
+use crate::data::options::{AttentionOptions, PagedKv, Varlen};
 use crate::data::tensor::{TensorView, end_byte};
 use crate::error::{Error, Result, TensorRole};
 use crate::plan::validate::Problem;
@@ -140,6 +140,9 @@ pub(crate) struct Layout<'a> {
     tensors: Vec<(TensorRole, Kind, Geom)>,
     group: usize,
     varlen: Option<&'a Varlen>,
+    /// Paged K/V: the pool is bound whole (narrowed to a part's heads only), and a part's
+    /// batch items get their rows of the page table.
+    paged: Option<&'a PagedKv>,
     batch: usize,
     heads: usize,
     rows: usize,
@@ -193,6 +196,7 @@ impl<'a> Layout<'a> {
             tensors,
             group: p.heads_q / p.heads_kv,
             varlen: opts.varlen.as_ref(),
+            paged: opts.paged.as_ref(),
             batch: p.batch,
             heads: p.heads_q,
             rows: p.seq_q,
@@ -217,6 +221,10 @@ impl<'a> Layout<'a> {
 
     fn narrow(&self, kind: Kind, g: Geom, part: &Part) -> Geom {
         let mut g = g;
+        if kind == Kind::Keys && self.paged.is_some() {
+            // The page pool: every part may read any page; only its heads are its own.
+            return g.narrow(1, part.h0 / self.group, self.kv_heads(part));
+        }
         match (self.varlen, kind) {
             // Packed sequences: a part's batch items are a range of tokens.
             (Some(vl), Kind::Rows | Kind::Keys) => {
@@ -315,7 +323,8 @@ impl<'a> Layout<'a> {
             };
             let fits = |n: usize| self.too_large(&smallest, &chunks(n), max, align).is_none();
             match largest(self.keys, fits) {
-                Some(n) if self.varlen.is_none() => chunks(n),
+                // (Not for packed sequences, nor for paged keys: the pool is bound whole.)
+                Some(n) if self.varlen.is_none() && self.paged.is_none() => chunks(n),
                 _ => {
                     let (role, size) = self
                         .too_large(&smallest.keys((0, 1)), &[(0, 1)], max, align)
@@ -365,6 +374,11 @@ impl<'a> Layout<'a> {
         };
         if let Some(l) = &mut opts.lse_output {
             *l = at(Kind::Rows, l);
+        }
+        // A part's batch items read their own rows of the page table.
+        if let Some(pg) = &mut opts.paged {
+            let cols = pg.pages_per_seq;
+            pg.table = pg.table[part.b0 * cols..(part.b0 + part.nb) * cols].to_vec();
         }
         let mut problem = p.clone();
         problem.sinks = opts.sinks.is_some();
@@ -558,6 +572,7 @@ mod tests {
             tensors,
             group,
             varlen: None,
+            paged: None,
             batch: b,
             heads: hq,
             rows: sq,
