@@ -1524,4 +1524,10 @@ fn paged_cache_rejects_bad_input() {
         assert_eq!(e.tensor, TensorRole::KvCache);
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
+    // A sequence of another cache, though this cache has one at the same index.
+    let mut other = PagedKvCache::new(ctx, 2, 4, h, d, DType::F32).unwrap();
+    let foreign = other.add_sequence();
+    assert_eq!(other.len(foreign).unwrap(), 0);
+    let e = invalid(cache.len(foreign).expect_err("another cache's sequence"));
+    assert!(e.to_string().contains("another cache"), "{e}");
 }

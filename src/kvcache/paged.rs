@@ -11,9 +11,15 @@ use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::gate::Gated;
 
 /// A sequence of a [`PagedKvCache`] (from [`PagedKvCache::add_sequence`] or
-/// [`PagedKvCache::fork`]).
+/// [`PagedKvCache::fork`]): it names its cache too, so another cache refuses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SeqId(usize);
+pub struct SeqId {
+    cache: u64,
+    index: usize,
+}
+
+/// Cache identities, for [`SeqId`].
+static NEXT_CACHE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Clone, Debug, Default)]
 struct Sequence {
@@ -25,6 +31,8 @@ struct Sequence {
 /// nothing.
 #[derive(Clone, Debug)]
 struct Book {
+    /// This cache's identity (its sequences carry it).
+    id: u64,
     /// References to each page (0: free).
     refs: Vec<u32>,
     /// Free pages, taken from the end.
@@ -112,6 +120,7 @@ impl PagedKvCache {
             head_dim,
             dtype,
             book: Book {
+                id: NEXT_CACHE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 refs: vec![0; num_pages],
                 // Taken from the end: page 0 first.
                 free: (0..num_pages as u32).rev().collect(),
@@ -123,7 +132,7 @@ impl PagedKvCache {
     /// A new, empty sequence.
     pub fn add_sequence(&mut self) -> SeqId {
         self.book.seqs.push(Some(Sequence::default()));
-        SeqId(self.book.seqs.len() - 1)
+        self.book.last_id()
     }
 
     /// A new sequence with `seq`'s tokens, sharing its pages: a page is copied only when one
@@ -134,7 +143,7 @@ impl PagedKvCache {
             self.book.refs[p as usize] += 1;
         }
         self.book.seqs.push(Some(s));
-        Ok(SeqId(self.book.seqs.len() - 1))
+        Ok(self.book.last_id())
     }
 
     /// Forgets a sequence; pages no other sequence holds become free.
@@ -143,7 +152,7 @@ impl PagedKvCache {
         for &p in &s.pages {
             self.book.release(p);
         }
-        self.book.seqs[seq.0] = None;
+        self.book.seqs[seq.index] = None;
         Ok(())
     }
 
@@ -247,7 +256,10 @@ impl PagedKvCache {
             if seqs[..i].contains(s) {
                 return Err(Error::invalid(
                     TensorRole::KvCache,
-                    InputProblem::Other(format!("sequence {} appears twice in one append", s.0)),
+                    InputProblem::Other(format!(
+                        "sequence {} appears twice in one append",
+                        s.index
+                    )),
                 ));
             }
         }
@@ -279,7 +291,7 @@ impl PagedKvCache {
         let token = (self.heads * self.head_dim) as u64 * es;
         let page_bytes = ps as u64 * token;
         for (b, &s) in seqs.iter().enumerate() {
-            let mut seq = self.book.seqs[s.0].take().unwrap_or_default();
+            let mut seq = self.book.seqs[s.index].take().unwrap_or_default();
             let len = seq.len;
             if n > 0 && !len.is_multiple_of(ps) {
                 let tail = seq.pages[len / ps];
@@ -329,7 +341,7 @@ impl PagedKvCache {
                 t += run;
             }
             seq.len = len + n;
-            self.book.seqs[s.0] = Some(seq);
+            self.book.seqs[s.index] = Some(seq);
         }
         Ok(())
     }
@@ -369,13 +381,23 @@ impl PagedKvCache {
 }
 
 impl Book {
+    /// The id of the sequence added last.
+    fn last_id(&self) -> SeqId {
+        SeqId {
+            cache: self.id,
+            index: self.seqs.len() - 1,
+        }
+    }
+
     fn seq(&self, id: SeqId) -> Result<&Sequence> {
-        self.seqs.get(id.0).and_then(Option::as_ref).ok_or_else(|| {
+        let mine = (id.cache == self.id).then_some(id.index);
+        let seq = mine.and_then(|i| self.seqs.get(i)).and_then(Option::as_ref);
+        seq.ok_or_else(|| {
             Error::invalid(
                 TensorRole::KvCache,
                 InputProblem::Other(format!(
                     "sequence {} does not exist (removed, or from another cache)",
-                    id.0
+                    id.index
                 )),
             )
         })
