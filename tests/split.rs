@@ -382,3 +382,31 @@ fn paged_calls_split_over_batch_items_and_heads() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
 }
+
+/// Paged keys are never split into chunks (a chunk's keys would be read from the wrong
+/// pages): a paged call whose bias row alone exceeds a binding, though its pool fits, is
+/// refused naming the bias (f16 keys of head dim 1: the pool is half a bias row).
+#[test]
+fn paged_calls_never_split_their_keys() {
+    let ctx = small(3 * 1024);
+    let (sk, ps) = (1000, 16);
+    let mut c = Case::new(1, 1, 2, sk, 1).dtype(DType::F16);
+    c.out_dtype = DType::F32;
+    c.paged = Some(ps);
+    c.mask.bias = Some((random(2 * sk, 4), [1, 1, 2, sk], DType::F32));
+    let x = Prepared::new(&ctx, &c);
+    let opts = x.opts(&ctx, &c);
+    match ctx.attention_blocking(x.q.view(), x.k.view(), x.v.view(), &opts) {
+        Err(Error::Unsupported(u)) => assert!(
+            matches!(
+                u.reason,
+                UnsupportedReason::Binding {
+                    tensor: TensorRole::Bias,
+                    ..
+                }
+            ),
+            "{u:?}"
+        ),
+        other => panic!("expected Unsupported naming the bias, got {other:?}"),
+    }
+}
