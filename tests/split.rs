@@ -366,21 +366,7 @@ fn paged_calls_split_over_batch_items_and_heads() {
     let mut c = Case::new(b, hq, sq, sk, d);
     c.hkv = hkv;
     c.paged = Some(8);
-    let x = Prepared::new(&ctx, &c);
-    let opts = x.opts(&ctx, &c);
-    match ctx.attention_blocking(x.q.view(), x.k.view(), x.v.view(), &opts) {
-        Err(Error::Unsupported(u)) => assert!(
-            matches!(
-                u.reason,
-                UnsupportedReason::Binding {
-                    tensor: TensorRole::Key,
-                    ..
-                }
-            ),
-            "{u:?}"
-        ),
-        other => panic!("expected Unsupported, got {other:?}"),
-    }
+    refused_naming(&ctx, &c, TensorRole::Key);
 }
 
 /// Paged keys are never split into chunks (a chunk's keys would be read from the wrong
@@ -394,19 +380,18 @@ fn paged_calls_never_split_their_keys() {
     c.out_dtype = DType::F32;
     c.paged = Some(ps);
     c.mask.bias = Some((random(2 * sk, 4), [1, 1, 2, sk], DType::F32));
-    let x = Prepared::new(&ctx, &c);
-    let opts = x.opts(&ctx, &c);
+    refused_naming(&ctx, &c, TensorRole::Bias);
+}
+
+/// Asserts that a paged case is refused as too large for a binding, naming `role`.
+fn refused_naming(ctx: &Context, c: &Case, role: TensorRole) {
+    let x = Prepared::new(ctx, c);
+    let opts = x.opts(ctx, c);
     match ctx.attention_blocking(x.q.view(), x.k.view(), x.v.view(), &opts) {
         Err(Error::Unsupported(u)) => assert!(
-            matches!(
-                u.reason,
-                UnsupportedReason::Binding {
-                    tensor: TensorRole::Bias,
-                    ..
-                }
-            ),
+            matches!(u.reason, UnsupportedReason::Binding { tensor, .. } if tensor == role),
             "{u:?}"
         ),
-        other => panic!("expected Unsupported naming the bias, got {other:?}"),
+        other => panic!("expected Unsupported naming {role:?}, got {other:?}"),
     }
 }
