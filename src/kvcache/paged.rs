@@ -251,8 +251,11 @@ impl PagedKvCache {
         let want = [seqs.len(), self.heads, n, self.head_dim];
         crate::plan::validate::paged_rows(new_k, want, self.dtype)?;
         crate::plan::validate::paged_rows(new_v, want, self.dtype)?;
+        // Pages needed: new ones, and a copy of each shared page that will be written.
+        let ps = self.page_size;
+        let mut need = 0;
         for (i, s) in seqs.iter().enumerate() {
-            self.book.seq(*s)?;
+            let q = self.book.seq(*s)?;
             if seqs[..i].contains(s) {
                 return Err(Error::invalid(
                     TensorRole::KvCache,
@@ -262,19 +265,8 @@ impl PagedKvCache {
                     )),
                 ));
             }
-        }
-        // Pages needed: new ones, and a copy of each shared page that will be written.
-        let ps = self.page_size;
-        let mut need = 0;
-        for &s in seqs {
-            let q = self.book.seq(s)?;
             need += (q.len + n).div_ceil(ps).saturating_sub(q.pages.len());
-            if n > 0
-                && !q.len.is_multiple_of(ps)
-                && self.book.refs[q.pages[q.len / ps] as usize] > 1
-            {
-                need += 1;
-            }
+            need += usize::from(self.book.shared_tail(q, n, ps).is_some());
         }
         if need > self.book.free.len() {
             return Err(Error::invalid(
@@ -293,30 +285,27 @@ impl PagedKvCache {
         for (b, &s) in seqs.iter().enumerate() {
             let mut seq = self.book.seqs[s.index].take().unwrap_or_default();
             let len = seq.len;
-            if n > 0 && !len.is_multiple_of(ps) {
-                let tail = seq.pages[len / ps];
-                if self.book.refs[tail as usize] > 1 {
-                    let copy = self.book.take();
-                    for buf in [&*self.k, &*self.v] {
-                        let spare = &*self.spare;
-                        encoder.copy_buffer_to_buffer(
-                            buf,
-                            tail as u64 * page_bytes,
-                            spare,
-                            0,
-                            page_bytes,
-                        );
-                        encoder.copy_buffer_to_buffer(
-                            spare,
-                            0,
-                            buf,
-                            copy as u64 * page_bytes,
-                            page_bytes,
-                        );
-                    }
-                    self.book.release(tail);
-                    seq.pages[len / ps] = copy;
+            if let Some(tail) = self.book.shared_tail(&seq, n, ps) {
+                let copy = self.book.take();
+                for buf in [&*self.k, &*self.v] {
+                    let spare = &*self.spare;
+                    encoder.copy_buffer_to_buffer(
+                        buf,
+                        tail as u64 * page_bytes,
+                        spare,
+                        0,
+                        page_bytes,
+                    );
+                    encoder.copy_buffer_to_buffer(
+                        spare,
+                        0,
+                        buf,
+                        copy as u64 * page_bytes,
+                        page_bytes,
+                    );
                 }
+                self.book.release(tail);
+                seq.pages[len / ps] = copy;
             }
             while seq.pages.len() < (len + n).div_ceil(ps) {
                 let p = self.book.take();
@@ -401,6 +390,16 @@ impl Book {
                 )),
             )
         })
+    }
+
+    /// The partly filled last page of `seq` that an append of `n` tokens writes into, if
+    /// another sequence shares it (it is copied first).
+    fn shared_tail(&self, seq: &Sequence, n: usize, ps: usize) -> Option<u32> {
+        if n == 0 || seq.len.is_multiple_of(ps) {
+            return None;
+        }
+        let tail = seq.pages[seq.len / ps];
+        (self.refs[tail as usize] > 1).then_some(tail)
     }
 
     /// A free page, referenced once (the caller checked that enough are free).
