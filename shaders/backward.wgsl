@@ -232,12 +232,12 @@ fn fill_qd_tile(lid: u32, b: u32, h: u32, qt: u32, rc: RowCtx) {
 // K and V of a `kv` workgroup's BC keys into qd (key j's K at j * QD_ROW, its V after it),
 // zero past the keys; readable after the barrier. (qd, not kvs: with both, the kernel's
 // workgroup memory would pass 32 KiB.)
-fn stage_keys(lid: u32, b: u32, k0: u32, bases: vec2<u32>) {
+fn stage_keys(lid: u32, b: u32, k0: u32, bases: vec3<u32>) {
     for (var e = lid; e < BC * DK4; e += WG) {
-        qd[e / DK4 * QD_ROW + e % DK4] = kv_vec4(false, b, bases.x, k0 + e / DK4, (e % DK4) * 4u);
+        qd[e / DK4 * QD_ROW + e % DK4] = kv_vec4(false, b, bases, k0 + e / DK4, (e % DK4) * 4u);
     }
     for (var e = lid; e < BC * DV4; e += WG) {
-        qd[e / DV4 * QD_ROW + DK4 + e % DV4] = kv_vec4(true, b, bases.y, k0 + e / DV4, (e % DV4) * 4u);
+        qd[e / DV4 * QD_ROW + DK4 + e % DV4] = kv_vec4(true, b, bases, k0 + e / DV4, (e % DV4) * 4u);
     }
     workgroupBarrier();
 }

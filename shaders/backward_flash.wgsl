@@ -24,11 +24,11 @@ fn kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
     for (var k = 0u; k < RPT; k++) {
         js[k] = k0 + lid / TPR + k * STRIDE;
         for (var t = 0u; t < PK4; t++) {
-            kr[k][t] = kv_vec4(false, b, bases.x, js[k], sub * DPK + t * 4u);
+            kr[k][t] = kv_vec4(false, b, bases, js[k], sub * DPK + t * 4u);
             gk[k][t] = vec4<f32>(0.0);
         }
         for (var t = 0u; t < PV4; t++) {
-            vr[k][t] = kv_vec4(true, b, bases.y, js[k], sub * DPV + t * 4u);
+            vr[k][t] = kv_vec4(true, b, bases, js[k], sub * DPV + t * 4u);
             gv[k][t] = vec4<f32>(0.0);
         }
     }

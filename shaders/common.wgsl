@@ -27,6 +27,9 @@ struct Params {
     g_dv: u32, f_n0: u32, f_n1: u32, f_n2: u32,
     f_n3: u32, bg_b: u32, bg_h: u32, softcap: f32,
     sink_off: u32, pt_off: u32, page_size: u32, pt_cols: u32,
+    kq_byte: u32, vq_byte: u32, kvs_off: u32, kvq: u32,
+    ks_off: u32, ks_sb: u32, ks_sh: u32, ks_ss: u32,
+    vs_off: u32, vs_sb: u32, vs_sh: u32, vs_ss: u32,
 }
 
 const F_CAUSAL: u32 = 1u;
@@ -167,22 +170,27 @@ fn v_batch(b: u32) -> u32 {
 // page stride, and the batch item's base 0).
 fn key_offset(b: u32, j: u32) -> vec2<u32> {
     if (paged()) {
-        // Page sizes are powers of two in practice (vLLM's 16, FlashInfer's): a shift and a
-        // mask then, not an integer division (tens of instructions on GPUs).
-        let ps = P.page_size;
-        var col: u32;
-        var slot: u32;
-        if ((ps & (ps - 1u)) == 0u) {
-            col = j >> firstTrailingBit(ps);
-            slot = j & (ps - 1u);
-        } else {
-            col = j / ps;
-            slot = j % ps;
-        }
-        let page = aux_buf[P.pt_off + b * P.pt_cols + col];
-        return vec2<u32>(page * P.k_sb + slot * P.k_ss, page * P.v_sb + slot * P.v_ss);
+        let ps = page_slot(b, j);
+        return vec2<u32>(ps.x * P.k_sb + ps.y * P.k_ss, ps.x * P.v_sb + ps.y * P.v_ss);
     }
     return vec2<u32>(j * P.k_ss, j * P.v_ss);
+}
+
+// The page (x) holding key j of batch item b, and its slot there (y).
+fn page_slot(b: u32, j: u32) -> vec2<u32> {
+    // Page sizes are powers of two in practice (vLLM's 16, FlashInfer's): a shift and a mask
+    // then, not an integer division (tens of instructions on GPUs).
+    let ps = P.page_size;
+    var col: u32;
+    var slot: u32;
+    if ((ps & (ps - 1u)) == 0u) {
+        col = j >> firstTrailingBit(ps);
+        slot = j & (ps - 1u);
+    } else {
+        col = j / ps;
+        slot = j % ps;
+    }
+    return vec2<u32>(aux_buf[P.pt_off + b * P.pt_cols + col], slot);
 }
 
 fn q_index(b: u32, h: u32, i: u32, d: u32) -> u32 {

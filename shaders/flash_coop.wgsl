@@ -80,12 +80,13 @@ struct Stage {
     tr: bool,
     b: u32,
     j0: u32,
+    hk: u32,
 }
 
 // The K (which 1) or V (2) tile of keys [j0, j0 + n) of batch item b, from the head's base.
-fn kv_stage(which: u32, dst: u32, W: u32, n: u32, dd: u32, b: u32, base: u32, j0: u32, rs: u32, sd: u32) -> Stage {
+fn kv_stage(which: u32, dst: u32, W: u32, n: u32, dd: u32, b: u32, hk: u32, base: u32, j0: u32, rs: u32, sd: u32) -> Stage {
     let first = select(j0 * rs, 0u, paged());
-    return Stage(which, dst, W, n, BC, dd, base + first, rs, sd, which == 2u, b, j0);
+    return Stage(which, dst, W, n, BC, dd, base + first, rs, sd, which == 2u, b, j0, hk);
 }
 
 // Where row j of a staged tile starts, from its base. (Rows past n are not loaded, but
@@ -122,7 +123,14 @@ fn stage(lid: u32, a: Stage, b: Stage, with_b: bool) {
             var row: u32;
             if (in_b) { row = stage_row(b, j); } else { row = stage_row(a, j); }
             let el = select(a.base, b.base, in_b) + row + d * select(a.sd, b.sd, in_b);
-            v = decode(kv_word(which, word_index(el, dt)), el, dt);
+            if (KVQ != 0u && which != 0u) {
+                // Quantized K/V (shaders/kv_quant.wgsl), element by element.
+                let key = select(a.j0, b.j0, in_b) + j;
+                let sc = kv_scale(which == 2u, select(a.b, b.b, in_b), select(a.hk, b.hk, in_b), key);
+                v = kvq_load(which == 2u, el) * sc;
+            } else {
+                v = decode(kv_word(which, word_index(el, dt)), el, dt);
+            }
         }
         kv[select(x, d * rows + j, select(a.tr, b.tr, in_b)) + select(a.dst, b.dst, in_b)] = f16(v);
     }
@@ -272,7 +280,7 @@ fn main(
     // Q, unscaled (the scale is applied to the f32 scores).
     var qrows = 0u;
     if (b < P.batch) { qrows = min(BR, rc.qvalid - min(rc.qvalid, qt * BR)); }
-    let q_tile = Stage(0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd, false, b, 0u);
+    let q_tile = Stage(0u, 0u, DKB, qrows, BR, P.dk, P.q_off + q_batch(b) + h * P.q_sh + qt * BR * P.q_ss, P.q_ss, P.q_sd, false, b, 0u, 0u);
     stage(lid, q_tile, q_tile, false);
     let tiles = workgroupUniformLoad(&sh_range);
     var qf: array<CA, DKF>;
@@ -302,7 +310,7 @@ fn main(
     // exp(x) is exp2(x·log2 e) on every GPU: the scale and log2 e fold into one factor.
     let scale2 = P.scale * LOG2E;
     if (cur.x < tiles.y) {
-        let k_tile = kv_stage(1u, 0u, DKB, min(BC, rc.kvalid - cur.x), P.dk, b, kbase, cur.x, P.k_ss, P.k_sd);
+        let k_tile = kv_stage(1u, 0u, DKB, min(BC, rc.kvalid - cur.x), P.dk, b, tile.hk, kbase, cur.x, P.k_ss, P.k_sd);
         stage(lid, k_tile, k_tile, false);
     }
     workgroupBarrier();
@@ -330,9 +338,9 @@ fn main(
         // Keys past the valid ones are staged as zeros: masked keys get weight 0, and 0 times
         // whatever padding holds (NaN) would not be 0.
         // (And the next tile's K, if there is one.)
-        let v_tile = kv_stage(2u, VS, DVB, min(BC, rc.kvalid - j0), P.dv, b, vbase, j0, P.v_ss, P.v_sd);
+        let v_tile = kv_stage(2u, VS, DVB, min(BC, rc.kvalid - j0), P.dv, b, tile.hk, vbase, j0, P.v_ss, P.v_sd);
         let kn = min(nxt.x, tiles.y);
-        let k_tile = kv_stage(1u, 0u, DKB, min(BC, rc.kvalid - min(rc.kvalid, kn)), P.dk, b, kbase, kn, P.k_ss, P.k_sd);
+        let k_tile = kv_stage(1u, 0u, DKB, min(BC, rc.kvalid - min(rc.kvalid, kn)), P.dk, b, tile.hk, kbase, kn, P.k_ss, P.k_sd);
         stage(lid, v_tile, k_tile, nxt.x < tiles.y);
         if (lid == 0u) { atomicStore(&sh_moved[1u - par], 0u); }
 

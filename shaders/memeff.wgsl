@@ -10,6 +10,9 @@
 
 const CPT: u32 = DVB / WG;   // output columns per thread (at least 1)
 const NCOL: u32 = max(CPT, 1u);
+// Quantized V (KVQ != 0): each thread accumulates columns in fours (4 (lid + c WG) + 0..3), so
+// that one decode serves four columns.
+const NCOL4: u32 = max(DVB / (4u * WG), 1u);
 
 var<workgroup> qs: array<f32, DKB>;
 var<workgroup> ps: array<f32, WG>;
@@ -18,6 +21,9 @@ var<workgroup> vis_w: array<u32, WG>;
 // scores it (a page-table read and a division) rather than by every thread of the P·V loop
 // (which reads only keys of nonzero weight).
 var<workgroup> v_rows: array<u32, WG>;
+// Quantized V: the scale of each visible key's V row (i8: its own; the 8-bit floats: the
+// head's), found by the thread that scores it.
+var<workgroup> v_scales: array<f32, WG>;
 var<workgroup> sh_range: vec2<u32>;
 
 @compute @workgroup_size(WG)
@@ -52,6 +58,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var acc: array<f32, NCOL>;
     for (var c = 0u; c < NCOL; c++) { acc[c] = 0.0; }
+    var acc4: array<vec4<f32>, NCOL4>;
+    for (var c = 0u; c < NCOL4; c++) { acc4[c] = vec4<f32>(0.0); }
     var st = online_init();
     let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
@@ -65,7 +73,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             let r = key_offset(b, j);
             if (PAGED) { v_rows[lid] = r.y; }
             let kr = kbase + r.x;
-            for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
+            if (KVQ != 0u) {
+                // Head dims are contiguous, and qs is 0 past dk (for the 8-bit floats the
+                // bytes past a row's end, another row's, may be NaN: masked).
+                for (var d = 0u; d < P.dk; d += 4u) {
+                    let kq = kvq_vec4(false, kr + d);
+                    let live = vec4<u32>(d) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.dk);
+                    s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]), select(vec4<f32>(0.0), kq, live));
+                }
+                s *= kv_scale(false, b, hk, j);
+                v_scales[lid] = kv_scale(true, b, hk, j);
+            } else {
+                for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
+            }
             s = softcap(s) + logit_extra(b, h, i, j, rc);
             vis = finite_logit(s);
         }
@@ -85,6 +105,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (any) {
             st = next;
             for (var c = 0u; c < NCOL; c++) { acc[c] *= st.alpha; }
+            for (var c = 0u; c < NCOL4; c++) { acc4[c] *= st.alpha; }
             let nk = min(WG, keys.y - j0);
             for (var t = 0u; t < nk; t++) {
                 let p = ps[t];
@@ -92,9 +113,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 if (p != 0.0) {
                     var vr: u32;
                     if (PAGED) { vr = vbase + v_rows[t]; } else { vr = vbase + key_offset(b, j0 + t).y; }
-                    for (var c = 0u; c < NCOL; c++) {
-                        let d = lid + c * WG;
-                        if (d < P.dv) { acc[c] += p * load_v(vr + d * P.v_sd); }
+                    if (KVQ != 0u) {
+                        let pv = p * v_scales[t];
+                        for (var c = 0u; c < NCOL4; c++) {
+                            let d = 4u * (lid + c * WG);
+                            if (d < P.dv) { acc4[c] += pv * kvq_vec4(true, vr + d); }
+                        }
+                    } else {
+                        for (var c = 0u; c < NCOL; c++) {
+                            let d = lid + c * WG;
+                            if (d < P.dv) { acc[c] += p * load_v(vr + d * P.v_sd); }
+                        }
                     }
                 }
             }
@@ -106,9 +135,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // The sink joins the row once: in key split 0 (merge.wgsl's weights carry it over).
         let fin = online_sink(st, select(LOWEST, sink_logit(h), split == 0u));
         let inv = online_out_scale(fin);
-        for (var c = 0u; c < NCOL; c++) {
-            let d = lid + c * WG;
-            if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc[c] * inv); }
+        if (KVQ != 0u) {
+            for (var c = 0u; c < NCOL4; c++) {
+                for (var x = 0u; x < 4u; x++) {
+                    let d = 4u * (lid + c * WG) + x;
+                    if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc4[c][x] * inv); }
+                }
+            }
+        } else {
+            for (var c = 0u; c < NCOL; c++) {
+                let d = lid + c * WG;
+                if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc[c] * inv); }
+            }
         }
         if (lid == 0u) { store_lse(b, h, i, split, fin.m, fin.l); }
     }

@@ -41,9 +41,13 @@ fn scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         let hk = id.h / P.group;
         var s = 0.0;
         let kr = P.k_off + k_batch(id.b) + hk * P.k_sh + key_offset(id.b, j).x;
+        let quant = kv_quantized();
         for (var d = 0u; d < P.dk; d++) {
-            s += load_q(q_index(id.b, id.h, id.i, d)) * load_k(kr + d * P.k_sd);
+            var kx: f32;
+            if (quant) { kx = kvq_load(false, kr + d); } else { kx = load_k(kr + d * P.k_sd); }
+            s += load_q(q_index(id.b, id.h, id.i, d)) * kx;
         }
+        if (quant) { s *= kv_scale(false, id.b, hk, j); }
         s = softcap(s * P.scale) + logit_extra(id.b, id.h, id.i, j, rc);
         if (finite_logit(s)) { out = bitcast<u32>(s); }
     }
@@ -116,9 +120,17 @@ fn pv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
     let vb = P.v_off + v_batch(id.b) + hk * P.v_sh + c * P.v_sd;
     var acc = 0.0;
     let base = local_row * P.scratch_stride;
+    let quant = kv_quantized();
     for (var j = 0u; j < P.seq_k; j++) {
         let p = bitcast<f32>(scratch[base + j]);
-        if (p != 0.0) { acc += p * load_v(vb + key_offset(id.b, j).y); }
+        if (p != 0.0) {
+            let e = vb + key_offset(id.b, j).y;
+            if (quant) {
+                acc += p * kvq_load(true, e) * kv_scale(true, id.b, hk, j);
+            } else {
+                acc += p * load_v(e);
+            }
+        }
     }
     if (row_stored(id.b, id.i, row_ctx(id.b))) { store_o(o_index(id.b, id.h, id.i, c, 0u), acc); }
 }

@@ -67,6 +67,10 @@ pub enum TensorRole {
     SinkGrad,
     /// The page table of paged K/V ([`crate::PagedKv`]).
     PageTable,
+    /// The scales of quantized keys ([`crate::KvScales`]).
+    KeyScales,
+    /// The scales of quantized values ([`crate::KvScales`]).
+    ValueScales,
 }
 
 impl fmt::Display for TensorRole {
@@ -97,6 +101,8 @@ impl fmt::Display for TensorRole {
             TensorRole::BiasGrad => "bias gradient",
             TensorRole::SinkGrad => "sink gradient",
             TensorRole::PageTable => "page table",
+            TensorRole::KeyScales => "key scales",
+            TensorRole::ValueScales => "value scales",
         };
         f.write_str(s)
     }
@@ -261,6 +267,22 @@ pub enum InputProblem {
         /// What overflowed.
         what: String,
     },
+    /// A stride of a quantized view does not fit its format: the head dim's must be 1, the
+    /// others whole blocks.
+    BlockStride {
+        /// The dimension.
+        dim: Dim,
+        /// Its stride, in elements.
+        stride: usize,
+        /// What it must be.
+        expected: String,
+    },
+    /// A tensor must lie in the buffer of another one (quantized K/V's per-token scales in
+    /// the buffer of the tensor they scale).
+    NotInBufferOf {
+        /// The tensor whose buffer it must share.
+        of: TensorRole,
+    },
     /// The tensor's buffer belongs to another device than the context's (for instance,
     /// one made by another [`crate::Context`]).
     ForeignBuffer,
@@ -337,6 +359,15 @@ impl fmt::Display for InputProblem {
                 )
             }
             InputProblem::TooLarge { what } => write!(f, "{what} exceeds 32-bit indexing"),
+            InputProblem::BlockStride {
+                dim,
+                stride,
+                expected,
+            } => write!(f, "the stride of {dim} is {stride}, expected {expected}"),
+            InputProblem::NotInBufferOf { of } => write!(
+                f,
+                "lies in another buffer than the {of}; it must share the {of}'s buffer (a shader stage has 8 storage bindings, none left for it)"
+            ),
             InputProblem::ForeignBuffer => f.write_str(
                 "its buffer belongs to another device than this context's (made by another Context?); use buffers of this context's device",
             ),

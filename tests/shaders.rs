@@ -63,7 +63,13 @@ pub fn coop_variants() -> Vec<Built> {
                                 panic!("{v:?}")
                             };
                             let elements = ShaderVariant::FlashCoop(CoopTile { pairs: false, ..t });
-                            for v in [v, elements] {
+                            // And with quantized K/V (element staging), in turn.
+                            let quant = ShaderVariant::FlashCoop(CoopTile {
+                                pairs: false,
+                                quant: Some(KV_FORMATS[(dk + dv) as usize / 32 % 5]),
+                                ..t
+                            });
+                            for v in [v, elements, quant] {
                                 for count in [false, true] {
                                     if !out.contains(&(v, count)) {
                                         out.push((v, count));
@@ -78,6 +84,15 @@ pub fn coop_variants() -> Vec<Built> {
     }
     out
 }
+
+/// The quantized K/V formats, which the variants take in turn.
+const KV_FORMATS: [DType; 5] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::I8,
+    DType::E4M3,
+    DType::E5M2,
+];
 
 fn variants() -> Vec<Built> {
     let mut v = vec![(naive_variant(), false)];
@@ -94,8 +109,11 @@ fn variants() -> Vec<Built> {
                             threads_per_row: tpr,
                             rows_per_thread: rpt,
                             subgroups: sg,
-                            // The paging code in the variants with the debug counters.
+                            // The paging code in the variants with the debug counters, and a
+                            // quantized K/V format in turn.
                             paged: count,
+                            quant: count
+                                .then_some(KV_FORMATS[(dk as usize / 32 + bk as usize) % 5]),
                         };
                         v.push((ShaderVariant::Flash(tile), count));
                     }
@@ -138,6 +156,12 @@ fn variants() -> Vec<Built> {
                         softcap: bias.is_some() && alibi && bool_mask,
                         serial_loads,
                         paged: count || bool_mask,
+                        quant: match (count, bool_mask, bias) {
+                            (true, _, _) => Some(DType::E4M3),
+                            (_, true, Some(_)) => Some(DType::Q4_0),
+                            (_, true, None) => Some(DType::I8),
+                            _ => None,
+                        },
                     };
                     v.push((ShaderVariant::FlashUnrolled(tile), count));
                 }
@@ -151,6 +175,8 @@ fn variants() -> Vec<Built> {
                     head_dim_qk: dk,
                     head_dim_v: dv,
                     paged,
+                    quant: Some(KV_FORMATS[(dk as usize / 32 + dv as usize / 32) % 5])
+                        .filter(|_| paged || dk == dv),
                 };
                 v.push((ShaderVariant::MemoryEfficient(config), false));
             }
@@ -374,11 +400,13 @@ fn binding_table_matches_the_wgsl() {
         rows_per_thread: 4,
         subgroups: false,
         paged: false,
+        quant: None,
     });
     let memeff = ShaderVariant::MemoryEfficient(MemEffConfig {
         head_dim_qk: 64,
         head_dim_v: 64,
         paged: false,
+        quant: None,
     });
     let sources = all_sources_for(&[
         (flash, false),

@@ -5,4 +5,5 @@ pub mod block_mask;
 pub mod mask;
 pub mod options;
 pub mod problem;
+pub mod quant;
 pub mod tensor;

@@ -122,6 +122,41 @@ pub struct AttentionOptions {
     pub sinks: Option<Vec<f32>>,
     /// K and V in pages (vLLM's and FlashInfer's paged KV cache): see [`PagedKv`].
     pub paged: Option<PagedKv>,
+    /// The scales of quantized K and V ([`DType::I8`] needs them; the 8-bit floats take
+    /// them, 1 without): see [`KvScales`].
+    pub kv_scales: Option<KvScales>,
+}
+
+/// The scales of quantized K and V. The GGUF block formats ([`DType::Q8_0`],
+/// [`DType::Q4_0`]) carry their own; [`DType::I8`] takes one per token and head; the 8-bit
+/// floats ([`DType::E4M3`], [`DType::E5M2`]) one per head. A stored value `x` means
+/// `scale · x`.
+///
+/// K and V must share one format (a quantized K with an f16 V is refused, naming V).
+/// Quantized K/V work on every forward backend, with every mask kind, GQA, paged K/V,
+/// varlen, sinks and the soft cap; they have no backward pass.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum KvScales {
+    /// One f32 per token and KV head ([`DType::I8`]): views of shape
+    /// `[B, H_kv, S_k, 1]` (paged: `[num_pages, H_kv, page_size, 1]`), K's first three
+    /// dimensions, with any strides. K's scales lie in K's buffer and V's in V's: a shader
+    /// stage has 8 storage bindings and attention uses them all ([`crate::KvCache`] and
+    /// [`crate::PagedKvCache`] lay them out so).
+    PerToken {
+        /// K's scales.
+        k: TensorView,
+        /// V's scales.
+        v: TensorView,
+    },
+    /// One f32 per KV head, or one for all heads (vLLM's `k_scale` / `v_scale`): host
+    /// values, finite.
+    PerHead {
+        /// K's scales.
+        k: Vec<f32>,
+        /// V's scales.
+        v: Vec<f32>,
+    },
 }
 
 /// Keys and values stored in fixed-size pages of one pool, found through a page table
@@ -302,6 +337,12 @@ impl AttentionOptions {
     /// Reads K and V through a page table ([`PagedKv`]).
     pub fn paged(mut self, paged: PagedKv) -> Self {
         self.paged = Some(paged);
+        self
+    }
+
+    /// Sets the scales of quantized K and V ([`KvScales`]).
+    pub fn kv_scales(mut self, scales: KvScales) -> Self {
+        self.kv_scales = Some(scales);
         self
     }
 }

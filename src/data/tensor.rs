@@ -29,25 +29,94 @@ pub enum DType {
     BF16,
     /// One byte per element; non-zero means true. Boolean masks only.
     Bool,
+    /// GGUF's `q8_0` (K and V only): blocks of 32 values along the head dim, each an f16
+    /// scale `d` followed by 32 int8 `q`, 34 bytes in all; value `i` is `d · q[i]`.
+    Q8_0,
+    /// GGUF's `q4_0` (K and V only): blocks of 32 values along the head dim, each an f16
+    /// scale `d` followed by 16 bytes, 18 bytes in all; byte `i` holds value `i` in its low
+    /// nibble and value `i + 16` in its high nibble, and a nibble `n` is `d · (n − 8)`.
+    Q4_0,
+    /// int8 with an f32 scale per token and KV head (K and V only; scales from
+    /// [`KvScales::PerToken`](crate::KvScales::PerToken)): value `scale · q`.
+    I8,
+    /// OCP 8-bit float E4M3 ("FN": bias 7, no infinities, NaN `S.1111.111`, largest 448),
+    /// times an f32 scale per KV head (K and V only; [`KvScales::PerHead`](crate::KvScales::PerHead),
+    /// 1 when not given).
+    E4M3,
+    /// OCP 8-bit float E5M2 (bias 15, IEEE-like: the top byte of an f16), times an f32 scale
+    /// per KV head, as [`DType::E4M3`].
+    E5M2,
 }
 
 impl DType {
-    /// Bytes per element.
+    /// Bytes per element; for the block formats ([`DType::Q8_0`], [`DType::Q4_0`]) the
+    /// bytes of a block of [`DType::block_len`] elements.
     pub const fn size(self) -> u64 {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::Bool => 1,
+            DType::Bool | DType::I8 | DType::E4M3 | DType::E5M2 => 1,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
         }
     }
 
-    /// Lower-case name (`"f32"`, `"f16"`, `"bf16"`, `"bool"`).
+    /// Elements per block: 32 for the block formats ([`DType::Q8_0`], [`DType::Q4_0`]),
+    /// else 1. Strides of a block-format view are still in elements, and every stride but
+    /// the head dim's (which must be 1) is a multiple of this.
+    pub const fn block_len(self) -> u64 {
+        match self {
+            DType::Q8_0 | DType::Q4_0 => 32,
+            _ => 1,
+        }
+    }
+
+    /// The bytes of `elements` elements from a block boundary (a whole number of blocks for
+    /// the block formats).
+    pub const fn bytes(self, elements: u64) -> u64 {
+        elements / self.block_len() * self.size()
+    }
+
+    /// The alignment of a view's byte offset: the size of an element, or for the block
+    /// formats of their f16 scale.
+    pub const fn align(self) -> u64 {
+        match self {
+            DType::Q8_0 | DType::Q4_0 => 2,
+            _ => self.size(),
+        }
+    }
+
+    /// Lower-case name (`"f32"`, `"f16"`, `"bf16"`, `"bool"`, `"q8_0"`, `"q4_0"`, `"i8"`,
+    /// `"e4m3"`, `"e5m2"`).
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
             DType::Bool => "bool",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::I8 => "i8",
+            DType::E4M3 => "e4m3",
+            DType::E5M2 => "e5m2",
+        }
+    }
+
+    /// Whether this is a quantized K/V format (decoded as tiles load).
+    pub const fn is_quantized(self) -> bool {
+        self.kv_code() != 0
+    }
+
+    /// The shaders' quantized K/V format code (`KVQ`: 0 none, 1 q8_0, 2 q4_0, 3 i8,
+    /// 4 e4m3, 5 e5m2).
+    pub(crate) const fn kv_code(self) -> u32 {
+        match self {
+            DType::Q8_0 => 1,
+            DType::Q4_0 => 2,
+            DType::I8 => 3,
+            DType::E4M3 => 4,
+            DType::E5M2 => 5,
+            _ => 0,
         }
     }
 
@@ -171,7 +240,7 @@ impl TensorView {
     /// PyTorch's `narrow`; validated where it is used, as every view is.
     pub fn narrowed(&self, dim: usize, start: usize, count: usize) -> TensorView {
         let mut v = self.clone();
-        v.offset += (start * self.strides[dim]) as u64 * self.dtype.size();
+        v.offset += self.dtype.bytes((start * self.strides[dim]) as u64);
         v.shape[dim] = count;
         v
     }
@@ -189,13 +258,13 @@ impl TensorView {
 
     /// Bytes from the buffer's start to just past the last element, or `None` on overflow.
     pub(crate) fn end_byte(&self) -> Option<u64> {
-        end_byte(self.offset, self.dtype.size(), self.shape, self.strides)
+        end_byte(self.offset, self.dtype, self.shape, self.strides)
     }
 
     /// Checks that the view lies inside its buffer, is aligned, has the usage flags
     /// `usage`, and that its indices fit 32-bit shader arithmetic.
     pub(crate) fn check_memory(&self, role: TensorRole, usage: wgpu::BufferUsages) -> Result<()> {
-        let e = self.dtype.size();
+        let e = self.dtype.align();
         if !self.offset.is_multiple_of(e) {
             return Err(Error::invalid(
                 role,
@@ -234,12 +303,14 @@ impl TensorView {
                 },
             ));
         }
-        // Shaders index elements with u32 (f16 and bool: sub-word indices).
-        if end / e > u32::MAX as u64 {
+        // Shaders index elements with u32 (f16 and bool: sub-word indices; the 8-bit and
+        // block formats: bytes).
+        let index = end / self.dtype.size().min(4);
+        if index > u32::MAX as u64 {
             return Err(Error::invalid(
                 role,
                 InputProblem::TooLarge {
-                    what: format!("element index {}", end / e),
+                    what: format!("element index {index}"),
                 },
             ));
         }
@@ -282,11 +353,11 @@ pub(crate) fn checked_product(dims: &[usize]) -> Option<u64> {
     dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))
 }
 
-/// Bytes from a buffer's start to just past the last element of a tensor at byte `offset`
-/// with `elem`-byte elements, or `None` on overflow.
+/// Bytes from a buffer's start to just past the last element of a tensor of `dtype` at byte
+/// `offset` (for the block formats: past the block holding it), or `None` on overflow.
 pub(crate) fn end_byte(
     offset: u64,
-    elem: u64,
+    dtype: DType,
     shape: [usize; 4],
     strides: [usize; 4],
 ) -> Option<u64> {
@@ -298,7 +369,10 @@ pub(crate) fn end_byte(
         let term = (shape[i] as u64 - 1).checked_mul(strides[i] as u64)?;
         last = last.checked_add(term)?;
     }
-    last.checked_add(1)?.checked_mul(elem)?.checked_add(offset)
+    (last / dtype.block_len())
+        .checked_add(1)?
+        .checked_mul(dtype.size())?
+        .checked_add(offset)
 }
 
 /// A tensor that owns its buffer (returned by the upload helpers and by

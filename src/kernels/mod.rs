@@ -32,6 +32,8 @@ pub mod sources {
     pub const MERGE: &str = include_str!("../../shaders/merge.wgsl");
     /// Bindings, parameter block, loads/stores and the mask algebra.
     pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+    /// Quantized K/V decoding.
+    pub const KV_QUANT: &str = include_str!("../../shaders/kv_quant.wgsl");
     /// The flash family.
     pub const FLASH: &str = include_str!("../../shaders/flash.wgsl");
     /// K/V tiles shared by the SIMT flash kernels.
@@ -88,7 +90,7 @@ fn const_lines(v: &ShaderVariant) -> String {
     format!(
         "{aliases}const FR: u32 = {fr}u;\nconst SGS: u32 = {sgs}u;\n\
          const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {}u;\nconst BC: u32 = {}u;\n\
-         const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\nconst PAGED: bool = {};\n",
+         const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {}u;\nconst SUM_BK: u32 = {}u;\nconst PAGED: bool = {};\nconst KVQ: u32 = {}u;\n",
         v.head_dim_qk().max(1),
         v.head_dim_v().max(1),
         v.block_q(),
@@ -98,7 +100,8 @@ fn const_lines(v: &ShaderVariant) -> String {
         v.workgroup_size(),
         SUMMARY_BLOCK_Q,
         SUMMARY_BLOCK_K,
-        v.paged()
+        v.paged(),
+        v.kv_code()
     )
 }
 
@@ -148,10 +151,11 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                 ""
             };
             format!(
-                "{enables}{}\n{}\n{}\n{}",
+                "{enables}{}\n{}\n{}\n{}\n{}",
                 const_lines(v),
                 sources::DTYPE,
                 sources::COMMON,
+                sources::KV_QUANT,
                 snippets.join("\n")
             )
         }
@@ -175,7 +179,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
             };
             format!(
                 "const DKB: u32 = {}u;\nconst DVB: u32 = {}u;\nconst BR: u32 = {b}u;\nconst BC: u32 = {b}u;\n\
-                 const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\nconst PAGED: bool = false;\n{}\n{}\n{reduce}\n{}\n{}\n{}\n{flash}",
+                 const TPR: u32 = {}u;\nconst RPT: u32 = {}u;\nconst WG: u32 = {}u;\nconst SUM_BQ: u32 = {SUMMARY_BLOCK_Q}u;\nconst SUM_BK: u32 = {SUMMARY_BLOCK_K}u;\nconst PAGED: bool = false;\nconst KVQ: u32 = 0u;\n{}\n{}\n{}\n{reduce}\n{}\n{}\n{}\n{flash}",
                 t.head_dim_qk,
                 t.head_dim_v,
                 t.threads_per_row,
@@ -183,6 +187,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
                 t.workgroup_size(),
                 sources::DTYPE,
                 sources::COMMON,
+                sources::KV_QUANT,
                 sources::COUNT_OFF,
                 sources::FLASH_TILES,
                 sources::BACKWARD,
@@ -341,10 +346,20 @@ pub(crate) mod bindings {
         LB,
     ];
     /// The naive kernel's three passes.
-    pub const NAIVE_SCORES: &[Binding] =
-        &[P, QB, KB, MB, BB, AB, b(SCRATCH, "scratch", Slot::Write)];
+    // Scores and P·V bind both K and V: quantized K/V's decoding reads either, by an
+    // argument known only at run time in the one naive module.
+    pub const NAIVE_SCORES: &[Binding] = &[
+        P,
+        QB,
+        KB,
+        VB,
+        MB,
+        BB,
+        AB,
+        b(SCRATCH, "scratch", Slot::Write),
+    ];
     pub const NAIVE_SOFTMAX: &[Binding] = &[P, AB, b(SCRATCH, "scratch", Slot::Write), LB];
-    pub const NAIVE_PV: &[Binding] = &[P, VB, OB, AB, b(SCRATCH, "scratch", Slot::Write)];
+    pub const NAIVE_PV: &[Binding] = &[P, KB, VB, OB, AB, b(SCRATCH, "scratch", Slot::Write)];
     const GB: Binding = b(GACC, "gacc", Slot::Write);
     const DB: Binding = b(D_OUT, "do_buf", Slot::Read);
     const PM: Binding = b(PMAT, "pmat", Slot::Write);

@@ -390,6 +390,7 @@ pub fn flash_variant(
             softcap: p.softcap,
             serial_loads: caps.cpu_serial_loads,
             paged: p.paged,
+            quant: p.dtype_k.is_quantized().then_some(p.dtype_k),
         }));
     }
     Ok(ShaderVariant::Flash(FlashTile {
@@ -401,6 +402,7 @@ pub fn flash_variant(
         rows_per_thread,
         subgroups: use_sg,
         paged: p.paged,
+        quant: p.dtype_k.is_quantized().then_some(p.dtype_k),
     }))
 }
 
@@ -471,6 +473,7 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],
         slack: COOP_RESCALE_SLACK,
         paged: p.paged,
+        quant: p.dtype_k.is_quantized().then_some(p.dtype_k),
     });
     if v.workgroup_storage() > caps.max_workgroup_storage
         || v.workgroup_size() > caps.max_invocations
@@ -504,6 +507,7 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
         head_dim_qk: dk,
         head_dim_v: dv,
         paged: p.paged,
+        quant: p.dtype_k.is_quantized().then_some(p.dtype_k),
     });
     if v.workgroup_storage() > caps.max_workgroup_storage {
         return Err(format!(
@@ -525,9 +529,10 @@ pub fn memeff_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, S
 /// K, V, O, the bool mask, the bias, the aux words and the log-sum-exp. WebGPU's default
 /// `max_storage_buffers_per_shader_stage` is exactly this; unused ones get a dummy buffer.
 pub const FUSED_STORAGE_BUFFERS: u32 = 8;
-/// The most storage buffers a pass of the naive kernel binds (Q, K, the bool mask, the bias,
-/// the aux words and the scores).
-pub const NAIVE_STORAGE_BUFFERS: u32 = 6;
+/// The most storage buffers a pass of the naive kernel binds (Q, K, V, the bool mask, the
+/// bias, the aux words and the scores: quantized K/V's decoding reads K or V by an argument
+/// known at run time, so the scores pass binds V too).
+pub const NAIVE_STORAGE_BUFFERS: u32 = 7;
 
 /// Whether the device lets a stage bind the fused kernels' storage buffers.
 pub(crate) fn fused_buffers_fit(kernel: &str, caps: &DeviceCaps) -> Result<(), String> {

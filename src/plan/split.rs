@@ -18,8 +18,8 @@
 //! part is an ordinary call on narrowed views, with the plan of the whole call.
 
 use crate::data::mask::CausalAlignment;
-use crate::data::options::{AttentionOptions, PagedKv, Varlen};
-use crate::data::tensor::{TensorView, end_byte};
+use crate::data::options::{AttentionOptions, KvScales, PagedKv, Varlen};
+use crate::data::tensor::{DType, TensorView, end_byte};
 use crate::error::{Error, Result, TensorRole};
 use crate::plan::validate::Problem;
 
@@ -88,7 +88,7 @@ pub(crate) struct PartRows {
 #[derive(Clone, Copy, Debug)]
 struct Geom {
     offset: u64,
-    elem: u64,
+    dtype: DType,
     shape: [usize; 4],
     strides: [usize; 4],
 }
@@ -97,21 +97,21 @@ impl Geom {
     fn of(v: &TensorView) -> Self {
         Geom {
             offset: v.offset,
-            elem: v.dtype.size(),
+            dtype: v.dtype,
             shape: v.shape,
             strides: v.strides,
         }
     }
 
     fn narrow(mut self, dim: usize, start: usize, count: usize) -> Self {
-        self.offset += (start * self.strides[dim]) as u64 * self.elem;
+        self.offset += self.dtype.bytes((start * self.strides[dim]) as u64);
         self.shape[dim] = count;
         self
     }
 
     /// The bytes of the binding that covers it (as `launch::window` binds it).
     fn binding(&self, align: u64) -> u64 {
-        let end = end_byte(self.offset, self.elem, self.shape, self.strides);
+        let end = end_byte(self.offset, self.dtype, self.shape, self.strides);
         binding_extent(self.offset, end.unwrap_or(u64::MAX), align).1
     }
 
@@ -171,7 +171,7 @@ impl<'a> Layout<'a> {
             };
             Geom {
                 offset: 0,
-                elem: p.dtype_o.size(),
+                dtype: p.dtype_o,
                 shape: [q.shape[0], hq, s, d],
                 strides,
             }
@@ -191,6 +191,10 @@ impl<'a> Layout<'a> {
         }
         if let Some(b) = &m.bias {
             tensors.push((TensorRole::Bias, Kind::Scores, Geom::of(b)));
+        }
+        if let Some(KvScales::PerToken { k, v }) = &opts.kv_scales {
+            tensors.push((TensorRole::KeyScales, Kind::Keys, Geom::of(k)));
+            tensors.push((TensorRole::ValueScales, Kind::Keys, Geom::of(v)));
         }
         Layout {
             tensors,
@@ -375,6 +379,22 @@ impl<'a> Layout<'a> {
         if let Some(l) = &mut opts.lse_output {
             *l = at(Kind::Rows, l);
         }
+        // Per-token scales narrow as K and V do; per-head ones to the part's K/V heads.
+        let kv_heads = part.h0 / self.group..part.h0 / self.group + self.kv_heads(part);
+        match &mut opts.kv_scales {
+            Some(KvScales::PerToken { k, v }) => {
+                *k = at(Kind::Keys, k);
+                *v = at(Kind::Keys, v);
+            }
+            Some(KvScales::PerHead { k, v }) => {
+                for s in [k, v] {
+                    if s.len() > 1 {
+                        *s = s[kv_heads.clone()].to_vec();
+                    }
+                }
+            }
+            None => {}
+        }
         // A part's batch items read their own rows of the page table.
         if let Some(pg) = &mut opts.paged {
             let cols = pg.pages_per_seq;
@@ -555,7 +575,7 @@ mod tests {
         let [_, h, s, d] = shape;
         Geom {
             offset: 0,
-            elem: 4,
+            dtype: DType::F32,
             shape,
             strides: [h * s * d, s * d, d, 1],
         }

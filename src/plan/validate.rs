@@ -2,7 +2,7 @@
 //! the plain-data description the dispatcher and the backends work from.
 
 use crate::data::backward::{BackwardInputs, GradientViews};
-use crate::data::options::{AttentionOptions, PagedKv};
+use crate::data::options::{AttentionOptions, KvScales, PagedKv};
 pub use crate::data::problem::{MAX_SCALE, MAX_SEQ, MaskKinds, Problem};
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Dim, Error, InputProblem, Result, TensorRole};
@@ -226,8 +226,9 @@ pub(crate) fn validate(
     opts: &AttentionOptions,
 ) -> Result<Problem> {
     use TensorRole::*;
+    check_float(q, Query)?;
+    check_kv_dtypes(k, v)?;
     for (view, role) in [(q, Query), (k, Key), (v, Value)] {
-        check_float(view, role)?;
         check_nonzero(view, role)?;
     }
     let [b, hq, sq, dk] = q.shape;
@@ -300,6 +301,7 @@ pub(crate) fn validate(
     q.check_memory(Query, storage)?;
     k.check_memory(Key, storage)?;
     v.check_memory(Value, storage)?;
+    check_kv_scales(k, v, opts.kv_scales.as_ref())?;
 
     let dtype_o = match out {
         Some(o) => {
@@ -420,12 +422,18 @@ pub(crate) fn validate(
     // Outputs may share a buffer with the inputs (tensors sub-allocated from one page, as
     // Burn and cubecl do) at byte ranges that do not overlap them.
     let summary = m.bool_mask.as_ref().and_then(|x| x.summary.as_ref());
+    let (k_scales, v_scales) = match &opts.kv_scales {
+        Some(KvScales::PerToken { k, v }) => (Some(k), Some(v)),
+        _ => (None, None),
+    };
     let inputs = [
         (Some(q), Query),
         (Some(k), Key),
         (Some(v), Value),
         (m.bool_mask.as_ref().map(|x| &x.view), BoolMask),
         (m.bias.as_ref(), Bias),
+        (k_scales, KeyScales),
+        (v_scales, ValueScales),
     ];
     let outputs = [(out, Output), (opts.lse_output.as_ref(), Lse)];
     for (written, out_role) in outputs {
@@ -475,6 +483,144 @@ pub(crate) fn validate(
             alibi: m.alibi_slopes.is_some(),
         },
     })
+}
+
+/// Checks the dtypes of K and V: both float, or both one quantized format (one format for
+/// both: the kernels are built for one), with unit head-dim strides and, for the block
+/// formats, whole blocks: head dims and the other strides multiples of 32.
+fn check_kv_dtypes(k: &TensorView, v: &TensorView) -> Result<()> {
+    use TensorRole::*;
+    if !k.dtype.is_quantized() {
+        check_float(k, Key)?;
+        return check_float(v, Value);
+    }
+    if v.dtype != k.dtype {
+        return Err(Error::invalid(
+            Value,
+            InputProblem::WrongDType {
+                expected: format!(
+                    "{}, as the key (K and V share one quantized format)",
+                    k.dtype
+                ),
+                got: v.dtype.to_string(),
+            },
+        ));
+    }
+    for (view, role) in [(k, Key), (v, Value)] {
+        let block = view.dtype.block_len() as usize;
+        if !view.shape[3].is_multiple_of(block) {
+            return Err(mismatch(
+                role,
+                Dim::HeadDim,
+                format!("a multiple of {block} ({} blocks)", view.dtype),
+                view.shape[3],
+            ));
+        }
+        for (i, dim) in Dim::ALL.iter().enumerate() {
+            let stride = view.strides[i];
+            let (ok, expected) = if i == 3 {
+                (
+                    stride == 1,
+                    "1 (quantized head dims are contiguous)".to_string(),
+                )
+            } else {
+                (
+                    view.shape[i] == 1 || stride.is_multiple_of(block),
+                    format!("a multiple of {block} (whole {} blocks)", view.dtype),
+                )
+            };
+            if view.shape[i] > 1 && !ok {
+                return Err(Error::invalid(
+                    role,
+                    InputProblem::BlockStride {
+                        dim: *dim,
+                        stride,
+                        expected,
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the scales of quantized K and V ([`KvScales`]) against their format: per-token
+/// f32 views of K's first three dimensions in K's (V's) buffer for [`DType::I8`], optional
+/// per-head host values for the 8-bit floats, none otherwise.
+fn check_kv_scales(k: &TensorView, v: &TensorView, scales: Option<&KvScales>) -> Result<()> {
+    use TensorRole::*;
+    let format = k.dtype;
+    let refuse = |what: &str| {
+        Err(Error::invalid(
+            KeyScales,
+            InputProblem::Other(format!(
+                "{what} scales were given for {format} keys and values, which take {}",
+                match format {
+                    DType::I8 => "per-token scales (KvScales::PerToken)",
+                    DType::E4M3 | DType::E5M2 => "per-head scales (KvScales::PerHead) or none",
+                    DType::Q8_0 | DType::Q4_0 => "none (their blocks hold their scales)",
+                    _ => "none (they are not quantized)",
+                }
+            )),
+        ))
+    };
+    match (format, scales) {
+        (DType::I8, Some(KvScales::PerToken { k: ks, v: vs })) => {
+            for (s, of, role) in [(ks, k, KeyScales), (vs, v, ValueScales)] {
+                if s.dtype != DType::F32 {
+                    return Err(Error::invalid(
+                        role,
+                        InputProblem::WrongDType {
+                            expected: "f32".into(),
+                            got: s.dtype.to_string(),
+                        },
+                    ));
+                }
+                let want = [of.shape[0], of.shape[1], of.shape[2], 1];
+                check_shape(s, want, role)?;
+                s.check_memory(role, wgpu::BufferUsages::STORAGE)?;
+                if s.buffer != of.buffer {
+                    let of = if role == KeyScales { Key } else { Value };
+                    return Err(Error::invalid(role, InputProblem::NotInBufferOf { of }));
+                }
+            }
+            Ok(())
+        }
+        (DType::I8, None) => Err(Error::invalid(
+            KeyScales,
+            InputProblem::Other(
+                "i8 keys and values need their per-token scales (KvScales::PerToken)".into(),
+            ),
+        )),
+        (DType::E4M3 | DType::E5M2, Some(KvScales::PerHead { k: ks, v: vs })) => {
+            let heads = k.shape[1];
+            for (s, role) in [(ks, KeyScales), (vs, ValueScales)] {
+                if s.len() != heads && s.len() != 1 {
+                    return Err(Error::invalid(
+                        role,
+                        InputProblem::WrongCount {
+                            expected: heads,
+                            got: s.len(),
+                            per: "one per key/value head, or one for all",
+                        },
+                    ));
+                }
+                if let Some(&x) = s.iter().find(|x| !x.is_finite()) {
+                    return Err(Error::invalid(
+                        role,
+                        InputProblem::NonFinite {
+                            what: "scale",
+                            value: x,
+                        },
+                    ));
+                }
+            }
+            Ok(())
+        }
+        (_, None) => Ok(()),
+        (_, Some(KvScales::PerToken { .. })) => refuse("per-token"),
+        (_, Some(KvScales::PerHead { .. })) => refuse("per-head"),
+    }
 }
 
 /// Checks paged K/V's views and page table for `b` batch items; returns the key axis's length.
@@ -620,6 +766,12 @@ pub(crate) fn validate_backward(
         return Err(Error::backend(
             "the backward pass with paged K/V (gather the pages into contiguous K and V)",
         ));
+    }
+    if x.k.dtype.is_quantized() || x.v.dtype.is_quantized() {
+        return Err(Error::backend(format!(
+            "the backward pass with quantized K/V ({}; train with f32, f16 or bf16 K and V)",
+            x.k.dtype
+        )));
     }
     let fwd = AttentionOptions {
         lse_output: Some(x.lse.clone()),

@@ -47,6 +47,9 @@ pub struct FlashTile {
     /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
     /// is absent (the dispatcher sets it from the call).
     pub paged: bool,
+    /// The quantized format of K and V ([`DType::is_quantized`]), decoded as they load;
+    /// `None` for f32, f16 and bf16 K/V (no decoding code).
+    pub quant: Option<DType>,
 }
 
 /// The unrolled flash kernel's configuration (generated per variant, for CPU drivers).
@@ -85,6 +88,9 @@ pub struct UnrolledTile {
     /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
     /// is absent (the dispatcher sets it from the call).
     pub paged: bool,
+    /// The quantized format of K and V ([`DType::is_quantized`]), decoded as they load;
+    /// `None` for f32, f16 and bf16 K/V (no decoding code).
+    pub quant: Option<DType>,
 }
 
 /// The cooperative-matrix flash kernel's configuration (`shaders/flash_coop.wgsl`).
@@ -128,6 +134,9 @@ pub struct CoopTile {
     /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
     /// is absent (the dispatcher sets it from the call).
     pub paged: bool,
+    /// The quantized format of K and V ([`DType::is_quantized`]), decoded as they load;
+    /// `None` for f32, f16 and bf16 K/V (no decoding code).
+    pub quant: Option<DType>,
 }
 
 /// The memory-efficient kernel's configuration (`shaders/memeff.wgsl`).
@@ -140,6 +149,9 @@ pub struct MemEffConfig {
     /// Built to read K and V through a page table ([`crate::PagedKv`]); without, that code
     /// is absent (the dispatcher sets it from the call).
     pub paged: bool,
+    /// The quantized format of K and V ([`DType::is_quantized`]), decoded as they load;
+    /// `None` for f32, f16 and bf16 K/V (no decoding code).
+    pub quant: Option<DType>,
 }
 
 /// A compiled specialisation of an attention family: a closed set, one configuration type
@@ -279,6 +291,19 @@ impl ShaderVariant {
         }
     }
 
+    /// The quantized K/V format code the variant is built for (`KVQ` in the shaders; 0
+    /// none). The naive kernel serves every format: 255, its code read at run time.
+    pub(crate) fn kv_code(&self) -> u32 {
+        let q = match self {
+            ShaderVariant::Flash(t) => t.quant,
+            ShaderVariant::FlashUnrolled(t) => t.quant,
+            ShaderVariant::FlashCoop(t) => t.quant,
+            ShaderVariant::MemoryEfficient(c) => c.quant,
+            ShaderVariant::Naive => return 255,
+        };
+        q.map_or(0, DType::kv_code)
+    }
+
     /// Query rows per workgroup.
     pub fn block_q(&self) -> u32 {
         match self {
@@ -352,8 +377,9 @@ impl ShaderVariant {
                 kv * 2 + br * bc * 6 + 32
             }
             ShaderVariant::MemoryEfficient(c) => {
-                // Paged: each block's V rows too.
-                (c.head_dim_qk + (2 + u32::from(c.paged)) * MEMEFF_THREADS + 8) * 4
+                // Paged: each block's V rows too; quantized: their scales.
+                let per_key = 2 + u32::from(c.paged) + u32::from(c.quant.is_some());
+                (c.head_dim_qk + per_key * MEMEFF_THREADS + 8) * 4
             }
             ShaderVariant::Naive => 64 * 4 * 2,
         }

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use half::f16;
 use wgpu_attention::reference::{self, HostMask, HostTensor};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Mask, PagedKv, Subgroups, Tensor,
-    TensorView, Tuning, Window,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, KvScales, Mask, PagedKv, Subgroups,
+    Tensor, TensorView, Tuning, Window, quant,
 };
 
 /// Unit roundoff u of a dtype, half its machine epsilon: 2^-24 (f32), 2^-11 (f16), 2^-8
@@ -236,6 +236,16 @@ pub fn paged_pool(
     vh: &[f32],
     ps: usize,
 ) -> (Tensor, Tensor, PagedKv) {
+    let (pool_k, pool_v, paged) = paged_layout(c, kh, vh, ps);
+    let pages = pool_k.len() / (c.hkv * ps * c.dk);
+    let k = upload(ctx, &pool_k, [pages, c.hkv, ps, c.dk], c.dtype, c.layout);
+    let v = upload(ctx, &pool_v, [pages, c.hkv, ps, c.dv], c.dtype, c.layout);
+    (k, v, paged)
+}
+
+/// The pages of `paged_pool` (the case's batch items' pages among two spare ones, shuffled):
+/// the pool's page count, the table, and the `PagedKv` reading through it.
+fn page_order(c: &Case, ps: usize) -> (usize, Vec<u32>, PagedKv) {
     let pps = c.sk.div_ceil(ps);
     let pages = c.b * pps + 2;
     // A seeded shuffle of the pages (Fisher-Yates on the reference's generator).
@@ -247,6 +257,13 @@ pub fn paged_pool(
     }
     let table: Vec<u32> = order[..c.b * pps].to_vec();
     let paged = PagedKv::new(ps, pps, table.clone()).seq_len(c.sk);
+    (pages, table, paged)
+}
+
+/// `paged_pool`'s pools on the host (logical `[pages, hkv, ps, d]`) and their table.
+pub fn paged_layout(c: &Case, kh: &[f32], vh: &[f32], ps: usize) -> (Vec<f32>, Vec<f32>, PagedKv) {
+    let (pages, table, paged) = page_order(c, ps);
+    let pps = paged.pages_per_seq;
     let pool = |data: &[f32], d: usize, seed: u64| {
         let mut m: Vec<f32> = random(pages * c.hkv * ps * d, seed)
             .iter()
@@ -265,11 +282,128 @@ pub fn paged_pool(
         let shape = [pages, c.hkv, ps, d];
         let host = HostTensor { data: &m, shape };
         assert_eq!(reference::gather_pages(&host, &paged), data, "gather_pages");
-        upload(ctx, &m, shape, c.dtype, c.layout)
+        m
     };
-    let k = pool(kh, c.dk, c.seed + 18);
-    let v = pool(vh, c.dv, c.seed + 19);
-    (k, v, paged)
+    (
+        pool(kh, c.dk, c.seed + 18),
+        pool(vh, c.dv, c.seed + 19),
+        paged,
+    )
+}
+
+/// The per-head scales of a test's 8-bit float K (`base` 0.25) or V (0.5): a different one
+/// per head, so that a kernel reading another head's scale cannot pass.
+pub fn fp8_head_scales(heads: usize, base: f32) -> Vec<f32> {
+    (0..heads).map(|h| base * (1.0 + h as f32)).collect()
+}
+
+/// A quantized K or V on the GPU: the view, and i8's per-token scales (a view into the same
+/// buffer).
+pub struct QuantTensor {
+    pub tensor: Tensor,
+    pub scales: Option<Tensor>,
+}
+
+/// Uploads a logical BHSD host tensor quantized to `fmt` in `layout` (rows of `shape[3]`
+/// values, one per token and head; `Offset` puts the first row at an odd byte where the
+/// format allows, an even one for the block formats), with i8's per-token scales in the same
+/// buffer after the rows. 8-bit floats are scaled by `head_scales` per head. Returns the
+/// tensor and the values it holds, dequantized (`quant::dequantize_rows`), in BHSD order.
+pub fn quantized_upload(
+    ctx: &Context,
+    data: &[f32],
+    shape: [usize; 4],
+    fmt: DType,
+    layout: Layout,
+    head_scales: &[f32],
+) -> (QuantTensor, Vec<f32>) {
+    let [b, h, s, d] = shape;
+    let rows = b * h * s;
+    let row_scales: Vec<f32> = (0..rows).map(|r| head_scales[(r / s) % h]).collect();
+    let (bytes, scales) = quant::quantize_rows(fmt, data, d, Some(&row_scales));
+    let deq = quant::dequantize_rows(fmt, &bytes, d, &scales);
+    let row_bytes = fmt.bytes(d as u64) as usize;
+    // Memory row of logical row (b, h, s), and the view's strides.
+    let (mem_row, strides): (Box<dyn Fn(usize, usize, usize) -> usize>, _) = match layout {
+        Layout::Bshd => (
+            Box::new(move |ib, ih, is| (ib * s + is) * h + ih),
+            [s * h * d, d, h * d, 1],
+        ),
+        _ => (
+            Box::new(move |ib, ih, is| (ib * h + ih) * s + is),
+            bhsd_strides(shape),
+        ),
+    };
+    let off = match layout {
+        Layout::Offset if fmt.block_len() > 1 => 6,
+        Layout::Offset => 3,
+        _ => 0,
+    };
+    let scale_off = (off + rows * row_bytes).div_ceil(4) * 4;
+    let mut mem = vec![0xa5u8; scale_off + rows * 4 + 8];
+    for ib in 0..b {
+        for ih in 0..h {
+            for is in 0..s {
+                let r = (ib * h + ih) * s + is;
+                let m = mem_row(ib, ih, is);
+                mem[off + m * row_bytes..][..row_bytes]
+                    .copy_from_slice(&bytes[r * row_bytes..][..row_bytes]);
+                if fmt == DType::I8 {
+                    mem[scale_off + m * 4..][..4].copy_from_slice(&scales[r].to_le_bytes());
+                }
+            }
+        }
+    }
+    let words: Vec<f32> = mem
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let t = buffer_of(ctx, &words, DType::F32);
+    let tensor = t.reshaped(fmt, shape, strides, off as u64);
+    let scales = (fmt == DType::I8).then(|| {
+        let st = [strides[0] / d, strides[1] / d, strides[2] / d, 1];
+        t.reshaped(DType::F32, [b, h, s, 1], st, scale_off as u64)
+    });
+    (QuantTensor { tensor, scales }, deq)
+}
+
+/// A case's K and V quantized to `fmt` (contiguous, or in a shuffled pool of `ps`-key pages
+/// as `paged_pool` lays them out); returns them, the page table, and the dequantized K and V
+/// (logical BHSD) the reference reads.
+#[allow(clippy::type_complexity)]
+pub fn quantized_kv(
+    ctx: &Context,
+    c: &Case,
+    fmt: DType,
+    kh: &[f32],
+    vh: &[f32],
+    ps: Option<usize>,
+) -> (
+    QuantTensor,
+    QuantTensor,
+    Option<PagedKv>,
+    Vec<f32>,
+    Vec<f32>,
+) {
+    let (ks, vs) = (fp8_head_scales(c.hkv, 0.25), fp8_head_scales(c.hkv, 0.5));
+    let Some(ps) = ps else {
+        let (k, kd) = quantized_upload(ctx, kh, [c.b, c.hkv, c.sk, c.dk], fmt, c.layout, &ks);
+        let (v, vd) = quantized_upload(ctx, vh, [c.b, c.hkv, c.sk, c.dv], fmt, c.layout, &vs);
+        return (k, v, None, kd, vd);
+    };
+    let (pool_k, pool_v, table) = paged_layout(c, kh, vh, ps);
+    let pages = pool_k.len() / (c.hkv * ps * c.dk);
+    let (k, kd) = quantized_upload(ctx, &pool_k, [pages, c.hkv, ps, c.dk], fmt, c.layout, &ks);
+    let (v, vd) = quantized_upload(ctx, &pool_v, [pages, c.hkv, ps, c.dv], fmt, c.layout, &vs);
+    let gather = |pool: &[f32], d: usize| {
+        let host = HostTensor {
+            data: pool,
+            shape: [pages, c.hkv, ps, d],
+        };
+        reference::gather_pages(&host, &table)
+    };
+    let (kg, vg) = (gather(&kd, c.dk), gather(&vd, c.dv));
+    (k, v, Some(table), kg, vg)
 }
 
 /// Contiguous BHSD strides of `shape`.
@@ -390,6 +524,8 @@ pub struct Case {
     pub sinks: Option<Vec<f32>>,
     /// K and V in a shuffled pool of pages of this many keys (`AttentionOptions::paged`).
     pub paged: Option<usize>,
+    /// K and V quantized to this format (`DType::Q8_0`, ...; `quantized_upload`).
+    pub kv: Option<DType>,
 }
 
 impl Case {
@@ -416,6 +552,7 @@ impl Case {
             softcap: None,
             sinks: None,
             paged: None,
+            kv: None,
         }
     }
 
@@ -437,7 +574,7 @@ impl Case {
 
     pub fn label(&self) -> String {
         format!(
-            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={} softcap={:?} sinks={:?} paged={:?}",
+            "{:?} b{} h{}/{} sq{} sk{} d{}/{} {}->{} {:?} {:?} {:?} mask={} softcap={:?} sinks={:?} paged={:?} kv={:?}",
             self.backend,
             self.b,
             self.hq,
@@ -454,7 +591,8 @@ impl Case {
             self.mask.name(),
             self.softcap,
             self.sinks,
-            self.paged
+            self.paged,
+            self.kv
         )
     }
 }
@@ -482,6 +620,8 @@ pub struct Prepared {
     pub bools: Option<Tensor>,
     /// With `Case::paged`: `k` and `v` are the page pool, read through this table.
     pub paged: Option<PagedKv>,
+    /// With `Case::kv`: the scales of the quantized K and V.
+    pub kv_scales: Option<KvScales>,
 }
 
 impl Prepared {
@@ -496,15 +636,33 @@ impl Prepared {
                 .map(|x| x * c.q_gain)
                 .collect::<Vec<_>>(),
         );
-        let kh = round_to(c.dtype, &random(ks.iter().product(), c.seed + 1));
-        let vh = round_to(c.dtype, &random(vs.iter().product(), c.seed + 2));
+        let mut kh = round_to(c.dtype, &random(ks.iter().product(), c.seed + 1));
+        let mut vh = round_to(c.dtype, &random(vs.iter().product(), c.seed + 2));
         let q = upload(ctx, &qh, qs, c.dtype, c.layout);
-        let (k, v, paged) = match c.paged {
-            Some(ps) => {
+        let mut kv_scales = None;
+        let (k, v, paged) = match (c.kv, c.paged) {
+            (Some(fmt), ps) => {
+                // The reference reads the values the kernels decode: the data dequantized.
+                let (kq, vq, table);
+                (kq, vq, table, kh, vh) = quantized_kv(ctx, c, fmt, &kh, &vh, ps);
+                kv_scales = match (&kq.scales, &vq.scales) {
+                    (Some(a), Some(b)) => Some(KvScales::PerToken {
+                        k: a.view().clone(),
+                        v: b.view().clone(),
+                    }),
+                    _ if matches!(fmt, DType::E4M3 | DType::E5M2) => Some(KvScales::PerHead {
+                        k: fp8_head_scales(c.hkv, 0.25),
+                        v: fp8_head_scales(c.hkv, 0.5),
+                    }),
+                    _ => None,
+                };
+                (kq.tensor, vq.tensor, table)
+            }
+            (None, Some(ps)) => {
                 let (k, v, table) = paged_pool(ctx, c, &kh, &vh, ps);
                 (k, v, Some(table))
             }
-            None => (
+            (None, None) => (
                 upload(ctx, &kh, ks, c.dtype, c.layout),
                 upload(ctx, &vh, vs, c.dtype, c.layout),
                 None,
@@ -537,6 +695,7 @@ impl Prepared {
             bias,
             bools,
             paged,
+            kv_scales,
         }
     }
 
@@ -577,6 +736,7 @@ impl Prepared {
         opts.softcap = c.softcap;
         opts.sinks = c.sinks.clone();
         opts.paged = self.paged.clone();
+        opts.kv_scales = self.kv_scales.clone();
         opts
     }
 

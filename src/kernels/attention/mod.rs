@@ -6,7 +6,7 @@
 pub(crate) mod params;
 
 use crate::data::mask::CausalAlignment;
-use crate::data::options::{AttentionOptions, Varlen};
+use crate::data::options::{AttentionOptions, KvScales, Varlen};
 use crate::data::problem::Problem;
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Error, Result, TensorRole};
@@ -37,18 +37,47 @@ impl Window {
 
 /// The smallest aligned window of `view`'s buffer that holds the view.
 pub(crate) fn window(rt: &Runtime, view: &TensorView, role: TensorRole) -> Result<Window> {
+    window_with(rt, view, None, role)
+}
+
+/// The smallest aligned window of `view`'s buffer that holds the view and `also` (a view in
+/// the same buffer: i8 K/V's per-token scales). A quantized view's element offset is 0:
+/// its byte offset in the window is [`Window::byte_off`]'s.
+fn window_with(
+    rt: &Runtime,
+    view: &TensorView,
+    also: Option<&TensorView>,
+    role: TensorRole,
+) -> Result<Window> {
     let align = rt.limits().min_storage_buffer_offset_alignment as u64;
-    let (start, size) = binding_extent(view.offset, view.end_byte().unwrap_or(u64::MAX), align);
+    let mut range = view.offset..view.end_byte().unwrap_or(u64::MAX);
+    if let Some(a) = also {
+        range.start = range.start.min(a.offset);
+        range.end = range.end.max(a.end_byte().unwrap_or(u64::MAX));
+    }
+    let (start, size) = binding_extent(range.start, range.end, align);
     let max = rt.caps().max_storage_binding;
     if size > max {
         return Err(Error::binding(role, size, max));
     }
+    let elem_off = if view.dtype.is_quantized() {
+        0
+    } else {
+        ((view.offset - start) / view.dtype.size()) as u32
+    };
     Ok(Window {
         buffer: view.buffer.clone(),
         offset: start,
         size,
-        elem_off: ((view.offset - start) / view.dtype.size()) as u32,
+        elem_off,
     })
+}
+
+impl Window {
+    /// The byte offset of `view` (in this window's buffer) from the window's start.
+    fn byte_off(&self, view: &TensorView) -> u32 {
+        (view.offset - self.offset) as u32
+    }
 }
 
 /// A view's element offset within its window and its strides (b, h, s, d), as the shaders
@@ -125,9 +154,13 @@ pub(crate) fn bind(
     stat_words: usize,
 ) -> Result<Bound> {
     let [q, k, v, o] = views;
+    let (k_scales, v_scales) = match &opts.kv_scales {
+        Some(KvScales::PerToken { k, v }) => (Some(k), Some(v)),
+        _ => (None, None),
+    };
     let qw = window(rt, q, TensorRole::Query)?;
-    let kw = window(rt, k, TensorRole::Key)?;
-    let vw = window(rt, v, TensorRole::Value)?;
+    let kw = window_with(rt, k, k_scales, TensorRole::Key)?;
+    let vw = window_with(rt, v, v_scales, TensorRole::Value)?;
     let ow = window(rt, o, TensorRole::Output)?;
     let m = &opts.mask;
     let mw = match &m.bool_mask {
@@ -197,6 +230,25 @@ pub(crate) fn bind(
     aux.extend(opts.sinks.iter().flatten().map(|x| x.to_bits()));
     let pt_off = aux.len() as u32;
     aux.extend(opts.paged.iter().flat_map(|pg| pg.table.iter()));
+    // The 8-bit floats' per-head scales: K's heads_kv, then V's (one for all repeated; 1
+    // when none are given).
+    let kvs_off = aux.len() as u32;
+    if matches!(p.dtype_k, DType::E4M3 | DType::E5M2) {
+        let per_head = |s: Option<&Vec<f32>>| -> Vec<u32> {
+            (0..p.heads_kv)
+                .map(|h| {
+                    s.map_or(1.0, |s| s[if s.len() == 1 { 0 } else { h }])
+                        .to_bits()
+                })
+                .collect()
+        };
+        let (ks, vs) = match &opts.kv_scales {
+            Some(KvScales::PerHead { k, v }) => (Some(k), Some(v)),
+            _ => (None, None),
+        };
+        aux.extend(per_head(ks));
+        aux.extend(per_head(vs));
+    }
     let host_words = aux.len();
     let mut summary = None;
     if let (true, Some(bm)) = (with_summary, &m.bool_mask) {
@@ -299,8 +351,22 @@ pub(crate) fn bind(
         split_len: u32::MAX,
         diag_off,
         stat_off,
+        kvs_off,
+        kvq: p.dtype_k.kv_code(),
         ..Default::default()
     };
+    if p.dtype_k.is_quantized() {
+        params.kq_byte = kw.byte_off(k);
+        params.vq_byte = vw.byte_off(v);
+    }
+    let scale_strides = |s: &TensorView, w: &Window| {
+        let st = strides(s, w);
+        [w.byte_off(s) / 4, st[1], st[2], st[3]]
+    };
+    if let (Some(ks), Some(vs)) = (k_scales, v_scales) {
+        params.ks = scale_strides(ks, &kw);
+        params.vs = scale_strides(vs, &vw);
+    }
     let lw = match &opts.lse_output {
         Some(l) => {
             let w = window(rt, l, TensorRole::Lse)?;

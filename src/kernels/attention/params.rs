@@ -106,9 +106,20 @@ pub(crate) struct AttnParams {
     pub pt_off: u32,
     pub page_size: u32,
     pub pt_cols: u32,
+    /// Quantized K/V ([`crate::DType::is_quantized`]): the byte offsets of K's and V's first
+    /// elements in their windows (the element offsets of `k` and `v` are then 0), where the
+    /// per-head scales of the 8-bit floats start in aux (K's `heads_kv`, then V's), and the
+    /// format's code (read by the naive kernel, built for every format).
+    pub kq_byte: u32,
+    pub vq_byte: u32,
+    pub kvs_off: u32,
+    pub kvq: u32,
+    /// Per-token scales of i8 K and V: word offset in K's (V's) window and strides (b, h, s).
+    pub ks: [u32; 4],
+    pub vs: [u32; 4],
 }
 
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 84 * 4);
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 96 * 4);
 const _: () = assert!(std::mem::size_of::<AttnParams>().is_multiple_of(16));
 
 #[cfg(feature = "test-hooks")]
@@ -181,6 +192,12 @@ impl AttnParams {
             one("pt_off", offset_of!(Self, pt_off)),
             one("page_size", offset_of!(Self, page_size)),
             one("pt_cols", offset_of!(Self, pt_cols)),
+            one("kq_byte", offset_of!(Self, kq_byte)),
+            one("vq_byte", offset_of!(Self, vq_byte)),
+            one("kvs_off", offset_of!(Self, kvs_off)),
+            one("kvq", offset_of!(Self, kvq)),
+            spread("ks", offset_of!(Self, ks), &["off", "sb", "sh", "ss"]),
+            spread("vs", offset_of!(Self, vs), &["off", "sb", "sh", "ss"]),
         ]
         .concat()
     }

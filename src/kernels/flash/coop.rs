@@ -99,6 +99,7 @@ mod tests {
                 pairs: true,
                 dtypes: [crate::data::tensor::DType::F16; 4],
                 paged: false,
+                quant: None,
                 slack: 8,
             };
             let n = dv / fr;

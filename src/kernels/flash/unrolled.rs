@@ -379,7 +379,7 @@ fn rolled(n: u32) -> u32 {
 // (or of the staged Q), then each thread works out the tile's state (0 all masked: skip it,
 // 1 all visible, 2 mixed) for itself, and unless it is skipped the workgroup loads its K and V
 // (bases from kv_bases), readable after the second.
-fn start_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec2<u32>) -> u32 {
+fn start_tile(lid: u32, b: u32, h: u32, qt: u32, j0: u32, bases: vec3<u32>) -> u32 {
     workgroupBarrier();
     let state = tile_state(b, h, qt, j0);
     if (state != 0u) {
