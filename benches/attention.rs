@@ -16,6 +16,8 @@
 //! from FILE if it exists, its data written back at the end; Vulkan only),
 //! `--softcap C` and `--sinks` (the score terms of `AttentionOptions::softcap` and `::sinks`,
 //! a sink of 0.5 per head; the line's `terms`),
+//! `--kv q8_0|q4_0|i8|e4m3|e5m2` (K and V quantized: GGUF blocks, i8 with per-token
+//! scales, the 8-bit floats with scale 1; `f16` keeps `--dtype`'s),
 //! `--hkv N` (key/value heads, a divisor of `--h`: GQA), `--paged N` (K and V in a pool of
 //! N-key pages read through a page table, `AttentionOptions::paged`; the pages in reverse
 //! order; the line's `kv`),
@@ -63,6 +65,8 @@ struct Case {
     hkv: Option<usize>,
     /// `--paged N`: K and V in pages of N keys.
     paged: Option<usize>,
+    /// `--kv FORMAT`: K and V quantized (q8_0, q4_0, i8, e4m3, e5m2); without, `--dtype`'s.
+    kv: Option<DType>,
 }
 
 impl Case {
@@ -95,6 +99,35 @@ fn upload(
         ctx.upload_f32(data, shape)
     };
     t.map(|t| t.view().clone()).map_err(|e| e.to_string())
+}
+
+/// A logical BHSD tensor quantized to `fmt` (rows of `shape[3]` values), contiguous, and
+/// i8's per-token scales after the rows in the same buffer.
+fn upload_quant(
+    ctx: &Context,
+    data: &[f32],
+    shape: [usize; 4],
+    fmt: DType,
+) -> Result<(TensorView, Option<TensorView>), String> {
+    let [b, h, s, d] = shape;
+    let (mut bytes, scales) = wgpu_attention::quant::quantize_rows(fmt, data, d, None);
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    let scale_off = bytes.len() as u64;
+    if fmt == DType::I8 {
+        bytes.extend(scales.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    let words: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let t = ctx
+        .upload_f32(&words, [1, 1, 1, words.len()])
+        .map_err(|e| e.to_string())?;
+    let buf = t.buffer().clone();
+    let view = TensorView::new(buf.clone(), fmt, shape, [h * s * d, s * d, d, 1], 0);
+    let scales = (fmt == DType::I8)
+        .then(|| TensorView::new(buf, DType::F32, [b, h, s, 1], [h * s, s, 1, 1], scale_off));
+    Ok((view, scales))
 }
 
 struct Timer {
@@ -131,8 +164,22 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         }
         None => (ks, None),
     };
-    let k = upload(ctx, &random(pool.iter().product(), 2), pool, &c.dtype)?;
-    let v = upload(ctx, &random(pool.iter().product(), 3), pool, &c.dtype)?;
+    let (k, v, kv_scales) = match c.kv {
+        Some(fmt) => {
+            let (k, ks) = upload_quant(ctx, &random(pool.iter().product(), 2), pool, fmt)?;
+            let (v, vs) = upload_quant(ctx, &random(pool.iter().product(), 3), pool, fmt)?;
+            let scales = match (ks, vs) {
+                (Some(k), Some(v)) => Some(wgpu_attention::KvScales::PerToken { k, v }),
+                _ => None,
+            };
+            (k, v, scales)
+        }
+        None => (
+            upload(ctx, &random(pool.iter().product(), 2), pool, &c.dtype)?,
+            upload(ctx, &random(pool.iter().product(), 3), pool, &c.dtype)?,
+            None,
+        ),
+    };
     let mask = match c.mask.as_str() {
         "none" => Mask::none(),
         "causal" => Mask::none().causal(CausalAlignment::TopLeft),
@@ -175,6 +222,7 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         opts.sinks = Some(vec![0.5; c.h]);
     }
     opts.paged = paged;
+    opts.kv_scales = kv_scales;
     let plan = ctx.plan(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let dtype = if c.dtype == "f16" {
         DType::F16
@@ -279,7 +327,10 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
     // The least traffic a call needs (Q, K, V read once, O written once): what decode is
     // bound by.
     let elem = if c.dtype == "f16" { 2.0 } else { 4.0 };
-    let bytes = 2.0 * (c.b * (c.h * c.sq + hkv * c.sk) * c.d) as f64 * elem;
+    let kv_elem =
+        c.kv.map_or(elem, |f| f.size() as f64 / f.block_len() as f64);
+    let bytes =
+        (2 * c.b * c.h * c.sq * c.d) as f64 * elem + (2 * c.b * hkv * c.sk * c.d) as f64 * kv_elem;
     let gbps = bytes / (median * 1e-3) / 1e9;
     // What the case's first call compiled (nothing when an earlier case compiled it), each
     // pipeline with its time.
@@ -329,7 +380,8 @@ fn run_case(ctx: &Context, c: &Case, timer: &Timer) -> Result<String, String> {
         c.mask,
         c.terms(),
         c.paged
-            .map_or("contiguous".to_string(), |n| format!("paged{n}")),
+            .map_or("contiguous".to_string(), |n| format!("paged{n}"))
+            + &c.kv.map_or(String::new(), |f| format!(" {f}")),
         c.dtype,
         c.b,
         c.h,
@@ -428,6 +480,7 @@ fn main() {
         sinks: false,
         hkv: None,
         paged: None,
+        kv: None,
     };
     let mut explicit = false;
     let mut grid = "default".to_string();
@@ -451,6 +504,17 @@ fn main() {
             "--d" => base.d = num(),
             "--hkv" => base.hkv = Some(num()),
             "--paged" => base.paged = Some(num()),
+            "--kv" => {
+                base.kv = match val.as_str() {
+                    "f16" | "f32" | "bf16" => None,
+                    "q8_0" => Some(DType::Q8_0),
+                    "q4_0" => Some(DType::Q4_0),
+                    "i8" | "int8" => Some(DType::I8),
+                    "e4m3" => Some(DType::E4M3),
+                    "e5m2" => Some(DType::E5M2),
+                    other => panic!("--kv takes f16, q8_0, q4_0, i8, e4m3 or e5m2, got {other:?}"),
+                }
+            }
             "--iters" => base.iters = num().max(1),
             "--grid" => grid = val.clone(),
             "--subgroups" => base.subgroups = val != "off",

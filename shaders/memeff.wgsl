@@ -26,6 +26,65 @@ var<workgroup> v_rows: array<u32, WG>;
 var<workgroup> v_scales: array<f32, WG>;
 var<workgroup> sh_range: vec2<u32>;
 
+// Quantized K: the scaled query again, as vectors (a quarter of the workgroup loads).
+var<workgroup> qv: array<vec4<f32>, (DKB + 3u) / 4u>;
+
+fn q4(e: u32) -> vec4<f32> {
+    return qv[e >> 2u];
+}
+
+// The dot product of the scaled query (qs) with quantized K's row at element kr, without the
+// row's scale (kv_scale). The row's bytes are read as a stream, one word a load (each group
+// of four bytes from two neighbouring words): the load count is what this kernel's time
+// goes by, on lavapipe above all. The block formats take their scale once a block.
+fn quant_dot(kr: u32) -> f32 {
+    let f = kv_format();
+    var s = 0.0;
+    if (f == 1u || f == 2u) {
+        let bsz = select(18u, 34u, f == 1u);
+        for (var blk = 0u; blk < P.dk / 32u; blk++) {
+            let bb = P.kq_byte + ((kr >> 5u) + blk) * bsz;
+            let a = bb + 2u;
+            let sh = (a & 3u) * 8u;
+            let w0 = a >> 2u;
+            var w = kvq_word(false, w0);
+            var t = 0.0;
+            // q8_0: 8 groups of 4 values; q4_0: 4 groups of 4 bytes, each holding values
+            // 4g..4g+3 in its low nibbles and 16+4g.. in its high ones.
+            for (var g = 0u; g < select(4u, 8u, f == 1u); g++) {
+                let nx = kvq_word(false, w0 + g + 1u);
+                let x = select(w, (w >> sh) | (nx << ((32u - sh) & 31u)), sh != 0u);
+                w = nx;
+                let e = blk * 32u + g * 4u;
+                if (f == 1u) {
+                    t += dot(q4(e), i8x4(x));
+                } else {
+                    t += dot(q4(e), bytes4(x & 0x0f0f0f0fu) - 8.0)
+                        + dot(q4(e + 16u), bytes4((x >> 4u) & 0x0f0f0f0fu) - 8.0);
+                }
+            }
+            s += kvq_half(false, bb) * t;
+        }
+        return s;
+    }
+    // One byte a value (i8, the 8-bit floats); the bytes past the row's end, another row's,
+    // do not count (for the 8-bit floats they may be NaN).
+    let a = P.kq_byte + kr;
+    let sh = (a & 3u) * 8u;
+    let w0 = a >> 2u;
+    var w = kvq_word(false, w0);
+    for (var g = 0u; g * 4u < P.dk; g++) {
+        let nx = kvq_word(false, w0 + g + 1u);
+        let x = select(w, (w >> sh) | (nx << ((32u - sh) & 31u)), sh != 0u);
+        w = nx;
+        var v: vec4<f32>;
+        if (f == 3u) { v = i8x4(x); } else if (f == 4u) { v = e4m3x4(x); } else { v = e5m2x4(x); }
+        let live = vec4<u32>(g * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.dk);
+        s += dot(q4(g * 4u), select(vec4<f32>(0.0), v, live));
+    }
+    return s;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     // Workgroup -> (key split, batch, head, query row).
@@ -53,7 +112,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (valid && d < P.dk) { x = load_q(q_index(b, h, i, d)) * P.scale; }
         qs[d] = x;
     }
-    // Barrier: qs and sh_range are ready.
+    if (KVQ != 0u) {
+        for (var d = lid; d < (DKB + 3u) / 4u; d += WG) {
+            var x = vec4<f32>(0.0);
+            for (var c = 0u; c < 4u; c++) {
+                let e = 4u * d + c;
+                if (valid && e < P.dk) { x[c] = load_q(q_index(b, h, i, e)) * P.scale; }
+            }
+            qv[d] = x;
+        }
+    }
+    // Barrier: qs, qv and sh_range are ready.
     let keys = workgroupUniformLoad(&sh_range);
 
     var acc: array<f32, NCOL>;
@@ -74,14 +143,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             if (PAGED) { v_rows[lid] = r.y; }
             let kr = kbase + r.x;
             if (KVQ != 0u) {
-                // Head dims are contiguous, and qs is 0 past dk (for the 8-bit floats the
-                // bytes past a row's end, another row's, may be NaN: masked).
-                for (var d = 0u; d < P.dk; d += 4u) {
-                    let kq = kvq_vec4(false, kr + d);
-                    let live = vec4<u32>(d) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.dk);
-                    s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]), select(vec4<f32>(0.0), kq, live));
-                }
-                s *= kv_scale(false, b, hk, j);
+                s = quant_dot(kr) * kv_scale(false, b, hk, j);
                 v_scales[lid] = kv_scale(true, b, hk, j);
             } else {
                 for (var d = 0u; d < P.dk; d++) { s += qs[d] * load_k(kr + d * P.k_sd); }
