@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let t0 = Instant::now();
         let mut enc = ctx.device().create_command_encoder(&Default::default());
-        cache.record_append(&mut enc, kg.view(), vg.view())?;
+        cache.record_append(&ctx, &mut enc, kg.view(), vg.view())?;
         let opts = AttentionOptions::with_mask(cache.mask());
         let plan = ctx.record_attention(
             &mut enc,

@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use wgpu_attention::{Backend, CausalAlignment, DType, KvScales};
+use wgpu_attention::{Backend, CausalAlignment, DType, KvScales, quant, wgpu};
 
 const FORMATS: [DType; 5] = [
     DType::Q8_0,
@@ -180,5 +180,286 @@ fn misread_scales_are_caught() {
                 "{fmt} {backend:?}: misread scales are off by {worst}× the tolerance only"
             );
         }
+    }
+}
+
+/// The bytes of a GPU buffer (the whole of it).
+fn buffer_bytes(ctx: &wgpu_attention::Context, buf: &wgpu::Buffer) -> Vec<u8> {
+    let words = (buf.size() / 4) as usize;
+    let view = wgpu_attention::TensorView::new(
+        buf.clone(),
+        DType::F32,
+        [1, 1, 1, words],
+        [words, words, words, 1],
+        0,
+    );
+    ctx.download_f32_blocking(&view)
+        .expect("download")
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect()
+}
+
+/// The values of a quantized cache buffer's first `rows` rows of `d` (memory order), as
+/// the kernels decode them: i8's scales from the buffer at `scales_at`, 1 for the 8-bit
+/// floats.
+fn cache_values(bytes: &[u8], fmt: DType, rows: usize, d: usize, scales_at: u64) -> Vec<f32> {
+    let row_bytes = fmt.bytes(d as u64) as usize;
+    let scales: Vec<f32> = match fmt {
+        DType::I8 => bytes[scales_at as usize..][..rows * 4]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        _ => vec![1.0; rows],
+    };
+    quant::dequantize_rows(fmt, &bytes[..rows * row_bytes], d, &scales)
+}
+
+/// How far a cache's values are from the host quantizer's (`quant::quantize_rows` of the
+/// same rows): the share of values that differ, and the largest difference over the row's
+/// (or block's) quantum. The GPU quantizes as the host does, up to the last bit of a
+/// division (a value on a rounding edge may land one code over).
+fn quantizer_gap(got: &[f32], want: &[f32], fmt: DType, d: usize) -> (f64, f64) {
+    let group = if fmt.block_len() > 1 { 32 } else { d };
+    let (mut differ, mut worst) = (0usize, 0f64);
+    for (g, w) in got.chunks(group).zip(want.chunks(group)) {
+        let amax = w.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        let quantum = match fmt {
+            DType::Q4_0 => amax / 8.0,
+            DType::E4M3 | DType::E5M2 => 0.25 * amax,
+            _ => amax / 127.0,
+        };
+        for (&a, &b) in g.iter().zip(w) {
+            if a != b {
+                differ += 1;
+                worst = worst.max((a - b).abs() as f64 / quantum.max(1e-30));
+            }
+        }
+    }
+    (differ as f64 / got.len() as f64, worst)
+}
+
+/// A quantized `KvCache`: a prompt in f32 and three decode steps in f16 rows, quantized on the
+/// GPU as they are appended; the cache holds what the host quantizer makes of them, and
+/// attention over it (with `KvCache::options`) matches the reference over those values.
+#[test]
+fn kv_cache_quantizes_on_append() {
+    let ctx = ctx();
+    let (b, h, cap, d) = (2, 2, 40, 64);
+    for (n, &fmt) in FORMATS.iter().enumerate() {
+        let mut cache = wgpu_attention::KvCache::new(ctx, b, h, cap, d, fmt).expect("cache");
+        let mut host_k = vec![Vec::new(); b * h];
+        let mut host_v = vec![Vec::new(); b * h];
+        for (step, (len, dt)) in [
+            (5, DType::F32),
+            (1, DType::F16),
+            (1, DType::BF16),
+            (1, DType::F16),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = (n * 10 + step) as u64;
+            let k = round_to(
+                dt,
+                &random(b * h * len * d, seed)
+                    .iter()
+                    .map(|x| 3.0 * x)
+                    .collect::<Vec<_>>(),
+            );
+            let v = round_to(dt, &random(b * h * len * d, seed + 100));
+            for (i, rows) in host_k.iter_mut().enumerate() {
+                rows.extend_from_slice(&k[i * len * d..][..len * d]);
+            }
+            for (i, rows) in host_v.iter_mut().enumerate() {
+                rows.extend_from_slice(&v[i * len * d..][..len * d]);
+            }
+            let kt = upload(ctx, &k, [b, h, len, d], dt, Layout::Bhsd);
+            let vt = upload(ctx, &v, [b, h, len, d], dt, Layout::Bhsd);
+            cache
+                .append_blocking(ctx, kt.view(), vt.view())
+                .expect("append");
+        }
+        let len = 8;
+        assert_eq!(cache.lengths(), &[len as u32, len as u32]);
+        let scales_at = match cache.kv_scales() {
+            Some(wgpu_attention::KvScales::PerToken { k, .. }) => k.offset,
+            _ => 0,
+        };
+        // The cache's rows (b, h, position), dequantized; the valid ones against the host's.
+        let mut deq = Vec::new();
+        for (t, host) in [(cache.keys(), &host_k), (cache.values(), &host_v)] {
+            let all = cache_values(
+                &buffer_bytes(ctx, &t.buffer),
+                fmt,
+                b * h * cap,
+                d,
+                scales_at,
+            );
+            let valid: Vec<f32> = (0..b * h)
+                .flat_map(|r| all[r * cap * d..][..len * d].to_vec())
+                .collect();
+            let flat: Vec<f32> = host.iter().flatten().copied().collect();
+            let scales: Vec<f32> = vec![1.0; b * h * len];
+            let (bytes, s) = quant::quantize_rows(fmt, &flat, d, Some(&scales));
+            let want = quant::dequantize_rows(fmt, &bytes, d, &s);
+            let (share, worst) = quantizer_gap(&valid, &want, fmt, d);
+            assert!(
+                share < 0.01 && worst <= 1.01,
+                "{fmt}: {share} of values differ, by up to {worst} quanta"
+            );
+            deq.push(valid);
+        }
+        // Attention over the cache: two new queries per batch item, bottom-right causal.
+        let sq = 2;
+        let qh = random(b * h * sq * d, 77 + n as u64);
+        let q = upload(ctx, &qh, [b, h, sq, d], DType::F32, Layout::Bhsd);
+        let out = nan_output(ctx, [b, h, sq, d], DType::F32);
+        let mut opts = cache.options();
+        // The cache holds `len` rows: the queries are its last two.
+        opts.mask = opts.mask.clone();
+        ctx.attention_into_blocking(q.view(), &cache.keys(), &cache.values(), out.view(), &opts)
+            .expect("attention");
+        let got = ctx.download_f32_blocking(out.view()).expect("download");
+        let hk = wgpu_attention::reference::HostTensor {
+            data: &deq[0],
+            shape: [b, h, len, d],
+        };
+        let hv = wgpu_attention::reference::HostTensor {
+            data: &deq[1],
+            shape: [b, h, len, d],
+        };
+        let hq = wgpu_attention::reference::HostTensor {
+            data: &qh,
+            shape: [b, h, sq, d],
+        };
+        let mask = wgpu_attention::reference::HostMask {
+            causal: true,
+            alignment: CausalAlignment::BottomRight,
+            ..Default::default()
+        };
+        let want =
+            wgpu_attention::reference::attention(&hq, &hk, &hv, 1.0 / (d as f64).sqrt(), &mask);
+        assert_close(&got, &want, DType::F32, &format!("{fmt} cache"));
+    }
+}
+
+/// A quantized `PagedKvCache`: a prompt of 20 tokens (pages of 16), a fork sharing it, one
+/// token appended to each (the shared, partly filled page is copied first, i8's scales with
+/// it), then attention over both sequences against the reference over the pool's values,
+/// gathered through the page table.
+#[test]
+fn paged_cache_quantizes_on_append_and_fork() {
+    let ctx = ctx();
+    let (pages, ps, h, d) = (8, 16, 2, 64);
+    for (n, &fmt) in FORMATS.iter().enumerate() {
+        let mut cache =
+            wgpu_attention::PagedKvCache::new(ctx, pages, ps, h, d, fmt).expect("cache");
+        let a = cache.add_sequence();
+        let tokens = |len: usize, seed: u64| {
+            let data = random(len * h * d, seed);
+            let t = buffer_of(ctx, &data, DType::F32);
+            let v =
+                wgpu_attention::TensorView::bshd(t.buffer().clone(), DType::F32, [1, len, h, d]);
+            (t, v)
+        };
+        let (_k, kv) = tokens(20, 300 + n as u64);
+        let (_v, vv) = tokens(20, 400 + n as u64);
+        cache.append_blocking(ctx, &[a], &kv, &vv).expect("prompt");
+        let bseq = cache.fork(a).expect("fork");
+        let one = |seed: u64| {
+            let data = random(2 * h * d, seed);
+            let t = buffer_of(ctx, &data, DType::F32);
+            let v = wgpu_attention::TensorView::bshd(t.buffer().clone(), DType::F32, [2, 1, h, d]);
+            (t, v)
+        };
+        let (_k1, k1) = one(500 + n as u64);
+        let (_v1, v1) = one(600 + n as u64);
+        cache
+            .append_blocking(ctx, &[a, bseq], &k1, &v1)
+            .expect("step");
+        assert_ne!(
+            cache.pages(a).expect("a")[1],
+            cache.pages(bseq).expect("b")[1],
+            "copy on write"
+        );
+        let opts = cache.options(&[a, bseq]).expect("options");
+        let scales_at = match &opts.kv_scales {
+            Some(wgpu_attention::KvScales::PerToken { k, .. }) => k.offset,
+            _ => 0,
+        };
+        let table = opts.paged.clone().expect("paged");
+        let pool = |buf: &wgpu::Buffer| {
+            // Token-major rows (page, slot, head) as the logical [pages, h, ps, d] pool.
+            let rows = cache_values(&buffer_bytes(ctx, buf), fmt, pages * ps * h, d, scales_at);
+            let mut logical = vec![0f32; rows.len()];
+            for p in 0..pages {
+                for s in 0..ps {
+                    for hh in 0..h {
+                        let from = ((p * ps + s) * h + hh) * d;
+                        let to = ((p * h + hh) * ps + s) * d;
+                        logical[to..to + d].copy_from_slice(&rows[from..from + d]);
+                    }
+                }
+            }
+            let host = wgpu_attention::reference::HostTensor {
+                data: &logical,
+                shape: [pages, h, ps, d],
+            };
+            wgpu_attention::reference::gather_pages(&host, &table)
+        };
+        let kg = pool(&cache.keys().buffer);
+        let vg = pool(&cache.values().buffer);
+        let sk = table.seq_len;
+        let qh = random(2 * h * d, 700 + n as u64);
+        let q = upload(ctx, &qh, [2, h, 1, d], DType::F32, Layout::Bhsd);
+        let out = nan_output(ctx, [2, h, 1, d], DType::F32);
+        ctx.attention_into_blocking(q.view(), &cache.keys(), &cache.values(), out.view(), &opts)
+            .expect("attention");
+        let got = ctx.download_f32_blocking(out.view()).expect("download");
+        let lens = [21u32, 21];
+        let mask = wgpu_attention::reference::HostMask {
+            causal: true,
+            alignment: CausalAlignment::BottomRight,
+            key_lengths: Some(&lens),
+            ..Default::default()
+        };
+        let hq = wgpu_attention::reference::HostTensor {
+            data: &qh,
+            shape: [2, h, 1, d],
+        };
+        let hk = wgpu_attention::reference::HostTensor {
+            data: &kg,
+            shape: [2, h, sk, d],
+        };
+        let hv = wgpu_attention::reference::HostTensor {
+            data: &vg,
+            shape: [2, h, sk, d],
+        };
+        let want =
+            wgpu_attention::reference::attention(&hq, &hk, &hv, 1.0 / (d as f64).sqrt(), &mask);
+        assert_close(&got, &want, DType::F32, &format!("{fmt} paged cache"));
+        // The shared prompt's pages hold the host quantizer's values (page 0: tokens 0..16).
+        let (host_bytes, s) = quant::quantize_rows(
+            fmt,
+            &random(20 * h * d, 300 + n as u64)[..16 * h * d],
+            d,
+            None,
+        );
+        let want0 = quant::dequantize_rows(fmt, &host_bytes, d, &s);
+        let page0 = cache.pages(a).expect("a")[0] as usize;
+        let rows = cache_values(
+            &buffer_bytes(ctx, &cache.keys().buffer),
+            fmt,
+            pages * ps * h,
+            d,
+            scales_at,
+        );
+        let got0 = &rows[page0 * ps * h * d..][..ps * h * d];
+        let (share, worst) = quantizer_gap(got0, &want0, fmt, d);
+        assert!(
+            share < 0.01 && worst <= 1.01,
+            "{fmt}: {share} of values differ, by up to {worst} quanta"
+        );
     }
 }

@@ -318,7 +318,8 @@ fn every_variant_translates_to_msl_and_hlsl() {
     let all = variants();
     let mut n_msl = 0;
     let mut n_hlsl = 0;
-    for (v, (name, src)) in [None, None]
+    // The sources start with the block summary, merge and kv append modules.
+    for (v, (name, src)) in [None, None, None]
         .into_iter()
         .chain(all.iter().map(Some))
         .zip(all_sources_for(&all))
@@ -365,6 +366,7 @@ fn params_structs_match_the_wgsl_field_by_field() {
         let label = match name {
             "Params" => "Attention",
             "SummaryParams" => "block_summary",
+            "QuantParams" => "kv_append",
             _ => "merge",
         };
         let (module, _) = module_named(&sources, label);
@@ -449,6 +451,7 @@ fn binding_table_matches_the_wgsl() {
             "attention+counters" => vec![label(flash, true)],
             "naive" => vec![label(naive_variant(), false)],
             "summary" => vec!["block_summary".to_string()],
+            "kv_append" => vec!["kv_append".to_string()],
             "backward" if matches!(entry, "kv" | "dq" | "dbias") => {
                 vec![bwd(simt), bwd(unrolled)]
             }

@@ -12,6 +12,7 @@ pub(crate) mod flash;
 pub(crate) mod memeff;
 pub(crate) mod merge;
 pub(crate) mod naive;
+pub(crate) mod quantize;
 pub(crate) mod summary;
 
 use crate::error::Result;
@@ -34,6 +35,8 @@ pub mod sources {
     pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
     /// Quantized K/V decoding.
     pub const KV_QUANT: &str = include_str!("../../shaders/kv_quant.wgsl");
+    /// Appending to a quantized KV cache: quantizing on the GPU.
+    pub const KV_APPEND: &str = include_str!("../../shaders/kv_append.wgsl");
     /// The flash family.
     pub const FLASH: &str = include_str!("../../shaders/flash.wgsl");
     /// K/V tiles shared by the SIMT flash kernels.
@@ -164,6 +167,7 @@ pub(crate) fn module_source(key: &ModuleKey) -> String {
             sources::BLOCK_SUMMARY
         ),
         ModuleKey::Merge => format!("{}\n{}", sources::DTYPE, sources::MERGE),
+        ModuleKey::Quantize => format!("{}\n{}", sources::DTYPE, sources::KV_APPEND),
         ModuleKey::Backward(t) => {
             let generated;
             let flash = if t.unrolled {
@@ -206,6 +210,7 @@ pub fn all_sources_for(variants: &[(ShaderVariant, bool)]) -> Vec<(String, Strin
             module_source(&ModuleKey::Summary),
         ),
         ("merge".to_string(), module_source(&ModuleKey::Merge)),
+        ("kv_append".to_string(), module_source(&ModuleKey::Quantize)),
     ];
     for &(variant, counters) in variants {
         let key = ModuleKey::Attention { variant, counters };
@@ -400,6 +405,17 @@ pub(crate) mod bindings {
     pub const MERGE_LB: u32 = 4;
     pub const MERGE_OUT: u32 = 5;
     pub const MERGE_LSE_OUT: u32 = 6;
+    /// `shaders/kv_append.wgsl`: the new rows, the cache's buffer, the destination rows (a
+    /// ring slot at a dynamic offset).
+    pub const QUANT_SRC: u32 = 1;
+    pub const QUANT_DST: u32 = 2;
+    pub const QUANT_ROWS: u32 = 3;
+    pub const QUANT: &[Binding] = &[
+        b(PARAMS, "Q", Slot::Params),
+        b(QUANT_SRC, "src", Slot::Read),
+        b(QUANT_DST, "dst", Slot::Write),
+        b(QUANT_ROWS, "rows", Slot::Aux),
+    ];
     /// `shaders/merge.wgsl`.
     pub const MERGE: &[Binding] = &[
         b(PARAMS, "M", Slot::Params),
@@ -417,6 +433,7 @@ pub(crate) fn entry_bindings(key: &ModuleKey, entry: &str) -> &'static [Binding]
     match (key, entry) {
         (ModuleKey::Summary, _) => bindings::SUMMARY,
         (ModuleKey::Merge, _) => bindings::MERGE,
+        (ModuleKey::Quantize, _) => bindings::QUANT,
         (ModuleKey::Backward(_), e) => match e {
             "prep" => bindings::BWD_PREP,
             "kv" => bindings::BWD_KV,
@@ -467,6 +484,7 @@ pub fn binding_table() -> Vec<(&'static str, &'static str, BindingRows)> {
         ("naive", "pv", list(bindings::NAIVE_PV)),
         ("summary", "main", list(bindings::SUMMARY)),
         ("merge", "main", list(bindings::MERGE)),
+        ("kv_append", "main", list(bindings::QUANT)),
         ("backward", "prep", list(bindings::BWD_PREP)),
         ("backward", "kv", list(bindings::BWD_KV)),
         ("backward", "dq", list(bindings::BWD_DQ)),
@@ -507,6 +525,10 @@ fn warm_params(key: &ModuleKey) -> Vec<u8> {
             ..Default::default()
         })
         .to_vec(),
+        // No rows: the warm-up dispatch writes nothing.
+        ModuleKey::Quantize => {
+            bytemuck::bytes_of(&quantize::params::QuantParams::default()).to_vec()
+        }
         ModuleKey::Merge => bytemuck::bytes_of(&MergeParams {
             batch: 1,
             heads: 1,
@@ -587,6 +609,11 @@ pub fn param_layouts() -> Vec<(&'static str, usize, FieldOffsets)> {
             "MergeParams",
             std::mem::size_of::<MergeParams>(),
             MergeParams::fields(),
+        ),
+        (
+            "QuantParams",
+            std::mem::size_of::<quantize::params::QuantParams>(),
+            quantize::params::QuantParams::fields(),
         ),
     ]
 }

@@ -7,16 +7,24 @@ pub(crate) mod paged;
 
 use crate::context::Context;
 use crate::data::mask::{CausalAlignment, Mask};
+use crate::data::options::{AttentionOptions, KvScales};
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Result, TensorRole};
 use crate::gate::Gated;
+use crate::kernels::quantize;
 use crate::runtime::Runtime;
 
 /// Preallocated K/V storage `[batch, heads_kv, capacity, head_dim]` with per-batch lengths.
 ///
-/// Attend over the first `len[b]` rows with [`KvCache::mask`] (key lengths plus
+/// Attend over the first `len[b]` rows with [`KvCache::options`] (key lengths plus
 /// bottom-right causal alignment, so a chunk of `n` new queries sees the cache and itself
-/// causally).
+/// causally; and a quantized cache's scales).
+///
+/// A cache of a quantized dtype ([`DType::Q8_0`], [`DType::Q4_0`], [`DType::I8`],
+/// [`DType::E4M3`], [`DType::E5M2`]) takes new rows in f32, f16 or bf16 and quantizes them on
+/// the GPU as it appends them (one dispatch), as [`crate::quant::quantize_rows`] does on the
+/// host (the 8-bit floats with scale 1). i8's per-row scales live in the same buffer, after
+/// the rows ([`KvCache::options`] names them).
 ///
 /// ```
 /// use wgpu_attention::{AttentionOptions, Context, DType, KvCache};
@@ -49,11 +57,13 @@ pub struct KvCache {
     head_dim: usize,
     dtype: DType,
     lengths: Vec<u32>,
+    /// Quantized: the bytes of the rows, where i8's per-row scales start.
+    scales_at: u64,
 }
 
 impl KvCache {
-    /// An empty cache. `head_dim * dtype size` must be a multiple of 4 bytes (appends are
-    /// buffer copies).
+    /// An empty cache. For f32, f16 and bf16, `head_dim * dtype size` must be a multiple of 4
+    /// bytes (appends are buffer copies); for the block formats `head_dim` a multiple of 32.
     pub fn new(
         ctx: &Context,
         batch: usize,
@@ -62,11 +72,14 @@ impl KvCache {
         head_dim: usize,
         dtype: DType,
     ) -> Result<Self> {
-        let bytes = crate::plan::validate::kv_cache(
-            [batch, heads_kv, capacity, head_dim],
-            dtype,
-            ctx.caps().max_buffer_size,
-        )?;
+        let dims = [batch, heads_kv, capacity, head_dim];
+        let max = ctx.caps().max_buffer_size;
+        let (scales_at, bytes) = if dtype.is_quantized() {
+            let rows = batch.saturating_mul(heads_kv).saturating_mul(capacity);
+            crate::plan::validate::quant_cache_bytes(rows, head_dim, dtype, max)?
+        } else {
+            (0, crate::plan::validate::kv_cache(dims, dtype, max)?)
+        };
         let rt = ctx.rt();
         let _held = rt.hold();
         let make = |label| cache_buffer(rt, label, bytes);
@@ -79,6 +92,7 @@ impl KvCache {
             head_dim,
             dtype,
             lengths: vec![0; batch],
+            scales_at,
         })
     }
 
@@ -118,6 +132,36 @@ impl KvCache {
             .key_lengths(self.lengths.clone())
     }
 
+    /// The scales of a quantized cache's K and V: i8's per-row scales (views into the
+    /// cache's buffers); `None` for the other formats (the block formats carry theirs, the
+    /// 8-bit floats have scale 1) and for f32, f16 and bf16.
+    pub fn kv_scales(&self) -> Option<KvScales> {
+        (self.dtype == DType::I8).then(|| {
+            let (b, h, c) = (self.batch, self.heads, self.capacity);
+            let view = |buf: &wgpu::Buffer| {
+                TensorView::new(
+                    buf.clone(),
+                    DType::F32,
+                    [b, h, c, 1],
+                    [h * c, c, 1, 1],
+                    self.scales_at,
+                )
+            };
+            KvScales::PerToken {
+                k: view(&self.k),
+                v: view(&self.v),
+            }
+        })
+    }
+
+    /// Options for attending over the cache: [`KvCache::mask`], and a quantized cache's
+    /// scales ([`KvCache::kv_scales`]). Add further options to them.
+    pub fn options(&self) -> AttentionOptions {
+        let mut opts = AttentionOptions::with_mask(self.mask());
+        opts.kv_scales = self.kv_scales();
+        opts
+    }
+
     /// Forgets every row (the buffers are kept).
     pub fn clear(&mut self) {
         self.lengths.iter_mut().for_each(|l| *l = 0);
@@ -125,13 +169,19 @@ impl KvCache {
 
     fn check_new(&self, view: &TensorView, n: usize) -> Result<()> {
         let want = [self.batch, self.heads, n, self.head_dim];
+        if self.dtype.is_quantized() {
+            return crate::plan::validate::quant_rows(view, want);
+        }
         crate::plan::validate::kv_rows(view, want, self.dtype)
     }
 
-    /// Records the copy of `n` new rows per batch item (`new_k`, `new_v`: contiguous
-    /// `[batch, heads_kv, n, head_dim]`) behind each item's current length.
+    /// Records the append of `n` new rows per batch item (`new_k`, `new_v`: `[batch,
+    /// heads_kv, n, head_dim]`) behind each item's current length: copies for f32, f16 and
+    /// bf16 caches (of contiguous rows in the cache's dtype), one quantizing dispatch each
+    /// for K and V in a quantized cache (of f32, f16 or bf16 rows, any strides).
     pub fn record_append(
         &mut self,
+        ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         new_k: &TensorView,
         new_v: &TensorView,
@@ -140,6 +190,28 @@ impl KvCache {
         self.check_new(new_k, n)?;
         self.check_new(new_v, n)?;
         crate::plan::validate::kv_room(&self.lengths, n, self.capacity)?;
+        if self.dtype.is_quantized() {
+            let rows: Vec<u32> = (0..self.batch)
+                .flat_map(|b| {
+                    let first = (b * self.heads * self.capacity) as u32 + self.lengths[b];
+                    (0..n as u32).map(move |t| first + t)
+                })
+                .collect();
+            for (src, buf) in [(new_k, &*self.k), (new_v, &*self.v)] {
+                let dst = quantize::Dest {
+                    buffer: buf,
+                    format: self.dtype,
+                    rows: &rows,
+                    head_rows: self.capacity as u32,
+                    scale_word: (self.scales_at / 4) as u32,
+                };
+                quantize::record(ctx.rt(), encoder, src, &dst)?;
+            }
+            for l in &mut self.lengths {
+                *l += n as u32;
+            }
+            return Ok(());
+        }
         let es = self.dtype.size();
         let row = self.head_dim as u64 * es;
         for (b, &len) in self.lengths.iter().enumerate() {
@@ -180,7 +252,7 @@ impl KvCache {
     ) -> Result<()> {
         let lengths = self.lengths.clone();
         let res = submit_append(ctx, "appending to a kv cache", [new_k, new_v], |enc| {
-            self.record_append(enc, new_k, new_v)
+            self.record_append(ctx, enc, new_k, new_v)
         })
         .await;
         if res.is_err() {

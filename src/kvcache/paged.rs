@@ -5,10 +5,11 @@
 
 use crate::context::Context;
 use crate::data::mask::{CausalAlignment, Mask};
-use crate::data::options::{AttentionOptions, PagedKv};
+use crate::data::options::{AttentionOptions, KvScales, PagedKv};
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Error, InputProblem, Result, TensorRole};
 use crate::gate::Gated;
+use crate::kernels::quantize;
 
 /// A sequence of a [`PagedKvCache`] (from [`PagedKvCache::add_sequence`] or
 /// [`PagedKvCache::fork`]): it names its cache too, so another cache refuses it.
@@ -88,11 +89,16 @@ pub struct PagedKvCache {
     head_dim: usize,
     dtype: DType,
     book: Book,
+    /// Quantized: the bytes of the pages, where i8's per-token scales start.
+    scales_at: u64,
 }
 
 impl PagedKvCache {
-    /// An empty cache of `num_pages` pages of `page_size` tokens. `heads_kv * head_dim *
-    /// dtype size` must be a multiple of 4 bytes (appends are buffer copies).
+    /// An empty cache of `num_pages` pages of `page_size` tokens. For f32, f16 and bf16,
+    /// `heads_kv * head_dim * dtype size` must be a multiple of 4 bytes (appends are buffer
+    /// copies). A quantized dtype ([`DType::is_quantized`]) quantizes appended tokens on the
+    /// GPU, as [`crate::KvCache`] does; its pages must be a whole number of words (page
+    /// copies), and for the block formats `head_dim` a multiple of 32.
     pub fn new(
         ctx: &Context,
         num_pages: usize,
@@ -101,19 +107,39 @@ impl PagedKvCache {
         head_dim: usize,
         dtype: DType,
     ) -> Result<Self> {
-        let bytes = crate::plan::validate::paged_kv_pool(
-            [num_pages, page_size, heads_kv, head_dim],
-            dtype,
-            ctx.caps().max_buffer_size,
-        )?;
+        let dims = [num_pages, page_size, heads_kv, head_dim];
+        let max = ctx.caps().max_buffer_size;
+        let (scales_at, bytes, spare) = if dtype.is_quantized() {
+            let rows = num_pages.saturating_mul(page_size).saturating_mul(heads_kv);
+            let (data, bytes) =
+                crate::plan::validate::quant_cache_bytes(rows, head_dim, dtype, max)?;
+            let page = (page_size * heads_kv) as u64 * dtype.bytes(head_dim as u64);
+            if !page.is_multiple_of(4) {
+                return Err(Error::invalid(
+                    TensorRole::KvCache,
+                    InputProblem::Other(format!(
+                        "a paged {dtype} cache's pages must be whole words (they are copied): page_size {page_size} * heads {heads_kv} * {} bytes a token's head is {page} bytes",
+                        dtype.bytes(head_dim as u64)
+                    )),
+                ));
+            }
+            let scales = if dtype == DType::I8 {
+                (page_size * heads_kv) as u64 * 4
+            } else {
+                0
+            };
+            (data, bytes, page + scales)
+        } else {
+            let bytes = crate::plan::validate::paged_kv_pool(dims, dtype, max)?;
+            (0, bytes, bytes / num_pages as u64)
+        };
         let rt = ctx.rt();
         let _held = rt.hold();
-        let page_bytes = bytes / num_pages as u64;
         let make = |label, size| super::cache_buffer(rt, label, size);
         Ok(PagedKvCache {
             k: make("wgpu-attention paged kv cache keys", bytes),
             v: make("wgpu-attention paged kv cache values", bytes),
-            spare: make("wgpu-attention paged kv cache spare page", page_bytes),
+            spare: make("wgpu-attention paged kv cache spare page", spare),
             pages: num_pages,
             page_size,
             heads: heads_kv,
@@ -126,6 +152,7 @@ impl PagedKvCache {
                 free: (0..num_pages as u32).rev().collect(),
                 seqs: Vec::new(),
             },
+            scales_at,
         })
     }
 
@@ -229,10 +256,34 @@ impl PagedKvCache {
             .key_lengths(lengths))
     }
 
-    /// Options for attending over `seqs` (batch item `b` is `seqs[b]`): their page table and
-    /// [`PagedKvCache::mask`]. Add further options (a bias, sinks, the soft cap) to them.
+    /// Options for attending over `seqs` (batch item `b` is `seqs[b]`): their page table,
+    /// [`PagedKvCache::mask`] and a quantized cache's scales ([`PagedKvCache::kv_scales`]).
+    /// Add further options (a bias, sinks, the soft cap) to them.
     pub fn options(&self, seqs: &[SeqId]) -> Result<AttentionOptions> {
-        Ok(AttentionOptions::with_mask(self.mask(seqs)?).paged(self.page_table(seqs)?))
+        let mut opts = AttentionOptions::with_mask(self.mask(seqs)?).paged(self.page_table(seqs)?);
+        opts.kv_scales = self.kv_scales();
+        Ok(opts)
+    }
+
+    /// The scales of an i8 cache's K and V pools (views into their buffers, `[num_pages,
+    /// heads_kv, page_size, 1]`); `None` for the other dtypes.
+    pub fn kv_scales(&self) -> Option<KvScales> {
+        (self.dtype == DType::I8).then(|| {
+            let (p, ps, h) = (self.pages, self.page_size, self.heads);
+            let view = |buf: &wgpu::Buffer| {
+                TensorView::new(
+                    buf.clone(),
+                    DType::F32,
+                    [p, h, ps, 1],
+                    [ps * h, 1, h, 1],
+                    self.scales_at,
+                )
+            };
+            KvScales::PerToken {
+                k: view(&self.k),
+                v: view(&self.v),
+            }
+        })
     }
 
     /// Records the copies of `n` new tokens of each of `seqs` (`new_k`, `new_v`: `[seqs,
@@ -242,6 +293,7 @@ impl PagedKvCache {
     /// sequence shares. Nothing is recorded or changed if the pool has too few free pages.
     pub fn record_append(
         &mut self,
+        ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         seqs: &[SeqId],
         new_k: &TensorView,
@@ -249,8 +301,18 @@ impl PagedKvCache {
     ) -> Result<()> {
         let n = new_k.shape[2];
         let want = [seqs.len(), self.heads, n, self.head_dim];
-        crate::plan::validate::paged_rows(new_k, want, self.dtype)?;
-        crate::plan::validate::paged_rows(new_v, want, self.dtype)?;
+        // A quantizing append binds the pool whole: refused before anything changes.
+        let max = ctx.caps().max_storage_binding;
+        if self.dtype.is_quantized() && self.k.size() > max {
+            return Err(Error::binding(TensorRole::KvCache, self.k.size(), max));
+        }
+        for view in [new_k, new_v] {
+            if self.dtype.is_quantized() {
+                crate::plan::validate::quant_rows(view, want)?;
+            } else {
+                crate::plan::validate::paged_rows(view, want, self.dtype)?;
+            }
+        }
         // Pages needed: new ones, and a copy of each shared page that will be written.
         let ps = self.page_size;
         let mut need = 0;
@@ -279,9 +341,16 @@ impl PagedKvCache {
                 )),
             ));
         }
-        let es = self.dtype.size();
-        let token = (self.heads * self.head_dim) as u64 * es;
+        let token = (self.heads as u64) * self.dtype.bytes(self.head_dim as u64);
         let page_bytes = ps as u64 * token;
+        // A page's i8 scales (a region of their own, after the pages).
+        let scale_page = if self.dtype == DType::I8 {
+            (ps * self.heads) as u64 * 4
+        } else {
+            0
+        };
+        let quantized = self.dtype.is_quantized();
+        let mut rows = Vec::new();
         for (b, &s) in seqs.iter().enumerate() {
             let mut seq = self.book.seqs[s.index].take().unwrap_or_default();
             let len = seq.len;
@@ -289,20 +358,26 @@ impl PagedKvCache {
                 let copy = self.book.take();
                 for buf in [&*self.k, &*self.v] {
                     let spare = &*self.spare;
-                    encoder.copy_buffer_to_buffer(
-                        buf,
-                        tail as u64 * page_bytes,
-                        spare,
-                        0,
-                        page_bytes,
-                    );
-                    encoder.copy_buffer_to_buffer(
-                        spare,
-                        0,
-                        buf,
-                        copy as u64 * page_bytes,
-                        page_bytes,
-                    );
+                    let mut regions = vec![(0, page_bytes)];
+                    if scale_page > 0 {
+                        regions.push((self.scales_at, scale_page));
+                    }
+                    for (base, size) in regions {
+                        encoder.copy_buffer_to_buffer(
+                            buf,
+                            base + tail as u64 * size,
+                            spare,
+                            0,
+                            size,
+                        );
+                        encoder.copy_buffer_to_buffer(
+                            spare,
+                            0,
+                            buf,
+                            base + copy as u64 * size,
+                            size,
+                        );
+                    }
                 }
                 self.book.release(tail);
                 seq.pages[len / ps] = copy;
@@ -311,6 +386,17 @@ impl PagedKvCache {
                 let p = self.book.take();
                 seq.pages.push(p);
             }
+            if quantized {
+                // Token t's row of head 0 (heads follow it): quantized below, in one
+                // dispatch for every sequence.
+                rows.extend((len..len + n).map(|pos| {
+                    ((seq.pages[pos / ps] as usize * ps + pos % ps) * self.heads) as u32
+                }));
+                seq.len = len + n;
+                self.book.seqs[s.index] = Some(seq);
+                continue;
+            }
+            let es = self.dtype.size();
             // Runs of tokens within one page: one copy each, for K and for V.
             let mut t = 0;
             while t < n {
@@ -332,6 +418,18 @@ impl PagedKvCache {
             seq.len = len + n;
             self.book.seqs[s.index] = Some(seq);
         }
+        if quantized && !rows.is_empty() {
+            for (src, buf) in [(new_k, &*self.k), (new_v, &*self.v)] {
+                let dst = quantize::Dest {
+                    buffer: buf,
+                    format: self.dtype,
+                    rows: &rows,
+                    head_rows: 1,
+                    scale_word: (self.scales_at / 4) as u32,
+                };
+                quantize::record(ctx.rt(), encoder, src, &dst)?;
+            }
+        }
         Ok(())
     }
 
@@ -347,7 +445,7 @@ impl PagedKvCache {
         let book = self.book.clone();
         let what = "appending to a paged kv cache";
         let res = super::submit_append(ctx, what, [new_k, new_v], |enc| {
-            self.record_append(enc, seqs, new_k, new_v)
+            self.record_append(ctx, enc, seqs, new_k, new_v)
         })
         .await;
         if res.is_err() {

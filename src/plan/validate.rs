@@ -974,6 +974,59 @@ fn cache_bytes(
     Ok(bytes)
 }
 
+/// The layout of a quantized cache buffer of `rows` rows of `head_dim` values in `dtype`
+/// (a quantized format): the rows' bytes (rounded up to a word), where i8's per-row f32
+/// scales follow; returns (bytes of the rows, bytes in all). Checked: no zero size, whole
+/// blocks, within the device's largest buffer and 32-bit shader indices.
+pub(crate) fn quant_cache_bytes(
+    rows: usize,
+    head_dim: usize,
+    dtype: DType,
+    max_buffer_size: u64,
+) -> Result<(u64, u64)> {
+    let role = TensorRole::KvCache;
+    let block = dtype.block_len() as usize;
+    if rows == 0 || head_dim == 0 || !head_dim.is_multiple_of(block) {
+        return Err(Error::invalid(
+            role,
+            InputProblem::Other(format!(
+                "a {dtype} cache needs non-zero sizes and a head dim that is a multiple of {block} (got {rows} rows of head_dim {head_dim})"
+            )),
+        ));
+    }
+    let data = (rows as u64)
+        .checked_mul(dtype.bytes(head_dim as u64))
+        .map(|b| b.div_ceil(4) * 4);
+    let scales = if dtype == DType::I8 {
+        rows as u64 * 4
+    } else {
+        0
+    };
+    let total = data.and_then(|d| d.checked_add(scales)).unwrap_or(u64::MAX);
+    if total > max_buffer_size {
+        return Err(Error::limit("max_buffer_size", total, max_buffer_size));
+    }
+    if total > u32::MAX as u64 {
+        return Err(Error::invalid(
+            role,
+            InputProblem::TooLarge {
+                what: format!("a quantized cache of {total} bytes"),
+            },
+        ));
+    }
+    Ok((data.unwrap_or(0), total))
+}
+
+/// Checks new rows for a quantized cache: a float dtype (they are quantized on the GPU),
+/// shape `want`, any strides, readable as storage.
+pub(crate) fn quant_rows(view: &TensorView, want: [usize; 4]) -> Result<()> {
+    let role = TensorRole::KvCache;
+    check_float(view, role)?;
+    check_shape(view, want, role)?;
+    check_count(role, &want)?;
+    view.check_memory(role, wgpu::BufferUsages::STORAGE)
+}
+
 /// Checks that new cache rows have the cache's dtype and shape `want`.
 fn cache_rows_like(view: &TensorView, want: [usize; 4], dtype: DType) -> Result<()> {
     if view.dtype != dtype {

@@ -234,6 +234,8 @@ pub enum ModuleKey {
     Summary,
     /// `shaders/merge.wgsl`.
     Merge,
+    /// `shaders/kv_append.wgsl`: quantizing appends to a KV cache.
+    Quantize,
     /// `shaders/backward.wgsl`: the flash and naive backward passes.
     Backward(BackwardTile),
 }

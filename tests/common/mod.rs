@@ -324,15 +324,18 @@ pub fn quantized_upload(
     let deq = quant::dequantize_rows(fmt, &bytes, d, &scales);
     let row_bytes = fmt.bytes(d as u64) as usize;
     // Memory row of logical row (b, h, s), and the view's strides.
-    let (mem_row, strides): (Box<dyn Fn(usize, usize, usize) -> usize>, _) = match layout {
-        Layout::Bshd => (
-            Box::new(move |ib, ih, is| (ib * s + is) * h + ih),
-            [s * h * d, d, h * d, 1],
-        ),
-        _ => (
-            Box::new(move |ib, ih, is| (ib * h + ih) * s + is),
-            bhsd_strides(shape),
-        ),
+    let bshd = layout == Layout::Bshd;
+    let mem_row = |ib: usize, ih: usize, is: usize| {
+        if bshd {
+            (ib * s + is) * h + ih
+        } else {
+            (ib * h + ih) * s + is
+        }
+    };
+    let strides = if bshd {
+        [s * h * d, d, h * d, 1]
+    } else {
+        bhsd_strides(shape)
     };
     let off = match layout {
         Layout::Offset if fmt.block_len() > 1 => 6,
