@@ -1531,3 +1531,293 @@ fn paged_cache_rejects_bad_input() {
     let e = invalid(cache.len(foreign).expect_err("another cache's sequence"));
     assert!(e.to_string().contains("another cache"), "{e}");
 }
+
+/// Quantized K/V (issue 25): every check of the formats and their scales, each refused with
+/// the tensor it names; a good call of each kind runs first.
+#[test]
+fn quantized_kv_rejects_bad_formats_and_scales() {
+    use wgpu_attention::{BackwardInputs, GradientViews, KvScales};
+    let ctx = ctx();
+    let (b, h, s, d) = (1, 2, 5, 64);
+    let q = ctx
+        .upload_f32(&random(b * h * s * d, 1), [b, h, s, d])
+        .unwrap();
+    // One buffer holding K's rows (q8_0: 34 bytes a block) and room after them for scales.
+    let words = 2048;
+    let buf = ctx.upload_f32(&vec![0.0; words], [1, 1, 1, words]).unwrap();
+    let other = ctx.upload_f32(&vec![0.0; words], [1, 1, 1, words]).unwrap();
+    let view = |t: &Tensor, dt: DType, shape: [usize; 4], strides: [usize; 4], off: u64| {
+        t.reshaped(dt, shape, strides, off)
+    };
+    let kv = |dt: DType| view(&buf, dt, [b, h, s, d], [h * s * d, s * d, d, 1], 0);
+    let scales = |t: &Tensor, off: u64| view(t, DType::F32, [b, h, s, 1], [h * s, s, 1, 1], off);
+    let call = |k: &Tensor, v: &Tensor, opts: AttentionOptions| {
+        ctx.attention_blocking(&q, k, v, &opts)
+            .expect_err("bad quantized input must be rejected")
+    };
+    let plain = AttentionOptions::default;
+    let per_token = |k: Tensor, v: Tensor| {
+        plain().kv_scales(KvScales::PerToken {
+            k: k.view().clone(),
+            v: v.view().clone(),
+        })
+    };
+    // Good calls: q8_0 alone, i8 with its scales behind the rows, e4m3 with per-head scales.
+    let (k8, kq) = (kv(DType::I8), kv(DType::Q8_0));
+    ctx.attention_blocking(&q, &kq, &kq, &plain())
+        .expect("q8_0");
+    let good_i8 = || per_token(scales(&buf, 2048), scales(&buf, 2048));
+    ctx.attention_blocking(&q, &k8, &k8, &good_i8())
+        .expect("i8");
+    let fp8 = kv(DType::E4M3);
+    let heads = |k: Vec<f32>, v: Vec<f32>| plain().kv_scales(KvScales::PerHead { k, v });
+    ctx.attention_blocking(&q, &fp8, &fp8, &heads(vec![0.5, 2.0], vec![1.0]))
+        .expect("e4m3");
+
+    // A mix of formats, either way round; a quantized query.
+    let f32_kv = ctx
+        .upload_f32(&random(b * h * s * d, 2), [b, h, s, d])
+        .unwrap();
+    let e = invalid(call(&kq, &f32_kv, plain()));
+    assert_eq!(e.tensor, TensorRole::Value);
+    assert!(
+        matches!(&e.problem, InputProblem::WrongDType { expected, got } if expected.contains("q8_0") && got == "f32"),
+        "{e}"
+    );
+    let e = invalid(call(&f32_kv, &kq, plain()));
+    assert_eq!(e.tensor, TensorRole::Value);
+    let e = invalid(call(&kq, &kv(DType::Q4_0), plain()));
+    assert_eq!(e.tensor, TensorRole::Value);
+    let e = invalid(
+        ctx.attention_blocking(&kq, &kq, &kq, &plain())
+            .expect_err("a quantized query"),
+    );
+    assert_eq!(e.tensor, TensorRole::Query);
+    // Block formats: head dims of whole blocks, contiguous head dims, whole-block strides,
+    // an even offset.
+    let q48 = ctx
+        .upload_f32(&random(b * h * s * 48, 1), [b, h, s, 48])
+        .unwrap();
+    let k48 = view(
+        &buf,
+        DType::Q8_0,
+        [b, h, s, 48],
+        [h * s * 48, s * 48, 48, 1],
+        0,
+    );
+    let e = invalid(
+        ctx.attention_blocking(&q48, &k48, &k48, &plain())
+            .expect_err("48"),
+    );
+    assert_eq!(e.tensor, TensorRole::Key);
+    assert!(
+        matches!(&e.problem, InputProblem::ShapeMismatch { dim: Dim::HeadDim, got: 48, expected } if expected.contains("32")),
+        "{e}"
+    );
+    let strided = view(&buf, DType::Q8_0, [b, h, s, d], [h * s * d, s * d, d, 2], 0);
+    let e = invalid(call(&strided, &strided, plain()));
+    assert_eq!(e.tensor, TensorRole::Key);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::BlockStride {
+                dim: Dim::HeadDim,
+                stride: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let ragged = view(
+        &buf,
+        DType::Q4_0,
+        [b, h, s, d],
+        [h * s * 96, s * 96, 80, 1],
+        0,
+    );
+    let e = invalid(call(&kv(DType::Q4_0), &ragged, plain()));
+    assert_eq!(e.tensor, TensorRole::Value);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::BlockStride {
+                dim: Dim::Seq,
+                stride: 80,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let odd = view(&buf, DType::Q8_0, [b, h, s, d], [h * s * d, s * d, d, 1], 3);
+    let e = invalid(call(&odd, &odd, plain()));
+    assert_eq!(
+        e.problem,
+        InputProblem::MisalignedOffset {
+            offset: 3,
+            align: 2
+        }
+    );
+
+    // i8: scales needed, f32, K's first three dims, in K's (V's) buffer.
+    let e = invalid(call(&k8, &k8, plain()));
+    assert_eq!(e.tensor, TensorRole::KeyScales);
+    assert!(e.to_string().contains("PerToken"), "{e}");
+    let f16_scales = view(&buf, DType::F16, [b, h, s, 1], [h * s, s, 1, 1], 2048);
+    let e = invalid(call(&k8, &k8, per_token(f16_scales, scales(&buf, 2048))));
+    assert_eq!(e.tensor, TensorRole::KeyScales);
+    assert!(matches!(e.problem, InputProblem::WrongDType { .. }), "{e}");
+    let short = view(&buf, DType::F32, [b, h, s - 1, 1], [h * s, s, 1, 1], 2048);
+    let e = invalid(call(&k8, &k8, per_token(scales(&buf, 2048), short)));
+    assert_eq!(e.tensor, TensorRole::ValueScales);
+    assert!(
+        matches!(e.problem, InputProblem::ShapeMismatch { dim: Dim::Seq, .. }),
+        "{e}"
+    );
+    let e = invalid(call(
+        &k8,
+        &k8,
+        per_token(scales(&other, 0), scales(&buf, 2048)),
+    ));
+    assert_eq!(e.tensor, TensorRole::KeyScales);
+    assert_eq!(
+        e.problem,
+        InputProblem::NotInBufferOf {
+            of: TensorRole::Key
+        }
+    );
+    let e = invalid(call(
+        &k8,
+        &k8,
+        per_token(scales(&buf, 2048), scales(&other, 0)),
+    ));
+    assert_eq!(
+        e.problem,
+        InputProblem::NotInBufferOf {
+            of: TensorRole::Value
+        }
+    );
+    let past = scales(&buf, (words * 4) as u64 - 8);
+    let e = invalid(call(&k8, &k8, per_token(past, scales(&buf, 2048))));
+    assert_eq!(e.tensor, TensorRole::KeyScales);
+    assert!(matches!(e.problem, InputProblem::OutOfBounds { .. }), "{e}");
+    // The 8-bit floats: one scale per head or one for all, finite.
+    let e = invalid(call(&fp8, &fp8, heads(vec![1.0; 3], vec![1.0])));
+    assert_eq!(e.tensor, TensorRole::KeyScales);
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::WrongCount {
+                expected: 2,
+                got: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = invalid(call(&fp8, &fp8, heads(vec![1.0], vec![f32::NAN, 1.0])));
+    assert_eq!(e.tensor, TensorRole::ValueScales);
+    assert!(matches!(e.problem, InputProblem::NonFinite { .. }), "{e}");
+    // Scales a format does not take.
+    for (k, opts) in [
+        (&kq, heads(vec![1.0], vec![1.0])),
+        (&fp8, good_i8()),
+        (&k8, heads(vec![1.0], vec![1.0])),
+    ] {
+        let e = invalid(call(k, k, opts));
+        assert_eq!(e.tensor, TensorRole::KeyScales, "{e}");
+    }
+    let e = invalid(call(&f32_kv, &f32_kv, heads(vec![1.0], vec![1.0])));
+    assert_eq!(e.tensor, TensorRole::KeyScales);
+    assert!(e.to_string().contains("not quantized"), "{e}");
+    // An output over the scales.
+    let out = view(
+        &buf,
+        DType::F32,
+        [b, h, s, d],
+        [h * s * d, s * d, d, 1],
+        2048,
+    );
+    let e = invalid(
+        ctx.attention_into_blocking(&q, &k8, &k8, &out, &good_i8())
+            .expect_err("output over the scales"),
+    );
+    assert_eq!(e.tensor, TensorRole::Output);
+    assert!(
+        matches!(e.problem, InputProblem::OutputAliasesInput { .. }),
+        "{e}"
+    );
+    // No backward pass over quantized K/V.
+    let g = || ctx.empty([b, h, s, d], DType::F32).unwrap();
+    let (o, dout, dq, dk, dv) = (g(), g(), g(), g(), g());
+    let lse = ctx.empty([b, h, s, 1], DType::F32).unwrap();
+    let x = BackwardInputs {
+        q: q.view(),
+        k: kq.view(),
+        v: kq.view(),
+        out: o.view(),
+        d_out: dout.view(),
+        lse: lse.view(),
+    };
+    let grads = GradientViews {
+        dq: dq.view().clone(),
+        dk: dk.view().clone(),
+        dv: dv.view().clone(),
+        dbias: None,
+        dsink: None,
+    };
+    let err = ctx
+        .attention_backward_into_blocking(&x, &grads, &plain())
+        .expect_err("quantized backward");
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("quantized"), "{err}");
+}
+
+/// Quantized caches: head dims of whole blocks, pages of whole words, new rows in a float
+/// dtype.
+#[test]
+fn quantized_caches_reject_bad_shapes_and_rows() {
+    use wgpu_attention::{KvCache, PagedKvCache};
+    let ctx = ctx();
+    for (what, r) in [
+        (
+            "head dim 48 in q8_0",
+            KvCache::new(ctx, 1, 1, 8, 48, DType::Q8_0).map(|_| ()),
+        ),
+        (
+            "zero capacity",
+            KvCache::new(ctx, 1, 1, 0, 32, DType::I8).map(|_| ()),
+        ),
+        (
+            "pages of 7 q8_0 tokens of one head (238 bytes)",
+            PagedKvCache::new(ctx, 4, 7, 1, 32, DType::Q8_0).map(|_| ()),
+        ),
+    ] {
+        let e = invalid(r.expect_err(what));
+        assert_eq!(e.tensor, TensorRole::KvCache, "{what}");
+    }
+    let mut cache = KvCache::new(ctx, 1, 2, 8, 32, DType::Q4_0).unwrap();
+    let rows = ctx.upload_bool(&vec![true; 2 * 32], [1, 2, 1, 32]).unwrap();
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &rows, &rows)
+            .expect_err("bool rows"),
+    );
+    assert!(matches!(e.problem, InputProblem::WrongDType { .. }), "{e}");
+    let wrong = ctx.upload_f32(&random(3 * 32, 1), [1, 3, 1, 32]).unwrap();
+    let e = invalid(
+        cache
+            .append_blocking(ctx, &wrong, &wrong)
+            .expect_err("3 heads"),
+    );
+    assert!(
+        matches!(
+            e.problem,
+            InputProblem::ShapeMismatch {
+                dim: Dim::Heads,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(cache.lengths(), &[0], "a refused append changes nothing");
+}
