@@ -1796,7 +1796,7 @@ fn quantized_caches_reject_bad_shapes_and_rows() {
         assert_eq!(e.tensor, TensorRole::KvCache, "{what}");
     }
     let mut cache = KvCache::new(ctx, 1, 2, 8, 32, DType::Q4_0).unwrap();
-    let rows = ctx.upload_bool(&vec![true; 2 * 32], [1, 2, 1, 32]).unwrap();
+    let rows = ctx.upload_bool(&[true; 2 * 32], [1, 2, 1, 32]).unwrap();
     let e = invalid(
         cache
             .append_blocking(ctx, &rows, &rows)
