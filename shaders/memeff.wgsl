@@ -10,9 +10,14 @@
 
 const CPT: u32 = DVB / WG;   // output columns per thread (at least 1)
 const NCOL: u32 = max(CPT, 1u);
-// Quantized V (KVQ != 0): each thread accumulates columns in fours (4 (lid + c WG) + 0..3), so
-// that one decode serves four columns.
-const NCOL4: u32 = max(DVB / (4u * WG), 1u);
+// Quantized V (KVQ != 0): P·V splits a block's keys among KG key groups and V's columns
+// into CG chunks of 32 (a q8_0 or q4_0 block): thread lid = kg CG + cg accumulates chunk cg
+// of the keys kg, kg + KG, ..., decoding each chunk from one stream of words; the key groups'
+// sums meet in workgroup memory at the end. (Every thread has work, and a chunk's words are
+// read once, not once per column group.)
+const CG: u32 = DVB / 32u;
+const KG: u32 = WG / CG;
+var<workgroup> pv_red: array<f32, select(1u, WG * 32u, KVQ != 0u)>;
 
 var<workgroup> qs: array<f32, DKB>;
 var<workgroup> ps: array<f32, WG>;
@@ -85,6 +90,37 @@ fn quant_dot(kr: u32) -> f32 {
     return s;
 }
 
+// Adds pv times 32 values of quantized V's row from element e0 on (the columns c0 ..
+// c0 + 31; those past dv, for the byte formats another row's bytes, do not count) to acc,
+// from one stream of words (as quant_dot reads K).
+fn quant_pv(acc: ptr<function, array<vec4<f32>, 8>>, e0: u32, c0: u32, pv: f32) {
+    let f = kv_format();
+    var a = P.vq_byte + e0;
+    var scale = pv;
+    if (f == 1u || f == 2u) {
+        let bb = P.vq_byte + (e0 >> 5u) * select(18u, 34u, f == 1u);
+        scale = pv * kvq_half(true, bb);
+        a = bb + 2u;
+    }
+    let sh = (a & 3u) * 8u;
+    let w0 = a >> 2u;
+    var w = kvq_word(true, w0);
+    for (var g = 0u; g < select(8u, 4u, f == 2u); g++) {
+        let nx = kvq_word(true, w0 + g + 1u);
+        let x = select(w, (w >> sh) | (nx << ((32u - sh) & 31u)), sh != 0u);
+        w = nx;
+        if (f == 2u) {
+            (*acc)[g] += scale * (bytes4(x & 0x0f0f0f0fu) - 8.0);
+            (*acc)[g + 4u] += scale * (bytes4((x >> 4u) & 0x0f0f0f0fu) - 8.0);
+        } else {
+            var v: vec4<f32>;
+            if (f == 1u || f == 3u) { v = i8x4(x); } else if (f == 4u) { v = e4m3x4(x); } else { v = e5m2x4(x); }
+            let live = vec4<u32>(c0 + g * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(P.dv);
+            (*acc)[g] += scale * select(vec4<f32>(0.0), v, live);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     // Workgroup -> (key split, batch, head, query row).
@@ -127,8 +163,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     var acc: array<f32, NCOL>;
     for (var c = 0u; c < NCOL; c++) { acc[c] = 0.0; }
-    var acc4: array<vec4<f32>, NCOL4>;
-    for (var c = 0u; c < NCOL4; c++) { acc4[c] = vec4<f32>(0.0); }
+    var accq: array<vec4<f32>, 8>;
+    for (var c = 0u; c < 8u; c++) { accq[c] = vec4<f32>(0.0); }
     var st = online_init();
     let kbase = P.k_off + k_batch(b) + hk * P.k_sh;
     let vbase = P.v_off + v_batch(b) + hk * P.v_sh;
@@ -167,21 +203,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (any) {
             st = next;
             for (var c = 0u; c < NCOL; c++) { acc[c] *= st.alpha; }
-            for (var c = 0u; c < NCOL4; c++) { acc4[c] *= st.alpha; }
             let nk = min(WG, keys.y - j0);
-            for (var t = 0u; t < nk; t++) {
-                let p = ps[t];
-                st.l += p;
-                if (p != 0.0) {
-                    var vr: u32;
-                    if (PAGED) { vr = vbase + v_rows[t]; } else { vr = vbase + key_offset(b, j0 + t).y; }
-                    if (KVQ != 0u) {
-                        let pv = p * v_scales[t];
-                        for (var c = 0u; c < NCOL4; c++) {
-                            let d = 4u * (lid + c * WG);
-                            if (d < P.dv) { acc4[c] += pv * kvq_vec4(true, vr + d); }
-                        }
-                    } else {
+            if (KVQ != 0u) {
+                for (var c = 0u; c < 8u; c++) { accq[c] *= st.alpha; }
+                for (var t = 0u; t < nk; t++) { st.l += ps[t]; }
+                for (var t = lid / CG; t < nk; t += KG) {
+                    let p = ps[t];
+                    if (p != 0.0) {
+                        var vr: u32;
+                        if (PAGED) { vr = vbase + v_rows[t]; } else { vr = vbase + key_offset(b, j0 + t).y; }
+                        quant_pv(&accq, vr + (lid % CG) * 32u, (lid % CG) * 32u, p * v_scales[t]);
+                    }
+                }
+            } else {
+                for (var t = 0u; t < nk; t++) {
+                    let p = ps[t];
+                    st.l += p;
+                    if (p != 0.0) {
+                        var vr: u32;
+                        if (PAGED) { vr = vbase + v_rows[t]; } else { vr = vbase + key_offset(b, j0 + t).y; }
                         for (var c = 0u; c < NCOL; c++) {
                             let d = lid + c * WG;
                             if (d < P.dv) { acc[c] += p * load_v(vr + d * P.v_sd); }
@@ -193,16 +233,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         workgroupBarrier();
     }
 
+    if (KVQ != 0u) {
+        // The key groups' sums of each column chunk, added below.
+        for (var c = 0u; c < 32u; c++) { pv_red[lid * 32u + c] = accq[c / 4u][c % 4u]; }
+        workgroupBarrier();
+    }
     if (row_stored(b, i, rc)) {
         // The sink joins the row once: in key split 0 (merge.wgsl's weights carry it over).
         let fin = online_sink(st, select(LOWEST, sink_logit(h), split == 0u));
         let inv = online_out_scale(fin);
         if (KVQ != 0u) {
-            for (var c = 0u; c < NCOL4; c++) {
-                for (var x = 0u; x < 4u; x++) {
-                    let d = 4u * (lid + c * WG) + x;
-                    if (d < P.dv) { store_o(o_index(b, h, i, d, split), acc4[c][x] * inv); }
-                }
+            for (var d = lid; d < P.dv; d += WG) {
+                var o = 0.0;
+                for (var kg = 0u; kg < KG; kg++) { o += pv_red[(kg * CG + d / 32u) * 32u + d % 32u]; }
+                store_o(o_index(b, h, i, d, split), o * inv);
             }
         } else {
             for (var c = 0u; c < NCOL; c++) {

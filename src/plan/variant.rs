@@ -379,9 +379,15 @@ impl ShaderVariant {
                 kv * 2 + br * bc * 6 + 32
             }
             ShaderVariant::MemoryEfficient(c) => {
-                // Paged: each block's V rows too; quantized: their scales.
+                // Paged: each block's V rows too; quantized: their scales, the query as
+                // vectors, and each thread's 32 columns of P·V for the final sum.
                 let per_key = 2 + u32::from(c.paged) + u32::from(c.quant.is_some());
-                (c.head_dim_qk + per_key * MEMEFF_THREADS + 8) * 4
+                let quant = if c.quant.is_some() {
+                    c.head_dim_qk.div_ceil(4) * 4 + MEMEFF_THREADS * 32
+                } else {
+                    0
+                };
+                (c.head_dim_qk + per_key * MEMEFF_THREADS + quant + 8) * 4
             }
             ShaderVariant::Naive => 64 * 4 * 2,
         }
