@@ -24,7 +24,8 @@
 //! RX 7900 XTX, through RADV), `gfx1201` (RDNA4), or `native`: the Vulkan adapter wgpu
 //! picks, with the debug output of whichever of NVK or RADV drives it. `--check BASELINE`
 //! then fails (exit 1) when a hot kernel (forward or backward, head dim ≤ 128) uses scratch
-//! memory or spills, when an f16 or bf16 forward call (paged f16 prefill included) on a GPU
+//! memory or spills, when an f16 or bf16 forward call (paged f16 prefill and prefill over
+//! quantized K/V included) on a GPU
 //! with cooperative matrices does not run the cooperative-matrix kernel, or when a kernel's static cycle estimate
 //! (NAK's cycle count, ACO's latency) exceeds the baseline's by more than 10%, or a
 //! baseline kernel is gone. Refreshing the baseline is a deliberate commit of the new
@@ -40,7 +41,7 @@ use std::process::{Command, Stdio};
 
 use wgpu_attention::{
     AttentionOptions, Backend, BackwardInputs, CausalAlignment, Context, DType, GradientViews,
-    Mask, PagedKv, Tensor, TensorView,
+    KvScales, Mask, PagedKv, Tensor, TensorView,
 };
 
 /// A GPU reached through a Mesa DRM shim: the shim library and its environment.
@@ -735,7 +736,8 @@ fn check(lines: &[Json], baseline: &[Json]) -> Vec<String> {
             .is_some_and(|v| v.starts_with("flash_coop"));
         let sixteen = case.starts_with("fwd-f16")
             || case.starts_with("fwd-bf16")
-            || case.starts_with("paged-prefill-f16");
+            || case.starts_with("paged-prefill-f16")
+            || case.starts_with("quant-prefill");
         if sixteen && case_dim(&case).is_some_and(|d| d <= 128) && !coop {
             fails.push(format!(
                 "{gpu} {case}: ran {} rather than the cooperative-matrix kernel",
@@ -954,6 +956,47 @@ fn child() -> Res<()> {
                 let plan = ctx.prepare_blocking(q.view(), &kv, &kv, &opts)?;
                 eprintln!("@@plan {} {}", plan.variant.cost().variant, one_line(&plan));
             }
+        }
+    }
+    // Quantized K/V (Q f16, d 128, bottom-right causal): a prefill chunk (flash) and a
+    // decode step (the decode path), i8's scales behind its rows.
+    for fmt in [DType::Q8_0, DType::Q4_0, DType::I8, DType::E4M3] {
+        for (kind, sq, sk) in [("prefill", s, s), ("decode", 1, 8192)] {
+            let name = format!("quant-{kind}-{}-d128", fmt.name());
+            if !wanted(&name) {
+                continue;
+            }
+            eprintln!("@@case {name}");
+            let d = 128;
+            let rows = b * h * sk;
+            let data = (rows as u64 * fmt.bytes(d as u64)).div_ceil(4) * 4;
+            let words = (data / 4) as usize + rows;
+            let buf = ctx.empty([1, 1, 1, words], DType::F32)?;
+            let kv = TensorView::new(
+                buf.buffer().clone(),
+                fmt,
+                [b, h, sk, d],
+                [h * sk * d, sk * d, d, 1],
+                0,
+            );
+            let q = ctx.empty([b, h, sq, d], DType::F16)?;
+            let mut opts =
+                AttentionOptions::with_mask(Mask::none().causal(CausalAlignment::BottomRight));
+            if fmt == DType::I8 {
+                let sv = TensorView::new(
+                    buf.buffer().clone(),
+                    DType::F32,
+                    [b, h, sk, 1],
+                    [h * sk, sk, 1, 1],
+                    data,
+                );
+                opts.kv_scales = Some(KvScales::PerToken {
+                    k: sv.clone(),
+                    v: sv,
+                });
+            }
+            let plan = ctx.prepare_blocking(q.view(), &kv, &kv, &opts)?;
+            eprintln!("@@plan {} {}", plan.variant.cost().variant, one_line(&plan));
         }
     }
     if wanted("merge") {

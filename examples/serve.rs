@@ -1,17 +1,21 @@
-//! LLM serving over a paged KV cache, with random activations in place of a model: a shared
+//! LLM serving over a paged, quantized KV cache (q8_0 unless `--kv` says otherwise), with
+//! random activations in place of a model: a shared
 //! system prompt is prefilled once; users fork it (sharing its pages), prefill their own
 //! prompts as chunks that attend to the prefix and to themselves bottom-right causally, then
 //! decode together, one batched call per step, with gpt-oss's sinks and Gemma 2's soft cap.
 //! Users finish and their pages return to the pool; new users join and reuse them. Every
-//! call is checked against the f64 CPU reference over each user's own tokens. Prints the
-//! pool's use and the attention calls' tokens/s (host time, the checks excluded).
+//! call is checked against the f64 CPU reference over each user's own tokens (as the host's
+//! quantizer, `quant::quantize_rows`, makes them: the cache quantizes on the GPU as it
+//! appends). Prints the pool's use and the attention calls' tokens/s (host time, the checks
+//! excluded).
 //!
-//! `cargo run --release --example serve [-- --small]` (`--small`: the sizes CI runs).
+//! `cargo run --release --example serve [-- --small] [--kv f32|q8_0|q4_0|i8|e4m3|e5m2]`
+//! (`--small`: the sizes CI runs).
 
 use std::time::Instant;
 
 use wgpu_attention::reference::{self, HostMask, HostTensor, random_uniform as random};
-use wgpu_attention::{Context, DType, PagedKvCache, SeqId, Tensor, TensorView};
+use wgpu_attention::{Context, DType, PagedKvCache, SeqId, Tensor, TensorView, quant};
 
 /// What one model layer's attention looks like.
 struct Shape {
@@ -24,6 +28,8 @@ struct Shape {
     prompt: usize,
     steps: usize,
     users: usize,
+    /// The cache's dtype.
+    kv: DType,
 }
 
 /// A user: its sequence in the cache and its tokens' K and V (`[hkv * d]` each), for the
@@ -62,6 +68,15 @@ fn append(
     let (vd, vt) = tokens(ctx, users.len(), n, s, seed + 1)?;
     let seqs: Vec<SeqId> = users.iter().map(|u| u.seq).collect();
     cache.append_blocking(ctx, &seqs, kt.view(), vt.view())?;
+    // What the cache holds: the tokens as the quantizer makes them.
+    let stored = |x: Vec<f32>| {
+        if !s.kv.is_quantized() {
+            return x;
+        }
+        let (bytes, scales) = quant::quantize_rows(s.kv, &x, s.d, None);
+        quant::dequantize_rows(s.kv, &bytes, s.d, &scales)
+    };
+    let (kd, vd) = (stored(kd), stored(vd));
     let row = s.hkv * s.d;
     for (i, u) in users.iter_mut().enumerate() {
         for t in 0..n {
@@ -141,7 +156,28 @@ fn attend(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
-    let small = std::env::args().any(|a| a == "--small");
+    let args: Vec<String> = std::env::args().collect();
+    let small = args.iter().any(|a| a == "--small");
+    let kv = match args
+        .iter()
+        .position(|a| a == "--kv")
+        .map(|i| args.get(i + 1))
+    {
+        None => DType::Q8_0,
+        Some(f) => match f.map(String::as_str) {
+            Some("f32") => DType::F32,
+            Some("q8_0") => DType::Q8_0,
+            Some("q4_0") => DType::Q4_0,
+            Some("i8") => DType::I8,
+            Some("e4m3") => DType::E4M3,
+            Some("e5m2") => DType::E5M2,
+            other => {
+                return Err(
+                    format!("--kv takes f32, q8_0, q4_0, i8, e4m3 or e5m2, not {other:?}").into(),
+                );
+            }
+        },
+    };
     let s = if small {
         Shape {
             hq: 4,
@@ -153,6 +189,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prompt: 9,
             steps: 6,
             users: 3,
+            kv,
         }
     } else {
         Shape {
@@ -165,6 +202,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prompt: 200,
             steps: 64,
             users: 8,
+            kv,
         }
     };
     let ctx = Context::new_blocking()?;
@@ -174,10 +212,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ctx.adapter_info().backend
     );
     println!(
-        "hq {} hkv {} d {}; {} pages of {} tokens; system prompt {}, user prompts {}, {} users, {} steps",
-        s.hq, s.hkv, s.d, s.pages, s.page, s.system, s.prompt, s.users, s.steps
+        "hq {} hkv {} d {}; {} pages of {} tokens in {}; system prompt {}, user prompts {}, {} users, {} steps",
+        s.hq, s.hkv, s.d, s.pages, s.page, s.kv, s.system, s.prompt, s.users, s.steps
     );
-    let mut cache = PagedKvCache::new(&ctx, s.pages, s.page, s.hkv, s.d, DType::F32)?;
+    let mut cache = PagedKvCache::new(&ctx, s.pages, s.page, s.hkv, s.d, s.kv)?;
     let mut seed = 1;
     let mut next_seed = || {
         seed += 2;

@@ -314,6 +314,64 @@ fn paged_kv_on_cooperative_matrices() {
     assert_eq!(n, if coop || full_tier() { 8 } else { 4 });
 }
 
+/// Quantized K/V on cooperative matrices (issue 25): each format decoded element by element
+/// into the f16 tiles, contiguous and paged, with and without score terms, Q in f16 and bf16.
+/// Tolerance: the dequantized values round to f16 in the tiles (q8_0's `d·q` needs up to 19
+/// bits), one more f16 rounding of each K and V value than `coop_tolerance` counts: each
+/// logit moves by at most u(f16)·Σ|q·k|·scale and each output by u(f16)·|v|, so atol gains
+/// 2·u(f16).
+#[test]
+fn quantized_kv_on_cooperative_matrices() {
+    let ctx = coop_ctx();
+    let coop = has_coop(ctx);
+    let formats = [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::I8,
+        DType::E4M3,
+        DType::E5M2,
+    ];
+    let mut n = 0;
+    for (fi, &fmt) in formats.iter().enumerate() {
+        for mi in 0..2 {
+            if !coop && !full_tier() && mi == 1 {
+                continue;
+            }
+            let (b, hq, hkv, sq, sk, d) = [(2, 4, 2, 70, 33, 64), (1, 2, 1, 59, 113, 128)][mi];
+            let mut c = Case::new(b, hq, sq, sk, d)
+                .dtype([DType::F16, DType::BF16][(fi + mi) % 2])
+                .backend(Backend::Flash);
+            if mi == 1 {
+                c.mask = MaskSpec {
+                    causal: Some(CausalAlignment::BottomRight),
+                    bias: Some((random(hq * sq * sk, 13), [1, hq, sq, sk], DType::F16)),
+                    ..Default::default()
+                };
+            }
+            c.hkv = hkv;
+            c.kv = Some(fmt);
+            c.paged = [None, Some(16)][(fi + mi) % 2];
+            c.layout = [Layout::Bshd, Layout::Offset, Layout::Bhsd][(fi + mi) % 3];
+            // (No log-sum-exp check: `run_plan` holds it to f32's tolerance, and the f16
+            // rounding of K moves the logits by up to u(f16)·Σ|q·k|·scale, about 1e-5 here.
+            // tests/quant.rs checks the log-sum-exp of quantized K on every other kernel.)
+            c.seed = (fi * 10 + mi + 60) as u64;
+            let (got, want, plan) = run_plan(ctx, &c);
+            assert_eq!(
+                plan.variant.family() == Family::FlashCoop,
+                coop,
+                "{}",
+                plan.reason
+            );
+            let (atol, rtol) = coop_tolerance(c.out_dtype);
+            let u16 = unit_roundoff(DType::F16);
+            assert_within(&got, &want, (atol + 2.0 * u16, rtol), &c.label());
+            n += 1;
+        }
+    }
+    assert_eq!(n, if coop || full_tier() { 10 } else { 5 });
+}
+
 /// The cooperative-matrix kernel's tolerance: its P·V multiplies f16 weights, whatever the
 /// inputs (bf16 Q/K/V convert to f16 exactly in range, so they add nothing), and the output
 /// rounds to its own dtype (`tolerance_for` says how each term is derived).

@@ -469,7 +469,8 @@ pub fn coop_variant(p: &Problem, caps: &DeviceCaps) -> Result<ShaderVariant, Str
         ways,
         extra: p.mask.bias.is_some() || p.mask.alibi || p.softcap,
         bool_mask: p.mask.bool_mask,
-        pairs: true,
+        // Quantized K/V are decoded element by element: no word-pair form to build.
+        pairs: !p.dtype_k.is_quantized(),
         dtypes: [p.dtype_q, p.dtype_k, p.dtype_v, p.dtype_o],
         slack: COOP_RESCALE_SLACK,
         paged: p.paged,
@@ -588,6 +589,13 @@ pub fn plan(problem: &Problem, caps: &DeviceCaps, opts: &AttentionOptions) -> Re
         (false, true) => " K and V are read through the page table, each key from its page.",
         (false, false) => "",
     };
+    let quant_note = if problem.dtype_k.is_quantized() {
+        format!(" K and V are {}, decoded as they load.", problem.dtype_k)
+    } else {
+        String::new()
+    };
+    let mask_note = format!("{mask_note}{quant_note}");
+    let mask_note = mask_note.as_str();
     let slack = opts.tuning.coop_rescale_slack.unwrap_or(COOP_RESCALE_SLACK);
     if slack > COOP_RESCALE_SLACK {
         return Err(Error::invalid(

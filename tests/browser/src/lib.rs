@@ -9,8 +9,8 @@ use wasm_bindgen::prelude::*;
 use wgpu_attention::error::{InputProblem, TensorRole};
 use wgpu_attention::reference::{self, HostMask, HostTensor, random_uniform as random};
 use wgpu_attention::{
-    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, Mask, PagedKv, Tensor,
-    TensorView, Window, wgpu,
+    AttentionOptions, Backend, CausalAlignment, Context, DType, Error, KvScales, Mask, PagedKv,
+    Tensor, TensorView, Window, quant, wgpu,
 };
 
 fn log(line: &str) {
@@ -61,6 +61,49 @@ enum Kind {
     /// K and V in a pool of pages (token-major, shuffled) read through a page table, with
     /// bottom-right causal and key lengths.
     Paged,
+    /// K and V quantized (a format per backend: q8_0, q4_0, i8, e4m3, e5m2), with
+    /// bottom-right causal and key lengths; head dims of whole 32-value blocks.
+    Quant,
+}
+
+/// The quantized K/V format a `Quant` case of `backend` runs.
+fn quant_format(backend: Backend) -> DType {
+    match backend {
+        Backend::Flash => DType::Q8_0,
+        Backend::MemoryEfficient => DType::Q4_0,
+        Backend::Naive => DType::I8,
+        Backend::Decode => DType::E4M3,
+        _ => DType::E5M2,
+    }
+}
+
+/// `[b, h, s, d]` host data quantized to `fmt` (the 8-bit floats with scale 0.5 for every
+/// head) in one buffer, i8's per-token scales after the rows: the tensor, the scales' view,
+/// and the values it holds (what the reference reads).
+fn quant_upload(
+    ctx: &Context,
+    x: &[f32],
+    shape: [usize; 4],
+    fmt: DType,
+) -> Result<(Tensor, Option<TensorView>, Vec<f32>), Error> {
+    let [b, h, sk, d] = shape;
+    let rows = b * h * sk;
+    let (mut bytes, scales) = quant::quantize_rows(fmt, x, d, Some(&vec![0.5; rows]));
+    let held = quant::dequantize_rows(fmt, &bytes, d, &scales);
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    let at = bytes.len() as u64;
+    if fmt == DType::I8 {
+        bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
+    }
+    let words: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let t = ctx.upload_f32(&words, [1, 1, 1, words.len()])?;
+    let view = t.reshaped(fmt, shape, [h * sk * d, sk * d, d, 1], 0);
+    let sv = (fmt == DType::I8)
+        .then(|| TensorView::new(t.buffer().clone(), DType::F32, [b, h, sk, 1], [h * sk, sk, 1, 1], at));
+    Ok((view, sv, held))
 }
 
 const KINDS: [Kind; 12] = [
@@ -120,11 +163,30 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
     let (qs, ks) = ([b, hq, sq, d], [b, hkv, sk, d]);
     let e = |e: Error| e.to_string();
     let qh = round(c.dtype, &random(b * hq * sq * d, 1));
-    let kh = round(c.dtype, &random(b * hkv * sk * d, 2));
-    let vh = round(c.dtype, &random(b * hkv * sk * d, 3));
+    let mut kh = round(c.dtype, &random(b * hkv * sk * d, 2));
+    let mut vh = round(c.dtype, &random(b * hkv * sk * d, 3));
     let q = upload(ctx, &qh, qs, c.dtype).map_err(e)?;
-    let k = upload(ctx, &kh, ks, c.dtype).map_err(e)?;
-    let v = upload(ctx, &vh, ks, c.dtype).map_err(e)?;
+    let (mut k, mut v) = (
+        upload(ctx, &kh, ks, c.dtype).map_err(e)?,
+        upload(ctx, &vh, ks, c.dtype).map_err(e)?,
+    );
+    // Quantized: K and V replaced by their quantized forms, and the reference reads their
+    // values.
+    let mut kv_scales = None;
+    if let Kind::Quant = c.kind {
+        let fmt = quant_format(c.backend);
+        let (kq, ksc, kd) = quant_upload(ctx, &kh, ks, fmt).map_err(e)?;
+        let (vq, vsc, vd) = quant_upload(ctx, &vh, ks, fmt).map_err(e)?;
+        kv_scales = match (ksc, vsc) {
+            (Some(k), Some(v)) => Some(KvScales::PerToken { k, v }),
+            // The block formats carry their scales; the 8-bit floats take one for all heads.
+            _ => (fmt.block_len() == 1).then(|| KvScales::PerHead {
+                k: vec![0.5],
+                v: vec![0.5],
+            }),
+        };
+        (k, v, kh, vh) = (kq, vq, kd, vd);
+    }
     let out = upload(ctx, &vec![f32::NAN; b * hq * sq * d], qs, c.dtype).map_err(e)?;
 
     let key_lengths: Vec<u32> = (0..b).map(|i| (sk - i * sk / 3).max(1) as u32).collect();
@@ -198,7 +260,7 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
             host.sinks = Some(&sinks);
             Mask::none().causal(CausalAlignment::TopLeft)
         }
-        Kind::Paged => {
+        Kind::Paged | Kind::Quant => {
             host.causal = true;
             host.alignment = CausalAlignment::BottomRight;
             host.key_lengths = Some(&key_lengths);
@@ -210,6 +272,9 @@ async fn run_case(ctx: &Context, c: &Case) -> Result<f64, String> {
     let mut opts = AttentionOptions::with_mask(mask).backend(c.backend);
     if let Kind::Serving = c.kind {
         opts = opts.softcap(cap).sinks(sinks.clone());
+    }
+    if let Some(s) = kv_scales {
+        opts = opts.kv_scales(s);
     }
     // Paged: K and V replaced by their pools (the reference reads the contiguous data).
     let pools = if let Kind::Paged = c.kind {
@@ -462,6 +527,7 @@ pub async fn run_suite() -> String {
                 Kind::Bias,
                 Kind::Serving,
                 Kind::Paged,
+                Kind::Quant,
             ] {
                 cases.push(Case {
                     backend,
