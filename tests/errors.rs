@@ -1648,6 +1648,11 @@ fn quantized_kv_rejects_bad_formats_and_scales() {
         ),
         "{e}"
     );
+    // (A head dim of one value has no stride to speak of: any is taken.)
+    let q1 = ctx.upload_f32(&random(b * h * s, 1), [b, h, s, 1]).unwrap();
+    let k1 = view(&buf, DType::E5M2, [b, h, s, 1], [h * s * 2, s * 2, 2, 2], 0);
+    ctx.attention_blocking(&q1, &k1, &k1, &plain())
+        .expect("a one-value head dim, any stride");
     let odd = view(&buf, DType::Q8_0, [b, h, s, d], [h * s * d, s * d, d, 1], 3);
     let e = invalid(call(&odd, &odd, plain()));
     assert_eq!(
@@ -1795,6 +1800,12 @@ fn quantized_caches_reject_bad_shapes_and_rows() {
         let e = invalid(r.expect_err(what));
         assert_eq!(e.tensor, TensorRole::KvCache, "{what}");
     }
+    // A cache larger than the device's largest buffer (or 32-bit byte addresses).
+    let huge = KvCache::new(ctx, 64, 64, 1 << 24, 128, DType::Q8_0).expect_err("huge cache");
+    assert!(
+        matches!(huge, Error::Unsupported(_) | Error::InvalidInput(_)),
+        "{huge}"
+    );
     let mut cache = KvCache::new(ctx, 1, 2, 8, 32, DType::Q4_0).unwrap();
     let rows = ctx.upload_bool(&[true; 2 * 32], [1, 2, 1, 32]).unwrap();
     let e = invalid(

@@ -767,7 +767,8 @@ pub(crate) fn validate_backward(
             "the backward pass with paged K/V (gather the pages into contiguous K and V)",
         ));
     }
-    if x.k.dtype.is_quantized() || x.v.dtype.is_quantized() {
+    // (A quantized V beside a float K is a mix of formats, refused below.)
+    if x.k.dtype.is_quantized() {
         return Err(Error::backend(format!(
             "the backward pass with quantized K/V ({}; train with f32, f16 or bf16 K and V)",
             x.k.dtype

@@ -101,8 +101,15 @@ fn quant_upload(
         .collect();
     let t = ctx.upload_f32(&words, [1, 1, 1, words.len()])?;
     let view = t.reshaped(fmt, shape, [h * sk * d, sk * d, d, 1], 0);
-    let sv = (fmt == DType::I8)
-        .then(|| TensorView::new(t.buffer().clone(), DType::F32, [b, h, sk, 1], [h * sk, sk, 1, 1], at));
+    let sv = (fmt == DType::I8).then(|| {
+        TensorView::new(
+            t.buffer().clone(),
+            DType::F32,
+            [b, h, sk, 1],
+            [h * sk, sk, 1, 1],
+            at,
+        )
+    });
     Ok((view, sv, held))
 }
 
