@@ -25,9 +25,11 @@ fn kvq_word(is_v: bool, w: u32) -> u32 {
 // bounds, and its bytes are not used).
 fn kvq_bytes4(is_v: bool, a: u32) -> u32 {
     let w = a >> 2u;
-    let sh = (a & 3u) * 8u;
-    let lo = kvq_word(is_v, w);
-    let hi = kvq_word(is_v, w + 1u);
+    return kvq_join(kvq_word(is_v, w), kvq_word(is_v, w + 1u), (a & 3u) * 8u);
+}
+
+// The four bytes from bit sh (0, 8, 16 or 24) of lo on, the rest from hi.
+fn kvq_join(lo: u32, hi: u32, sh: u32) -> u32 {
     return select(lo, (lo >> sh) | (hi << ((32u - sh) & 31u)), sh != 0u);
 }
 

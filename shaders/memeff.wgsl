@@ -58,7 +58,7 @@ fn quant_dot(kr: u32) -> f32 {
             // 4g..4g+3 in its low nibbles and 16+4g.. in its high ones.
             for (var g = 0u; g < select(4u, 8u, f == 1u); g++) {
                 let nx = kvq_word(false, w0 + g + 1u);
-                let x = select(w, (w >> sh) | (nx << ((32u - sh) & 31u)), sh != 0u);
+                let x = kvq_join(w, nx, sh);
                 w = nx;
                 let e = blk * 32u + g * 4u;
                 if (f == 1u) {
@@ -80,7 +80,7 @@ fn quant_dot(kr: u32) -> f32 {
     var w = kvq_word(false, w0);
     for (var g = 0u; g * 4u < P.dk; g++) {
         let nx = kvq_word(false, w0 + g + 1u);
-        let x = select(w, (w >> sh) | (nx << ((32u - sh) & 31u)), sh != 0u);
+        let x = kvq_join(w, nx, sh);
         w = nx;
         var v: vec4<f32>;
         if (f == 3u) { v = i8x4(x); } else if (f == 4u) { v = e4m3x4(x); } else { v = e5m2x4(x); }
@@ -107,7 +107,7 @@ fn quant_pv(acc: ptr<function, array<vec4<f32>, 8>>, e0: u32, c0: u32, pv: f32) 
     var w = kvq_word(true, w0);
     for (var g = 0u; g < select(8u, 4u, f == 2u); g++) {
         let nx = kvq_word(true, w0 + g + 1u);
-        let x = select(w, (w >> sh) | (nx << ((32u - sh) & 31u)), sh != 0u);
+        let x = kvq_join(w, nx, sh);
         w = nx;
         if (f == 2u) {
             (*acc)[g] += scale * (bytes4(x & 0x0f0f0f0fu) - 8.0);

@@ -412,6 +412,17 @@ pub(crate) struct GridChunk {
     pub y: u32,
 }
 
+/// The one dispatch of `n` workgroups for a kernel that reads no first-workgroup offset
+/// (`None` for no workgroups); more than one `x * y` grid holds is a limit error naming
+/// `what`.
+pub(crate) fn single_grid(n: u64, max: u32, what: &'static str) -> Result<Option<GridChunk>> {
+    let chunks = split_grid(n, max)?;
+    if let Some(second) = chunks.get(1) {
+        return Err(Error::limit(what, n, second.start as u64));
+    }
+    Ok(chunks.first().copied())
+}
+
 /// Splits `n` workgroups into dispatches of at most `max` per dimension.
 pub(crate) fn split_grid(n: u64, max: u32) -> Result<Vec<GridChunk>> {
     let max = max.max(1) as u64;

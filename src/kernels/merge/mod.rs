@@ -196,14 +196,8 @@ pub(crate) fn record(
         wlo.as_ref()
             .map_or_else(|| (rt.dummy_rw().clone(), 0, 16), Window::range),
     );
-    for c in attention::split_grid(n.div_ceil(64), rt.caps().max_workgroups_per_dim)? {
-        if c.start != 0 {
-            return Err(Error::limit(
-                "merge workgroups",
-                n.div_ceil(64),
-                c.start as u64,
-            ));
-        }
+    let max = rt.caps().max_workgroups_per_dim;
+    if let Some(c) = attention::single_grid(n.div_ceil(64), max, "merge workgroups")? {
         p.wg_x = c.x;
         let label = "wgpu-attention merge";
         launch_with_params(rt, encoder, label, &compiled, &p, e.clone(), (c.x, c.y))?;

@@ -6,7 +6,7 @@ pub(crate) mod params;
 
 use crate::data::tensor::{DType, TensorView};
 use crate::error::{Error, Result, TensorRole};
-use crate::kernels::attention::{self, split_grid};
+use crate::kernels::attention;
 use crate::kernels::{bindings, spec};
 use crate::plan::variant::ModuleKey;
 use crate::runtime::Runtime;
@@ -71,14 +71,8 @@ pub(crate) fn record(
     e[bindings::QUANT_SRC as usize] = Some(sw.range());
     e[bindings::QUANT_DST as usize] = Some((dst.buffer.clone(), 0, dst.buffer.size()));
     e[bindings::QUANT_ROWS as usize] = Some((ring, 0, row_bytes));
-    for c in split_grid(items.div_ceil(64), rt.caps().max_workgroups_per_dim)? {
-        if c.start != 0 {
-            return Err(Error::limit(
-                "kv append workgroups",
-                items.div_ceil(64),
-                c.start as u64,
-            ));
-        }
+    let max = rt.caps().max_workgroups_per_dim;
+    if let Some(c) = attention::single_grid(items.div_ceil(64), max, "kv append workgroups")? {
         p.wg_x = c.x;
         let (params, off) = rt.ring_write(bytemuck::bytes_of(&p))?;
         e[bindings::PARAMS as usize] = Some((params, 0, std::mem::size_of::<QuantParams>() as u64));
